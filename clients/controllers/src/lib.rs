@@ -1,0 +1,1 @@
+//! Skiff controller manager.

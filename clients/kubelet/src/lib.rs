@@ -1,0 +1,1 @@
+//! Skiff node agent and its container runtimes.

@@ -1,0 +1,1 @@
+//! Streaming load and density tests for Skiff.

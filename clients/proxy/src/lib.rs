@@ -1,0 +1,1 @@
+//! Skiff service proxy.

@@ -1,0 +1,1 @@
+//! Skiff scheduler: binds pending pods to nodes.

@@ -1,0 +1,50 @@
+//! The generated API: messages, gRPC clients and servers, one module per
+//! protobuf package (`skiff.core.v1` is `api::core::v1`). Watch and list
+//! responses are the hand-written [`crate::wire`] types.
+
+#![allow(missing_docs)]
+
+/// `skiff.meta.v1`: object metadata, list metadata, selectors, event types.
+pub mod meta {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.meta.v1.rs"));
+    }
+}
+
+/// `skiff.core.v1`: namespaces, nodes, pods, services and the other core kinds.
+pub mod core {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.core.v1.rs"));
+    }
+}
+
+/// `skiff.apps.v1`: replica sets and deployments.
+pub mod apps {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.apps.v1.rs"));
+    }
+}
+
+/// `skiff.coordination.v1`: leases.
+pub mod coordination {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.coordination.v1.rs"));
+    }
+}
+
+/// `skiff.rbac.v1`: roles and bindings.
+pub mod rbac {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.rbac.v1.rs"));
+    }
+}

@@ -1,0 +1,87 @@
+//! The client SDK: a connection, typed per-kind calls and (later) the
+//! runtime of watchers, stores and controllers built on them.
+
+use std::future::Future;
+
+use tonic::Status;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::params::{DeleteParams, GetParams, ListParams, WatchParams};
+use crate::resource::Resource;
+use crate::wire::{ListResponse, WatchEvent};
+
+/// The channel every typed call goes through: a gRPC connection plus credentials.
+pub type Transport = InterceptedService<Channel, Credentials>;
+
+/// Adds the bearer token, if any, to every request.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    bearer: Option<AsciiMetadataValue>,
+}
+
+impl Credentials {
+    /// No credentials.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A bearer token sent as `authorization: Bearer <token>`.
+    pub fn bearer(token: &str) -> Result<Self, Status> {
+        let value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| Status::invalid_argument("token has characters not allowed in a header"))?;
+        Ok(Self {
+            bearer: Some(value),
+        })
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Typed calls of one kind's service; implemented for every kind by `build.rs`.
+pub trait ResourceClient: Resource {
+    /// Calls `Create<Kind>`.
+    fn create_in(transport: Transport, obj: Self) -> impl Future<Output = Result<Self, Status>> + Send;
+    /// Calls `Get<Kind>`.
+    fn get_in(transport: Transport, params: GetParams) -> impl Future<Output = Result<Self, Status>> + Send;
+    /// Calls `List<Kind>s`.
+    fn list_in(
+        transport: Transport,
+        params: ListParams,
+    ) -> impl Future<Output = Result<ListResponse<Self>, Status>> + Send;
+    /// Calls `Update<Kind>`.
+    fn update_in(transport: Transport, obj: Self) -> impl Future<Output = Result<Self, Status>> + Send;
+    /// Calls `Update<Kind>Status`.
+    fn update_status_in(transport: Transport, obj: Self) -> impl Future<Output = Result<Self, Status>> + Send;
+    /// Calls `Delete<Kind>`.
+    fn delete_in(transport: Transport, params: DeleteParams) -> impl Future<Output = Result<Self, Status>> + Send;
+    /// Calls `Watch<Kind>s`.
+    fn watch_in(
+        transport: Transport,
+        params: WatchParams,
+    ) -> impl Future<Output = Result<tonic::Streaming<WatchEvent<Self>>, Status>> + Send;
+}
+
+/// The error for a response that lacks its object.
+pub fn missing_in_response(field: &str) -> Status {
+    Status::internal(format!("server response lacks {field}"))
+}

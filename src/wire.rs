@@ -1,0 +1,288 @@
+//! Watch events and list responses that can carry objects encoded once.
+//!
+//! `build.rs` maps every `Watch<Kind>sResponse` and `List<Kind>sResponse`
+//! message to these types. On the wire they are the ordinary messages
+//! (`type = 1, object = 2` and `metadata = 1, items = 2`), so generated
+//! clients in any language and grpcurl see nothing unusual; on the server
+//! they can hold bytes produced once and shared by every receiver.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+use crate::api::meta::v1::{EventType, ListMeta};
+
+/// One change in a watch stream.
+#[derive(Clone, PartialEq, Default)]
+pub struct WatchEvent<K> {
+    /// What happened, as an [`EventType`] number.
+    pub r#type: i32,
+    /// The object after the change (before it, for DELETED).
+    pub object: Option<K>,
+    /// The whole message, already encoded; when set it is what goes on the wire.
+    encoded: Option<Bytes>,
+}
+
+impl<K> WatchEvent<K> {
+    /// An event holding a decoded object.
+    pub fn new(event_type: EventType, object: K) -> Self {
+        Self {
+            r#type: event_type as i32,
+            object: Some(object),
+            encoded: None,
+        }
+    }
+
+    /// An event whose message bytes were produced by [`encode_watch_event`].
+    pub fn pre_encoded(bytes: Bytes) -> Self {
+        Self {
+            r#type: 0,
+            object: None,
+            encoded: Some(bytes),
+        }
+    }
+
+    /// The event type, or `Unspecified` for unknown numbers.
+    pub fn event_type(&self) -> EventType {
+        EventType::try_from(self.r#type).unwrap_or(EventType::Unspecified)
+    }
+}
+
+/// Encodes a watch event message from its type and the object's encoding.
+pub fn encode_watch_event(event_type: EventType, object: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(object.len() + 8);
+    prost::encoding::int32::encode(1, &(event_type as i32), &mut buf);
+    prost::encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
+    prost::encoding::encode_varint(object.len() as u64, &mut buf);
+    buf.extend_from_slice(object);
+    Bytes::from(buf)
+}
+
+impl<K: fmt::Debug> fmt::Debug for WatchEvent<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchEvent")
+            .field("type", &self.r#type)
+            .field("object", &self.object)
+            .field("encoded_len", &self.encoded.as_ref().map(Bytes::len))
+            .finish()
+    }
+}
+
+impl<K: Message + Default> Message for WatchEvent<K> {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if let Some(bytes) = &self.encoded {
+            buf.put_slice(bytes);
+            return;
+        }
+        if self.r#type != 0 {
+            prost::encoding::int32::encode(1, &self.r#type, buf);
+        }
+        if let Some(obj) = &self.object {
+            prost::encoding::message::encode(2, obj, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => prost::encoding::int32::merge(wire_type, &mut self.r#type, buf, ctx),
+            2 => prost::encoding::message::merge(
+                wire_type,
+                self.object.get_or_insert_with(K::default),
+                buf,
+                ctx,
+            ),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        if let Some(bytes) = &self.encoded {
+            return bytes.len();
+        }
+        let mut len = 0;
+        if self.r#type != 0 {
+            len += prost::encoding::int32::encoded_len(1, &self.r#type);
+        }
+        if let Some(obj) = &self.object {
+            len += prost::encoding::message::encoded_len(2, obj);
+        }
+        len
+    }
+
+    fn clear(&mut self) {
+        self.r#type = 0;
+        self.object = None;
+        self.encoded = None;
+    }
+}
+
+/// One page of a list.
+#[derive(Clone, PartialEq, Default)]
+pub struct ListResponse<K> {
+    /// Revision and paging.
+    pub metadata: Option<ListMeta>,
+    /// Decoded items (what a client receives).
+    pub items: Vec<K>,
+    /// Items already encoded, sent after `items` (what a cache serves).
+    encoded_items: Vec<Bytes>,
+}
+
+impl<K> ListResponse<K> {
+    /// A response of decoded items.
+    pub fn new(metadata: ListMeta, items: Vec<K>) -> Self {
+        Self {
+            metadata: Some(metadata),
+            items,
+            encoded_items: Vec::new(),
+        }
+    }
+
+    /// A response of items already encoded as `K` messages.
+    pub fn pre_encoded(metadata: ListMeta, encoded_items: Vec<Bytes>) -> Self {
+        Self {
+            metadata: Some(metadata),
+            items: Vec::new(),
+            encoded_items,
+        }
+    }
+
+    /// Number of items, decoded or encoded.
+    pub fn len(&self) -> usize {
+        self.items.len() + self.encoded_items.len()
+    }
+
+    /// Whether the page holds no items.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The list metadata (default if unset).
+    pub fn list_meta(&self) -> ListMeta {
+        self.metadata.clone().unwrap_or_default()
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for ListResponse<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListResponse")
+            .field("metadata", &self.metadata)
+            .field("items", &self.items)
+            .field("encoded_items", &self.encoded_items.len())
+            .finish()
+    }
+}
+
+impl<K: Message + Default> Message for ListResponse<K> {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if let Some(meta) = &self.metadata {
+            prost::encoding::message::encode(1, meta, buf);
+        }
+        for item in &self.items {
+            prost::encoding::message::encode(2, item, buf);
+        }
+        for item in &self.encoded_items {
+            prost::encoding::encode_key(2, WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(item.len() as u64, buf);
+            buf.put_slice(item);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => prost::encoding::message::merge(
+                wire_type,
+                self.metadata.get_or_insert_with(ListMeta::default),
+                buf,
+                ctx,
+            ),
+            2 => prost::encoding::message::merge_repeated(wire_type, &mut self.items, buf, ctx),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let mut len = 0;
+        if let Some(meta) = &self.metadata {
+            len += prost::encoding::message::encoded_len(1, meta);
+        }
+        len += prost::encoding::message::encoded_len_repeated(2, &self.items);
+        for item in &self.encoded_items {
+            len += prost::encoding::key_len(2)
+                + prost::encoding::encoded_len_varint(item.len() as u64)
+                + item.len();
+        }
+        len
+    }
+
+    fn clear(&mut self) {
+        self.metadata = None;
+        self.items.clear();
+        self.encoded_items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::core::v1::Pod;
+    use crate::api::meta::v1::ObjectMeta;
+    use crate::resource::Resource;
+
+    fn pod(name: &str) -> Pod {
+        let mut p = Pod::default();
+        *p.meta_mut() = ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            resource_version: "7".into(),
+            ..Default::default()
+        };
+        p
+    }
+
+    #[test]
+    fn pre_encoded_watch_event_decodes_like_a_plain_one() {
+        let p = pod("web");
+        let plain = WatchEvent::new(EventType::Added, p.clone()).encode_to_vec();
+        let once = WatchEvent::<Pod>::pre_encoded(encode_watch_event(
+            EventType::Added,
+            &p.encode_to_vec(),
+        ));
+        assert_eq!(once.encode_to_vec(), plain);
+        let decoded = WatchEvent::<Pod>::decode(plain.as_slice()).unwrap();
+        assert_eq!(decoded.event_type(), EventType::Added);
+        assert_eq!(decoded.object.unwrap(), p);
+    }
+
+    #[test]
+    fn pre_encoded_list_decodes_like_a_plain_one() {
+        let items = vec![pod("a"), pod("b")];
+        let meta = ListMeta {
+            resource_version: "9".into(),
+            ..Default::default()
+        };
+        let plain = ListResponse::new(meta.clone(), items.clone()).encode_to_vec();
+        let encoded = items
+            .iter()
+            .map(|p| Bytes::from(p.encode_to_vec()))
+            .collect();
+        let once = ListResponse::<Pod>::pre_encoded(meta, encoded);
+        assert_eq!(once.encoded_len(), plain.len());
+        assert_eq!(once.encode_to_vec(), plain);
+        let decoded = ListResponse::<Pod>::decode(plain.as_slice()).unwrap();
+        assert_eq!(decoded.items, items);
+    }
+}
