@@ -1,0 +1,718 @@
+//! Embedded storage: a durable store inside the API server process, on redb.
+//!
+//! Tables: `kv` holds the latest record of every key; `log` holds one record
+//! per revision (the change and the key's previous state) until compaction,
+//! which serves watches from a past revision and reads at a past revision;
+//! `meta` holds the current and compacted revisions.
+//!
+//! All writes go through one writer thread that takes every request waiting
+//! in its queue and commits them in one transaction (one fsync for the
+//! batch), then publishes the batch's events to watchers. An acknowledged
+//! write has been committed with `Durability::Immediate`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use bytes::Bytes;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    Deleted, Event, EventKind, KeyValue, RangeRequest, RangeResponse, Result, Revision, Storage,
+    StorageError, WatchStream,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+
+/// Most write requests committed in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Most log records a catching-up watcher reads at once.
+const LOG_CHUNK: usize = 1024;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct KvRecord {
+    #[prost(bytes = "bytes", tag = "1")]
+    value: Bytes,
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "3")]
+    mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LogRecord {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(bool, tag = "2")]
+    delete: bool,
+    #[prost(message, optional, tag = "3")]
+    kv: Option<KvRecord>,
+    #[prost(message, optional, tag = "4")]
+    prev: Option<KvRecord>,
+}
+
+impl KvRecord {
+    fn into_kv(self, key: String) -> KeyValue {
+        KeyValue {
+            key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        }
+    }
+    fn from_kv(kv: &KeyValue) -> Self {
+        Self {
+            value: kv.value.clone(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        }
+    }
+}
+
+impl LogRecord {
+    fn into_event(self, revision: Revision) -> Event {
+        let prev = self.prev.map(|p| p.into_kv(self.key.clone()));
+        let kind = if self.delete {
+            EventKind::Delete
+        } else {
+            EventKind::Put
+        };
+        let kv = match self.kv {
+            Some(kv) => kv.into_kv(self.key),
+            None => KeyValue {
+                key: self.key,
+                value: Bytes::new(),
+                create_revision: 0,
+                mod_revision: revision,
+                version: 0,
+            },
+        };
+        Event { kind, kv, prev }
+    }
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StorageError {
+    StorageError::unavailable(e.into())
+}
+
+fn corrupt(key: &str, e: prost::DecodeError) -> StorageError {
+    StorageError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+enum Op {
+    Create { key: String, value: Bytes },
+    Update { key: String, value: Bytes, expected: Revision },
+    Delete { key: String, expected: Option<Revision> },
+    Compact { revision: Revision },
+}
+
+enum OpResult {
+    Put(KeyValue),
+    Deleted(Deleted),
+    Compacted,
+}
+
+struct WriteRequest {
+    op: Op,
+    reply: oneshot::Sender<Result<OpResult>>,
+}
+
+struct Inner {
+    db: Database,
+    revision: AtomicI64,
+    compacted: AtomicI64,
+    events: broadcast::Sender<Arc<Vec<Event>>>,
+}
+
+/// The embedded backend. Cloning shares the same database.
+#[derive(Clone)]
+pub struct EmbeddedStorage {
+    inner: Arc<Inner>,
+    writes: mpsc::Sender<WriteRequest>,
+}
+
+impl EmbeddedStorage {
+    /// Opens (or creates) the store in `dir`, as `dir/skiff.redb`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(StorageError::unavailable)?;
+        let db = Database::create(dir.join("skiff.redb")).map_err(db_err)?;
+        let (revision, compacted) = {
+            let txn = db.begin_write().map_err(db_err)?;
+            let (revision, compacted) = {
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                txn.open_table(KV).map_err(db_err)?;
+                txn.open_table(LOG).map_err(db_err)?;
+                let revision = meta
+                    .get(META_REVISION)
+                    .map_err(db_err)?
+                    .map(|g| g.value())
+                    .unwrap_or(1);
+                let compacted = meta
+                    .get(META_COMPACTED)
+                    .map_err(db_err)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                meta.insert(META_REVISION, revision).map_err(db_err)?;
+                (revision, compacted)
+            };
+            txn.commit().map_err(db_err)?;
+            (revision as i64, compacted as i64)
+        };
+        let (events, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            db,
+            revision: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+            events,
+        });
+        let (writes, rx) = mpsc::channel(4 * MAX_BATCH);
+        let writer = inner.clone();
+        std::thread::Builder::new()
+            .name("skiff-storage-writer".into())
+            .spawn(move || writer_loop(&writer, rx))
+            .map_err(StorageError::unavailable)?;
+        Ok(Self { inner, writes })
+    }
+
+    async fn submit(&self, op: Op) -> Result<OpResult> {
+        let (reply, rx) = oneshot::channel();
+        self.writes
+            .send(WriteRequest { op, reply })
+            .await
+            .map_err(|_| StorageError::unavailable(Closed))?;
+        rx.await.map_err(|_| StorageError::unavailable(Closed))?
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("embedded storage writer has stopped")]
+struct Closed;
+
+fn writer_loop(inner: &Inner, mut rx: mpsc::Receiver<WriteRequest>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        commit_batch(inner, batch);
+    }
+}
+
+fn commit_batch(inner: &Inner, batch: Vec<WriteRequest>) {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let outcome = (|| -> Result<Revision> {
+        let txn = inner.db.begin_write().map_err(db_err)?;
+        let mut revision = inner.revision.load(Ordering::Acquire);
+        let mut compacted = inner.compacted.load(Ordering::Acquire);
+        {
+            let mut kv = txn.open_table(KV).map_err(db_err)?;
+            let mut log = txn.open_table(LOG).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            for req in &batch {
+                let r = apply(&mut kv, &mut log, &mut revision, &mut compacted, &req.op)?;
+                results.push(r.map(|(result, event)| {
+                    events.extend(event);
+                    result
+                }));
+            }
+            meta.insert(META_REVISION, revision as u64).map_err(db_err)?;
+            meta.insert(META_COMPACTED, compacted as u64).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        inner.compacted.store(compacted, Ordering::Release);
+        Ok(revision)
+    })();
+    match outcome {
+        Ok(revision) => {
+            inner.revision.store(revision, Ordering::Release);
+            if !events.is_empty() {
+                // No receivers is fine: nobody watches.
+                let _ = inner.events.send(Arc::new(events));
+            }
+            for (req, r) in batch.into_iter().zip(results) {
+                let _ = req.reply.send(r);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for req in batch {
+                let _ = req
+                    .reply
+                    .send(Err(StorageError::unavailable(CommitFailed(msg.clone()))));
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("commit failed: {0}")]
+struct CommitFailed(String);
+
+type KvTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+type LogTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+
+fn read_kv(kv: &KvTable<'_>, key: &str) -> Result<Option<KeyValue>> {
+    match kv.get(key).map_err(db_err)? {
+        Some(g) => {
+            let rec = KvRecord::decode(g.value()).map_err(|e| corrupt(key, e))?;
+            Ok(Some(rec.into_kv(key.to_owned())))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Applies one op inside the batch's transaction. `Err` aborts the whole
+/// batch (a database failure); `Ok(Err(..))` is this op's own failure.
+fn apply(
+    kv: &mut KvTable<'_>,
+    log: &mut LogTable<'_>,
+    revision: &mut Revision,
+    compacted: &mut Revision,
+    op: &Op,
+) -> Result<Result<(OpResult, Option<Event>)>> {
+    match op {
+        Op::Create { key, value } => {
+            if read_kv(kv, key)?.is_some() {
+                return Ok(Err(StorageError::AlreadyExists { key: key.clone() }));
+            }
+            let rev = *revision + 1;
+            let new = KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+            };
+            write_put(kv, log, &new, None)?;
+            *revision = rev;
+            let event = Event {
+                kind: EventKind::Put,
+                kv: new.clone(),
+                prev: None,
+            };
+            Ok(Ok((OpResult::Put(new), Some(event))))
+        }
+        Op::Update {
+            key,
+            value,
+            expected,
+        } => {
+            let Some(current) = read_kv(kv, key)? else {
+                return Ok(Err(StorageError::NotFound { key: key.clone() }));
+            };
+            if current.mod_revision != *expected {
+                return Ok(Err(StorageError::Conflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    current: Box::new(current),
+                }));
+            }
+            let rev = *revision + 1;
+            let new = KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+                create_revision: current.create_revision,
+                mod_revision: rev,
+                version: current.version + 1,
+            };
+            write_put(kv, log, &new, Some(&current))?;
+            *revision = rev;
+            let event = Event {
+                kind: EventKind::Put,
+                kv: new.clone(),
+                prev: Some(current),
+            };
+            Ok(Ok((OpResult::Put(new), Some(event))))
+        }
+        Op::Delete { key, expected } => {
+            let Some(current) = read_kv(kv, key)? else {
+                return Ok(Err(StorageError::NotFound { key: key.clone() }));
+            };
+            if let Some(expected) = expected
+                && current.mod_revision != *expected
+            {
+                return Ok(Err(StorageError::Conflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    current: Box::new(current),
+                }));
+            }
+            let rev = *revision + 1;
+            kv.remove(key.as_str()).map_err(db_err)?;
+            let rec = LogRecord {
+                key: key.clone(),
+                delete: true,
+                kv: None,
+                prev: Some(KvRecord::from_kv(&current)),
+            };
+            log.insert(rev as u64, rec.encode_to_vec().as_slice())
+                .map_err(db_err)?;
+            *revision = rev;
+            let event = Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: key.clone(),
+                    value: Bytes::new(),
+                    create_revision: 0,
+                    mod_revision: rev,
+                    version: 0,
+                },
+                prev: Some(current.clone()),
+            };
+            Ok(Ok((
+                OpResult::Deleted(Deleted {
+                    revision: rev,
+                    prev: current,
+                }),
+                Some(event),
+            )))
+        }
+        Op::Compact { revision: target } => {
+            if *target > *revision {
+                return Ok(Err(StorageError::FutureRevision {
+                    requested: *target,
+                    current: *revision,
+                }));
+            }
+            if *target < *compacted {
+                return Ok(Err(StorageError::Compacted {
+                    requested: *target,
+                    compacted: *compacted,
+                }));
+            }
+            log.retain_in(..(*target as u64), |_, _| false)
+                .map_err(db_err)?;
+            *compacted = *target;
+            Ok(Ok((OpResult::Compacted, None)))
+        }
+    }
+}
+
+fn write_put(
+    kv: &mut KvTable<'_>,
+    log: &mut LogTable<'_>,
+    new: &KeyValue,
+    prev: Option<&KeyValue>,
+) -> Result<()> {
+    let rec = KvRecord::from_kv(new);
+    kv.insert(new.key.as_str(), rec.encode_to_vec().as_slice())
+        .map_err(db_err)?;
+    let entry = LogRecord {
+        key: new.key.clone(),
+        delete: false,
+        kv: Some(rec),
+        prev: prev.map(KvRecord::from_kv),
+    };
+    log.insert(new.mod_revision as u64, entry.encode_to_vec().as_slice())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+impl Inner {
+    fn snapshot_meta(txn: &redb::ReadTransaction) -> Result<(Revision, Revision)> {
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let revision = meta
+            .get(META_REVISION)
+            .map_err(db_err)?
+            .map(|g| g.value())
+            .unwrap_or(1) as i64;
+        let compacted = meta
+            .get(META_COMPACTED)
+            .map_err(db_err)?
+            .map(|g| g.value())
+            .unwrap_or(0) as i64;
+        Ok((revision, compacted))
+    }
+
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let (current, compacted) = Self::snapshot_meta(&txn)?;
+        let at = req.revision.unwrap_or(current);
+        if at > current {
+            return Err(StorageError::FutureRevision {
+                requested: at,
+                current,
+            });
+        }
+        if at < compacted {
+            return Err(StorageError::Compacted {
+                requested: at,
+                compacted,
+            });
+        }
+        let kv = txn.open_table(KV).map_err(db_err)?;
+        let in_range = |k: &str| {
+            k.starts_with(req.prefix.as_str())
+                && (req.start_after.is_empty() || k > req.start_after.as_str())
+        };
+        // Keys changed after `at`, with their state at `at` (None = absent).
+        let mut undo: BTreeMap<String, Option<KeyValue>> = BTreeMap::new();
+        if at < current {
+            let log = txn.open_table(LOG).map_err(db_err)?;
+            for entry in log.range((at as u64 + 1)..=(current as u64)).map_err(db_err)? {
+                let (rev, value) = entry.map_err(db_err)?;
+                let rec = LogRecord::decode(value.value())
+                    .map_err(|e| corrupt(&format!("log@{}", rev.value()), e))?;
+                if in_range(&rec.key) && !undo.contains_key(&rec.key) {
+                    let prev = rec.prev.map(|p| p.into_kv(rec.key.clone()));
+                    undo.insert(rec.key, prev);
+                }
+            }
+        }
+        let start = if req.start_after.is_empty() {
+            req.prefix.clone()
+        } else {
+            format!("{}\0", req.start_after)
+        };
+        let limit = if req.limit == 0 { usize::MAX } else { req.limit };
+        let mut kvs = Vec::new();
+        let mut more = false;
+        let mut undo_iter = undo.into_iter().peekable();
+        let mut current_iter = kv.range(start.as_str()..).map_err(db_err)?;
+        let mut next_current: Option<KeyValue> = None;
+        let mut current_done = false;
+        loop {
+            if next_current.is_none() && !current_done {
+                match current_iter.next() {
+                    Some(entry) => {
+                        let (k, v) = entry.map_err(db_err)?;
+                        let key = k.value().to_owned();
+                        if !key.starts_with(req.prefix.as_str()) {
+                            current_done = true;
+                        } else {
+                            let rec = KvRecord::decode(v.value()).map_err(|e| corrupt(&key, e))?;
+                            next_current = Some(rec.into_kv(key));
+                        }
+                    }
+                    None => current_done = true,
+                }
+            }
+            // Merge the current keys with the undo map, in key order.
+            let take_undo = match (&next_current, undo_iter.peek()) {
+                (None, None) => break,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(c), Some((k, _))) => k.as_str() <= c.key.as_str(),
+            };
+            let item = if take_undo {
+                let (k, v) = undo_iter.next().expect("peeked");
+                if next_current.as_ref().is_some_and(|c| c.key == k) {
+                    next_current = None;
+                }
+                v
+            } else {
+                next_current.take()
+            };
+            if let Some(item) = item {
+                if kvs.len() == limit {
+                    more = true;
+                    break;
+                }
+                kvs.push(item);
+            }
+        }
+        Ok(RangeResponse {
+            kvs,
+            more,
+            revision: at,
+        })
+    }
+
+    /// Reads up to `LOG_CHUNK` events under `prefix` from revision `from`.
+    /// Returns the events and the revision read up to.
+    fn read_log(&self, prefix: &str, from: Revision) -> Result<(Vec<Event>, Revision)> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let (current, compacted) = Self::snapshot_meta(&txn)?;
+        if from < compacted {
+            return Err(StorageError::Compacted {
+                requested: from,
+                compacted,
+            });
+        }
+        let log = txn.open_table(LOG).map_err(db_err)?;
+        let mut events = Vec::new();
+        let mut upto = from - 1;
+        if from <= current {
+            for entry in log.range((from as u64)..=(current as u64)).map_err(db_err)? {
+                let (rev, value) = entry.map_err(db_err)?;
+                let rev = rev.value() as i64;
+                upto = rev;
+                let rec = LogRecord::decode(value.value())
+                    .map_err(|e| corrupt(&format!("log@{rev}"), e))?;
+                if rec.key.starts_with(prefix) {
+                    events.push(rec.into_event(rev));
+                    if events.len() >= LOG_CHUNK {
+                        return Ok((events, upto));
+                    }
+                }
+            }
+            upto = current;
+        }
+        Ok((events, upto))
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for EmbeddedStorage {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let inner = self.inner.clone();
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let txn = inner.db.begin_read().map_err(db_err)?;
+            let kv = txn.open_table(KV).map_err(db_err)?;
+            match kv.get(key.as_str()).map_err(db_err)? {
+                Some(g) => {
+                    let rec = KvRecord::decode(g.value()).map_err(|e| corrupt(&key, e))?;
+                    Ok(Some(rec.into_kv(key)))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(StorageError::unavailable)?
+    }
+
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.range(&request))
+            .await
+            .map_err(StorageError::unavailable)?
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        match self
+            .submit(Op::Create {
+                key: key.to_owned(),
+                value,
+            })
+            .await?
+        {
+            OpResult::Put(kv) => Ok(kv),
+            _ => unreachable!("create yields a put"),
+        }
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
+        match self
+            .submit(Op::Update {
+                key: key.to_owned(),
+                value,
+                expected,
+            })
+            .await?
+        {
+            OpResult::Put(kv) => Ok(kv),
+            _ => unreachable!("update yields a put"),
+        }
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted> {
+        match self
+            .submit(Op::Delete {
+                key: key.to_owned(),
+                expected,
+            })
+            .await?
+        {
+            OpResult::Deleted(d) => Ok(d),
+            _ => unreachable!("delete yields a deletion"),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream> {
+        // Subscribe before reading the log, so nothing falls between the two.
+        let mut live = self.inner.events.subscribe();
+        let current = self.inner.revision.load(Ordering::Acquire);
+        let start = if start <= 0 { current + 1 } else { start };
+        let compacted = self.inner.compacted.load(Ordering::Acquire);
+        if start < compacted {
+            return Err(StorageError::Compacted {
+                requested: start,
+                compacted,
+            });
+        }
+        let (tx, rx) = mpsc::channel::<Result<Vec<Event>>>(64);
+        let inner = self.inner.clone();
+        let prefix = prefix.to_owned();
+        tokio::spawn(async move {
+            let mut next = start;
+            'outer: loop {
+                // Catch up from the log.
+                loop {
+                    let reader = inner.clone();
+                    let p = prefix.clone();
+                    let read = tokio::task::spawn_blocking(move || reader.read_log(&p, next)).await;
+                    let (events, upto) = match read {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(StorageError::unavailable(e))).await;
+                            return;
+                        }
+                    };
+                    let caught_up = upto >= inner.revision.load(Ordering::Acquire);
+                    next = upto + 1;
+                    if !events.is_empty() && tx.send(Ok(events)).await.is_err() {
+                        return;
+                    }
+                    if caught_up {
+                        break;
+                    }
+                }
+                // Follow live batches.
+                loop {
+                    match live.recv().await {
+                        Ok(batch) => {
+                            let events: Vec<Event> = batch
+                                .iter()
+                                .filter(|e| e.revision() >= next && e.kv.key.starts_with(&prefix))
+                                .cloned()
+                                .collect();
+                            if let Some(last) = batch.last() {
+                                next = next.max(last.revision() + 1);
+                            }
+                            if !events.is_empty() && tx.send(Ok(events)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue 'outer,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        match self.submit(Op::Compact { revision }).await? {
+            OpResult::Compacted => Ok(()),
+            _ => unreachable!("compact yields compacted"),
+        }
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.inner.revision.load(Ordering::Acquire))
+    }
+}

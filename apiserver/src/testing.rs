@@ -1,0 +1,108 @@
+//! Helpers for tests that need real processes: a real `etcd` server on free
+//! loopback ports with a temporary data directory, killed on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `etcd` (Debian package `etcd-server`), stopped when dropped.
+pub struct EtcdServer {
+    child: Child,
+    /// Client URL, e.g. `http://127.0.0.1:34567`.
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+fn etcd_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("ETCD_BIN") {
+        return PathBuf::from(p);
+    }
+    for candidate in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if std::path::Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from("etcd")
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers (up to 30 s).
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        for attempt in 0..5 {
+            let client = free_port();
+            let peer = free_port();
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let data = dir.path().join(format!("data-{attempt}"));
+            let child = Command::new(etcd_binary())
+                .arg("--name")
+                .arg("skiff-test")
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--listen-client-urls")
+                .arg(&endpoint)
+                .arg("--advertise-client-urls")
+                .arg(&endpoint)
+                .arg("--listen-peer-urls")
+                .arg(&peer_url)
+                .arg("--initial-advertise-peer-urls")
+                .arg(&peer_url)
+                .arg("--initial-cluster")
+                .arg(format!("skiff-test={peer_url}"))
+                .arg("--log-level")
+                .arg("error")
+                .arg("--logger")
+                .arg("zap")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd: install it with `apt-get install -y etcd-server`");
+            let mut server = EtcdServer {
+                child,
+                endpoint,
+                _dir: tempfile::tempdir().expect("temp dir"),
+            };
+            if server.wait_ready(Duration::from_secs(30)).await {
+                server._dir = dir;
+                return server;
+            }
+            // Port taken between probe and bind, most likely: try others.
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+        panic!("etcd did not start on any free port");
+    }
+
+    async fn wait_ready(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint.as_str()], None).await
+                && c.get("health-probe", None).await.is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
