@@ -73,6 +73,10 @@ fn main() {
                 format!("crate::wire::ListResponse<{}>", k.rust_type()),
             );
     }
+    // google.rpc details are only described (for reflection); tonic-types
+    // provides the Rust side.
+    let mut fds = fds;
+    fds.file.retain(|f| f.package() != "google.rpc");
     builder.compile_fds(fds).expect("generate gRPC code");
 
     let glue = generate_glue(&kinds);

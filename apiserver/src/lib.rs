@@ -1,8 +1,19 @@
-//! The Skiff API server: storage backends, the typed object store and its
-//! cacher, the generic gRPC service every kind is served by, validation,
-//! and the server assembly.
+//! The Skiff API server: storage backends, the typed object store (and, in
+//! front of it, the cacher), the one generic gRPC service every kind is
+//! served by, validation, and the server assembly.
 
+pub mod error;
+pub mod keys;
+pub mod limits;
+pub mod predicate;
+pub mod server;
+pub mod service;
 pub mod storage;
+pub mod store;
+pub mod strategy;
+pub mod validation;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+pub use server::{ApiServer, ServerError, StorageConfig, open_storage};

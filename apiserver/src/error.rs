@@ -1,0 +1,242 @@
+//! The API server's error type and its one conversion to `tonic::Status`.
+//!
+//! Every failure a request can meet ends up as an [`ApiError`]; the gRPC
+//! boundary turns it into the status code DESIGN.md fixes, with
+//! `google.rpc.BadRequest` naming each bad field, `ResourceInfo` naming the
+//! object, and `RetryInfo` when trying again later can help.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::storage::StorageError;
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// JSON path of the field, e.g. `spec.containers[0].image`.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Why an API request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The object does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// Kind of the object.
+        kind: String,
+        /// "namespace/name" or "name".
+        name: String,
+    },
+    /// An object of that name exists already.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists {
+        /// Kind of the object.
+        kind: String,
+        /// "namespace/name" or "name".
+        name: String,
+    },
+    /// The object changed since the caller read it (stale resource_version
+    /// or failed precondition on uid or version).
+    #[error("{kind} {name:?}: {reason}")]
+    Conflict {
+        /// Kind of the object.
+        kind: String,
+        /// "namespace/name" or "name".
+        name: String,
+        /// What did not match.
+        reason: String,
+    },
+    /// The request is invalid; each violation names a field.
+    #[error("{kind} {name:?} is invalid: {}", summarize(violations))]
+    Invalid {
+        /// Kind of the object (or of the request).
+        kind: String,
+        /// "namespace/name", "name" or empty.
+        name: String,
+        /// The invalid fields.
+        violations: Vec<FieldViolation>,
+    },
+    /// The resource version is older than what is kept: re-list.
+    #[error("{0}")]
+    Expired(String),
+    /// The operation does not apply to the object in its current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A limit was exceeded; `retry_after` says when trying again may help.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// What was exceeded.
+        message: String,
+        /// When to retry, if retrying can help.
+        retry_after: Option<Duration>,
+    },
+    /// Storage or the cache cannot answer now; retrying later may help.
+    #[error("{message}")]
+    Unavailable {
+        /// What is unavailable.
+        message: String,
+        /// When to retry.
+        retry_after: Option<Duration>,
+    },
+    /// The method is not served.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// A server-side fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn summarize(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    /// An invalid-request error with one violation.
+    pub fn invalid(kind: &str, name: &str, field: &str, description: impl Into<String>) -> Self {
+        Self::Invalid {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            violations: vec![FieldViolation::new(field, description)],
+        }
+    }
+
+    /// Maps a storage error about object `name` of `kind`.
+    pub fn from_storage(kind: &str, name: &str, e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound { .. } => Self::NotFound {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+            },
+            StorageError::AlreadyExists { .. } => Self::AlreadyExists {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+            },
+            StorageError::Conflict { .. } => Self::Conflict {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+                reason: "the object has been modified; read it again and retry".into(),
+            },
+            StorageError::Compacted { requested, .. } => Self::Expired(format!(
+                "resource version {requested} is too old for {kind}; list again"
+            )),
+            StorageError::FutureRevision { requested, .. } => Self::Unavailable {
+                message: format!("resource version {requested} is not reached yet; retry"),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            StorageError::Unavailable(source) => Self::Unavailable {
+                message: format!("storage unavailable: {source}"),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            StorageError::Corrupt { key, reason } => {
+                Self::Internal(format!("stored data for {key} is corrupt: {reason}"))
+            }
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let message = e.to_string();
+        match e {
+            ApiError::NotFound { kind, name } => with_resource(Code::NotFound, message, &kind, &name),
+            ApiError::AlreadyExists { kind, name } => {
+                with_resource(Code::AlreadyExists, message, &kind, &name)
+            }
+            ApiError::Conflict { kind, name, .. } => with_resource(Code::Aborted, message, &kind, &name),
+            ApiError::Invalid { violations, .. } => {
+                let mut details = ErrorDetails::new();
+                for v in &violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ApiError::Expired(_) => Status::new(Code::OutOfRange, message),
+            ApiError::FailedPrecondition(_) => Status::new(Code::FailedPrecondition, message),
+            ApiError::ResourceExhausted { retry_after, .. } => {
+                with_retry(Code::ResourceExhausted, message, retry_after)
+            }
+            ApiError::Unavailable { retry_after, .. } => with_retry(Code::Unavailable, message, retry_after),
+            ApiError::Unimplemented(_) => Status::new(Code::Unimplemented, message),
+            ApiError::Internal(_) => Status::new(Code::Internal, message),
+        }
+    }
+}
+
+fn with_resource(code: Code, message: String, kind: &str, name: &str) -> Status {
+    let details = ErrorDetails::with_resource_info(kind, name, "", "");
+    Status::with_error_details(code, message, details)
+}
+
+fn with_retry(code: Code, message: String, retry_after: Option<Duration>) -> Status {
+    match retry_after {
+        Some(d) => Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(d))),
+        None => Status::new(code, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_maps_to_invalid_argument_with_bad_request_fields() {
+        let e = ApiError::Invalid {
+            kind: "Pod".into(),
+            name: "default/x".into(),
+            violations: vec![
+                FieldViolation::new("metadata.name", "bad"),
+                FieldViolation::new("spec.containers", "required"),
+            ],
+        };
+        let s: Status = e.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("metadata.name: bad"));
+        let br = s.get_details_bad_request().expect("BadRequest detail");
+        let fields: Vec<_> = br.field_violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.name", "spec.containers"]);
+    }
+
+    #[test]
+    fn each_error_has_its_design_code() {
+        let cases: Vec<(ApiError, Code)> = vec![
+            (ApiError::NotFound { kind: "Pod".into(), name: "a".into() }, Code::NotFound),
+            (ApiError::AlreadyExists { kind: "Pod".into(), name: "a".into() }, Code::AlreadyExists),
+            (
+                ApiError::Conflict { kind: "Pod".into(), name: "a".into(), reason: "stale".into() },
+                Code::Aborted,
+            ),
+            (ApiError::Expired("old".into()), Code::OutOfRange),
+            (ApiError::FailedPrecondition("terminating".into()), Code::FailedPrecondition),
+            (
+                ApiError::ResourceExhausted { message: "too big".into(), retry_after: None },
+                Code::ResourceExhausted,
+            ),
+            (
+                ApiError::Unavailable { message: "down".into(), retry_after: Some(Duration::from_secs(1)) },
+                Code::Unavailable,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Where objects live in storage: `/registry/<plural>/<namespace>/<name>`
+//! for namespaced kinds and `/registry/<plural>/<name>` for cluster-scoped
+//! ones, as Kubernetes lays out etcd.
+
+use skiff::KindInfo;
+
+/// Root of every object key.
+pub const ROOT: &str = "/registry/";
+
+/// Key of one object.
+pub fn object_key(info: &KindInfo, namespace: &str, name: &str) -> String {
+    if info.namespaced {
+        format!("{ROOT}{}/{namespace}/{name}", info.plural)
+    } else {
+        format!("{ROOT}{}/{name}", info.plural)
+    }
+}
+
+/// Prefix of every object of a kind, or of a kind in one namespace.
+pub fn prefix(info: &KindInfo, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if info.namespaced && !ns.is_empty() => format!("{ROOT}{}/{ns}/", info.plural),
+        _ => format!("{ROOT}{}/", info.plural),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::Resource;
+    use skiff::api::core::v1::{Node, Pod};
+
+    #[test]
+    fn keys_follow_the_kubernetes_layout() {
+        assert_eq!(object_key(&Pod::INFO, "default", "web"), "/registry/pods/default/web");
+        assert_eq!(object_key(&Node::INFO, "", "n1"), "/registry/nodes/n1");
+        assert_eq!(prefix(&Pod::INFO, Some("default")), "/registry/pods/default/");
+        assert_eq!(prefix(&Pod::INFO, None), "/registry/pods/");
+        assert_eq!(prefix(&Node::INFO, Some("x")), "/registry/nodes/");
+    }
+}

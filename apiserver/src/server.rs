@@ -1,0 +1,221 @@
+//! Assembly of the API server: one store and one generic service per kind,
+//! server reflection (v1 and v1alpha, for grpcurl 1.8), gRPC health with a
+//! status per service, request size limits, and the namespaces every
+//! cluster starts with.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff::api::apps::v1::{Deployment, ReplicaSet};
+use skiff::api::coordination::v1::Lease;
+use skiff::api::core::v1::{
+    Endpoints, Event, Namespace, Node, Pod, ResourceQuota, Secret, Service, ServiceAccount,
+};
+use skiff::api::meta::v1::ObjectMeta;
+use skiff::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use skiff::server::{MessageLimits, ServeWith};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+
+use crate::error::ApiError;
+use crate::limits::RequestSizeLayer;
+use crate::service::{ApiContext, MAX_OBJECT_BYTES, ResourceServer};
+use crate::storage::Storage;
+use crate::storage::embedded::EmbeddedStorage;
+use crate::storage::etcd::EtcdStorage;
+use crate::store::{ObjectStore, ReadVersion, StorageStore};
+use crate::strategy::Strategy;
+
+/// Namespaces that exist from the first start.
+pub const BOOTSTRAP_NAMESPACES: &[&str] = &["default", "skiff-system"];
+
+/// Which storage backend to use.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// The embedded store in a data directory.
+    Embedded {
+        /// Directory holding the database.
+        data_dir: PathBuf,
+    },
+    /// An etcd cluster.
+    Etcd {
+        /// Client URLs, e.g. `http://127.0.0.1:2379`.
+        endpoints: Vec<String>,
+        /// Prefix of every key (several clusters may share one etcd).
+        key_prefix: String,
+    },
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Storage could not be opened.
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// Bootstrapping objects failed.
+    #[error("cannot bootstrap the cluster: {0}")]
+    Bootstrap(#[source] ApiError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the configured storage backend.
+pub async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, ServerError> {
+    Ok(match config {
+        StorageConfig::Embedded { data_dir } => Arc::new(EmbeddedStorage::open(data_dir)?),
+        StorageConfig::Etcd {
+            endpoints,
+            key_prefix,
+        } => Arc::new(EtcdStorage::connect(endpoints, key_prefix).await?),
+    })
+}
+
+/// A configured API server, ready to serve.
+pub struct ApiServer {
+    routes: RoutesBuilder,
+    storage: Arc<dyn Storage>,
+}
+
+struct Registrar {
+    routes: RoutesBuilder,
+    storage: Arc<dyn Storage>,
+    ctx: Arc<ApiContext>,
+    services: Vec<&'static str>,
+}
+
+impl Registrar {
+    /// Serves kind `K`: the one line a new kind costs.
+    fn add<K>(&mut self)
+    where
+        K: Strategy + ServeWith<ResourceServer<K>>,
+    {
+        let store: Arc<dyn ObjectStore<K>> = Arc::new(StorageStore::<K>::new(self.storage.clone()));
+        let server = Arc::new(ResourceServer::new(store, self.ctx.clone()));
+        K::add_service(
+            &mut self.routes,
+            server,
+            MessageLimits {
+                max_decoding: MAX_OBJECT_BYTES + 1024,
+                max_encoding: usize::MAX,
+            },
+        );
+        self.services.push(K::INFO.service_name);
+    }
+}
+
+impl ApiServer {
+    /// Builds the server over `storage` and creates the bootstrap namespaces.
+    pub async fn new(storage: Arc<dyn Storage>) -> Result<Self, ServerError> {
+        let namespaces: Arc<dyn ObjectStore<Namespace>> =
+            Arc::new(StorageStore::<Namespace>::new(storage.clone()));
+        let ctx = Arc::new(ApiContext {
+            namespaces: namespaces.clone(),
+        });
+        let mut r = Registrar {
+            routes: RoutesBuilder::default(),
+            storage: storage.clone(),
+            ctx: ctx.clone(),
+            services: Vec::new(),
+        };
+        r.add::<Namespace>();
+        r.add::<Node>();
+        r.add::<Pod>();
+        r.add::<Service>();
+        r.add::<Endpoints>();
+        r.add::<ServiceAccount>();
+        r.add::<Secret>();
+        r.add::<Event>();
+        r.add::<ResourceQuota>();
+        r.add::<ReplicaSet>();
+        r.add::<Deployment>();
+        r.add::<Lease>();
+        r.add::<Role>();
+        r.add::<ClusterRole>();
+        r.add::<RoleBinding>();
+        r.add::<ClusterRoleBinding>();
+        debug_assert_eq!(r.services.len(), skiff::KINDS.len(), "every kind is served");
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_service_status("", ServingStatus::Serving).await;
+        for name in &r.services {
+            reporter.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        let mut routes = r.routes;
+        routes.add_service(health);
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(skiff::descriptor::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        routes.add_service(
+            reflection()
+                .build_v1()
+                .expect("the API's descriptors form a valid reflection set"),
+        );
+        routes.add_service(
+            reflection()
+                .build_v1alpha()
+                .expect("the API's descriptors form a valid reflection set"),
+        );
+
+        bootstrap_namespaces(&*namespaces, &ctx).await?;
+        Ok(Self { routes, storage })
+    }
+
+    /// The storage the server writes to.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_concurrent_streams(Some(1 << 20))
+            .layer(RequestSizeLayer::new(MAX_OBJECT_BYTES))
+            .add_routes(self.routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn bootstrap_namespaces(
+    namespaces: &dyn ObjectStore<Namespace>,
+    ctx: &Arc<ApiContext>,
+) -> Result<(), ServerError> {
+    let server = ResourceServer::<Namespace>::new(ctx.namespaces.clone(), ctx.clone());
+    for name in BOOTSTRAP_NAMESPACES {
+        if namespaces
+            .get("", name, ReadVersion::Latest)
+            .await
+            .map_err(ServerError::Bootstrap)?
+            .is_some()
+        {
+            continue;
+        }
+        let ns = Namespace {
+            metadata: Some(ObjectMeta {
+                name: (*name).to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match server.create_object(ns).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(ServerError::Bootstrap(e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! The one generic service every kind is served by: request semantics of
+//! Kubernetes' generic registry (server-set metadata, generate_name,
+//! generation, status kept apart from spec, compare-and-swap, finalizers,
+//! graceful deletion, namespace existence), over an [`ObjectStore`].
+//! Errors are [`ApiError`] until the gRPC boundary, where they become
+//! `Status` through its one conversion.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use rand::Rng;
+use skiff::api::core::v1::{Namespace, PodCondition};
+use skiff::params::{DeleteParams, GetParams, ListParams, WatchParams};
+use skiff::resource::object_key;
+use skiff::server::{ResourceService, WatchStream};
+use skiff::wire::ListResponse;
+use skiff::{Resource, api};
+use tonic::{Request, Response, Status};
+
+use crate::error::{ApiError, FieldViolation};
+use crate::keys;
+use crate::predicate::Predicate;
+use crate::store::{ContinueToken, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart};
+use crate::strategy::Strategy;
+use crate::validation::{check_name, validate_meta};
+
+/// Largest object the server stores (etcd's request limit).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// State shared by every kind's service.
+pub struct ApiContext {
+    /// Namespaces, to refuse objects in missing or terminating namespaces.
+    pub namespaces: Arc<dyn ObjectStore<Namespace>>,
+}
+
+/// The generic service of kind `K`.
+pub struct ResourceServer<K: Resource> {
+    store: Arc<dyn ObjectStore<K>>,
+    ctx: Arc<ApiContext>,
+}
+
+impl<K: Strategy> ResourceServer<K> {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn ObjectStore<K>>, ctx: Arc<ApiContext>) -> Self {
+        Self { store, ctx }
+    }
+
+    fn kind() -> &'static str {
+        K::INFO.kind
+    }
+
+    /// The namespace a request means: "default" when a namespaced kind's is
+    /// empty, always empty for cluster-scoped kinds.
+    fn namespace_of(ns: &str) -> String {
+        if !K::INFO.namespaced {
+            String::new()
+        } else if ns.is_empty() {
+            "default".to_owned()
+        } else {
+            ns.to_owned()
+        }
+    }
+
+    fn require_name(ns: &str, name: &str) -> Result<(), ApiError> {
+        if name.is_empty() {
+            return Err(ApiError::invalid(Self::kind(), ns, "name", "required"));
+        }
+        Ok(())
+    }
+
+    async fn existing(&self, ns: &str, name: &str) -> Result<K, ApiError> {
+        self.store
+            .get(ns, name, ReadVersion::Latest)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: Self::kind().to_owned(),
+                name: object_key(ns, name),
+            })
+    }
+
+    async fn check_namespace_for_create(&self, ns: &str) -> Result<(), ApiError> {
+        if !K::INFO.namespaced {
+            return Ok(());
+        }
+        match self.ctx.namespaces.get("", ns, ReadVersion::Latest).await? {
+            None => Err(ApiError::NotFound {
+                kind: "Namespace".into(),
+                name: ns.to_owned(),
+            }),
+            Some(n) if n.meta().deletion_timestamp.is_some() => Err(ApiError::FailedPrecondition(format!(
+                "unable to create {} in namespace {ns:?}: the namespace is being terminated",
+                Self::kind()
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn check_size(obj: &K) -> Result<(), ApiError> {
+        let len = obj.encoded_len();
+        if len > MAX_OBJECT_BYTES {
+            return Err(ApiError::ResourceExhausted {
+                message: format!(
+                    "{} {:?} is {len} bytes; the limit is {MAX_OBJECT_BYTES} bytes",
+                    Self::kind(),
+                    object_key(obj.namespace(), obj.name())
+                ),
+                retry_after: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn invalid_if_any(obj: &K, violations: Vec<FieldViolation>) -> Result<(), ApiError> {
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Invalid {
+                kind: Self::kind().to_owned(),
+                name: object_key(obj.namespace(), obj.name()),
+                violations,
+            })
+        }
+    }
+
+    /// Creates an object with Kubernetes' create semantics.
+    pub async fn create_object(&self, mut obj: K) -> Result<K, ApiError> {
+        let ns = Self::namespace_of(obj.namespace());
+        let generate = {
+            let m = obj.meta_mut();
+            m.namespace = ns.clone();
+            m.name.is_empty() && !m.generate_name.is_empty()
+        };
+        {
+            let m = obj.meta_mut();
+            m.uid = uuid::Uuid::new_v4().to_string();
+            m.creation_timestamp = Some(now());
+            m.resource_version.clear();
+            m.deletion_timestamp = None;
+            m.deletion_grace_period_seconds = None;
+            m.generation = 1;
+        }
+        obj.prepare_for_create();
+        if generate {
+            let prefix = obj.meta().generate_name.clone();
+            if let Err(e) = check_name(K::NAME_RULE, &format!("{prefix}x")) {
+                return Err(ApiError::invalid(Self::kind(), &ns, "metadata.generateName", e));
+            }
+            obj.meta_mut().name = generated_name(&prefix);
+        }
+        let mut violations = Vec::new();
+        validate_meta(obj.meta(), K::NAME_RULE, &mut violations);
+        violations.extend(obj.validate());
+        Self::invalid_if_any(&obj, violations)?;
+        Self::check_size(&obj)?;
+        self.check_namespace_for_create(&ns).await?;
+        // A generated name may collide; try a few others, as Kubernetes' clients do.
+        let mut attempts = 0;
+        loop {
+            match self.store.create(obj.clone()).await {
+                Err(ApiError::AlreadyExists { .. }) if generate && attempts < 5 => {
+                    attempts += 1;
+                    let prefix = obj.meta().generate_name.clone();
+                    obj.meta_mut().name = generated_name(&prefix);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads, changes and writes an object until the write is not
+    /// concurrent with another; `change` returning `None` means no change.
+    pub async fn guaranteed_update(
+        &self,
+        ns: &str,
+        name: &str,
+        mut change: impl FnMut(&K) -> Result<Option<K>, ApiError> + Send,
+    ) -> Result<K, ApiError> {
+        loop {
+            let old = self.existing(ns, name).await?;
+            let Some(new) = change(&old)? else { return Ok(old) };
+            Self::check_size(&new)?;
+            match self.store.update(new, old.resource_version() as i64).await {
+                Err(ApiError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn update_object(&self, obj: K, status_only: bool) -> Result<K, ApiError> {
+        let ns = Self::namespace_of(obj.namespace());
+        let name = obj.name().to_owned();
+        Self::require_name(&ns, &name).map_err(|_| {
+            ApiError::invalid(Self::kind(), &ns, "metadata.name", "required")
+        })?;
+        let requested: Option<u64> = match obj.meta().resource_version.as_str() {
+            "" => None,
+            rv => Some(rv.parse().map_err(|_| {
+                ApiError::invalid(
+                    Self::kind(),
+                    &object_key(&ns, &name),
+                    "metadata.resourceVersion",
+                    format!("{rv:?} is not a resource version"),
+                )
+            })?),
+        };
+        loop {
+            let old = self.existing(&ns, &name).await?;
+            if let Some(rv) = requested
+                && rv != old.resource_version()
+            {
+                return Err(ApiError::Conflict {
+                    kind: Self::kind().to_owned(),
+                    name: object_key(&ns, &name),
+                    reason: format!(
+                        "the object has been modified (resource version {rv} is stale, current is {}); read it again and retry",
+                        old.resource_version()
+                    ),
+                });
+            }
+            let mut new = if status_only {
+                let mut n = old.clone();
+                n.copy_status_from(&obj);
+                Self::invalid_if_any(&n, n.validate_status())?;
+                n
+            } else {
+                let mut n = obj.clone();
+                n.meta_mut().namespace = ns.clone();
+                n.copy_status_from(&old);
+                let mut violations = Vec::new();
+                {
+                    let om = old.meta();
+                    let m = n.meta_mut();
+                    if !m.uid.is_empty() && m.uid != om.uid {
+                        violations.push(FieldViolation::new("metadata.uid", "field is immutable"));
+                    }
+                    m.uid = om.uid.clone();
+                    m.creation_timestamp = om.creation_timestamp;
+                    m.deletion_timestamp = om.deletion_timestamp;
+                    m.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
+                    m.generation = om.generation;
+                }
+                n.prepare_for_update(&old);
+                if !n.spec_eq(&old) {
+                    n.meta_mut().generation = old.meta().generation + 1;
+                }
+                validate_meta(n.meta(), K::NAME_RULE, &mut violations);
+                violations.extend(n.validate_update(&old));
+                Self::invalid_if_any(&n, violations)?;
+                n
+            };
+            new.meta_mut().resource_version = old.meta().resource_version.clone();
+            if new == old {
+                return Ok(old);
+            }
+            Self::check_size(&new)?;
+            let old_rv = old.resource_version() as i64;
+            let result = if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers() {
+                // The last finalizer is gone: the object goes.
+                self.store.delete(&ns, &name, Some(old_rv)).await
+            } else {
+                self.store.update(new, old_rv).await
+            };
+            match result {
+                Err(ApiError::Conflict { .. }) if requested.is_none() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_object(&self, p: DeleteParams) -> Result<K, ApiError> {
+        let ns = Self::namespace_of(&p.namespace);
+        Self::require_name(&ns, &p.name)?;
+        let key = object_key(&ns, &p.name);
+        if !matches!(p.propagation_policy.as_str(), "" | "Background" | "Foreground" | "Orphan") {
+            return Err(ApiError::invalid(
+                Self::kind(),
+                &key,
+                "propagation_policy",
+                format!("{:?}: must be Background, Foreground or Orphan", p.propagation_policy),
+            ));
+        }
+        if p.grace_period_seconds.is_some_and(|g| g < 0) {
+            return Err(ApiError::invalid(Self::kind(), &key, "grace_period_seconds", "must not be negative"));
+        }
+        let precondition_rv: Option<u64> = match p.preconditions.as_ref().map(|c| c.resource_version.as_str()) {
+            None | Some("") => None,
+            Some(rv) => Some(rv.parse().map_err(|_| {
+                ApiError::invalid(Self::kind(), &key, "preconditions.resource_version", "not a resource version")
+            })?),
+        };
+        loop {
+            let old = self.existing(&ns, &p.name).await?;
+            if let Some(c) = &p.preconditions {
+                if !c.uid.is_empty() && c.uid != old.meta().uid {
+                    return Err(ApiError::Conflict {
+                        kind: Self::kind().to_owned(),
+                        name: key.clone(),
+                        reason: format!("precondition failed: uid is {}, not {}", old.meta().uid, c.uid),
+                    });
+                }
+                if let Some(rv) = precondition_rv
+                    && rv != old.resource_version()
+                {
+                    return Err(ApiError::Conflict {
+                        kind: Self::kind().to_owned(),
+                        name: key.clone(),
+                        reason: format!(
+                            "precondition failed: resource version is {}, not {rv}",
+                            old.resource_version()
+                        ),
+                    });
+                }
+            }
+            let old_rv = old.resource_version() as i64;
+            let grace = old.graceful_delete_seconds(p.grace_period_seconds);
+            let pending = old.has_pending_finalizers();
+            let result = if old.meta().deletion_timestamp.is_some() {
+                // Already being deleted: finish it if nothing remains to wait for.
+                if pending || grace.is_some() {
+                    return Ok(old);
+                }
+                self.store.delete(&ns, &p.name, Some(old_rv)).await
+            } else if pending || grace.is_some() {
+                let mut new = old.clone();
+                let grace = grace.unwrap_or(0);
+                {
+                    let m = new.meta_mut();
+                    m.deletion_timestamp = Some(timestamp_after(Duration::from_secs(grace as u64)));
+                    m.deletion_grace_period_seconds = Some(grace);
+                }
+                new.mark_deleting();
+                self.store.update(new, old_rv).await
+            } else {
+                self.store.delete(&ns, &p.name, Some(old_rv)).await
+            };
+            match result {
+                Err(ApiError::Conflict { .. }) if precondition_rv.is_none() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_objects(&self, p: ListParams) -> Result<ListResponse<K>, ApiError> {
+        let predicate = Predicate::parse::<K>(&p.namespace, &p.label_selector, &p.field_selector)?;
+        let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
+        if p.page_size < 0 {
+            return Err(ApiError::invalid(Self::kind(), "", "page_size", "must not be negative"));
+        }
+        let continue_token = if p.page_token.is_empty() {
+            None
+        } else {
+            let prefix = keys::prefix(&K::INFO, predicate.namespace.as_deref());
+            Some(ContinueToken::decode(Self::kind(), &p.page_token, &prefix)?)
+        };
+        self.store
+            .list(ListOptions {
+                predicate,
+                version,
+                limit: p.page_size as usize,
+                continue_token,
+            })
+            .await
+    }
+
+    async fn watch_objects(&self, p: WatchParams) -> Result<WatchStream<K>, ApiError> {
+        let predicate = Predicate::parse::<K>(&p.namespace, &p.label_selector, &p.field_selector)?;
+        let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
+        if p.timeout_seconds < 0 {
+            return Err(ApiError::invalid(Self::kind(), "", "timeout_seconds", "must not be negative"));
+        }
+        let start = match version {
+            _ if p.send_initial_events => WatchStart::CurrentState,
+            ReadVersion::Latest | ReadVersion::Any => WatchStart::CurrentState,
+            ReadVersion::AtLeast(n) | ReadVersion::Exact(n) => WatchStart::After(n),
+        };
+        let stream = self
+            .store
+            .watch(WatchOptions {
+                predicate,
+                start,
+                initial_events_end_bookmark: p.send_initial_events,
+                allow_bookmarks: p.allow_bookmarks,
+            })
+            .await?;
+        let stream = stream.map(|r| r.map_err(Status::from));
+        if p.timeout_seconds > 0 {
+            let deadline = tokio::time::sleep(Duration::from_secs(p.timeout_seconds as u64));
+            Ok(Box::pin(stream.take_until(deadline)))
+        } else {
+            Ok(Box::pin(stream))
+        }
+    }
+}
+
+/// The current time as a protobuf timestamp.
+pub fn now() -> prost_types::Timestamp {
+    SystemTime::now().into()
+}
+
+fn timestamp_after(d: Duration) -> prost_types::Timestamp {
+    (SystemTime::now() + d).into()
+}
+
+/// `prefix` plus five random characters, as Kubernetes generates names.
+fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    let max_prefix = 63 - 5;
+    let prefix = if prefix.len() > max_prefix { &prefix[..max_prefix] } else { prefix };
+    format!("{prefix}{suffix}")
+}
+
+#[tonic::async_trait]
+impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
+    async fn create(&self, request: Request<K>) -> Result<K, Status> {
+        Ok(self.create_object(request.into_inner()).await?)
+    }
+
+    async fn get(&self, request: Request<GetParams>) -> Result<K, Status> {
+        let p = request.into_inner();
+        let ns = Self::namespace_of(&p.namespace);
+        Self::require_name(&ns, &p.name)?;
+        let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
+        Ok(self
+            .store
+            .get(&ns, &p.name, version)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: Self::kind().to_owned(),
+                name: object_key(&ns, &p.name),
+            })?)
+    }
+
+    async fn list(&self, request: Request<ListParams>) -> Result<ListResponse<K>, Status> {
+        Ok(self.list_objects(request.into_inner()).await?)
+    }
+
+    async fn update(&self, request: Request<K>) -> Result<K, Status> {
+        Ok(self.update_object(request.into_inner(), false).await?)
+    }
+
+    async fn update_status(&self, request: Request<K>) -> Result<K, Status> {
+        if !K::INFO.has_status {
+            return Err(ApiError::Unimplemented(format!("{} has no status", Self::kind())).into());
+        }
+        Ok(self.update_object(request.into_inner(), true).await?)
+    }
+
+    async fn delete(&self, request: Request<DeleteParams>) -> Result<K, Status> {
+        Ok(self.delete_object(request.into_inner()).await?)
+    }
+
+    async fn watch(&self, request: Request<WatchParams>) -> Result<WatchStream<K>, Status> {
+        Ok(self.watch_objects(request.into_inner()).await?)
+    }
+}
+
+#[tonic::async_trait]
+impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod> {
+    async fn bind_pod(
+        &self,
+        request: Request<api::core::v1::BindPodRequest>,
+    ) -> Result<Response<api::core::v1::BindPodResponse>, Status> {
+        let r = request.into_inner();
+        let ns = Self::namespace_of(&r.namespace);
+        Self::require_name(&ns, &r.name)?;
+        let key = object_key(&ns, &r.name);
+        if let Err(e) = skiff::selector::validate_dns1123_subdomain(&r.node_name) {
+            return Err(ApiError::invalid("Pod", &key, "node_name", e).into());
+        }
+        let pod = self
+            .guaranteed_update(&ns, &r.name, |old| {
+                if !r.uid.is_empty() && r.uid != old.meta().uid {
+                    return Err(ApiError::Conflict {
+                        kind: "Pod".into(),
+                        name: key.clone(),
+                        reason: format!("precondition failed: uid is {}, not {}", old.meta().uid, r.uid),
+                    });
+                }
+                if old.meta().deletion_timestamp.is_some() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "pod {key:?} is being deleted and cannot be bound"
+                    )));
+                }
+                let current = old.spec.as_ref().map(|s| s.node_name.as_str()).unwrap_or("");
+                if !current.is_empty() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "pod {key:?} is already bound to node {current:?}"
+                    )));
+                }
+                let mut new = old.clone();
+                new.spec.get_or_insert_with(Default::default).node_name = r.node_name.clone();
+                let status = new.status.get_or_insert_with(Default::default);
+                set_pod_condition(&mut status.conditions, "PodScheduled", "True", "", "");
+                Ok(Some(new))
+            })
+            .await?;
+        Ok(Response::new(api::core::v1::BindPodResponse { pod: Some(pod) }))
+    }
+}
+
+/// Sets a pod condition, moving its transition time only when its status changes.
+pub fn set_pod_condition(conditions: &mut Vec<PodCondition>, kind: &str, status: &str, reason: &str, message: &str) {
+    let now = now();
+    match conditions.iter_mut().find(|c| c.r#type == kind) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Some(now);
+            }
+            c.status = status.to_owned();
+            c.reason = reason.to_owned();
+            c.message = message.to_owned();
+        }
+        None => conditions.push(PodCondition {
+            r#type: kind.to_owned(),
+            status: status.to_owned(),
+            last_probe_time: None,
+            last_transition_time: Some(now),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        }),
+    }
+}
+
+macro_rules! scale_subresource {
+    ($kind:ty, $trait:ident, $method:ident, $req:ty, $resp:ty, $field:ident) => {
+        #[tonic::async_trait]
+        impl skiff::subresources::$trait for ResourceServer<$kind> {
+            async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                let r = request.into_inner();
+                let ns = Self::namespace_of(&r.namespace);
+                Self::require_name(&ns, &r.name)?;
+                if r.replicas < 0 {
+                    return Err(ApiError::invalid(
+                        Self::kind(),
+                        &object_key(&ns, &r.name),
+                        "replicas",
+                        "must not be negative",
+                    )
+                    .into());
+                }
+                let obj = self
+                    .guaranteed_update(&ns, &r.name, |old| {
+                        if old.spec.as_ref().and_then(|s| s.replicas) == Some(r.replicas) {
+                            return Ok(None);
+                        }
+                        let mut new = old.clone();
+                        new.spec.get_or_insert_with(Default::default).replicas = Some(r.replicas);
+                        new.meta_mut().generation += 1;
+                        Ok(Some(new))
+                    })
+                    .await?;
+                Ok(Response::new(<$resp>::from_object(obj)))
+            }
+        }
+    };
+}
+
+/// Builds a scale response from the scaled object.
+trait FromObject<K> {
+    fn from_object(obj: K) -> Self;
+}
+
+impl FromObject<api::apps::v1::ReplicaSet> for api::apps::v1::ScaleReplicaSetResponse {
+    fn from_object(obj: api::apps::v1::ReplicaSet) -> Self {
+        Self { replica_set: Some(obj) }
+    }
+}
+
+impl FromObject<api::apps::v1::Deployment> for api::apps::v1::ScaleDeploymentResponse {
+    fn from_object(obj: api::apps::v1::Deployment) -> Self {
+        Self { deployment: Some(obj) }
+    }
+}
+
+scale_subresource!(
+    api::apps::v1::ReplicaSet,
+    ReplicaSetSubresources,
+    scale_replica_set,
+    api::apps::v1::ScaleReplicaSetRequest,
+    api::apps::v1::ScaleReplicaSetResponse,
+    replica_set
+);
+scale_subresource!(
+    api::apps::v1::Deployment,
+    DeploymentSubresources,
+    scale_deployment,
+    api::apps::v1::ScaleDeploymentRequest,
+    api::apps::v1::ScaleDeploymentResponse,
+    deployment
+);

@@ -1,0 +1,542 @@
+//! Typed access to one kind's objects: [`ObjectStore`] is what the generic
+//! service calls. [`StorageStore`] implements it directly over [`Storage`]
+//! (encode, decode, key layout, selectors, paging); the cacher implements it
+//! too, as a decorator that serves reads and watches from memory.
+//!
+//! Objects are stored without `resource_version`; reads set it from the
+//! key's mod revision, as Kubernetes does with etcd.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use skiff::api::meta::v1::{EventType, ListMeta};
+use skiff::wire::{ListResponse, WatchEvent};
+use skiff::{Resource, resource::object_key};
+
+use crate::error::ApiError;
+use crate::keys;
+use crate::predicate::Predicate;
+use crate::storage::{self, EventKind, RangeRequest, Revision, Storage, StorageError};
+
+/// How fresh a read must be (Kubernetes' resourceVersion semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadVersion {
+    /// Unset: the latest state (a consistent read).
+    Latest,
+    /// "0": any state the server holds.
+    Any,
+    /// N: a state not older than N.
+    AtLeast(Revision),
+    /// Exactly N (continuing a paged list).
+    Exact(Revision),
+}
+
+impl ReadVersion {
+    /// Parses a request's `resource_version`; `field` names it in errors.
+    pub fn parse(kind: &str, field: &str, s: &str) -> Result<Self, ApiError> {
+        match s {
+            "" => Ok(Self::Latest),
+            "0" => Ok(Self::Any),
+            n => n
+                .parse::<Revision>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Self::AtLeast)
+                .ok_or_else(|| {
+                    ApiError::invalid(kind, "", field, format!("{n:?} is not a resource version"))
+                }),
+        }
+    }
+}
+
+/// What a list asks for.
+#[derive(Debug, Clone)]
+pub struct ListOptions {
+    /// Which objects.
+    pub predicate: Predicate,
+    /// How fresh.
+    pub version: ReadVersion,
+    /// Maximum items; 0 means all.
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub continue_token: Option<ContinueToken>,
+}
+
+/// Where to start a watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchStart {
+    /// Send the current state as ADDED events, then changes.
+    CurrentState,
+    /// Send changes after this revision.
+    After(Revision),
+}
+
+/// What a watch asks for.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Which objects.
+    pub predicate: Predicate,
+    /// Where to start.
+    pub start: WatchStart,
+    /// End the initial state with a BOOKMARK (Kubernetes' watch-list).
+    pub initial_events_end_bookmark: bool,
+    /// Send periodic BOOKMARKs.
+    pub allow_bookmarks: bool,
+}
+
+/// A position in a paged list: the revision of the first page and the last key returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContinueToken {
+    /// Revision every page is read at.
+    pub revision: Revision,
+    /// Storage key of the last item returned.
+    pub start_after: String,
+}
+
+impl ContinueToken {
+    /// Encodes the token for `next_page_token`.
+    pub fn encode(&self) -> String {
+        let raw = format!("v1\n{}\n{}", self.revision, self.start_after);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Decodes a `page_token`, checking it belongs to a list of `prefix`.
+    pub fn decode(kind: &str, token: &str, prefix: &str) -> Result<Self, ApiError> {
+        let bad = |why: &str| ApiError::invalid(kind, "", "page_token", why.to_owned());
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad("not a token this server issued"))?;
+        let raw = String::from_utf8(raw).map_err(|_| bad("not a token this server issued"))?;
+        let mut parts = raw.splitn(3, '\n');
+        let (Some("v1"), Some(rev), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("not a token this server issued"));
+        };
+        let revision = rev
+            .parse()
+            .map_err(|_| bad("not a token this server issued"))?;
+        if !key.starts_with(prefix) {
+            return Err(bad("the token belongs to another list (namespace or kind differs)"));
+        }
+        Ok(Self {
+            revision,
+            start_after: key.to_owned(),
+        })
+    }
+}
+
+/// Stream of watch events as they go on the wire.
+pub type EventStream<K> = std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, ApiError>> + Send>>;
+
+/// Typed storage of one kind.
+#[async_trait::async_trait]
+pub trait ObjectStore<K: Resource>: Send + Sync + 'static {
+    /// Stores a new object; its name and namespace must be set.
+    async fn create(&self, obj: K) -> Result<K, ApiError>;
+    /// Reads one object; `None` if absent.
+    async fn get(&self, namespace: &str, name: &str, version: ReadVersion) -> Result<Option<K>, ApiError>;
+    /// Lists objects.
+    async fn list(&self, options: ListOptions) -> Result<ListResponse<K>, ApiError>;
+    /// Replaces an object if its stored revision is `expected`.
+    async fn update(&self, obj: K, expected: Revision) -> Result<K, ApiError>;
+    /// Deletes an object (if its revision is `expected`, when given); returns
+    /// its last state with the deletion's revision.
+    async fn delete(&self, namespace: &str, name: &str, expected: Option<Revision>) -> Result<K, ApiError>;
+    /// Streams changes.
+    async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError>;
+}
+
+/// Decodes a stored value and sets its resource version.
+pub fn decode_object<K: Resource>(key: &str, value: &[u8], revision: Revision) -> Result<K, ApiError> {
+    let mut obj = K::decode(value)
+        .map_err(|e| ApiError::Internal(format!("stored object {key} does not decode: {e}")))?;
+    obj.meta_mut().resource_version = revision.to_string();
+    Ok(obj)
+}
+
+/// Encodes an object for storage (without its resource version).
+pub fn encode_object<K: Resource>(obj: &K) -> Bytes {
+    let mut copy = obj.clone();
+    copy.meta_mut().resource_version.clear();
+    Bytes::from(copy.encode_to_vec())
+}
+
+/// What a storage event means to a watcher with `predicate`, given the
+/// object before and after: ADDED when it starts matching, DELETED (with
+/// its previous content) when it stops, MODIFIED while it keeps matching.
+pub fn classify<'a, K: Resource>(
+    predicate: &Predicate,
+    kind: EventKind,
+    current: Option<&'a K>,
+    previous: Option<&'a K>,
+) -> Option<(EventType, &'a K)> {
+    let prev_matches = previous.is_some_and(|p| predicate.matches(p));
+    match kind {
+        EventKind::Delete => {
+            if prev_matches {
+                previous.map(|p| (EventType::Deleted, p))
+            } else {
+                None
+            }
+        }
+        EventKind::Put => {
+            let cur = current?;
+            let cur_matches = predicate.matches(cur);
+            match (cur_matches, prev_matches) {
+                (true, true) => Some((EventType::Modified, cur)),
+                (true, false) => Some((EventType::Added, cur)),
+                (false, true) => previous.map(|p| (EventType::Deleted, p)),
+                (false, false) => None,
+            }
+        }
+    }
+}
+
+/// A bookmark event carrying `revision` (and the initial-events-end
+/// annotation when it closes an initial state).
+pub fn bookmark<K: Resource>(revision: Revision, initial_events_end: bool) -> WatchEvent<K> {
+    let mut obj = K::default();
+    let meta = obj.meta_mut();
+    meta.resource_version = revision.to_string();
+    if initial_events_end {
+        meta.annotations
+            .insert(INITIAL_EVENTS_END.to_owned(), "true".to_owned());
+    }
+    WatchEvent::new(EventType::Bookmark, obj)
+}
+
+/// Annotation on the BOOKMARK that ends a watch's initial state.
+pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// [`ObjectStore`] straight over [`Storage`].
+pub struct StorageStore<K> {
+    storage: Arc<dyn Storage>,
+    _kind: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for StorageStore<K> {
+    fn clone(&self) -> Self {
+        Self {
+            storage: self.storage.clone(),
+            _kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: Resource> StorageStore<K> {
+    /// A store of kind `K` in `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self {
+            storage,
+            _kind: std::marker::PhantomData,
+        }
+    }
+
+    /// The underlying storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn name_of(namespace: &str, name: &str) -> String {
+        object_key(namespace, name)
+    }
+
+    fn err(&self, name: &str, e: StorageError) -> ApiError {
+        ApiError::from_storage(K::INFO.kind, name, e)
+    }
+
+    /// Reads every object of the kind at one revision (the latest when `None`).
+    pub async fn list_all(&self, revision: Option<Revision>) -> Result<(Vec<K>, Revision), ApiError> {
+        let prefix = keys::prefix(&K::INFO, None);
+        let resp = self
+            .storage
+            .range(RangeRequest {
+                prefix,
+                start_after: String::new(),
+                revision,
+                limit: 0,
+            })
+            .await
+            .map_err(|e| self.err("", e))?;
+        let items = resp
+            .kvs
+            .iter()
+            .map(|kv| decode_object(&kv.key, &kv.value, kv.mod_revision))
+            .collect::<Result<Vec<K>, _>>()?;
+        Ok((items, resp.revision))
+    }
+
+    /// Streams every storage change of the kind from `start` (inclusive),
+    /// decoded, with previous objects.
+    pub async fn watch_changes(
+        &self,
+        start: Revision,
+    ) -> Result<impl Stream<Item = Result<Vec<Change<K>>, StorageError>> + Send + use<K>, StorageError> {
+        let prefix = keys::prefix(&K::INFO, None);
+        let stream = self.storage.watch(&prefix, start).await?;
+        Ok(stream.map(|batch| {
+            let batch = batch?;
+            batch
+                .into_iter()
+                .map(|e| {
+                    let revision = e.revision();
+                    let decode = |kv: &storage::KeyValue, rev: Revision| {
+                        decode_object::<K>(&kv.key, &kv.value, rev).map_err(|err| StorageError::Corrupt {
+                            key: kv.key.clone(),
+                            reason: err.to_string(),
+                        })
+                    };
+                    let current = match e.kind {
+                        EventKind::Put => Some(decode(&e.kv, revision)?),
+                        EventKind::Delete => None,
+                    };
+                    // A deleted object's last state carries the deletion revision.
+                    let previous = match (&e.prev, e.kind) {
+                        (Some(p), EventKind::Delete) => Some(decode(p, revision)?),
+                        (Some(p), EventKind::Put) => Some(decode(p, p.mod_revision)?),
+                        (None, _) => None,
+                    };
+                    Ok(Change {
+                        kind: e.kind,
+                        revision,
+                        current,
+                        previous,
+                    })
+                })
+                .collect()
+        }))
+    }
+}
+
+/// One decoded storage change of a kind.
+#[derive(Debug, Clone)]
+pub struct Change<K> {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// Revision of the change.
+    pub revision: Revision,
+    /// The object after a put.
+    pub current: Option<K>,
+    /// The object before (for deletes: its last state, at the deletion revision).
+    pub previous: Option<K>,
+}
+
+#[async_trait::async_trait]
+impl<K: Resource> ObjectStore<K> for StorageStore<K> {
+    async fn create(&self, obj: K) -> Result<K, ApiError> {
+        let (ns, name) = (obj.namespace().to_owned(), obj.name().to_owned());
+        let key = keys::object_key(&K::INFO, &ns, &name);
+        let kv = self
+            .storage
+            .create(&key, encode_object(&obj))
+            .await
+            .map_err(|e| self.err(&Self::name_of(&ns, &name), e))?;
+        let mut obj = obj;
+        obj.meta_mut().resource_version = kv.mod_revision.to_string();
+        Ok(obj)
+    }
+
+    async fn get(&self, namespace: &str, name: &str, version: ReadVersion) -> Result<Option<K>, ApiError> {
+        let key = keys::object_key(&K::INFO, namespace, name);
+        let kv = self
+            .storage
+            .get(&key)
+            .await
+            .map_err(|e| self.err(&Self::name_of(namespace, name), e))?;
+        let Some(kv) = kv else { return Ok(None) };
+        if let ReadVersion::AtLeast(n) | ReadVersion::Exact(n) = version {
+            let current = self
+                .storage
+                .current_revision()
+                .await
+                .map_err(|e| self.err(name, e))?;
+            if current < n {
+                return Err(ApiError::Unavailable {
+                    message: format!("resource version {n} is not reached yet (at {current}); retry"),
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
+        }
+        Ok(Some(decode_object(&kv.key, &kv.value, kv.mod_revision)?))
+    }
+
+    async fn list(&self, options: ListOptions) -> Result<ListResponse<K>, ApiError> {
+        let prefix = keys::prefix(&K::INFO, options.predicate.namespace.as_deref());
+        let (mut revision, mut start_after) = match &options.continue_token {
+            Some(t) => (Some(t.revision), t.start_after.clone()),
+            None => match options.version {
+                ReadVersion::Exact(n) => (Some(n), String::new()),
+                _ => (None, String::new()),
+            },
+        };
+        let limit = options.limit;
+        let chunk = if limit == 0 { 0 } else { limit.max(128) };
+        let mut items: Vec<K> = Vec::new();
+        let mut last_key = String::new();
+        let mut more_after_last = false;
+        loop {
+            let resp = self
+                .storage
+                .range(RangeRequest {
+                    prefix: prefix.clone(),
+                    start_after: start_after.clone(),
+                    revision,
+                    limit: chunk,
+                })
+                .await
+                .map_err(|e| match e {
+                    StorageError::Compacted { .. } if options.continue_token.is_some() => ApiError::Expired(
+                        "the page token has expired (its revision was compacted); list again from the start"
+                            .into(),
+                    ),
+                    e => self.err("", e),
+                })?;
+            if revision.is_none() {
+                if let ReadVersion::AtLeast(n) = options.version
+                    && resp.revision < n
+                {
+                    return Err(ApiError::Unavailable {
+                        message: format!("resource version {n} is not reached yet; retry"),
+                        retry_after: Some(Duration::from_secs(1)),
+                    });
+                }
+                revision = Some(resp.revision);
+            }
+            let n = resp.kvs.len();
+            for (i, kv) in resp.kvs.iter().enumerate() {
+                let obj: K = decode_object(&kv.key, &kv.value, kv.mod_revision)?;
+                if !options.predicate.matches(&obj) {
+                    continue;
+                }
+                if limit > 0 && items.len() == limit {
+                    more_after_last = true;
+                    break;
+                }
+                last_key = kv.key.clone();
+                items.push(obj);
+                if limit > 0 && items.len() == limit && (i + 1 < n || resp.more) {
+                    more_after_last = true;
+                }
+            }
+            if more_after_last || !resp.more || n == 0 {
+                break;
+            }
+            start_after = resp.kvs.last().map(|kv| kv.key.clone()).unwrap_or_default();
+        }
+        let revision = revision.unwrap_or(0);
+        // A page that is full might have nothing after it; we only know by
+        // looking, so the token may lead to an empty last page (as in Kubernetes).
+        let next_page_token = if more_after_last {
+            ContinueToken {
+                revision,
+                start_after: last_key,
+            }
+            .encode()
+        } else {
+            String::new()
+        };
+        Ok(ListResponse::new(
+            ListMeta {
+                resource_version: revision.to_string(),
+                next_page_token,
+                remaining_item_count: None,
+            },
+            items,
+        ))
+    }
+
+    async fn update(&self, obj: K, expected: Revision) -> Result<K, ApiError> {
+        let (ns, name) = (obj.namespace().to_owned(), obj.name().to_owned());
+        let key = keys::object_key(&K::INFO, &ns, &name);
+        let kv = self
+            .storage
+            .update(&key, encode_object(&obj), expected)
+            .await
+            .map_err(|e| self.err(&Self::name_of(&ns, &name), e))?;
+        let mut obj = obj;
+        obj.meta_mut().resource_version = kv.mod_revision.to_string();
+        Ok(obj)
+    }
+
+    async fn delete(&self, namespace: &str, name: &str, expected: Option<Revision>) -> Result<K, ApiError> {
+        let key = keys::object_key(&K::INFO, namespace, name);
+        let deleted = self
+            .storage
+            .delete(&key, expected)
+            .await
+            .map_err(|e| self.err(&Self::name_of(namespace, name), e))?;
+        decode_object(&key, &deleted.prev.value, deleted.revision)
+    }
+
+    async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError> {
+        let (initial, from) = match options.start {
+            WatchStart::CurrentState => {
+                let (items, revision) = self.list_all(None).await?;
+                let initial: Vec<K> = items
+                    .into_iter()
+                    .filter(|o| options.predicate.matches(o))
+                    .collect();
+                (initial, revision)
+            }
+            WatchStart::After(rev) => (Vec::new(), rev),
+        };
+        let changes = self
+            .watch_changes(from + 1)
+            .await
+            .map_err(|e| self.err("", e))?;
+        let predicate = options.predicate.clone();
+        let mut head: Vec<Result<WatchEvent<K>, ApiError>> = initial
+            .into_iter()
+            .map(|o| Ok(WatchEvent::new(EventType::Added, o)))
+            .collect();
+        if options.initial_events_end_bookmark && options.start == WatchStart::CurrentState {
+            head.push(Ok(bookmark::<K>(from, true)));
+        }
+        let kind = K::INFO.kind;
+        let live = changes.flat_map(move |batch| {
+            let events: Vec<Result<WatchEvent<K>, ApiError>> = match batch {
+                Err(e) => vec![Err(ApiError::from_storage(kind, "", e))],
+                Ok(changes) => changes
+                    .iter()
+                    .filter_map(|c| {
+                        classify(&predicate, c.kind, c.current.as_ref(), c.previous.as_ref()).map(|(t, o)| {
+                            let mut o = o.clone();
+                            o.meta_mut().resource_version = c.revision.to_string();
+                            Ok(WatchEvent::new(t, o))
+                        })
+                    })
+                    .collect(),
+            };
+            futures::stream::iter(events)
+        });
+        Ok(Box::pin(futures::stream::iter(head).chain(live)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_foreign_lists() {
+        let t = ContinueToken {
+            revision: 42,
+            start_after: "/registry/pods/default/web-3".into(),
+        };
+        let s = t.encode();
+        assert_eq!(ContinueToken::decode("Pod", &s, "/registry/pods/").unwrap(), t);
+        assert!(ContinueToken::decode("Pod", &s, "/registry/pods/other/").is_err());
+        assert!(ContinueToken::decode("Pod", "garbage!", "/registry/pods/").is_err());
+    }
+
+    #[test]
+    fn read_versions_parse_as_in_kubernetes() {
+        assert_eq!(ReadVersion::parse("Pod", "rv", "").unwrap(), ReadVersion::Latest);
+        assert_eq!(ReadVersion::parse("Pod", "rv", "0").unwrap(), ReadVersion::Any);
+        assert_eq!(ReadVersion::parse("Pod", "rv", "17").unwrap(), ReadVersion::AtLeast(17));
+        assert!(ReadVersion::parse("Pod", "rv", "abc").is_err());
+        assert!(ReadVersion::parse("Pod", "rv", "-3").is_err());
+    }
+}

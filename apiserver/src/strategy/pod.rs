@@ -1,0 +1,158 @@
+//! The pod strategy: status starts Pending, the spec is nearly immutable
+//! (as in Kubernetes), and deleting a pod that runs on a node is graceful —
+//! its kubelet stops the containers and then removes the object.
+
+use skiff::api::core::v1::{Pod, PodSpec, PodStatus};
+
+use super::Strategy;
+use crate::error::FieldViolation;
+use crate::validation::validate_pod_spec;
+
+/// Default grace period of a pod deletion, in seconds.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+impl Strategy for Pod {
+    fn prepare_for_create(&mut self) {
+        self.status = Some(PodStatus {
+            phase: "Pending".into(),
+            ..Default::default()
+        });
+    }
+
+    fn validate(&self) -> Vec<FieldViolation> {
+        let mut v = Vec::new();
+        validate_pod_spec(self.spec.as_ref(), "spec", &mut v);
+        v
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldViolation> {
+        let mut v = self.validate();
+        if let (Some(new), Some(old)) = (&self.spec, &old.spec)
+            && !spec_update_allowed(new, old)
+        {
+            v.push(FieldViolation::new(
+                "spec",
+                "pod updates may not change fields other than spec.containers[*].image, \
+                 spec.initContainers[*].image, spec.activeDeadlineSeconds and spec.tolerations \
+                 (only additions); spec.nodeName is set by BindPod",
+            ));
+        }
+        v
+    }
+
+    fn validate_status(&self) -> Vec<FieldViolation> {
+        let mut v = Vec::new();
+        if let Some(s) = &self.status {
+            if !matches!(s.phase.as_str(), "" | "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown") {
+                v.push(FieldViolation::new(
+                    "status.phase",
+                    format!("{:?}: must be Pending, Running, Succeeded, Failed or Unknown", s.phase),
+                ));
+            }
+            for (i, c) in s.conditions.iter().enumerate() {
+                if c.r#type.is_empty() {
+                    v.push(FieldViolation::new(format!("status.conditions[{i}].type"), "required"));
+                }
+                if !matches!(c.status.as_str(), "True" | "False" | "Unknown") {
+                    v.push(FieldViolation::new(
+                        format!("status.conditions[{i}].status"),
+                        "must be True, False or Unknown",
+                    ));
+                }
+            }
+            for (i, ip) in s.pod_ips.iter().enumerate() {
+                crate::validation::validate_ip(&format!("status.podIPs[{i}].ip"), &ip.ip, &mut v);
+            }
+            if !s.pod_ip.is_empty() {
+                crate::validation::validate_ip("status.podIP", &s.pod_ip, &mut v);
+            }
+        }
+        v
+    }
+
+    fn graceful_delete_seconds(&self, requested: Option<i64>) -> Option<i64> {
+        let bound = self.spec.as_ref().is_some_and(|s| !s.node_name.is_empty());
+        let phase = self.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("");
+        if !bound || matches!(phase, "Succeeded" | "Failed") {
+            return None;
+        }
+        let grace = requested
+            .or_else(|| self.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(DEFAULT_GRACE_SECONDS);
+        (grace > 0).then_some(grace)
+    }
+}
+
+/// Whether `new` differs from `old` only where Kubernetes allows a pod spec to change.
+fn spec_update_allowed(new: &PodSpec, old: &PodSpec) -> bool {
+    let mut relaxed = old.clone();
+    if new.containers.len() != old.containers.len() || new.init_containers.len() != old.init_containers.len() {
+        return false;
+    }
+    for (r, n) in relaxed.containers.iter_mut().zip(&new.containers) {
+        r.image = n.image.clone();
+    }
+    for (r, n) in relaxed.init_containers.iter_mut().zip(&new.init_containers) {
+        r.image = n.image.clone();
+    }
+    relaxed.active_deadline_seconds = new.active_deadline_seconds;
+    if !old.tolerations.iter().all(|t| new.tolerations.contains(t)) {
+        return false;
+    }
+    relaxed.tolerations = new.tolerations.clone();
+    relaxed == *new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::api::core::v1::{Container, Toleration};
+
+    fn spec() -> PodSpec {
+        PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: "a".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_images_deadlines_and_added_tolerations_may_change() {
+        let old = spec();
+        let mut new = spec();
+        new.containers[0].image = "b".into();
+        new.tolerations.push(Toleration {
+            key: "k".into(),
+            ..Default::default()
+        });
+        assert!(spec_update_allowed(&new, &old));
+        let mut bad = spec();
+        bad.containers[0].command = vec!["x".into()];
+        assert!(!spec_update_allowed(&bad, &old));
+        let mut bind = spec();
+        bind.node_name = "n1".into();
+        assert!(!spec_update_allowed(&bind, &old));
+        assert!(!spec_update_allowed(&old, &new), "tolerations may not be removed");
+    }
+
+    #[test]
+    fn deleting_a_running_pod_is_graceful_and_an_unbound_one_is_not() {
+        let mut p = Pod {
+            spec: Some(spec()),
+            ..Default::default()
+        };
+        assert_eq!(p.graceful_delete_seconds(None), None);
+        p.spec.as_mut().unwrap().node_name = "n1".into();
+        assert_eq!(p.graceful_delete_seconds(None), Some(DEFAULT_GRACE_SECONDS));
+        assert_eq!(p.graceful_delete_seconds(Some(5)), Some(5));
+        assert_eq!(p.graceful_delete_seconds(Some(0)), None);
+        p.status = Some(PodStatus {
+            phase: "Succeeded".into(),
+            ..Default::default()
+        });
+        assert_eq!(p.graceful_delete_seconds(None), None);
+    }
+}
