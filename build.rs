@@ -44,11 +44,14 @@ fn main() {
         .args(&protos)
         .status()
         .unwrap_or_else(|e| {
-            panic!("cannot run protoc ({e}); install it with `apt-get install -y protobuf-compiler`")
+            panic!(
+                "cannot run protoc ({e}); install it with `apt-get install -y protobuf-compiler`"
+            )
         });
     assert!(status.success(), "protoc failed on proto/");
     let raw = std::fs::read(&descriptor_path).expect("read descriptor set");
-    let fds = prost_types::FileDescriptorSet::decode(raw.as_slice()).expect("decode descriptor set");
+    let fds =
+        prost_types::FileDescriptorSet::decode(raw.as_slice()).expect("decode descriptor set");
 
     let pool = DescriptorPool::decode(raw.as_slice()).expect("descriptor pool");
     let ext = pool
@@ -138,7 +141,9 @@ impl KindSpec {
 
 /// `skiff.core.v1` → `crate::api::core::v1`.
 fn package_module(package: &str) -> String {
-    let rest = package.strip_prefix("skiff.").expect("packages start with skiff.");
+    let rest = package
+        .strip_prefix("skiff.")
+        .expect("packages start with skiff.");
     format!("crate::api::{}", rest.replace('.', "::"))
 }
 
@@ -190,7 +195,11 @@ fn find_kinds(pool: &DescriptorPool, ext: &ExtensionDescriptor) -> Vec<KindSpec>
                 .collect(),
             _ => Vec::new(),
         };
-        assert!(!plural.is_empty(), "{}: resource option needs plural", msg.full_name());
+        assert!(
+            !plural.is_empty(),
+            "{}: resource option needs plural",
+            msg.full_name()
+        );
         let package = msg.package_name().to_owned();
         let version = package.rsplit('.').next().unwrap_or("v1").to_owned();
         let kind = msg.name().to_owned();
@@ -390,7 +399,11 @@ fn generate_glue(kinds: &[KindSpec]) -> String {
     writeln!(w, "use ::tonic::{{Request, Response, Status}};").unwrap();
     writeln!(w, "use crate::resource::{{KindInfo, Resource}};").unwrap();
     writeln!(w, "use crate::server::{{KindServer, ResourceService}};").unwrap();
-    writeln!(w, "use crate::params::{{DeleteParams, GetParams, ListParams, WatchParams}};").unwrap();
+    writeln!(
+        w,
+        "use crate::params::{{DeleteParams, GetParams, ListParams, WatchParams}};"
+    )
+    .unwrap();
     writeln!(w).unwrap();
 
     // The table of every kind.
@@ -444,10 +457,7 @@ fn gen_resource(w: &mut String, k: &KindSpec) {
             .join(" && ")
     };
     let (copy_status, clear_status) = if k.has_status {
-        (
-            "self.status = other.status.clone();",
-            "self.status = None;",
-        )
+        ("self.status = other.status.clone();", "self.status = None;")
     } else {
         ("let _ = other;", "")
     };
@@ -497,7 +507,11 @@ fn gen_resource(w: &mut String, k: &KindSpec) {
     )
     .unwrap();
     for (path, expr) in &k.selectable {
-        writeln!(w, "            {path:?} => Some({expr}.unwrap_or(Cow::Borrowed(\"\"))),").unwrap();
+        writeln!(
+            w,
+            "            {path:?} => Some({expr}.unwrap_or(Cow::Borrowed(\"\"))),"
+        )
+        .unwrap();
     }
     writeln!(w, "            _ => None,\n        }}\n    }}").unwrap();
     let paths: Vec<String> = k.selectable.iter().map(|(p, _)| format!("{p:?}")).collect();
@@ -517,7 +531,11 @@ fn gen_server(w: &mut String, k: &KindSpec) {
     let obj = k.obj_field();
     let svc = k.service();
     let svc_snake = snake(&svc);
-    let ns = if k.namespaced { "m.namespace" } else { "String::new()" };
+    let ns = if k.namespaced {
+        "m.namespace"
+    } else {
+        "String::new()"
+    };
 
     // The subresource trait, if any.
     let sub_trait = format!("{kind}Subresources");
@@ -677,7 +695,11 @@ fn gen_client(w: &mut String, k: &KindSpec) {
     let svc = k.service();
     let svc_snake = snake(&svc);
     let plural_snake = snake(pc);
-    let ns_field = if k.namespaced { "namespace: p.namespace," } else { "" };
+    let ns_field = if k.namespaced {
+        "namespace: p.namespace,"
+    } else {
+        ""
+    };
     let update_status = if k.has_update_status {
         format!(
             "let r = client.update_{obj}_status({m}::Update{kind}StatusRequest {{ {obj}: Some(obj) }}).await?.into_inner();\n            r.{obj}.ok_or_else(|| crate::client::missing_in_response(\"{obj}\"))"

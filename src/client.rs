@@ -30,8 +30,9 @@ impl Credentials {
 
     /// A bearer token sent as `authorization: Bearer <token>`.
     pub fn bearer(token: &str) -> Result<Self, Status> {
-        let value = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| Status::invalid_argument("token has characters not allowed in a header"))?;
+        let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            Status::invalid_argument("token has characters not allowed in a header")
+        })?;
         Ok(Self {
             bearer: Some(value),
         })
@@ -60,20 +61,35 @@ impl Interceptor for Credentials {
 /// Typed calls of one kind's service; implemented for every kind by `build.rs`.
 pub trait ResourceClient: Resource {
     /// Calls `Create<Kind>`.
-    fn create_in(transport: Transport, obj: Self) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn create_in(
+        transport: Transport,
+        obj: Self,
+    ) -> impl Future<Output = Result<Self, Status>> + Send;
     /// Calls `Get<Kind>`.
-    fn get_in(transport: Transport, params: GetParams) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn get_in(
+        transport: Transport,
+        params: GetParams,
+    ) -> impl Future<Output = Result<Self, Status>> + Send;
     /// Calls `List<Kind>s`.
     fn list_in(
         transport: Transport,
         params: ListParams,
     ) -> impl Future<Output = Result<ListResponse<Self>, Status>> + Send;
     /// Calls `Update<Kind>`.
-    fn update_in(transport: Transport, obj: Self) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn update_in(
+        transport: Transport,
+        obj: Self,
+    ) -> impl Future<Output = Result<Self, Status>> + Send;
     /// Calls `Update<Kind>Status`.
-    fn update_status_in(transport: Transport, obj: Self) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn update_status_in(
+        transport: Transport,
+        obj: Self,
+    ) -> impl Future<Output = Result<Self, Status>> + Send;
     /// Calls `Delete<Kind>`.
-    fn delete_in(transport: Transport, params: DeleteParams) -> impl Future<Output = Result<Self, Status>> + Send;
+    fn delete_in(
+        transport: Transport,
+        params: DeleteParams,
+    ) -> impl Future<Output = Result<Self, Status>> + Send;
     /// Calls `Watch<Kind>s`.
     fn watch_in(
         transport: Transport,
@@ -84,4 +100,44 @@ pub trait ResourceClient: Resource {
 /// The error for a response that lacks its object.
 pub fn missing_in_response(field: &str) -> Status {
     Status::internal(format!("server response lacks {field}"))
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The address is not a valid URI.
+    #[error("invalid server address {0:?}: expected host:port or http(s)://host:port")]
+    InvalidAddress(String),
+    /// The server did not accept the connection.
+    #[error(
+        "cannot connect to the API server at {address}: {source}; is it running? (start one with `skiff up` or `skiff apiserver`)"
+    )]
+    Connect {
+        /// The address tried.
+        address: String,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Opens a connection to an API server at `endpoint` ("127.0.0.1:6443" or a URL).
+pub async fn connect(endpoint: &str, credentials: Credentials) -> Result<Transport, ConnectError> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = Channel::from_shared(url.clone())
+        .map_err(|_| ConnectError::InvalidAddress(endpoint.to_owned()))?
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Connect {
+            address: url,
+            source,
+        })?;
+    Ok(InterceptedService::new(channel, credentials))
 }

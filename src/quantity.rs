@@ -79,9 +79,7 @@ impl Quantity {
                 }
             }
         };
-        let total = num
-            .checked_mul(mul_num)
-            .ok_or_else(|| err("too large"))?;
+        let total = num.checked_mul(mul_num).ok_or_else(|| err("too large"))?;
         let den = den.checked_mul(mul_den).ok_or_else(|| err("too precise"))?;
         // Round up to whole milli-units, as Kubernetes does.
         let milli = if total >= 0 {
@@ -157,7 +155,14 @@ impl fmt::Display for Quantity {
         }
         let units = self.milli / 1000;
         if units != 0 {
-            for (shift, suffix) in [(60, "Ei"), (50, "Pi"), (40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
+            for (shift, suffix) in [
+                (60, "Ei"),
+                (50, "Pi"),
+                (40, "Ti"),
+                (30, "Gi"),
+                (20, "Mi"),
+                (10, "Ki"),
+            ] {
                 let m = 1i128 << shift;
                 if units % m == 0 && units.abs() >= m {
                     return write!(f, "{}{}", units / m, suffix);

@@ -435,7 +435,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, FieldOperator::Equals, v)
             } else {
-                return Err(err(format!("{part:?} is not of the form field=value or field!=value")));
+                return Err(err(format!(
+                    "{part:?} is not of the form field=value or field!=value"
+                )));
             };
             let field = field.trim();
             if field.is_empty() {
@@ -525,17 +527,41 @@ mod tests {
             "example.com/role!=x",
         ];
         for s in yes {
-            assert!(LabelSelector::parse(s).unwrap().matches(&l), "{s} should match");
+            assert!(
+                LabelSelector::parse(s).unwrap().matches(&l),
+                "{s} should match"
+            );
         }
-        let no = ["app=db", "app!=web", "tier in (back)", "tier notin (front)", "missing", "!app", "gen>5", "gen<5"];
+        let no = [
+            "app=db",
+            "app!=web",
+            "tier in (back)",
+            "tier notin (front)",
+            "missing",
+            "!app",
+            "gen>5",
+            "gen<5",
+        ];
         for s in no {
-            assert!(!LabelSelector::parse(s).unwrap().matches(&l), "{s} should not match");
+            assert!(
+                !LabelSelector::parse(s).unwrap().matches(&l),
+                "{s} should not match"
+            );
         }
     }
 
     #[test]
     fn label_selector_rejects_bad_syntax() {
-        for s in ["app=", "=web", "app in web", "app in (a", "a b c", "-bad=1", "app>x", "app=we b"] {
+        for s in [
+            "app=",
+            "=web",
+            "app in web",
+            "app in (a",
+            "a b c",
+            "-bad=1",
+            "app>x",
+            "app=we b",
+        ] {
             if s == "app=" {
                 // An empty value is valid in Kubernetes.
                 assert!(LabelSelector::parse(s).is_ok());

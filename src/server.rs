@@ -48,7 +48,11 @@ pub struct MessageLimits {
 /// Registers a kind's gRPC service, served by `S`, on a router.
 pub trait ServeWith<S>: Resource {
     /// Adds the kind's service to `routes`.
-    fn add_service(routes: &mut tonic::service::RoutesBuilder, service: Arc<S>, limits: MessageLimits);
+    fn add_service(
+        routes: &mut tonic::service::RoutesBuilder,
+        service: Arc<S>,
+        limits: MessageLimits,
+    );
 }
 
 /// Maps a request's message, keeping its metadata and extensions.

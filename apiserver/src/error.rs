@@ -157,11 +157,15 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let message = e.to_string();
         match e {
-            ApiError::NotFound { kind, name } => with_resource(Code::NotFound, message, &kind, &name),
+            ApiError::NotFound { kind, name } => {
+                with_resource(Code::NotFound, message, &kind, &name)
+            }
             ApiError::AlreadyExists { kind, name } => {
                 with_resource(Code::AlreadyExists, message, &kind, &name)
             }
-            ApiError::Conflict { kind, name, .. } => with_resource(Code::Aborted, message, &kind, &name),
+            ApiError::Conflict { kind, name, .. } => {
+                with_resource(Code::Aborted, message, &kind, &name)
+            }
             ApiError::Invalid { violations, .. } => {
                 let mut details = ErrorDetails::new();
                 for v in &violations {
@@ -174,7 +178,9 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted { retry_after, .. } => {
                 with_retry(Code::ResourceExhausted, message, retry_after)
             }
-            ApiError::Unavailable { retry_after, .. } => with_retry(Code::Unavailable, message, retry_after),
+            ApiError::Unavailable { retry_after, .. } => {
+                with_retry(Code::Unavailable, message, retry_after)
+            }
             ApiError::Unimplemented(_) => Status::new(Code::Unimplemented, message),
             ApiError::Internal(_) => Status::new(Code::Internal, message),
         }
@@ -188,7 +194,9 @@ fn with_resource(code: Code, message: String, kind: &str, name: &str) -> Status 
 
 fn with_retry(code: Code, message: String, retry_after: Option<Duration>) -> Status {
     match retry_after {
-        Some(d) => Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(d))),
+        Some(d) => {
+            Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(d)))
+        }
         None => Status::new(code, message),
     }
 }
@@ -211,27 +219,56 @@ mod tests {
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("metadata.name: bad"));
         let br = s.get_details_bad_request().expect("BadRequest detail");
-        let fields: Vec<_> = br.field_violations.iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<_> = br
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         assert_eq!(fields, ["metadata.name", "spec.containers"]);
     }
 
     #[test]
     fn each_error_has_its_design_code() {
         let cases: Vec<(ApiError, Code)> = vec![
-            (ApiError::NotFound { kind: "Pod".into(), name: "a".into() }, Code::NotFound),
-            (ApiError::AlreadyExists { kind: "Pod".into(), name: "a".into() }, Code::AlreadyExists),
             (
-                ApiError::Conflict { kind: "Pod".into(), name: "a".into(), reason: "stale".into() },
+                ApiError::NotFound {
+                    kind: "Pod".into(),
+                    name: "a".into(),
+                },
+                Code::NotFound,
+            ),
+            (
+                ApiError::AlreadyExists {
+                    kind: "Pod".into(),
+                    name: "a".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                ApiError::Conflict {
+                    kind: "Pod".into(),
+                    name: "a".into(),
+                    reason: "stale".into(),
+                },
                 Code::Aborted,
             ),
             (ApiError::Expired("old".into()), Code::OutOfRange),
-            (ApiError::FailedPrecondition("terminating".into()), Code::FailedPrecondition),
             (
-                ApiError::ResourceExhausted { message: "too big".into(), retry_after: None },
+                ApiError::FailedPrecondition("terminating".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ApiError::ResourceExhausted {
+                    message: "too big".into(),
+                    retry_after: None,
+                },
                 Code::ResourceExhausted,
             ),
             (
-                ApiError::Unavailable { message: "down".into(), retry_after: Some(Duration::from_secs(1)) },
+                ApiError::Unavailable {
+                    message: "down".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                },
                 Code::Unavailable,
             ),
         ];

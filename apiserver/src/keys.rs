@@ -32,9 +32,15 @@ mod tests {
 
     #[test]
     fn keys_follow_the_kubernetes_layout() {
-        assert_eq!(object_key(&Pod::INFO, "default", "web"), "/registry/pods/default/web");
+        assert_eq!(
+            object_key(&Pod::INFO, "default", "web"),
+            "/registry/pods/default/web"
+        );
         assert_eq!(object_key(&Node::INFO, "", "n1"), "/registry/nodes/n1");
-        assert_eq!(prefix(&Pod::INFO, Some("default")), "/registry/pods/default/");
+        assert_eq!(
+            prefix(&Pod::INFO, Some("default")),
+            "/registry/pods/default/"
+        );
         assert_eq!(prefix(&Pod::INFO, None), "/registry/pods/");
         assert_eq!(prefix(&Node::INFO, Some("x")), "/registry/nodes/");
     }

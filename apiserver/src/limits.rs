@@ -74,7 +74,9 @@ fn rewrite_too_large(headers: &mut http::HeaderMap, limit: usize) {
     let is_too_large = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| m.starts_with(TONIC_TOO_LARGE) || m.starts_with("Error,%20decoded%20message"));
+        .is_some_and(|m| {
+            m.starts_with(TONIC_TOO_LARGE) || m.starts_with("Error,%20decoded%20message")
+        });
     if is_out_of_range && is_too_large {
         headers.insert("grpc-status", HeaderValue::from_static("8"));
         let message = format!(
@@ -96,14 +98,19 @@ mod tests {
         h.insert("grpc-status", HeaderValue::from_static("11"));
         h.insert(
             "grpc-message",
-            HeaderValue::from_static("Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes"),
+            HeaderValue::from_static(
+                "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+            ),
         );
         rewrite_too_large(&mut h, 4);
         assert_eq!(h["grpc-status"], "8");
 
         let mut other = http::HeaderMap::new();
         other.insert("grpc-status", HeaderValue::from_static("11"));
-        other.insert("grpc-message", HeaderValue::from_static("resource version 3 is too old"));
+        other.insert(
+            "grpc-message",
+            HeaderValue::from_static("resource version 3 is too old"),
+        );
         rewrite_too_large(&mut other, 4);
         assert_eq!(other["grpc-status"], "11");
     }

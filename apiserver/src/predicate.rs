@@ -77,7 +77,6 @@ impl Predicate {
             return false;
         }
         self.labels.matches(&obj.meta().labels)
-            && (self.fields.is_everything()
-                || self.fields.matches(|path: &str| obj.field(path)))
+            && (self.fields.is_everything() || self.fields.matches(|path: &str| obj.field(path)))
     }
 }

@@ -141,9 +141,13 @@ impl ApiServer {
         debug_assert_eq!(r.services.len(), skiff::KINDS.len(), "every kind is served");
 
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_service_status("", ServingStatus::Serving).await;
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
         for name in &r.services {
-            reporter.set_service_status(*name, ServingStatus::Serving).await;
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
         }
         let mut routes = r.routes;
         routes.add_service(health);

@@ -21,7 +21,9 @@ use tonic::{Request, Response, Status};
 use crate::error::{ApiError, FieldViolation};
 use crate::keys;
 use crate::predicate::Predicate;
-use crate::store::{ContinueToken, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart};
+use crate::store::{
+    ContinueToken, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart,
+};
 use crate::strategy::Strategy;
 use crate::validation::{check_name, validate_meta};
 
@@ -88,10 +90,12 @@ impl<K: Strategy> ResourceServer<K> {
                 kind: "Namespace".into(),
                 name: ns.to_owned(),
             }),
-            Some(n) if n.meta().deletion_timestamp.is_some() => Err(ApiError::FailedPrecondition(format!(
-                "unable to create {} in namespace {ns:?}: the namespace is being terminated",
-                Self::kind()
-            ))),
+            Some(n) if n.meta().deletion_timestamp.is_some() => {
+                Err(ApiError::FailedPrecondition(format!(
+                    "unable to create {} in namespace {ns:?}: the namespace is being terminated",
+                    Self::kind()
+                )))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -144,7 +148,12 @@ impl<K: Strategy> ResourceServer<K> {
         if generate {
             let prefix = obj.meta().generate_name.clone();
             if let Err(e) = check_name(K::NAME_RULE, &format!("{prefix}x")) {
-                return Err(ApiError::invalid(Self::kind(), &ns, "metadata.generateName", e));
+                return Err(ApiError::invalid(
+                    Self::kind(),
+                    &ns,
+                    "metadata.generateName",
+                    e,
+                ));
             }
             obj.meta_mut().name = generated_name(&prefix);
         }
@@ -178,7 +187,9 @@ impl<K: Strategy> ResourceServer<K> {
     ) -> Result<K, ApiError> {
         loop {
             let old = self.existing(ns, name).await?;
-            let Some(new) = change(&old)? else { return Ok(old) };
+            let Some(new) = change(&old)? else {
+                return Ok(old);
+            };
             Self::check_size(&new)?;
             match self.store.update(new, old.resource_version() as i64).await {
                 Err(ApiError::Conflict { .. }) => continue,
@@ -190,9 +201,8 @@ impl<K: Strategy> ResourceServer<K> {
     async fn update_object(&self, obj: K, status_only: bool) -> Result<K, ApiError> {
         let ns = Self::namespace_of(obj.namespace());
         let name = obj.name().to_owned();
-        Self::require_name(&ns, &name).map_err(|_| {
-            ApiError::invalid(Self::kind(), &ns, "metadata.name", "required")
-        })?;
+        Self::require_name(&ns, &name)
+            .map_err(|_| ApiError::invalid(Self::kind(), &ns, "metadata.name", "required"))?;
         let requested: Option<u64> = match obj.meta().resource_version.as_str() {
             "" => None,
             rv => Some(rv.parse().map_err(|_| {
@@ -255,7 +265,8 @@ impl<K: Strategy> ResourceServer<K> {
             }
             Self::check_size(&new)?;
             let old_rv = old.resource_version() as i64;
-            let result = if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers() {
+            let result = if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers()
+            {
                 // The last finalizer is gone: the object goes.
                 self.store.delete(&ns, &name, Some(old_rv)).await
             } else {
@@ -272,21 +283,41 @@ impl<K: Strategy> ResourceServer<K> {
         let ns = Self::namespace_of(&p.namespace);
         Self::require_name(&ns, &p.name)?;
         let key = object_key(&ns, &p.name);
-        if !matches!(p.propagation_policy.as_str(), "" | "Background" | "Foreground" | "Orphan") {
+        if !matches!(
+            p.propagation_policy.as_str(),
+            "" | "Background" | "Foreground" | "Orphan"
+        ) {
             return Err(ApiError::invalid(
                 Self::kind(),
                 &key,
                 "propagation_policy",
-                format!("{:?}: must be Background, Foreground or Orphan", p.propagation_policy),
+                format!(
+                    "{:?}: must be Background, Foreground or Orphan",
+                    p.propagation_policy
+                ),
             ));
         }
         if p.grace_period_seconds.is_some_and(|g| g < 0) {
-            return Err(ApiError::invalid(Self::kind(), &key, "grace_period_seconds", "must not be negative"));
+            return Err(ApiError::invalid(
+                Self::kind(),
+                &key,
+                "grace_period_seconds",
+                "must not be negative",
+            ));
         }
-        let precondition_rv: Option<u64> = match p.preconditions.as_ref().map(|c| c.resource_version.as_str()) {
+        let precondition_rv: Option<u64> = match p
+            .preconditions
+            .as_ref()
+            .map(|c| c.resource_version.as_str())
+        {
             None | Some("") => None,
             Some(rv) => Some(rv.parse().map_err(|_| {
-                ApiError::invalid(Self::kind(), &key, "preconditions.resource_version", "not a resource version")
+                ApiError::invalid(
+                    Self::kind(),
+                    &key,
+                    "preconditions.resource_version",
+                    "not a resource version",
+                )
             })?),
         };
         loop {
@@ -296,7 +327,11 @@ impl<K: Strategy> ResourceServer<K> {
                     return Err(ApiError::Conflict {
                         kind: Self::kind().to_owned(),
                         name: key.clone(),
-                        reason: format!("precondition failed: uid is {}, not {}", old.meta().uid, c.uid),
+                        reason: format!(
+                            "precondition failed: uid is {}, not {}",
+                            old.meta().uid,
+                            c.uid
+                        ),
                     });
                 }
                 if let Some(rv) = precondition_rv
@@ -345,7 +380,12 @@ impl<K: Strategy> ResourceServer<K> {
         let predicate = Predicate::parse::<K>(&p.namespace, &p.label_selector, &p.field_selector)?;
         let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
         if p.page_size < 0 {
-            return Err(ApiError::invalid(Self::kind(), "", "page_size", "must not be negative"));
+            return Err(ApiError::invalid(
+                Self::kind(),
+                "",
+                "page_size",
+                "must not be negative",
+            ));
         }
         let continue_token = if p.page_token.is_empty() {
             None
@@ -367,7 +407,12 @@ impl<K: Strategy> ResourceServer<K> {
         let predicate = Predicate::parse::<K>(&p.namespace, &p.label_selector, &p.field_selector)?;
         let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
         if p.timeout_seconds < 0 {
-            return Err(ApiError::invalid(Self::kind(), "", "timeout_seconds", "must not be negative"));
+            return Err(ApiError::invalid(
+                Self::kind(),
+                "",
+                "timeout_seconds",
+                "must not be negative",
+            ));
         }
         let start = match version {
             _ if p.send_initial_events => WatchStart::CurrentState,
@@ -410,7 +455,11 @@ fn generated_name(prefix: &str) -> String {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     let max_prefix = 63 - 5;
-    let prefix = if prefix.len() > max_prefix { &prefix[..max_prefix] } else { prefix };
+    let prefix = if prefix.len() > max_prefix {
+        &prefix[..max_prefix]
+    } else {
+        prefix
+    };
     format!("{prefix}{suffix}")
 }
 
@@ -478,7 +527,11 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
                     return Err(ApiError::Conflict {
                         kind: "Pod".into(),
                         name: key.clone(),
-                        reason: format!("precondition failed: uid is {}, not {}", old.meta().uid, r.uid),
+                        reason: format!(
+                            "precondition failed: uid is {}, not {}",
+                            old.meta().uid,
+                            r.uid
+                        ),
                     });
                 }
                 if old.meta().deletion_timestamp.is_some() {
@@ -486,7 +539,11 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
                         "pod {key:?} is being deleted and cannot be bound"
                     )));
                 }
-                let current = old.spec.as_ref().map(|s| s.node_name.as_str()).unwrap_or("");
+                let current = old
+                    .spec
+                    .as_ref()
+                    .map(|s| s.node_name.as_str())
+                    .unwrap_or("");
                 if !current.is_empty() {
                     return Err(ApiError::FailedPrecondition(format!(
                         "pod {key:?} is already bound to node {current:?}"
@@ -499,12 +556,20 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
                 Ok(Some(new))
             })
             .await?;
-        Ok(Response::new(api::core::v1::BindPodResponse { pod: Some(pod) }))
+        Ok(Response::new(api::core::v1::BindPodResponse {
+            pod: Some(pod),
+        }))
     }
 }
 
 /// Sets a pod condition, moving its transition time only when its status changes.
-pub fn set_pod_condition(conditions: &mut Vec<PodCondition>, kind: &str, status: &str, reason: &str, message: &str) {
+pub fn set_pod_condition(
+    conditions: &mut Vec<PodCondition>,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) {
     let now = now();
     match conditions.iter_mut().find(|c| c.r#type == kind) {
         Some(c) => {
@@ -567,13 +632,17 @@ trait FromObject<K> {
 
 impl FromObject<api::apps::v1::ReplicaSet> for api::apps::v1::ScaleReplicaSetResponse {
     fn from_object(obj: api::apps::v1::ReplicaSet) -> Self {
-        Self { replica_set: Some(obj) }
+        Self {
+            replica_set: Some(obj),
+        }
     }
 }
 
 impl FromObject<api::apps::v1::Deployment> for api::apps::v1::ScaleDeploymentResponse {
     fn from_object(obj: api::apps::v1::Deployment) -> Self {
-        Self { deployment: Some(obj) }
+        Self {
+            deployment: Some(obj),
+        }
     }
 }
 

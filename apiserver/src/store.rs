@@ -118,7 +118,9 @@ impl ContinueToken {
             .parse()
             .map_err(|_| bad("not a token this server issued"))?;
         if !key.starts_with(prefix) {
-            return Err(bad("the token belongs to another list (namespace or kind differs)"));
+            return Err(bad(
+                "the token belongs to another list (namespace or kind differs)",
+            ));
         }
         Ok(Self {
             revision,
@@ -128,7 +130,8 @@ impl ContinueToken {
 }
 
 /// Stream of watch events as they go on the wire.
-pub type EventStream<K> = std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, ApiError>> + Send>>;
+pub type EventStream<K> =
+    std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, ApiError>> + Send>>;
 
 /// Typed storage of one kind.
 #[async_trait::async_trait]
@@ -136,20 +139,34 @@ pub trait ObjectStore<K: Resource>: Send + Sync + 'static {
     /// Stores a new object; its name and namespace must be set.
     async fn create(&self, obj: K) -> Result<K, ApiError>;
     /// Reads one object; `None` if absent.
-    async fn get(&self, namespace: &str, name: &str, version: ReadVersion) -> Result<Option<K>, ApiError>;
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: ReadVersion,
+    ) -> Result<Option<K>, ApiError>;
     /// Lists objects.
     async fn list(&self, options: ListOptions) -> Result<ListResponse<K>, ApiError>;
     /// Replaces an object if its stored revision is `expected`.
     async fn update(&self, obj: K, expected: Revision) -> Result<K, ApiError>;
     /// Deletes an object (if its revision is `expected`, when given); returns
     /// its last state with the deletion's revision.
-    async fn delete(&self, namespace: &str, name: &str, expected: Option<Revision>) -> Result<K, ApiError>;
+    async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        expected: Option<Revision>,
+    ) -> Result<K, ApiError>;
     /// Streams changes.
     async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError>;
 }
 
 /// Decodes a stored value and sets its resource version.
-pub fn decode_object<K: Resource>(key: &str, value: &[u8], revision: Revision) -> Result<K, ApiError> {
+pub fn decode_object<K: Resource>(
+    key: &str,
+    value: &[u8],
+    revision: Revision,
+) -> Result<K, ApiError> {
     let mut obj = K::decode(value)
         .map_err(|e| ApiError::Internal(format!("stored object {key} does not decode: {e}")))?;
     obj.meta_mut().resource_version = revision.to_string();
@@ -248,7 +265,10 @@ impl<K: Resource> StorageStore<K> {
     }
 
     /// Reads every object of the kind at one revision (the latest when `None`).
-    pub async fn list_all(&self, revision: Option<Revision>) -> Result<(Vec<K>, Revision), ApiError> {
+    pub async fn list_all(
+        &self,
+        revision: Option<Revision>,
+    ) -> Result<(Vec<K>, Revision), ApiError> {
         let prefix = keys::prefix(&K::INFO, None);
         let resp = self
             .storage
@@ -273,7 +293,10 @@ impl<K: Resource> StorageStore<K> {
     pub async fn watch_changes(
         &self,
         start: Revision,
-    ) -> Result<impl Stream<Item = Result<Vec<Change<K>>, StorageError>> + Send + use<K>, StorageError> {
+    ) -> Result<
+        impl Stream<Item = Result<Vec<Change<K>>, StorageError>> + Send + use<K>,
+        StorageError,
+    > {
         let prefix = keys::prefix(&K::INFO, None);
         let stream = self.storage.watch(&prefix, start).await?;
         Ok(stream.map(|batch| {
@@ -283,9 +306,11 @@ impl<K: Resource> StorageStore<K> {
                 .map(|e| {
                     let revision = e.revision();
                     let decode = |kv: &storage::KeyValue, rev: Revision| {
-                        decode_object::<K>(&kv.key, &kv.value, rev).map_err(|err| StorageError::Corrupt {
-                            key: kv.key.clone(),
-                            reason: err.to_string(),
+                        decode_object::<K>(&kv.key, &kv.value, rev).map_err(|err| {
+                            StorageError::Corrupt {
+                                key: kv.key.clone(),
+                                reason: err.to_string(),
+                            }
                         })
                     };
                     let current = match e.kind {
@@ -338,7 +363,12 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
         Ok(obj)
     }
 
-    async fn get(&self, namespace: &str, name: &str, version: ReadVersion) -> Result<Option<K>, ApiError> {
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: ReadVersion,
+    ) -> Result<Option<K>, ApiError> {
         let key = keys::object_key(&K::INFO, namespace, name);
         let kv = self
             .storage
@@ -354,7 +384,9 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
                 .map_err(|e| self.err(name, e))?;
             if current < n {
                 return Err(ApiError::Unavailable {
-                    message: format!("resource version {n} is not reached yet (at {current}); retry"),
+                    message: format!(
+                        "resource version {n} is not reached yet (at {current}); retry"
+                    ),
                     retry_after: Some(Duration::from_secs(1)),
                 });
             }
@@ -460,7 +492,12 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
         Ok(obj)
     }
 
-    async fn delete(&self, namespace: &str, name: &str, expected: Option<Revision>) -> Result<K, ApiError> {
+    async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        expected: Option<Revision>,
+    ) -> Result<K, ApiError> {
         let key = keys::object_key(&K::INFO, namespace, name);
         let deleted = self
             .storage
@@ -501,11 +538,13 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
                 Ok(changes) => changes
                     .iter()
                     .filter_map(|c| {
-                        classify(&predicate, c.kind, c.current.as_ref(), c.previous.as_ref()).map(|(t, o)| {
-                            let mut o = o.clone();
-                            o.meta_mut().resource_version = c.revision.to_string();
-                            Ok(WatchEvent::new(t, o))
-                        })
+                        classify(&predicate, c.kind, c.current.as_ref(), c.previous.as_ref()).map(
+                            |(t, o)| {
+                                let mut o = o.clone();
+                                o.meta_mut().resource_version = c.revision.to_string();
+                                Ok(WatchEvent::new(t, o))
+                            },
+                        )
                     })
                     .collect(),
             };
@@ -526,16 +565,28 @@ mod tests {
             start_after: "/registry/pods/default/web-3".into(),
         };
         let s = t.encode();
-        assert_eq!(ContinueToken::decode("Pod", &s, "/registry/pods/").unwrap(), t);
+        assert_eq!(
+            ContinueToken::decode("Pod", &s, "/registry/pods/").unwrap(),
+            t
+        );
         assert!(ContinueToken::decode("Pod", &s, "/registry/pods/other/").is_err());
         assert!(ContinueToken::decode("Pod", "garbage!", "/registry/pods/").is_err());
     }
 
     #[test]
     fn read_versions_parse_as_in_kubernetes() {
-        assert_eq!(ReadVersion::parse("Pod", "rv", "").unwrap(), ReadVersion::Latest);
-        assert_eq!(ReadVersion::parse("Pod", "rv", "0").unwrap(), ReadVersion::Any);
-        assert_eq!(ReadVersion::parse("Pod", "rv", "17").unwrap(), ReadVersion::AtLeast(17));
+        assert_eq!(
+            ReadVersion::parse("Pod", "rv", "").unwrap(),
+            ReadVersion::Latest
+        );
+        assert_eq!(
+            ReadVersion::parse("Pod", "rv", "0").unwrap(),
+            ReadVersion::Any
+        );
+        assert_eq!(
+            ReadVersion::parse("Pod", "rv", "17").unwrap(),
+            ReadVersion::AtLeast(17)
+        );
         assert!(ReadVersion::parse("Pod", "rv", "abc").is_err());
         assert!(ReadVersion::parse("Pod", "rv", "-3").is_err());
     }

@@ -106,3 +106,75 @@ impl Drop for EtcdServer {
         let _ = self.child.wait();
     }
 }
+
+/// An API server running in this process on an ephemeral port, stopped on drop.
+pub struct TestServer {
+    /// Address it listens on.
+    pub addr: std::net::SocketAddr,
+    /// Its storage.
+    pub storage: std::sync::Arc<dyn crate::storage::Storage>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server over `storage`.
+    pub async fn start(storage: std::sync::Arc<dyn crate::storage::Storage>) -> Self {
+        let server = crate::ApiServer::new(storage.clone())
+            .await
+            .expect("API server builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(async move {
+            let _ = server
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            storage,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Starts a server on embedded storage in `dir`.
+    pub async fn embedded(dir: &std::path::Path) -> Self {
+        let storage =
+            crate::storage::embedded::EmbeddedStorage::open(dir).expect("open embedded storage");
+        Self::start(std::sync::Arc::new(storage)).await
+    }
+
+    /// A client transport to the server.
+    pub async fn transport(&self) -> skiff::client::Transport {
+        skiff::client::connect(&self.addr.to_string(), skiff::client::Credentials::none())
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}

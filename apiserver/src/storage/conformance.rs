@@ -49,7 +49,11 @@ pub async fn create_get_update_delete(s: &dyn Storage, p: &str) {
         Err(StorageError::Conflict { current, .. }) => assert_eq!(*current, updated),
         other => panic!("stale update must conflict, got {other:?}"),
     }
-    assert_eq!(s.get(&k).await.unwrap().unwrap().value, b("v2"), "a failed update changes nothing");
+    assert_eq!(
+        s.get(&k).await.unwrap().unwrap().value,
+        b("v2"),
+        "a failed update changes nothing"
+    );
     assert!(matches!(
         s.update(&format!("{p}missing"), b("x"), 1).await,
         Err(StorageError::NotFound { .. })
@@ -77,7 +81,11 @@ pub async fn create_get_update_delete(s: &dyn Storage, p: &str) {
 pub async fn range_pages_and_reads_the_past(s: &dyn Storage, p: &str) {
     let mut revs = Vec::new();
     for i in 0..10 {
-        revs.push(s.create(&format!("{p}{i:02}"), b(&format!("v{i}"))).await.unwrap());
+        revs.push(
+            s.create(&format!("{p}{i:02}"), b(&format!("v{i}")))
+                .await
+                .unwrap(),
+        );
     }
     // A key outside the prefix that sorts right after it must not leak in.
     let outside = format!("{}0", &p[..p.len() - 1]);
@@ -117,7 +125,10 @@ pub async fn range_pages_and_reads_the_past(s: &dyn Storage, p: &str) {
         }
         after = page.kvs.last().unwrap().key.clone();
     }
-    assert_eq!(seen, all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>()
+    );
 
     // Change things, then read the past.
     s.update(&format!("{p}03"), b("changed"), revs[3].mod_revision)
@@ -133,7 +144,10 @@ pub async fn range_pages_and_reads_the_past(s: &dyn Storage, p: &str) {
         })
         .await
         .unwrap();
-    assert_eq!(past.kvs, all.kvs, "a read at a past revision sees that revision");
+    assert_eq!(
+        past.kvs, all.kvs,
+        "a read at a past revision sees that revision"
+    );
     let past_page = s
         .range(RangeRequest {
             prefix: p.into(),
@@ -144,8 +158,16 @@ pub async fn range_pages_and_reads_the_past(s: &dyn Storage, p: &str) {
         .await
         .unwrap();
     assert_eq!(
-        past_page.kvs.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
-        [3, 4, 5, 6].map(|i| format!("{p}{i:02}")).iter().map(String::as_str).collect::<Vec<_>>()
+        past_page
+            .kvs
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect::<Vec<_>>(),
+        [3, 4, 5, 6]
+            .map(|i| format!("{p}{i:02}"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
     );
     assert_eq!(past_page.kvs[0].value, b("v3"));
     assert!(past_page.more);
@@ -225,10 +247,18 @@ pub async fn watch_streams_changes_with_previous_values(s: &dyn Storage, p: &str
     // Many writes arrive complete and in order.
     let mut expected = Vec::new();
     for i in 0..200 {
-        expected.push(s.create(&format!("{p}many/{i}"), b("m")).await.unwrap().mod_revision);
+        expected.push(
+            s.create(&format!("{p}many/{i}"), b("m"))
+                .await
+                .unwrap()
+                .mod_revision,
+        );
     }
     let got = next_events(&mut w, 200).await;
-    assert_eq!(got.iter().map(|e| e.revision()).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        got.iter().map(|e| e.revision()).collect::<Vec<_>>(),
+        expected
+    );
 }
 
 /// Many tasks increment one counter by compare-and-swap: none is lost.
@@ -247,7 +277,10 @@ pub async fn concurrent_compare_and_swap_loses_no_update(s: Arc<dyn Storage>, p:
                 let mut cur = s.get(&key).await.unwrap().unwrap();
                 loop {
                     let n: usize = std::str::from_utf8(&cur.value).unwrap().parse().unwrap();
-                    match s.update(&key, b(&(n + 1).to_string()), cur.mod_revision).await {
+                    match s
+                        .update(&key, b(&(n + 1).to_string()), cur.mod_revision)
+                        .await
+                    {
                         Ok(_) => break,
                         Err(StorageError::Conflict { current, .. }) => {
                             conflicts += 1;

@@ -114,10 +114,22 @@ fn corrupt(key: &str, e: prost::DecodeError) -> StorageError {
 }
 
 enum Op {
-    Create { key: String, value: Bytes },
-    Update { key: String, value: Bytes, expected: Revision },
-    Delete { key: String, expected: Option<Revision> },
-    Compact { revision: Revision },
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+    Compact {
+        revision: Revision,
+    },
 }
 
 enum OpResult {
@@ -233,8 +245,10 @@ fn commit_batch(inner: &Inner, batch: Vec<WriteRequest>) {
                     result
                 }));
             }
-            meta.insert(META_REVISION, revision as u64).map_err(db_err)?;
-            meta.insert(META_COMPACTED, compacted as u64).map_err(db_err)?;
+            meta.insert(META_REVISION, revision as u64)
+                .map_err(db_err)?;
+            meta.insert(META_COMPACTED, compacted as u64)
+                .map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         inner.compacted.store(compacted, Ordering::Release);
@@ -467,7 +481,10 @@ impl Inner {
         let mut undo: BTreeMap<String, Option<KeyValue>> = BTreeMap::new();
         if at < current {
             let log = txn.open_table(LOG).map_err(db_err)?;
-            for entry in log.range((at as u64 + 1)..=(current as u64)).map_err(db_err)? {
+            for entry in log
+                .range((at as u64 + 1)..=(current as u64))
+                .map_err(db_err)?
+            {
                 let (rev, value) = entry.map_err(db_err)?;
                 let rec = LogRecord::decode(value.value())
                     .map_err(|e| corrupt(&format!("log@{}", rev.value()), e))?;
@@ -482,7 +499,11 @@ impl Inner {
         } else {
             format!("{}\0", req.start_after)
         };
-        let limit = if req.limit == 0 { usize::MAX } else { req.limit };
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit
+        };
         let mut kvs = Vec::new();
         let mut more = false;
         let mut undo_iter = undo.into_iter().peekable();
@@ -551,7 +572,10 @@ impl Inner {
         let mut events = Vec::new();
         let mut upto = from - 1;
         if from <= current {
-            for entry in log.range((from as u64)..=(current as u64)).map_err(db_err)? {
+            for entry in log
+                .range((from as u64)..=(current as u64))
+                .map_err(db_err)?
+            {
                 let (rev, value) = entry.map_err(db_err)?;
                 let rev = rev.value() as i64;
                 upto = rev;

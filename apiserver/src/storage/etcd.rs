@@ -113,8 +113,10 @@ impl Storage for EtcdStorage {
         if let Some(rev) = request.revision {
             options = options.with_revision(rev);
         }
-        let resp = kv.get(start, Some(options)).await.map_err(|e| {
-            match map_err(e) {
+        let resp = kv
+            .get(start, Some(options))
+            .await
+            .map_err(|e| match map_err(e) {
                 StorageError::Compacted { .. } => StorageError::Compacted {
                     requested: request.revision.unwrap_or(0),
                     compacted: 0,
@@ -124,8 +126,7 @@ impl Storage for EtcdStorage {
                     current: 0,
                 },
                 other => other,
-            }
-        })?;
+            })?;
         let kvs = resp
             .kvs()
             .iter()

@@ -17,10 +17,18 @@ impl Strategy for ReplicaSet {
             v.push(FieldViolation::new("spec.replicas", "must not be negative"));
         }
         if spec.min_ready_seconds < 0 {
-            v.push(FieldViolation::new("spec.minReadySeconds", "must not be negative"));
+            v.push(FieldViolation::new(
+                "spec.minReadySeconds",
+                "must not be negative",
+            ));
         }
         validate_label_selector(spec.selector.as_ref(), "spec.selector", true, &mut v);
-        validate_template(spec.template.as_ref(), spec.selector.as_ref(), "spec.template", &mut v);
+        validate_template(
+            spec.template.as_ref(),
+            spec.selector.as_ref(),
+            "spec.template",
+            &mut v,
+        );
         v
     }
 
@@ -44,18 +52,33 @@ impl Strategy for Deployment {
             v.push(FieldViolation::new("spec.replicas", "must not be negative"));
         }
         if spec.revision_history_limit.is_some_and(|r| r < 0) {
-            v.push(FieldViolation::new("spec.revisionHistoryLimit", "must not be negative"));
+            v.push(FieldViolation::new(
+                "spec.revisionHistoryLimit",
+                "must not be negative",
+            ));
         }
         if spec.progress_deadline_seconds.is_some_and(|r| r <= 0) {
-            v.push(FieldViolation::new("spec.progressDeadlineSeconds", "must be positive"));
+            v.push(FieldViolation::new(
+                "spec.progressDeadlineSeconds",
+                "must be positive",
+            ));
         }
         validate_label_selector(spec.selector.as_ref(), "spec.selector", true, &mut v);
-        validate_template(spec.template.as_ref(), spec.selector.as_ref(), "spec.template", &mut v);
+        validate_template(
+            spec.template.as_ref(),
+            spec.selector.as_ref(),
+            "spec.template",
+            &mut v,
+        );
         if let Some(strategy) = &spec.strategy {
             match strategy.r#type.as_str() {
                 "" | "RollingUpdate" => {
                     if let Some(ru) = &strategy.rolling_update {
-                        validate_int_or_percent("spec.strategy.rollingUpdate.maxSurge", &ru.max_surge, &mut v);
+                        validate_int_or_percent(
+                            "spec.strategy.rollingUpdate.maxSurge",
+                            &ru.max_surge,
+                            &mut v,
+                        );
                         validate_int_or_percent(
                             "spec.strategy.rollingUpdate.maxUnavailable",
                             &ru.max_unavailable,

@@ -1,7 +1,9 @@
 //! Strategies of the core kinds other than pods.
 
 use skiff::Resource;
-use skiff::api::core::v1::{Endpoints, Namespace, NamespaceSpec, NamespaceStatus, Node, ResourceQuota, Secret, Service};
+use skiff::api::core::v1::{
+    Endpoints, Namespace, NamespaceSpec, NamespaceStatus, Node, ResourceQuota, Secret, Service,
+};
 
 use super::Strategy;
 use crate::error::FieldViolation;
@@ -30,7 +32,11 @@ impl Strategy for Namespace {
         // Removing spec finalizers is how the namespace controller releases a
         // namespace; nobody may add them back once it is terminating.
         if old.meta().deletion_timestamp.is_some() {
-            let old_f = old.spec.as_ref().map(|s| s.finalizers.clone()).unwrap_or_default();
+            let old_f = old
+                .spec
+                .as_ref()
+                .map(|s| s.finalizers.clone())
+                .unwrap_or_default();
             let spec = self.spec.get_or_insert_with(NamespaceSpec::default);
             spec.finalizers.retain(|f| old_f.contains(f));
         } else if self.spec.as_ref().is_none_or(|s| s.finalizers.is_empty()) {
@@ -43,12 +49,16 @@ impl Strategy for Namespace {
         if matches!(phase, "" | "Active" | "Terminating") {
             Vec::new()
         } else {
-            vec![FieldViolation::new("status.phase", "must be Active or Terminating")]
+            vec![FieldViolation::new(
+                "status.phase",
+                "must be Active or Terminating",
+            )]
         }
     }
 
     fn has_pending_finalizers(&self) -> bool {
-        !self.meta().finalizers.is_empty() || self.spec.as_ref().is_some_and(|s| !s.finalizers.is_empty())
+        !self.meta().finalizers.is_empty()
+            || self.spec.as_ref().is_some_and(|s| !s.finalizers.is_empty())
     }
 
     fn mark_deleting(&mut self) {
@@ -64,11 +74,24 @@ impl Strategy for Node {
                 if let Err(e) = skiff::selector::validate_label_key(&t.key) {
                     v.push(FieldViolation::new(format!("spec.taints[{i}].key"), e));
                 }
-                validate_taint_effect(&format!("spec.taints[{i}].effect"), &t.effect, false, &mut v);
+                validate_taint_effect(
+                    &format!("spec.taints[{i}].effect"),
+                    &t.effect,
+                    false,
+                    &mut v,
+                );
             }
-            for cidr in spec.pod_cidr.split(',').filter(|c| !c.is_empty()).chain(spec.pod_cidrs.iter().map(String::as_str)) {
+            for cidr in spec
+                .pod_cidr
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .chain(spec.pod_cidrs.iter().map(String::as_str))
+            {
                 if !valid_cidr(cidr) {
-                    v.push(FieldViolation::new("spec.podCIDR", format!("{cidr:?} is not a CIDR")));
+                    v.push(FieldViolation::new(
+                        "spec.podCIDR",
+                        format!("{cidr:?} is not a CIDR"),
+                    ));
                 }
             }
         }
@@ -83,7 +106,10 @@ impl Strategy for Node {
             validate_resource_list(&s.allocatable, "status.allocatable", &mut v);
             for (i, c) in s.conditions.iter().enumerate() {
                 if c.r#type.is_empty() {
-                    v.push(FieldViolation::new(format!("status.conditions[{i}].type"), "required"));
+                    v.push(FieldViolation::new(
+                        format!("status.conditions[{i}].type"),
+                        "required",
+                    ));
                 }
                 if !matches!(c.status.as_str(), "True" | "False" | "Unknown") {
                     v.push(FieldViolation::new(
@@ -99,7 +125,9 @@ impl Strategy for Node {
 
 /// Whether `s` is an IPv4 or IPv6 CIDR.
 pub fn valid_cidr(s: &str) -> bool {
-    let Some((ip, bits)) = s.split_once('/') else { return false };
+    let Some((ip, bits)) = s.split_once('/') else {
+        return false;
+    };
     match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
         (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
         (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
@@ -117,7 +145,10 @@ impl Strategy for Service {
         };
         let headless = spec.cluster_ip == "None";
         if spec.ports.is_empty() && !headless {
-            v.push(FieldViolation::new("spec.ports", "at least one port is required"));
+            v.push(FieldViolation::new(
+                "spec.ports",
+                "at least one port is required",
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         let mut seen = std::collections::BTreeSet::new();
@@ -127,27 +158,52 @@ impl Strategy for Service {
             validate_protocol(&format!("{path}.protocol"), &p.protocol, &mut v);
             validate_port_ref(&format!("{path}.targetPort"), &p.target_port, true, &mut v);
             if spec.ports.len() > 1 && p.name.is_empty() {
-                v.push(FieldViolation::new(format!("{path}.name"), "required when a service has several ports"));
+                v.push(FieldViolation::new(
+                    format!("{path}.name"),
+                    "required when a service has several ports",
+                ));
             }
             if !p.name.is_empty() && !names.insert(p.name.clone()) {
-                v.push(FieldViolation::new(format!("{path}.name"), "duplicate port name"));
+                v.push(FieldViolation::new(
+                    format!("{path}.name"),
+                    "duplicate port name",
+                ));
             }
-            let proto = if p.protocol.is_empty() { "TCP" } else { &p.protocol };
+            let proto = if p.protocol.is_empty() {
+                "TCP"
+            } else {
+                &p.protocol
+            };
             if !seen.insert((p.port, proto.to_owned())) {
-                v.push(FieldViolation::new(format!("{path}.port"), "duplicate port and protocol"));
+                v.push(FieldViolation::new(
+                    format!("{path}.port"),
+                    "duplicate port and protocol",
+                ));
             }
             if p.node_port != 0 {
                 validate_port(&format!("{path}.nodePort"), p.node_port, &mut v);
                 if !matches!(spec.r#type.as_str(), "NodePort" | "LoadBalancer") {
-                    v.push(FieldViolation::new(format!("{path}.nodePort"), "only valid for NodePort and LoadBalancer services"));
+                    v.push(FieldViolation::new(
+                        format!("{path}.nodePort"),
+                        "only valid for NodePort and LoadBalancer services",
+                    ));
                 }
             }
         }
-        if !matches!(spec.r#type.as_str(), "" | "ClusterIP" | "NodePort" | "LoadBalancer") {
-            v.push(FieldViolation::new("spec.type", "must be ClusterIP, NodePort or LoadBalancer"));
+        if !matches!(
+            spec.r#type.as_str(),
+            "" | "ClusterIP" | "NodePort" | "LoadBalancer"
+        ) {
+            v.push(FieldViolation::new(
+                "spec.type",
+                "must be ClusterIP, NodePort or LoadBalancer",
+            ));
         }
         if !matches!(spec.session_affinity.as_str(), "" | "None" | "ClientIP") {
-            v.push(FieldViolation::new("spec.sessionAffinity", "must be None or ClientIP"));
+            v.push(FieldViolation::new(
+                "spec.sessionAffinity",
+                "must be None or ClientIP",
+            ));
         }
         if let Some(t) = spec
             .session_affinity_config
@@ -182,7 +238,10 @@ impl Strategy for Service {
             }
             for p in &mut new.ports {
                 if p.node_port == 0
-                    && let Some(o) = old.ports.iter().find(|o| o.port == p.port && o.protocol == p.protocol)
+                    && let Some(o) = old
+                        .ports
+                        .iter()
+                        .find(|o| o.port == p.port && o.protocol == p.protocol)
                 {
                     p.node_port = o.node_port;
                 }
@@ -192,8 +251,16 @@ impl Strategy for Service {
 
     fn validate_update(&self, old: &Self) -> Vec<FieldViolation> {
         let mut v = self.validate();
-        let new_ip = self.spec.as_ref().map(|s| s.cluster_ip.as_str()).unwrap_or("");
-        let old_ip = old.spec.as_ref().map(|s| s.cluster_ip.as_str()).unwrap_or("");
+        let new_ip = self
+            .spec
+            .as_ref()
+            .map(|s| s.cluster_ip.as_str())
+            .unwrap_or("");
+        let old_ip = old
+            .spec
+            .as_ref()
+            .map(|s| s.cluster_ip.as_str())
+            .unwrap_or("");
         if !old_ip.is_empty() && new_ip != old_ip {
             v.push(FieldViolation::new("spec.clusterIP", "field is immutable"));
         }
@@ -205,14 +272,21 @@ impl Strategy for Endpoints {
     fn validate(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
         for (i, s) in self.subsets.iter().enumerate() {
-            for (list, name) in [(&s.addresses, "addresses"), (&s.not_ready_addresses, "notReadyAddresses")] {
+            for (list, name) in [
+                (&s.addresses, "addresses"),
+                (&s.not_ready_addresses, "notReadyAddresses"),
+            ] {
                 for (j, a) in list.iter().enumerate() {
                     validate_ip(&format!("subsets[{i}].{name}[{j}].ip"), &a.ip, &mut v);
                 }
             }
             for (j, p) in s.ports.iter().enumerate() {
                 validate_port(&format!("subsets[{i}].ports[{j}].port"), p.port, &mut v);
-                validate_protocol(&format!("subsets[{i}].ports[{j}].protocol"), &p.protocol, &mut v);
+                validate_protocol(
+                    &format!("subsets[{i}].ports[{j}].protocol"),
+                    &p.protocol,
+                    &mut v,
+                );
             }
         }
         v
@@ -233,7 +307,11 @@ impl Strategy for Secret {
         let mut size = 0;
         for (k, val) in &self.data {
             size += val.len();
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+            if k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
                 v.push(FieldViolation::new(
                     format!("data[{k}]"),
                     "keys consist of alphanumerics, '-', '_' or '.'",
@@ -241,7 +319,10 @@ impl Strategy for Secret {
             }
         }
         if size > 1024 * 1024 {
-            v.push(FieldViolation::new("data", "must be at most 1 MiB in total"));
+            v.push(FieldViolation::new(
+                "data",
+                "must be at most 1 MiB in total",
+            ));
         }
         v
     }
@@ -250,10 +331,16 @@ impl Strategy for Secret {
         let mut v = self.validate();
         if old.immutable == Some(true) {
             if self.data != old.data {
-                v.push(FieldViolation::new("data", "field is immutable when `immutable` is set"));
+                v.push(FieldViolation::new(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
             }
             if self.immutable != Some(true) {
-                v.push(FieldViolation::new("immutable", "may not be unset once set"));
+                v.push(FieldViolation::new(
+                    "immutable",
+                    "may not be unset once set",
+                ));
             }
         }
         if !old.r#type.is_empty() && self.r#type != old.r#type {

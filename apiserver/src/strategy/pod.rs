@@ -43,15 +43,24 @@ impl Strategy for Pod {
     fn validate_status(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
         if let Some(s) = &self.status {
-            if !matches!(s.phase.as_str(), "" | "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown") {
+            if !matches!(
+                s.phase.as_str(),
+                "" | "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown"
+            ) {
                 v.push(FieldViolation::new(
                     "status.phase",
-                    format!("{:?}: must be Pending, Running, Succeeded, Failed or Unknown", s.phase),
+                    format!(
+                        "{:?}: must be Pending, Running, Succeeded, Failed or Unknown",
+                        s.phase
+                    ),
                 ));
             }
             for (i, c) in s.conditions.iter().enumerate() {
                 if c.r#type.is_empty() {
-                    v.push(FieldViolation::new(format!("status.conditions[{i}].type"), "required"));
+                    v.push(FieldViolation::new(
+                        format!("status.conditions[{i}].type"),
+                        "required",
+                    ));
                 }
                 if !matches!(c.status.as_str(), "True" | "False" | "Unknown") {
                     v.push(FieldViolation::new(
@@ -77,7 +86,11 @@ impl Strategy for Pod {
             return None;
         }
         let grace = requested
-            .or_else(|| self.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .or_else(|| {
+                self.spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
             .unwrap_or(DEFAULT_GRACE_SECONDS);
         (grace > 0).then_some(grace)
     }
@@ -86,7 +99,9 @@ impl Strategy for Pod {
 /// Whether `new` differs from `old` only where Kubernetes allows a pod spec to change.
 fn spec_update_allowed(new: &PodSpec, old: &PodSpec) -> bool {
     let mut relaxed = old.clone();
-    if new.containers.len() != old.containers.len() || new.init_containers.len() != old.init_containers.len() {
+    if new.containers.len() != old.containers.len()
+        || new.init_containers.len() != old.init_containers.len()
+    {
         return false;
     }
     for (r, n) in relaxed.containers.iter_mut().zip(&new.containers) {
@@ -135,7 +150,10 @@ mod tests {
         let mut bind = spec();
         bind.node_name = "n1".into();
         assert!(!spec_update_allowed(&bind, &old));
-        assert!(!spec_update_allowed(&old, &new), "tolerations may not be removed");
+        assert!(
+            !spec_update_allowed(&old, &new),
+            "tolerations may not be removed"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Strategies of RBAC kinds: names may contain ':' ("system:node"), rules
 //! need verbs and resources, bindings need a valid, immutable role reference.
 
-use skiff::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use skiff::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 
 use super::Strategy;
 use crate::error::FieldViolation;
@@ -10,27 +12,48 @@ use crate::validation::NameRule;
 fn validate_rules(rules: &[PolicyRule], v: &mut Vec<FieldViolation>) {
     for (i, r) in rules.iter().enumerate() {
         if r.verbs.is_empty() {
-            v.push(FieldViolation::new(format!("rules[{i}].verbs"), "at least one verb is required"));
+            v.push(FieldViolation::new(
+                format!("rules[{i}].verbs"),
+                "at least one verb is required",
+            ));
         }
         if r.resources.is_empty() {
-            v.push(FieldViolation::new(format!("rules[{i}].resources"), "at least one resource is required"));
+            v.push(FieldViolation::new(
+                format!("rules[{i}].resources"),
+                "at least one resource is required",
+            ));
         }
     }
 }
 
-fn validate_binding(role_ref: Option<&RoleRef>, subjects: &[Subject], cluster: bool, v: &mut Vec<FieldViolation>) {
+fn validate_binding(
+    role_ref: Option<&RoleRef>,
+    subjects: &[Subject],
+    cluster: bool,
+    v: &mut Vec<FieldViolation>,
+) {
     match role_ref {
         None => v.push(FieldViolation::new("roleRef", "required")),
         Some(r) => {
-            let kinds: &[&str] = if cluster { &["ClusterRole"] } else { &["Role", "ClusterRole"] };
+            let kinds: &[&str] = if cluster {
+                &["ClusterRole"]
+            } else {
+                &["Role", "ClusterRole"]
+            };
             if !kinds.contains(&r.kind.as_str()) {
-                v.push(FieldViolation::new("roleRef.kind", format!("must be one of {kinds:?}")));
+                v.push(FieldViolation::new(
+                    "roleRef.kind",
+                    format!("must be one of {kinds:?}"),
+                ));
             }
             if r.name.is_empty() {
                 v.push(FieldViolation::new("roleRef.name", "required"));
             }
             if !matches!(r.api_group.as_str(), "" | "rbac.authorization.k8s.io") {
-                v.push(FieldViolation::new("roleRef.apiGroup", "must be rbac.authorization.k8s.io"));
+                v.push(FieldViolation::new(
+                    "roleRef.apiGroup",
+                    "must be rbac.authorization.k8s.io",
+                ));
             }
         }
     }
@@ -51,7 +74,10 @@ fn validate_binding(role_ref: Option<&RoleRef>, subjects: &[Subject], cluster: b
             )),
         }
         if s.name.is_empty() {
-            v.push(FieldViolation::new(format!("subjects[{i}].name"), "required"));
+            v.push(FieldViolation::new(
+                format!("subjects[{i}].name"),
+                "required",
+            ));
         }
     }
 }

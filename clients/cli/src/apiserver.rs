@@ -71,7 +71,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = ApiServer::new(storage).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}; is another server running there? pick one with --listen", args.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another server running there? pick one with --listen",
+                args.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = ?config, "API server listening");
     // Machines (tests, scripts) read this line to learn the address.
@@ -86,13 +91,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -1,0 +1,896 @@
+//! The API's semantics through a real gRPC server in this process, on both
+//! storage backends: every test runs once on embedded storage and once on a
+//! real etcd.
+
+use std::collections::BTreeMap;
+
+use skiff::Resource;
+use skiff::api::apps::v1::{
+    ReplicaSet, ReplicaSetSpec, ScaleReplicaSetRequest,
+    replica_set_service_client::ReplicaSetServiceClient,
+};
+use skiff::api::core::v1::{
+    BindPodRequest, Container, Namespace, Node, Pod, PodSpec, PodStatus, PodTemplateSpec,
+    pod_service_client::PodServiceClient,
+};
+use skiff::api::meta::v1::{EventType, LabelSelector, ObjectMeta, Preconditions};
+use skiff::client::{ResourceClient, Transport};
+use skiff::params::{DeleteParams, GetParams, ListParams, WatchParams};
+use skiff_apiserver::storage::etcd::EtcdStorage;
+use skiff_apiserver::testing::{EtcdServer, TestServer};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn meta(ns: &str, name: &str) -> Option<ObjectMeta> {
+    Some(ObjectMeta {
+        name: name.into(),
+        namespace: ns.into(),
+        ..Default::default()
+    })
+}
+
+fn pod(ns: &str, name: &str) -> Pod {
+    Pod {
+        metadata: meta(ns, name),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: "busybox".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn labeled(mut p: Pod, labels: &[(&str, &str)]) -> Pod {
+    p.meta_mut().labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    p
+}
+
+fn get(ns: &str, name: &str) -> GetParams {
+    GetParams {
+        namespace: ns.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn del(ns: &str, name: &str) -> DeleteParams {
+    DeleteParams {
+        namespace: ns.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+/// Runs `check` against a server on embedded storage and one on a real etcd.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let server = skiff_apiserver::testing::TestServer::embedded(dir.path()).await;
+                    super::$name(&server).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (server, _etcd) = super::etcd_server().await;
+                    super::$name(&server).await;
+                }
+            )*
+        }
+    };
+}
+
+async fn etcd_server() -> (TestServer, EtcdServer) {
+    let etcd = EtcdServer::start().await;
+    let storage = EtcdStorage::connect(std::slice::from_ref(&etcd.endpoint), "/skiff")
+        .await
+        .unwrap();
+    (TestServer::start(std::sync::Arc::new(storage)).await, etcd)
+}
+
+on_both_backends!(
+    create_sets_server_metadata_and_get_reads_it_back,
+    generate_name_gives_unique_names,
+    update_is_compare_and_swap_and_bumps_generation_on_spec_change,
+    update_leaves_status_alone_and_update_status_leaves_spec_alone,
+    bad_input_gets_its_code_and_changes_nothing,
+    oversized_requests_are_resource_exhausted_and_change_nothing,
+    finalizers_hold_deletion_until_removed,
+    bind_pod_binds_once,
+    list_filters_by_label_and_field_and_pages_consistently,
+    deleting_a_bound_pod_is_graceful,
+    namespaces_terminate_and_refuse_new_objects,
+    watch_from_a_resource_version_streams_changes,
+    scale_sets_replicas,
+);
+
+async fn revision(s: &TestServer) -> i64 {
+    s.storage.current_revision().await.unwrap()
+}
+
+async fn create_sets_server_metadata_and_get_reads_it_back(s: &TestServer) {
+    let t = s.transport().await;
+    let created = Pod::create_in(t.clone(), labeled(pod("", "web"), &[("app", "web")]))
+        .await
+        .unwrap();
+    let m = created.meta();
+    assert_eq!(m.namespace, "default", "an empty namespace means default");
+    assert!(!m.uid.is_empty());
+    assert!(m.creation_timestamp.is_some());
+    assert_eq!(m.generation, 1);
+    assert!(m.resource_version.parse::<i64>().unwrap() > 0);
+    assert_eq!(created.status.as_ref().unwrap().phase, "Pending");
+    let got = Pod::get_in(t.clone(), get("default", "web")).await.unwrap();
+    assert_eq!(got, created);
+    let err = Pod::create_in(t.clone(), pod("default", "web"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = Pod::get_in(t, get("default", "nope")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("default/nope"), "{}", err.message());
+}
+
+async fn generate_name_gives_unique_names(s: &TestServer) {
+    let t = s.transport().await;
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let mut p = pod("default", "");
+        p.meta_mut().generate_name = "web-".into();
+        let created = Pod::create_in(t.clone(), p).await.unwrap();
+        assert!(
+            created.name().starts_with("web-") && created.name().len() == 9,
+            "{}",
+            created.name()
+        );
+        names.insert(created.name().to_owned());
+    }
+    assert_eq!(names.len(), 5);
+}
+
+async fn update_is_compare_and_swap_and_bumps_generation_on_spec_change(s: &TestServer) {
+    let t = s.transport().await;
+    let created = Pod::create_in(t.clone(), pod("default", "web"))
+        .await
+        .unwrap();
+
+    // A label change is not a spec change.
+    let mut relabeled = created.clone();
+    relabeled
+        .meta_mut()
+        .labels
+        .insert("tier".into(), "front".into());
+    let relabeled = Pod::update_in(t.clone(), relabeled).await.unwrap();
+    assert_eq!(relabeled.meta().generation, 1);
+    assert!(relabeled.resource_version() > created.resource_version());
+
+    // An image change is.
+    let mut reimaged = relabeled.clone();
+    reimaged.spec.as_mut().unwrap().containers[0].image = "busybox:2".into();
+    let reimaged = Pod::update_in(t.clone(), reimaged).await.unwrap();
+    assert_eq!(reimaged.meta().generation, 2);
+    assert_eq!(reimaged.meta().uid, created.meta().uid);
+
+    // The stale version fails and changes nothing.
+    let before = revision(s).await;
+    let mut stale = created.clone();
+    stale.spec.as_mut().unwrap().containers[0].image = "busybox:3".into();
+    let err = Pod::update_in(t.clone(), stale).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert_eq!(revision(s).await, before);
+    assert_eq!(
+        Pod::get_in(t.clone(), get("default", "web")).await.unwrap(),
+        reimaged
+    );
+
+    // An identical update is a no-op: same resource version.
+    let same = Pod::update_in(t.clone(), reimaged.clone()).await.unwrap();
+    assert_eq!(same.resource_version(), reimaged.resource_version());
+    assert_eq!(revision(s).await, before);
+
+    // No resource version: an unconditional update of the latest state.
+    let mut unconditional = reimaged.clone();
+    unconditional.meta_mut().resource_version.clear();
+    unconditional
+        .meta_mut()
+        .annotations
+        .insert("note".into(), "x".into());
+    let updated = Pod::update_in(t.clone(), unconditional).await.unwrap();
+    assert_eq!(updated.meta().annotations["note"], "x");
+
+    // The pod spec is immutable apart from images and tolerations.
+    let mut forbidden = updated.clone();
+    forbidden.spec.as_mut().unwrap().containers[0].command = vec!["sh".into()];
+    let err = Pod::update_in(t, forbidden).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+async fn update_leaves_status_alone_and_update_status_leaves_spec_alone(s: &TestServer) {
+    let t = s.transport().await;
+    let created = Pod::create_in(t.clone(), pod("default", "web"))
+        .await
+        .unwrap();
+    let mut with_status = created.clone();
+    with_status.status = Some(PodStatus {
+        phase: "Running".into(),
+        pod_ip: "127.1.0.2".into(),
+        ..Default::default()
+    });
+    with_status.spec.as_mut().unwrap().containers[0].image = "ignored".into();
+    let after = Pod::update_status_in(t.clone(), with_status).await.unwrap();
+    assert_eq!(after.status.as_ref().unwrap().phase, "Running");
+    assert_eq!(after.spec, created.spec, "a status update ignores the spec");
+
+    let mut spec_change = after.clone();
+    spec_change.status = Some(PodStatus {
+        phase: "Failed".into(),
+        ..Default::default()
+    });
+    spec_change.spec.as_mut().unwrap().containers[0].image = "busybox:2".into();
+    let after2 = Pod::update_in(t.clone(), spec_change).await.unwrap();
+    assert_eq!(
+        after2.status.as_ref().unwrap().phase,
+        "Running",
+        "an update ignores the status"
+    );
+    assert_eq!(
+        after2.spec.as_ref().unwrap().containers[0].image,
+        "busybox:2"
+    );
+
+    let mut bad = after2.clone();
+    bad.status.as_mut().unwrap().phase = "Sleeping".into();
+    let err = Pod::update_status_in(t, bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("status.phase"));
+}
+
+async fn bad_input_gets_its_code_and_changes_nothing(s: &TestServer) {
+    let t = s.transport().await;
+    let existing = Pod::create_in(t.clone(), pod("default", "keep"))
+        .await
+        .unwrap();
+    let before = revision(s).await;
+
+    let cases: Vec<(Pod, Code, &str)> = vec![
+        (
+            pod("default", "Bad_Name"),
+            Code::InvalidArgument,
+            "metadata.name",
+        ),
+        (pod("default", ""), Code::InvalidArgument, "metadata.name"),
+        (
+            pod("default", &"a".repeat(300)),
+            Code::InvalidArgument,
+            "metadata.name",
+        ),
+        (
+            labeled(pod("default", "x"), &[("bad key!", "v")]),
+            Code::InvalidArgument,
+            "metadata.labels",
+        ),
+        (
+            Pod {
+                spec: Some(PodSpec::default()),
+                ..pod("default", "nocontainers")
+            },
+            Code::InvalidArgument,
+            "spec.containers",
+        ),
+        (
+            pod("no-such-namespace", "x"),
+            Code::NotFound,
+            "no-such-namespace",
+        ),
+    ];
+    for (obj, code, mention) in cases {
+        let err = Pod::create_in(t.clone(), obj).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(
+            err.message().contains(mention),
+            "{} should mention {mention}",
+            err.message()
+        );
+        if code == Code::InvalidArgument {
+            let br = err
+                .get_details_bad_request()
+                .expect("BadRequest names the fields");
+            assert!(
+                br.field_violations
+                    .iter()
+                    .any(|v| v.field.starts_with(mention)),
+                "{br:?}"
+            );
+        }
+    }
+
+    for selector in ["app in (a", "=x", "a b"] {
+        let err = Pod::list_in(
+            t.clone(),
+            ListParams {
+                label_selector: selector.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("label_selector"));
+    }
+    for selector in ["spec.nodeName", "spec.nope=1"] {
+        let err = Pod::list_in(
+            t.clone(),
+            ListParams {
+                field_selector: selector.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{selector}");
+    }
+    let err = Pod::list_in(
+        t.clone(),
+        ListParams {
+            page_token: "garbage".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = Pod::get_in(
+        t.clone(),
+        GetParams {
+            resource_version: "abc".into(),
+            ..get("default", "keep")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Stale resource versions on update and delete.
+    let mut stale = existing.clone();
+    stale.meta_mut().resource_version = "1".into();
+    stale.meta_mut().labels.insert("x".into(), "y".into());
+    assert_eq!(
+        Pod::update_in(t.clone(), stale).await.unwrap_err().code(),
+        Code::Aborted
+    );
+    let err = Pod::delete_in(
+        t.clone(),
+        DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: "1".into(),
+                uid: String::new(),
+            }),
+            ..del("default", "keep")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    let err = Pod::delete_in(
+        t.clone(),
+        DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: "not-the-uid".into(),
+                resource_version: String::new(),
+            }),
+            ..del("default", "keep")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    let err = Pod::delete_in(
+        t.clone(),
+        DeleteParams {
+            propagation_policy: "Sideways".into(),
+            ..del("default", "keep")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    assert_eq!(
+        revision(s).await,
+        before,
+        "no failed request wrote anything"
+    );
+    assert_eq!(
+        Pod::get_in(t.clone(), get("default", "keep"))
+            .await
+            .unwrap(),
+        existing
+    );
+    let all = Pod::list_in(t, ListParams::default()).await.unwrap();
+    assert_eq!(all.items.len(), 1);
+}
+
+async fn oversized_requests_are_resource_exhausted_and_change_nothing(s: &TestServer) {
+    let t = s.transport().await;
+    let before = revision(s).await;
+    for size in [1536 * 1024 - 200, 2 * 1024 * 1024, 8 * 1024 * 1024] {
+        let mut big = pod("default", "big");
+        big.meta_mut()
+            .annotations
+            .insert("blob".into(), "x".repeat(size));
+        let err = Pod::create_in(t.clone(), big).await.unwrap_err();
+        // Just under the limit fails validation (annotations are capped at 256 KiB).
+        let expected = if size < 1536 * 1024 {
+            Code::InvalidArgument
+        } else {
+            Code::ResourceExhausted
+        };
+        assert_eq!(err.code(), expected, "size {size}: {err:?}");
+        if expected == Code::ResourceExhausted {
+            assert!(
+                err.message().contains("too large") || err.message().contains("limit"),
+                "{}",
+                err.message()
+            );
+        }
+    }
+    assert_eq!(revision(s).await, before);
+    // The connection is still usable.
+    Pod::create_in(t, pod("default", "small")).await.unwrap();
+}
+
+async fn finalizers_hold_deletion_until_removed(s: &TestServer) {
+    let t = s.transport().await;
+    let mut p = pod("default", "held");
+    p.meta_mut().finalizers.push("example.com/hold".into());
+    Pod::create_in(t.clone(), p).await.unwrap();
+    let marked = Pod::delete_in(t.clone(), del("default", "held"))
+        .await
+        .unwrap();
+    assert!(marked.meta().deletion_timestamp.is_some());
+    let still = Pod::get_in(t.clone(), get("default", "held"))
+        .await
+        .unwrap();
+    assert!(still.meta().deletion_timestamp.is_some());
+    // Deleting again changes nothing.
+    let again = Pod::delete_in(t.clone(), del("default", "held"))
+        .await
+        .unwrap();
+    assert_eq!(again.resource_version(), still.resource_version());
+    let mut released = still.clone();
+    released.meta_mut().finalizers.clear();
+    Pod::update_in(t.clone(), released).await.unwrap();
+    let err = Pod::get_in(t, get("default", "held")).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "the object goes with its last finalizer"
+    );
+}
+
+async fn bind_pod_binds_once(s: &TestServer) {
+    let t = s.transport().await;
+    Pod::create_in(t.clone(), pod("default", "web"))
+        .await
+        .unwrap();
+    let mut client = PodServiceClient::new(t.clone());
+    let bound = client
+        .bind_pod(BindPodRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            node_name: "n1".into(),
+            uid: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod
+        .unwrap();
+    assert_eq!(bound.spec.as_ref().unwrap().node_name, "n1");
+    let cond = &bound.status.as_ref().unwrap().conditions;
+    assert!(
+        cond.iter()
+            .any(|c| c.r#type == "PodScheduled" && c.status == "True")
+    );
+    let err = client
+        .bind_pod(BindPodRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            node_name: "n2".into(),
+            uid: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("n1"));
+    let err = client
+        .bind_pod(BindPodRequest {
+            namespace: "default".into(),
+            name: "missing".into(),
+            node_name: "n2".into(),
+            uid: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // The node name cannot be changed through an update either.
+    let mut moved = Pod::get_in(t.clone(), get("default", "web")).await.unwrap();
+    moved.spec.as_mut().unwrap().node_name = "n2".into();
+    assert_eq!(
+        Pod::update_in(t, moved).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+async fn list_filters_by_label_and_field_and_pages_consistently(s: &TestServer) {
+    let t = s.transport().await;
+    for i in 0..25 {
+        let app = if i % 2 == 0 { "web" } else { "db" };
+        Pod::create_in(
+            t.clone(),
+            labeled(pod("default", &format!("p{i:02}")), &[("app", app)]),
+        )
+        .await
+        .unwrap();
+    }
+    let mut client = PodServiceClient::new(t.clone());
+    client
+        .bind_pod(BindPodRequest {
+            namespace: "default".into(),
+            name: "p03".into(),
+            node_name: "n1".into(),
+            uid: String::new(),
+        })
+        .await
+        .unwrap();
+    let web = Pod::list_in(
+        t.clone(),
+        ListParams {
+            label_selector: "app=web".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(web.items.len(), 13);
+    let on_n1 = Pod::list_in(
+        t.clone(),
+        ListParams {
+            field_selector: "spec.nodeName=n1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        on_n1.items.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        ["p03"]
+    );
+    let unbound_db = Pod::list_in(
+        t.clone(),
+        ListParams {
+            label_selector: "app in (db)".into(),
+            field_selector: "spec.nodeName!=n1".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(unbound_db.items.len(), 11);
+
+    // Pages of 10 at one revision, even while objects change in between.
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    let mut first_rv = String::new();
+    loop {
+        let page = Pod::list_in(
+            t.clone(),
+            ListParams {
+                page_size: 10,
+                page_token: token.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        pages += 1;
+        let meta = page.list_meta();
+        if first_rv.is_empty() {
+            first_rv = meta.resource_version.clone();
+            // A change after the first page is not seen by the next pages.
+            Pod::delete_in(t.clone(), del("default", "p20"))
+                .await
+                .unwrap();
+        } else {
+            assert_eq!(
+                meta.resource_version, first_rv,
+                "every page is read at one revision"
+            );
+        }
+        assert!(page.items.len() <= 10);
+        names.extend(page.items.iter().map(|p| p.name().to_owned()));
+        if meta.next_page_token.is_empty() {
+            break;
+        }
+        token = meta.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names.len(), 25, "p20 is still in the paged snapshot");
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, names, "pages are in order, without repeats");
+
+    // Filtered paging.
+    let page = Pod::list_in(
+        t.clone(),
+        ListParams {
+            label_selector: "app=db".into(),
+            page_size: 5,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.items.len(), 5);
+    assert!(page.items.iter().all(|p| p.meta().labels["app"] == "db"));
+    assert!(!page.list_meta().next_page_token.is_empty());
+    // Another namespace is empty.
+    let other = Pod::list_in(
+        t,
+        ListParams {
+            namespace: "skiff-system".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(other.items.is_empty());
+}
+
+async fn deleting_a_bound_pod_is_graceful(s: &TestServer) {
+    let t = s.transport().await;
+    let mut p = pod("default", "running");
+    p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(20);
+    Pod::create_in(t.clone(), p).await.unwrap();
+    PodServiceClient::new(t.clone())
+        .bind_pod(BindPodRequest {
+            namespace: "default".into(),
+            name: "running".into(),
+            node_name: "n1".into(),
+            uid: String::new(),
+        })
+        .await
+        .unwrap();
+    let marked = Pod::delete_in(t.clone(), del("default", "running"))
+        .await
+        .unwrap();
+    assert_eq!(marked.meta().deletion_grace_period_seconds, Some(20));
+    assert!(marked.meta().deletion_timestamp.is_some());
+    assert!(
+        Pod::get_in(t.clone(), get("default", "running"))
+            .await
+            .is_ok()
+    );
+    // The kubelet's final delete, with grace 0, removes it.
+    Pod::delete_in(
+        t.clone(),
+        DeleteParams {
+            grace_period_seconds: Some(0),
+            ..del("default", "running")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        Pod::get_in(t.clone(), get("default", "running"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // An unbound pod goes at once.
+    Pod::create_in(t.clone(), pod("default", "pending"))
+        .await
+        .unwrap();
+    Pod::delete_in(t.clone(), del("default", "pending"))
+        .await
+        .unwrap();
+    assert_eq!(
+        Pod::get_in(t, get("default", "pending"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+}
+
+async fn namespaces_terminate_and_refuse_new_objects(s: &TestServer) {
+    let t = s.transport().await;
+    let all = Namespace::list_in(t.clone(), ListParams::default())
+        .await
+        .unwrap();
+    let names: Vec<_> = all.items.iter().map(|n| n.name().to_owned()).collect();
+    assert!(names.contains(&"default".to_owned()) && names.contains(&"skiff-system".to_owned()));
+    let ns = Namespace::create_in(
+        t.clone(),
+        Namespace {
+            metadata: meta("", "team"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ns.status.as_ref().unwrap().phase, "Active");
+    assert_eq!(ns.spec.as_ref().unwrap().finalizers, ["kubernetes"]);
+    Pod::create_in(t.clone(), pod("team", "a")).await.unwrap();
+    let marked = Namespace::delete_in(t.clone(), del("", "team"))
+        .await
+        .unwrap();
+    assert_eq!(marked.status.as_ref().unwrap().phase, "Terminating");
+    let err = Pod::create_in(t.clone(), pod("team", "b"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // Releasing the finalizer (the namespace controller's job) removes it.
+    let mut release = Namespace::get_in(t.clone(), get("", "team")).await.unwrap();
+    release.spec.as_mut().unwrap().finalizers.clear();
+    Namespace::update_in(t.clone(), release).await.unwrap();
+    assert_eq!(
+        Namespace::get_in(t.clone(), get("", "team"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let err = Namespace::create_in(
+        t,
+        Namespace {
+            metadata: meta("", "has.dot"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "namespace names are DNS labels"
+    );
+}
+
+async fn watch_from_a_resource_version_streams_changes(s: &TestServer) {
+    let t = s.transport().await;
+    let a = Pod::create_in(t.clone(), labeled(pod("default", "a"), &[("app", "web")]))
+        .await
+        .unwrap();
+    let mut w = Pod::watch_in(
+        t.clone(),
+        WatchParams {
+            resource_version: a.meta().resource_version.clone(),
+            label_selector: "app=web".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    Pod::create_in(t.clone(), labeled(pod("default", "b"), &[("app", "web")]))
+        .await
+        .unwrap();
+    Pod::create_in(
+        t.clone(),
+        labeled(pod("default", "other"), &[("app", "db")]),
+    )
+    .await
+    .unwrap();
+    let mut moved = Pod::get_in(t.clone(), get("default", "a")).await.unwrap();
+    moved.meta_mut().labels.insert("app".into(), "db".into());
+    Pod::update_in(t.clone(), moved).await.unwrap();
+    Pod::delete_in(t.clone(), del("default", "b"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        seen.push((ev.event_type(), ev.object.unwrap().meta().name.clone()));
+    }
+    assert_eq!(
+        seen,
+        [
+            (EventType::Added, "b".to_owned()),
+            (EventType::Deleted, "a".to_owned()),
+            (EventType::Deleted, "b".to_owned()),
+        ],
+        "an object leaving the selector is DELETED"
+    );
+}
+
+async fn scale_sets_replicas(s: &TestServer) {
+    let t = s.transport().await;
+    let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+    let rs = ReplicaSet {
+        metadata: meta("default", "web"),
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(1),
+            selector: Some(LabelSelector {
+                match_labels: labels.clone(),
+                match_expressions: vec![],
+            }),
+            template: Some(PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: labels.clone(),
+                    ..Default::default()
+                }),
+                spec: pod("", "").spec,
+            }),
+            min_ready_seconds: 0,
+        }),
+        status: None,
+    };
+    ReplicaSet::create_in(t.clone(), rs.clone()).await.unwrap();
+    let scaled = ReplicaSetServiceClient::new(t.clone())
+        .scale_replica_set(ScaleReplicaSetRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            replicas: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .replica_set
+        .unwrap();
+    assert_eq!(scaled.spec.as_ref().unwrap().replicas, Some(5));
+    assert_eq!(scaled.meta().generation, 2);
+    // A selector that does not match the template is refused.
+    let mut bad = rs;
+    bad.meta_mut().name = "bad".into();
+    bad.spec
+        .as_mut()
+        .unwrap()
+        .selector
+        .as_mut()
+        .unwrap()
+        .match_labels
+        .insert("app".into(), "db".into());
+    let err = ReplicaSet::create_in(t, bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("spec.template.metadata.labels"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scoped_objects_ignore_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::embedded(dir.path()).await;
+    let t: Transport = s.transport().await;
+    let node = Node::create_in(
+        t.clone(),
+        Node {
+            metadata: meta("whatever", "n1"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(node.meta().namespace, "");
+    let listed = Node::list_in(t, ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+}

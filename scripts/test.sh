@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: installs what is missing, lints the API with buf,
+# builds the binaries the end-to-end tests start, and runs all tests.
+# Tests start their own etcd and servers on free ports; nothing else is needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh test
+# pip may install into a directory that is not on PATH yet.
+export PATH="$PATH:$HOME/.local/bin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)"
+
+echo "== buf lint" >&2
+buf lint
+
+echo "== build" >&2
+cargo build --workspace --bins --tests
+
+echo "== test" >&2
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,259 @@
+//! The API server as a real process: explored with grpcurl through server
+//! reflection, and killed with SIGKILL while clients write.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skiff::Resource;
+use skiff::api::core::v1::{Container, Pod, PodSpec};
+use skiff::api::meta::v1::ObjectMeta;
+use skiff::client::{Credentials, ResourceClient, connect};
+use skiff::params::ListParams;
+use skiff_e2e::{SkiffProcess, grpcurl};
+
+fn pod(name: &str) -> Pod {
+    Pod {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: "busybox".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_describes_creates_gets_conflicts_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ])
+    .await;
+    let addr = server.addr.as_str();
+
+    let (ok, out, err) = grpcurl(&["-plaintext", addr, "list"]).await;
+    assert!(ok, "{err}");
+    for svc in [
+        "skiff.core.v1.PodService",
+        "skiff.apps.v1.DeploymentService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(out.contains(svc), "{svc} missing from:\n{out}");
+    }
+    let (ok, out, err) = grpcurl(&["-plaintext", addr, "describe", "skiff.core.v1.Pod"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(".skiff.core.v1.PodSpec spec = 2"), "{out}");
+    assert!(
+        out.contains("plural:\"pods\""),
+        "the resource option is visible: {out}"
+    );
+
+    let create = r#"{"pod":{"metadata":{"name":"web","namespace":"default","labels":{"app":"web"}},
+        "spec":{"containers":[{"name":"web","image":"busybox","command":["httpd","-f"]}]}}}"#;
+    let (ok, out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        create,
+        addr,
+        "skiff.core.v1.PodService/CreatePod",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rv = created["pod"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(created["pod"]["status"]["phase"], "Pending");
+
+    let (ok, out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"namespace":"default","name":"web"}"#,
+        addr,
+        "skiff.core.v1.PodService/GetPod",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["pod"]["metadata"]["resourceVersion"], rv.as_str());
+    assert_eq!(got["pod"]["spec"]["containers"][0]["command"][1], "-f");
+
+    // An update with a stale resource version is refused.
+    let stale = r#"{"pod":{"metadata":{"name":"web","namespace":"default","resourceVersion":"1"},
+        "spec":{"containers":[{"name":"web","image":"busybox:2"}]}}}"#;
+    let (ok, _out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        stale,
+        addr,
+        "skiff.core.v1.PodService/UpdatePod",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("Aborted"), "{err}");
+
+    // An invalid object names the field.
+    let bad = r#"{"pod":{"metadata":{"name":"Bad_Name"},"spec":{"containers":[{"name":"c"}]}}}"#;
+    let (ok, _out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        bad,
+        addr,
+        "skiff.core.v1.PodService/CreatePod",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("metadata.name"),
+        "{err}"
+    );
+    assert!(
+        err.contains("fieldViolations"),
+        "grpcurl decodes the BadRequest detail: {err}"
+    );
+
+    let (ok, _out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"namespace":"default","name":"web"}"#,
+        addr,
+        "skiff.core.v1.PodService/DeletePod",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"namespace":"default","name":"web"}"#,
+        addr,
+        "skiff.core.v1.PodService/GetPod",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("NotFound"), "{err}");
+
+    let (ok, out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service":"skiff.core.v1.PodService"}"#,
+        addr,
+        "grpc.health.v1.Health/Check",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("SERVING"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_server_killed_with_sigkill_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+    ])
+    .await;
+    let addr = server.addr.clone();
+
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let acked = acked.clone();
+        let addr = addr.clone();
+        writers.push(tokio::spawn(async move {
+            let t = connect(&addr, Credentials::none()).await.unwrap();
+            for i in 0.. {
+                let name = format!("w{w}-{i}");
+                match Pod::create_in(t.clone(), pod(&name)).await {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert(name);
+                    }
+                    Err(_) => return, // the server died
+                }
+            }
+        }));
+    }
+    // Let writes flow, then kill the server in the middle of them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 300 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill().await;
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 300,
+        "writes were flowing when the server was killed"
+    );
+
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+    ])
+    .await;
+    let t = connect(&server.addr, Credentials::none()).await.unwrap();
+    let listed = Pod::list_in(t, ListParams::default()).await.unwrap();
+    let present: BTreeSet<String> = listed.items.iter().map(|p| p.name().to_owned()).collect();
+    let lost: Vec<_> = acked.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    for p in &listed.items {
+        assert_eq!(
+            p.spec.as_ref().unwrap().containers[0].image,
+            "busybox",
+            "no half-written object"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_on_etcd_serves_and_keeps_data_across_restarts() {
+    let etcd = skiff_apiserver::testing::EtcdServer::start().await;
+    let args = [
+        "apiserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--storage",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+    ];
+    let server = SkiffProcess::start_listening(&args).await;
+    let t = connect(&server.addr, Credentials::none()).await.unwrap();
+    Pod::create_in(t, pod("on-etcd")).await.unwrap();
+    server.terminate().await;
+    let server = SkiffProcess::start_listening(&args).await;
+    let t = connect(&server.addr, Credentials::none()).await.unwrap();
+    let listed = Pod::list_in(t, ListParams::default()).await.unwrap();
+    assert_eq!(
+        listed.items.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        ["on-etcd"]
+    );
+}
