@@ -302,6 +302,7 @@ impl<K: Resource> StorageStore<K> {
         Ok(stream.map(|batch| {
             let batch = batch?;
             batch
+                .events
                 .into_iter()
                 .map(|e| {
                     let revision = e.revision();

@@ -203,7 +203,14 @@ async fn next_events(w: &mut WatchStream, n: usize) -> Vec<super::Event> {
             .expect("watch delivers within 10s")
             .expect("watch stream open")
             .expect("watch ok");
-        out.extend(batch);
+        assert!(
+            batch
+                .events
+                .last()
+                .is_none_or(|e| batch.progress >= e.revision()),
+            "progress covers the batch's events"
+        );
+        out.extend(batch.events);
     }
     out
 }
@@ -214,7 +221,9 @@ pub async fn watch_streams_changes_with_previous_values(s: &dyn Storage, p: &str
     let c1 = s.create(&a, b("1")).await.unwrap();
     let u1 = s.update(&a, b("2"), c1.mod_revision).await.unwrap();
     // Other prefixes are not seen.
-    s.create(&format!("{p}-other"), b("x")).await.unwrap();
+    s.create(&format!("{}-other", p.trim_end_matches('/')), b("x"))
+        .await
+        .unwrap();
 
     let mut w = s.watch(p, c1.mod_revision).await.unwrap();
     let first = next_events(&mut w, 2).await;
@@ -237,12 +246,31 @@ pub async fn watch_streams_changes_with_previous_values(s: &dyn Storage, p: &str
 
     // A watch from "now" sees only later writes.
     let mut w2 = s.watch(p, 0).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let c3 = s.create(&format!("{p}c"), b("c")).await.unwrap();
     let got = next_events(&mut w2, 1).await;
     assert_eq!(got[0].kv, c3);
     let got = next_events(&mut w, 1).await;
     assert_eq!(got[0].kv, c3);
+
+    // A backend that reports progress does so past writes to other prefixes.
+    if s.reports_progress() {
+        let elsewhere = s
+            .create(&format!("{}-elsewhere", p.trim_end_matches('/')), b("x"))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let batch = tokio::time::timeout_at(deadline, w.next())
+                .await
+                .expect("progress within 10s")
+                .unwrap()
+                .unwrap();
+            assert!(batch.events.is_empty(), "no watched key changed");
+            if batch.progress >= elsewhere.mod_revision {
+                break;
+            }
+        }
+    }
 
     // Many writes arrive complete and in order.
     let mut expected = Vec::new();

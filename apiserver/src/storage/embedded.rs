@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     Deleted, Event, EventKind, KeyValue, RangeRequest, RangeResponse, Result, Revision, Storage,
-    StorageError, WatchStream,
+    StorageError, WatchBatch, WatchStream,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -147,7 +147,13 @@ struct Inner {
     db: Database,
     revision: AtomicI64,
     compacted: AtomicI64,
-    events: broadcast::Sender<Arc<Vec<Event>>>,
+    events: broadcast::Sender<Arc<Committed>>,
+}
+
+/// One committed batch: its events and the revision after it.
+struct Committed {
+    events: Vec<Event>,
+    revision: Revision,
 }
 
 /// The embedded backend. Cloning shares the same database.
@@ -259,7 +265,7 @@ fn commit_batch(inner: &Inner, batch: Vec<WriteRequest>) {
             inner.revision.store(revision, Ordering::Release);
             if !events.is_empty() {
                 // No receivers is fine: nobody watches.
-                let _ = inner.events.send(Arc::new(events));
+                let _ = inner.events.send(Arc::new(Committed { events, revision }));
             }
             for (req, r) in batch.into_iter().zip(results) {
                 let _ = req.reply.send(r);
@@ -673,7 +679,7 @@ impl Storage for EmbeddedStorage {
                 compacted,
             });
         }
-        let (tx, rx) = mpsc::channel::<Result<Vec<Event>>>(64);
+        let (tx, rx) = mpsc::channel::<Result<WatchBatch>>(64);
         let inner = self.inner.clone();
         let prefix = prefix.to_owned();
         tokio::spawn(async move {
@@ -697,7 +703,11 @@ impl Storage for EmbeddedStorage {
                     };
                     let caught_up = upto >= inner.revision.load(Ordering::Acquire);
                     next = upto + 1;
-                    if !events.is_empty() && tx.send(Ok(events)).await.is_err() {
+                    let batch = WatchBatch {
+                        events,
+                        progress: upto,
+                    };
+                    if tx.send(Ok(batch)).await.is_err() {
                         return;
                     }
                     if caught_up {
@@ -707,16 +717,23 @@ impl Storage for EmbeddedStorage {
                 // Follow live batches.
                 loop {
                     match live.recv().await {
-                        Ok(batch) => {
-                            let events: Vec<Event> = batch
+                        Ok(committed) => {
+                            if committed.revision < next {
+                                continue;
+                            }
+                            let events: Vec<Event> = committed
+                                .events
                                 .iter()
                                 .filter(|e| e.revision() >= next && e.kv.key.starts_with(&prefix))
                                 .cloned()
                                 .collect();
-                            if let Some(last) = batch.last() {
-                                next = next.max(last.revision() + 1);
-                            }
-                            if !events.is_empty() && tx.send(Ok(events)).await.is_err() {
+                            next = committed.revision + 1;
+                            // Progress is sent even when no watched key changed.
+                            let batch = WatchBatch {
+                                events,
+                                progress: committed.revision,
+                            };
+                            if tx.send(Ok(batch)).await.is_err() {
                                 return;
                             }
                         }
@@ -738,5 +755,9 @@ impl Storage for EmbeddedStorage {
 
     async fn current_revision(&self) -> Result<Revision> {
         Ok(self.inner.revision.load(Ordering::Acquire))
+    }
+
+    fn reports_progress(&self) -> bool {
+        true
     }
 }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use super::{
     Deleted, Event, EventKind, KeyValue, RangeRequest, RangeResponse, Result, Revision, Storage,
-    StorageError, WatchStream, prefix_end,
+    StorageError, WatchBatch, WatchStream, prefix_end,
 };
 
 /// The etcd backend.
@@ -304,7 +304,9 @@ impl Storage for EtcdStorage {
                     };
                     events.push(Event { kind, kv, prev });
                 }
-                Some(Ok(events))
+                // etcd 3.4 cannot promise more than the events it sent.
+                let progress = events.last().map(Event::revision).unwrap_or(0);
+                Some(Ok(WatchBatch { events, progress }))
             }
         });
         // The first error ends the stream: the caller must re-watch or re-list.
@@ -348,6 +350,10 @@ impl Storage for EtcdStorage {
             .await
             .map_err(map_err)?;
         Ok(header_revision(resp.header()))
+    }
+
+    fn reports_progress(&self) -> bool {
+        false
     }
 }
 

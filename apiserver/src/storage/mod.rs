@@ -94,8 +94,20 @@ pub struct Deleted {
     pub prev: KeyValue,
 }
 
-/// A stream of batches of events in revision order.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Vec<Event>, StorageError>> + Send>>;
+/// One item of a watch: events in revision order, and how far the watch has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// Changes under the watched prefix, in revision order (may be empty).
+    pub events: Vec<Event>,
+    /// Every change under the prefix with a revision up to this one has been
+    /// delivered. Backends that can tell (embedded) report the store's
+    /// revision even when no watched key changed; others report the last
+    /// event's revision.
+    pub progress: Revision,
+}
+
+/// A stream of watch batches.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, StorageError>> + Send>>;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +193,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn compact(&self, revision: Revision) -> Result<()>;
     /// The latest revision, read from the backend (a quorum read on etcd).
     async fn current_revision(&self) -> Result<Revision>;
+    /// Whether watches report progress past revisions of other prefixes
+    /// (so a per-kind cache can tell it is fresh without reading storage).
+    fn reports_progress(&self) -> bool;
 }
 
 /// The exclusive end of the key range of `prefix` (etcd's "prefix end").
