@@ -2,6 +2,8 @@
 //! front of it, the cacher), the one generic gRPC service every kind is
 //! served by, validation, and the server assembly.
 
+pub mod cacher;
+pub mod compactor;
 pub mod error;
 pub mod keys;
 pub mod limits;
@@ -16,4 +18,4 @@ pub mod validation;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use server::{ApiServer, ServerError, StorageConfig, open_storage};
+pub use server::{ApiServer, ServerConfig, ServerError, StorageConfig, open_storage};

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
+use crate::cacher::{Cacher, CacherConfig, CacherStats};
 use crate::error::ApiError;
 use crate::limits::RequestSizeLayer;
 use crate::service::{ApiContext, MAX_OBJECT_BYTES, ResourceServer};
@@ -75,26 +76,74 @@ pub async fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, Se
     })
 }
 
+/// Tuning of an API server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Serve lists and watches from a watch cache (Kubernetes' default);
+    /// `None` serves them straight from storage.
+    pub watch_cache: Option<CacherConfig>,
+    /// How often storage is compacted; `None` never.
+    pub compaction_interval: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            watch_cache: Some(CacherConfig::default()),
+            compaction_interval: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+type StatsFn = Arc<dyn Fn() -> CacherStats + Send + Sync>;
+
 /// A configured API server, ready to serve.
 pub struct ApiServer {
     routes: RoutesBuilder,
     storage: Arc<dyn Storage>,
+    config: ServerConfig,
+    cache_stats: Vec<(&'static str, StatsFn)>,
 }
 
 struct Registrar {
     routes: RoutesBuilder,
     storage: Arc<dyn Storage>,
     ctx: Arc<ApiContext>,
+    config: ServerConfig,
     services: Vec<&'static str>,
+    cache_stats: Vec<(&'static str, StatsFn)>,
 }
 
 impl Registrar {
+    /// The store of kind `K`: its cacher, or storage directly.
+    fn store<K: Strategy>(&mut self) -> Arc<dyn ObjectStore<K>> {
+        match self.config.watch_cache {
+            Some(config) => {
+                let cacher = Arc::new(Cacher::<K>::new(self.storage.clone(), config));
+                let weak = Arc::downgrade(&cacher);
+                self.cache_stats.push((
+                    K::INFO.kind,
+                    Arc::new(move || weak.upgrade().map(|c| c.stats()).unwrap_or_default()),
+                ));
+                cacher
+            }
+            None => Arc::new(StorageStore::<K>::new(self.storage.clone())),
+        }
+    }
+
     /// Serves kind `K`: the one line a new kind costs.
     fn add<K>(&mut self)
     where
         K: Strategy + ServeWith<ResourceServer<K>>,
     {
-        let store: Arc<dyn ObjectStore<K>> = Arc::new(StorageStore::<K>::new(self.storage.clone()));
+        let store = self.store::<K>();
+        self.add_with_store(store);
+    }
+
+    fn add_with_store<K>(&mut self, store: Arc<dyn ObjectStore<K>>)
+    where
+        K: Strategy + ServeWith<ResourceServer<K>>,
+    {
         let server = Arc::new(ResourceServer::new(store, self.ctx.clone()));
         K::add_service(
             &mut self.routes,
@@ -109,20 +158,33 @@ impl Registrar {
 }
 
 impl ApiServer {
-    /// Builds the server over `storage` and creates the bootstrap namespaces.
+    /// Builds the server over `storage` with the default configuration.
     pub async fn new(storage: Arc<dyn Storage>) -> Result<Self, ServerError> {
-        let namespaces: Arc<dyn ObjectStore<Namespace>> =
-            Arc::new(StorageStore::<Namespace>::new(storage.clone()));
-        let ctx = Arc::new(ApiContext {
-            namespaces: namespaces.clone(),
-        });
+        Self::with_config(storage, ServerConfig::default()).await
+    }
+
+    /// Builds the server over `storage` and creates the bootstrap namespaces.
+    pub async fn with_config(
+        storage: Arc<dyn Storage>,
+        config: ServerConfig,
+    ) -> Result<Self, ServerError> {
         let mut r = Registrar {
             routes: RoutesBuilder::default(),
             storage: storage.clone(),
-            ctx: ctx.clone(),
+            // Replaced below, once the namespace store exists.
+            ctx: Arc::new(ApiContext {
+                namespaces: Arc::new(StorageStore::<Namespace>::new(storage.clone())),
+            }),
+            config: config.clone(),
             services: Vec::new(),
+            cache_stats: Vec::new(),
         };
-        r.add::<Namespace>();
+        let namespaces = r.store::<Namespace>();
+        let ctx = Arc::new(ApiContext {
+            namespaces: namespaces.clone(),
+        });
+        r.ctx = ctx.clone();
+        r.add_with_store::<Namespace>(namespaces.clone());
         r.add::<Node>();
         r.add::<Pod>();
         r.add::<Service>();
@@ -168,7 +230,22 @@ impl ApiServer {
         );
 
         bootstrap_namespaces(&*namespaces, &ctx).await?;
-        Ok(Self { routes, storage })
+        Ok(Self {
+            routes,
+            storage,
+            config,
+            cache_stats: r.cache_stats,
+        })
+    }
+
+    /// Statistics of every kind's watch cache.
+    pub fn cache_stats(&self) -> Vec<(&'static str, CacherStats)> {
+        self.cache_stats.iter().map(|(k, f)| (*k, f())).collect()
+    }
+
+    /// A handle that reads the watch cache statistics while the server runs.
+    pub fn cache_stats_handle(&self) -> CacheStatsHandle {
+        CacheStatsHandle(self.cache_stats.clone())
     }
 
     /// The storage the server writes to.
@@ -182,7 +259,11 @@ impl ApiServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
-        tonic::transport::Server::builder()
+        let compactor = self
+            .config
+            .compaction_interval
+            .map(|every| tokio::spawn(crate::compactor::run(self.storage.clone(), every)));
+        let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -190,8 +271,28 @@ impl ApiServer {
             .layer(RequestSizeLayer::new(MAX_OBJECT_BYTES))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await?;
+            .await;
+        if let Some(c) = compactor {
+            c.abort();
+        }
+        result?;
         Ok(())
+    }
+}
+
+/// Reads watch cache statistics of a running server.
+#[derive(Clone)]
+pub struct CacheStatsHandle(Vec<(&'static str, StatsFn)>);
+
+impl CacheStatsHandle {
+    /// Statistics of every kind's watch cache.
+    pub fn get(&self) -> Vec<(&'static str, CacherStats)> {
+        self.0.iter().map(|(k, f)| (*k, f())).collect()
+    }
+
+    /// Statistics of one kind's watch cache.
+    pub fn kind(&self, kind: &str) -> Option<CacherStats> {
+        self.0.iter().find(|(k, _)| *k == kind).map(|(_, f)| f())
     }
 }
 

@@ -214,6 +214,15 @@ pub fn classify<'a, K: Resource>(
 /// A bookmark event carrying `revision` (and the initial-events-end
 /// annotation when it closes an initial state).
 pub fn bookmark<K: Resource>(revision: Revision, initial_events_end: bool) -> WatchEvent<K> {
+    WatchEvent::new(
+        EventType::Bookmark,
+        bookmark_object(revision, initial_events_end),
+    )
+}
+
+/// The object a BOOKMARK carries: only its resource version (and the
+/// initial-events-end annotation) is set.
+pub fn bookmark_object<K: Resource>(revision: Revision, initial_events_end: bool) -> K {
     let mut obj = K::default();
     let meta = obj.meta_mut();
     meta.resource_version = revision.to_string();
@@ -221,7 +230,7 @@ pub fn bookmark<K: Resource>(revision: Revision, initial_events_end: bool) -> Wa
         meta.annotations
             .insert(INITIAL_EVENTS_END.to_owned(), "true".to_owned());
     }
-    WatchEvent::new(EventType::Bookmark, obj)
+    obj
 }
 
 /// Annotation on the BOOKMARK that ends a watch's initial state.

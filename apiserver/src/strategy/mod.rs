@@ -20,6 +20,10 @@ pub trait Strategy: Resource {
     /// How names of this kind are checked.
     const NAME_RULE: NameRule = NameRule::Subdomain;
 
+    /// A field watchers often pin with a field selector, worth indexing
+    /// watchers by (pods: `spec.nodeName`, one watch per kubelet).
+    const TRIGGER_FIELD: Option<&'static str> = None;
+
     /// Sets server defaults on a new object.
     fn prepare_for_create(&mut self) {}
 

@@ -12,6 +12,8 @@ use crate::validation::validate_pod_spec;
 pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 impl Strategy for Pod {
+    const TRIGGER_FIELD: Option<&'static str> = Some("spec.nodeName");
+
     fn prepare_for_create(&mut self) {
         self.status = Some(PodStatus {
             phase: "Pending".into(),
