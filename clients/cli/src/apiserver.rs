@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, ValueEnum};
-use skiff_apiserver::{ApiServer, StorageConfig, open_storage};
+use std::time::Duration;
+
+use skiff_apiserver::{ApiServer, ServerConfig, StorageConfig, open_storage};
 
 /// Storage backends.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -38,6 +40,50 @@ pub struct Args {
     /// Prefix of every key in etcd (several clusters can share one etcd).
     #[arg(long, default_value = "/skiff")]
     pub etcd_prefix: String,
+    /// Serve lists and watches from the watch cache (false: from storage).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_cache: bool,
+    /// How often storage history is compacted (e.g. 5m, 30s; 0 never).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub compaction_interval: Duration,
+    /// How often watchers that ask for bookmarks get one.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub bookmark_interval: Duration,
+}
+
+/// Parses "500ms", "30s", "5m", "1h" or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s or 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Server configuration from flags.
+pub fn server_config(args: &Args) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    if args.watch_cache {
+        if let Some(c) = config.watch_cache.as_mut() {
+            c.bookmark_interval = args.bookmark_interval.max(Duration::from_millis(10));
+        }
+    } else {
+        config.watch_cache = None;
+    }
+    config.compaction_interval =
+        (!args.compaction_interval.is_zero()).then_some(args.compaction_interval);
+    config
 }
 
 /// The default data directory, `~/.skiff/data`.
@@ -68,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let storage = open_storage(&config)
         .await
         .with_context(|| format!("opening {config:?}"))?;
-    let server = ApiServer::new(storage).await?;
+    let server = ApiServer::with_config(storage, server_config(&args)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
