@@ -1,1 +1,0 @@
-//! Streaming load and density tests for Skiff.

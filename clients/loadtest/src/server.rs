@@ -1,0 +1,182 @@
+//! The server under test: one given with `--server`, or a `skiff apiserver`
+//! this tool starts (and stops) itself, whose memory and CPU it samples.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args as ClapArgs;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Flags choosing the server.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ServerArgs {
+    /// Address of a running API server; without it, one is started.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Storage of the started server: embedded, or etcd at --etcd-endpoints.
+    #[arg(long, default_value = "embedded")]
+    pub storage: String,
+    /// etcd endpoints for `--storage etcd`.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: String,
+}
+
+/// A server to load.
+pub struct ServerUnderTest {
+    /// Its address.
+    pub addr: String,
+    child: Option<Child>,
+    _data: Option<tempfile::TempDir>,
+}
+
+fn skiff_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SKIFF_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("skiff")))
+        .unwrap_or_else(|| PathBuf::from("skiff"))
+}
+
+impl ServerUnderTest {
+    /// Connects to `--server` or starts a server.
+    pub async fn start(args: &ServerArgs) -> anyhow::Result<Self> {
+        if let Some(addr) = &args.server {
+            return Ok(Self {
+                addr: addr.clone(),
+                child: None,
+                _data: None,
+            });
+        }
+        let data = tempfile::tempdir()?;
+        let bin = skiff_bin();
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "apiserver",
+            "--listen",
+            "127.0.0.1:0",
+            "--compaction-interval",
+            "1m",
+        ]);
+        match args.storage.as_str() {
+            "embedded" => {
+                cmd.arg("--data-dir").arg(data.path());
+            }
+            "etcd" => {
+                let prefix = format!("/loadtest-{}", std::process::id());
+                cmd.args([
+                    "--storage",
+                    "etcd",
+                    "--etcd-endpoints",
+                    &args.etcd_endpoints,
+                    "--etcd-prefix",
+                    &prefix,
+                ]);
+            }
+            other => bail!("unknown --storage {other:?}: use embedded or etcd"),
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (build it with `cargo build --release -p skiff-cli`, or set SKIFF_BIN)", bin.display()))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    return Ok::<_, anyhow::Error>(a.trim().to_owned());
+                }
+            }
+            bail!("the server exited before listening")
+        })
+        .await
+        .context("the server did not start within 60 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            addr,
+            child: Some(child),
+            _data: Some(data),
+        })
+    }
+
+    /// Process id of a server this tool started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// CPU time (user + system) of a process, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Samples a process's memory and CPU while a scenario runs.
+pub struct Sampler {
+    pid: Option<u32>,
+    cpu_start: f64,
+    started: std::time::Instant,
+    peak_rss: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Starts sampling `pid` (nothing if `None`).
+    pub fn start(pid: Option<u32>) -> Self {
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = pid.map(|pid| {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Some(r) = rss_bytes(pid) {
+                        peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        });
+        Self {
+            pid,
+            cpu_start: pid.and_then(cpu_seconds).unwrap_or(0.0),
+            started: std::time::Instant::now(),
+            peak_rss: peak,
+            task,
+        }
+    }
+
+    /// (current RSS, peak RSS, average CPU cores used) of the server.
+    pub fn finish(mut self) -> (Option<u64>, Option<u64>, Option<f64>) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        let Some(pid) = self.pid else {
+            return (None, None, None);
+        };
+        let rss = rss_bytes(pid);
+        let peak = self
+            .peak_rss
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(rss.unwrap_or(0));
+        let cpu =
+            cpu_seconds(pid).map(|c| (c - self.cpu_start) / self.started.elapsed().as_secs_f64());
+        (rss, Some(peak), cpu)
+    }
+}

@@ -1,0 +1,333 @@
+//! The `watch` scenario: N watchers over M connections watch pods in one
+//! namespace while W writers create and delete pods of a given size, at a
+//! given rate or as fast as they can. Reports events delivered per second,
+//! writes per second, and delivery latency from a write's acknowledgement to
+//! the event's arrival (sampled on a subset of watchers).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use futures::StreamExt;
+use skiff::Resource;
+use skiff::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use skiff::api::meta::v1::ObjectMeta;
+use skiff::client::{Credentials, ResourceClient, Transport, connect};
+use skiff::params::{DeleteParams, ListParams, WatchParams};
+
+use crate::report::{Latency, Report};
+use crate::server::{Sampler, ServerArgs, ServerUnderTest};
+
+/// Flags of `skiff-loadtest watch`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Args {
+    /// Number of watchers.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Number of connections the watchers share.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Number of writers.
+    #[arg(long, default_value_t = 32)]
+    pub writers: usize,
+    /// Writes per second in total, or "max".
+    #[arg(long, default_value = "max")]
+    pub rate: String,
+    /// How long writers write, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Size of each object in bytes (padded with an annotation).
+    #[arg(long, default_value_t = 256)]
+    pub object_size: usize,
+    /// Label selector of the watchers (writers' pods carry app=loadtest).
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// Watchers whose every event is timed (latency is sampled on these).
+    #[arg(long, default_value_t = 100)]
+    pub sampled_watchers: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Parses "500ms", "30s", "5m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
+    Ok(Duration::from_secs_f64(n * mul))
+}
+
+const NAMESPACE: &str = "loadtest";
+
+fn pod(name: &str, size: usize) -> Pod {
+    let mut p = Pod {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: NAMESPACE.into(),
+            labels: [("app".to_string(), "loadtest".to_string())].into(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: "busybox".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let base = prost::Message::encoded_len(&p);
+    if size > base + 16 {
+        p.meta_mut()
+            .annotations
+            .insert("pad".into(), "x".repeat(size - base - 16));
+    }
+    p
+}
+
+/// Runs the scenario.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let server = ServerUnderTest::start(&args.server).await?;
+    let admin = connect(&server.addr, Credentials::none()).await?;
+    let ns = Namespace {
+        metadata: Some(ObjectMeta {
+            name: NAMESPACE.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = Namespace::create_in(admin.clone(), ns).await
+        && e.code() != tonic::Code::AlreadyExists
+    {
+        return Err(e).context("creating the loadtest namespace");
+    }
+    let start_rv = Pod::list_in(
+        admin.clone(),
+        ListParams {
+            namespace: NAMESPACE.into(),
+            resource_version: "0".into(),
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await?
+    .list_meta()
+    .resource_version;
+
+    // Watchers.
+    let connections = args.connections.clamp(1, args.watchers.max(1));
+    let mut transports = Vec::new();
+    for _ in 0..connections {
+        transports.push(connect(&server.addr, Credentials::none()).await?);
+    }
+    let delivered = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let bar = progress(args.watchers as u64, "starting watchers");
+    let streams: Vec<_> = futures::stream::iter(0..args.watchers)
+        .map(|i| {
+            let t = transports[i % connections].clone();
+            let params = WatchParams {
+                namespace: NAMESPACE.into(),
+                label_selector: args.selector.clone(),
+                resource_version: start_rv.clone(),
+                ..Default::default()
+            };
+            async move { crate::lite::watch_pods(t, params).await }
+        })
+        .buffer_unordered(64)
+        .inspect(|_| bar.inc(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let (stop_watchers, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for (i, s) in streams.into_iter().enumerate() {
+        let s = s.context("opening a watch")?;
+        let delivered = delivered.clone();
+        let errors = errors.clone();
+        let sampled = i < args.sampled_watchers;
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = std::pin::pin!(s);
+            let mut seen: Vec<(u64, Instant)> = Vec::new();
+            loop {
+                let ev = tokio::select! {
+                    ev = s.next() => ev,
+                    _ = stopped.wait_for(|s| *s) => break,
+                };
+                match ev {
+                    Some(Ok(ev)) => {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        if sampled {
+                            seen.push((ev.resource_version(), Instant::now()));
+                        }
+                    }
+                    Some(Err(_)) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            seen
+        }));
+    }
+
+    // Writers.
+    let per_writer_rate: Option<f64> = match args.rate.as_str() {
+        "max" => None,
+        r => Some(
+            r.parse::<f64>().context("--rate is a number or max")? / args.writers.max(1) as f64,
+        ),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let sampler = Sampler::start(server.pid());
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..args.writers {
+        let t: Transport = admin.clone();
+        let stop = stop.clone();
+        let writes = writes.clone();
+        let size = args.object_size;
+        writers.push(tokio::spawn(async move {
+            let mut acks: Vec<(u64, Instant)> = Vec::new();
+            let mut ticker = per_writer_rate
+                .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001))));
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let name = format!("w{w}-{i}");
+                i += 1;
+                let created = match Pod::create_in(t.clone(), pod(&name, size)).await {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                };
+                acks.push((created.resource_version(), Instant::now()));
+                writes.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                if let Ok(d) = Pod::delete_in(
+                    t.clone(),
+                    DeleteParams {
+                        namespace: NAMESPACE.into(),
+                        name,
+                        ..Default::default()
+                    },
+                )
+                .await
+                {
+                    acks.push((d.resource_version(), Instant::now()));
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            acks
+        }));
+    }
+    let bar = progress(args.duration.as_secs().max(1), "running");
+    while started.elapsed() < args.duration {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let secs = started.elapsed().as_secs_f64();
+        bar.set_position(secs as u64);
+        bar.set_message(format!(
+            "{:.0} writes/s, {:.0} events/s",
+            writes.load(Ordering::Relaxed) as f64 / secs,
+            delivered.load(Ordering::Relaxed) as f64 / secs
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acks: HashMap<u64, Instant> = HashMap::new();
+    for w in writers {
+        acks.extend(w.await?);
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    let total_writes = writes.load(Ordering::Relaxed);
+    // Let deliveries drain: until the count stops moving for a second.
+    let mut last = delivered.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(1)
+        && started.elapsed() < args.duration + Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let delivery_secs = (started.elapsed() - quiet_since.elapsed())
+        .as_secs_f64()
+        .max(write_secs);
+    bar.finish_and_clear();
+    let (rss, peak_rss, cpu) = sampler.finish();
+    let total_delivered = delivered.load(Ordering::Relaxed);
+    let _ = stop_watchers.send(true);
+    let mut latency = Latency::new();
+    for t in tasks {
+        if let Ok(seen) = t.await {
+            for (rv, at) in seen {
+                if let Some(ack) = acks.get(&rv) {
+                    latency.record(at.saturating_duration_since(*ack));
+                }
+            }
+        }
+    }
+
+    let mut r = Report::default();
+    r.set("scenario", "watch");
+    r.set("server", server.addr.clone());
+    r.set("storage", args.server.storage.clone());
+    r.set("watchers", args.watchers);
+    r.set("connections", connections);
+    r.set("writers", args.writers);
+    r.set("object_size", args.object_size);
+    r.set("duration_s", write_secs);
+    r.set("writes", total_writes);
+    r.set("writes_per_sec", total_writes as f64 / write_secs);
+    r.set("events_delivered", total_delivered);
+    r.set("events_per_sec", total_delivered as f64 / delivery_secs);
+    r.set("events_expected", total_writes * args.watchers as u64);
+    r.set("watch_errors", errors.load(Ordering::Relaxed));
+    r.set("latency", latency.json());
+    if let Some(rss) = rss {
+        r.set("server_rss_bytes", rss);
+    }
+    if let Some(peak) = peak_rss {
+        r.set("server_peak_rss_bytes", peak);
+    }
+    if let Some(cpu) = cpu {
+        r.set("server_cpu_cores", cpu);
+    }
+    r.print(args.json);
+    Ok(())
+}
+
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_owned());
+    bar
+}
