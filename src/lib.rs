@@ -9,9 +9,11 @@
 pub mod api;
 pub mod client;
 pub mod descriptor;
+pub mod manifest;
 pub mod params;
 pub mod quantity;
 pub mod resource;
+pub mod runtime;
 pub mod selector;
 pub mod server;
 pub mod wire;

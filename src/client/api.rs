@@ -1,0 +1,220 @@
+//! [`Api<K>`]: the typed calls of one kind, scoped to a namespace.
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+
+use super::error::{Error, Result};
+use super::transport::{ResourceClient, Transport};
+use crate::api::apps::v1::{
+    Deployment, ReplicaSet, ScaleDeploymentRequest, ScaleReplicaSetRequest,
+    deployment_service_client::DeploymentServiceClient,
+    replica_set_service_client::ReplicaSetServiceClient,
+};
+use crate::api::core::v1::{BindPodRequest, Pod, pod_service_client::PodServiceClient};
+use crate::api::meta::v1::ListMeta;
+use crate::params::{DeleteParams, GetParams, ListParams, WatchParams};
+use crate::wire::WatchEvent;
+
+/// A page of a list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObjectList<K> {
+    /// The objects.
+    pub items: Vec<K>,
+    /// Revision and paging.
+    pub metadata: ListMeta,
+}
+
+/// Typed access to kind `K` in one namespace (or all, or cluster-scoped).
+pub struct Api<K> {
+    transport: Transport,
+    namespace: String,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Api<K> {
+    fn clone(&self) -> Self {
+        Self {
+            transport: self.transport.clone(),
+            namespace: self.namespace.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<K> std::fmt::Debug for Api<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl<K: ResourceClient> Api<K> {
+    /// The API of `K` in `namespace` over `transport`.
+    pub fn new(transport: Transport, namespace: &str) -> Self {
+        let namespace = if K::INFO.namespaced {
+            namespace.to_owned()
+        } else {
+            String::new()
+        };
+        Self {
+            transport,
+            namespace,
+            _kind: PhantomData,
+        }
+    }
+
+    /// The namespace this API is scoped to (empty: all).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, name: &str) -> Result<K> {
+        Ok(K::get_in(
+            self.transport.clone(),
+            GetParams {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                resource_version: String::new(),
+            },
+        )
+        .await?)
+    }
+
+    /// Reads one object; `None` if it does not exist.
+    pub async fn get_opt(&self, name: &str) -> Result<Option<K>> {
+        match self.get(name).await {
+            Ok(o) => Ok(Some(o)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists objects (the namespace of this API unless `params` names one).
+    pub async fn list(&self, params: &ListParams) -> Result<ObjectList<K>> {
+        let mut params = params.clone();
+        if params.namespace.is_empty() {
+            params.namespace = self.namespace.clone();
+        }
+        let r = K::list_in(self.transport.clone(), params).await?;
+        Ok(ObjectList {
+            metadata: r.list_meta(),
+            items: r.items,
+        })
+    }
+
+    /// Lists every page.
+    pub async fn list_all(&self, params: &ListParams) -> Result<ObjectList<K>> {
+        let mut params = params.clone();
+        let mut out = ObjectList::default();
+        loop {
+            let page = self.list(&params).await?;
+            out.items.extend(page.items);
+            out.metadata.resource_version = page.metadata.resource_version;
+            if page.metadata.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            params.page_token = page.metadata.next_page_token;
+        }
+    }
+
+    /// Creates an object (in this API's namespace if it names none).
+    pub async fn create(&self, obj: &K) -> Result<K> {
+        let mut obj = obj.clone();
+        if K::INFO.namespaced && obj.meta().namespace.is_empty() {
+            obj.meta_mut().namespace = self.namespace.clone();
+        }
+        Ok(K::create_in(self.transport.clone(), obj).await?)
+    }
+
+    /// Replaces an object's spec and metadata (compare-and-swap on its resource version).
+    pub async fn update(&self, obj: &K) -> Result<K> {
+        Ok(K::update_in(self.transport.clone(), self.scoped(obj)).await?)
+    }
+
+    /// Replaces an object's status.
+    pub async fn update_status(&self, obj: &K) -> Result<K> {
+        Ok(K::update_status_in(self.transport.clone(), self.scoped(obj)).await?)
+    }
+
+    /// Deletes an object.
+    pub async fn delete(&self, name: &str, params: &DeleteParams) -> Result<K> {
+        let mut params = params.clone();
+        params.namespace = self.namespace.clone();
+        params.name = name.to_owned();
+        Ok(K::delete_in(self.transport.clone(), params).await?)
+    }
+
+    /// Streams changes (the namespace of this API unless `params` names one).
+    pub async fn watch(
+        &self,
+        params: &WatchParams,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<WatchEvent<K>>> + Send>>> {
+        let mut params = params.clone();
+        if params.namespace.is_empty() {
+            params.namespace = self.namespace.clone();
+        }
+        let stream = K::watch_in(self.transport.clone(), params).await?;
+        Ok(Box::pin(stream.map(|r| r.map_err(Error::from))))
+    }
+
+    fn scoped(&self, obj: &K) -> K {
+        let mut obj = obj.clone();
+        if K::INFO.namespaced && obj.meta().namespace.is_empty() {
+            obj.meta_mut().namespace = self.namespace.clone();
+        }
+        obj
+    }
+}
+
+impl Api<Pod> {
+    /// Binds a pod to a node (the scheduler's write).
+    pub async fn bind(&self, name: &str, node_name: &str) -> Result<Pod> {
+        let r = PodServiceClient::new(self.transport.clone())
+            .bind_pod(BindPodRequest {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                node_name: node_name.to_owned(),
+                uid: String::new(),
+            })
+            .await?;
+        r.into_inner()
+            .pod
+            .ok_or_else(|| Error::from(super::transport::missing_in_response("pod")))
+    }
+}
+
+impl Api<ReplicaSet> {
+    /// Sets a replica set's replica count.
+    pub async fn scale(&self, name: &str, replicas: i32) -> Result<ReplicaSet> {
+        let r = ReplicaSetServiceClient::new(self.transport.clone())
+            .scale_replica_set(ScaleReplicaSetRequest {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                replicas,
+            })
+            .await?;
+        r.into_inner()
+            .replica_set
+            .ok_or_else(|| Error::from(super::transport::missing_in_response("replica_set")))
+    }
+}
+
+impl Api<Deployment> {
+    /// Sets a deployment's replica count.
+    pub async fn scale(&self, name: &str, replicas: i32) -> Result<Deployment> {
+        let r = DeploymentServiceClient::new(self.transport.clone())
+            .scale_deployment(ScaleDeploymentRequest {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                replicas,
+            })
+            .await?;
+        r.into_inner()
+            .deployment
+            .ok_or_else(|| Error::from(super::transport::missing_in_response("deployment")))
+    }
+}

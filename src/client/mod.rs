@@ -1,0 +1,150 @@
+//! The client SDK: a [`Client`] connected from a config file or explicit
+//! options, a typed [`Api`] per kind, one [`Error`] enum, and the dynamic
+//! client that serves every kind from descriptors (for tools such as the
+//! command line).
+
+mod api;
+mod config;
+pub mod dynamic;
+mod error;
+mod transport;
+
+pub use api::{Api, ObjectList};
+pub use config::{Config, ConfigError};
+pub use error::{Error, Result};
+pub use transport::{
+    ConnectError, Credentials, ResourceClient, Transport, connect, missing_in_response,
+};
+
+use skiff_types::*;
+
+/// Re-exported kinds used by convenience constructors.
+mod skiff_types {
+    pub use crate::api::apps::v1::{Deployment, ReplicaSet};
+    pub use crate::api::coordination::v1::Lease;
+    pub use crate::api::core::v1::{
+        Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+    };
+}
+
+/// A connection to a Skiff API server.
+#[derive(Clone)]
+pub struct Client {
+    transport: Transport,
+    server: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects as `config` says: the first of its servers that answers.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let credentials = match &config.token {
+            Some(t) => Credentials::bearer(t)?,
+            None => Credentials::none(),
+        };
+        let mut last = None;
+        for server in config.servers() {
+            match connect(&server, credentials.clone()).await {
+                Ok(transport) => return Ok(Self { transport, server }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => Error::Connect(e),
+            None => Error::Config(ConfigError::NoServer),
+        })
+    }
+
+    /// Connects using `~/.skiff/config` (or the file `SKIFF_CONFIG` names).
+    pub async fn from_default_config() -> Result<Self> {
+        Self::connect(&Config::load_default()?).await
+    }
+
+    /// Connects to `server` ("127.0.0.1:6443") without credentials.
+    pub async fn connect_to(server: &str) -> Result<Self> {
+        Self::connect(&Config::for_server(server)).await
+    }
+
+    /// The address connected to.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The underlying transport, for generated clients.
+    pub fn transport(&self) -> Transport {
+        self.transport.clone()
+    }
+
+    /// The API of kind `K` in `namespace` (empty: all namespaces, or a
+    /// cluster-scoped kind).
+    pub fn api<K: ResourceClient>(&self, namespace: &str) -> Api<K> {
+        Api::new(self.transport.clone(), namespace)
+    }
+
+    /// The API of kind `K` across all namespaces (or cluster-scoped).
+    pub fn all<K: ResourceClient>(&self) -> Api<K> {
+        Api::new(self.transport.clone(), "")
+    }
+
+    /// Pods in a namespace.
+    pub fn pods(&self, namespace: &str) -> Api<Pod> {
+        self.api(namespace)
+    }
+
+    /// Services in a namespace.
+    pub fn services(&self, namespace: &str) -> Api<Service> {
+        self.api(namespace)
+    }
+
+    /// Endpoints in a namespace.
+    pub fn endpoints(&self, namespace: &str) -> Api<Endpoints> {
+        self.api(namespace)
+    }
+
+    /// Replica sets in a namespace.
+    pub fn replica_sets(&self, namespace: &str) -> Api<ReplicaSet> {
+        self.api(namespace)
+    }
+
+    /// Deployments in a namespace.
+    pub fn deployments(&self, namespace: &str) -> Api<Deployment> {
+        self.api(namespace)
+    }
+
+    /// Events in a namespace.
+    pub fn events(&self, namespace: &str) -> Api<Event> {
+        self.api(namespace)
+    }
+
+    /// Leases in a namespace.
+    pub fn leases(&self, namespace: &str) -> Api<Lease> {
+        self.api(namespace)
+    }
+
+    /// Secrets in a namespace.
+    pub fn secrets(&self, namespace: &str) -> Api<Secret> {
+        self.api(namespace)
+    }
+
+    /// Service accounts in a namespace.
+    pub fn service_accounts(&self, namespace: &str) -> Api<ServiceAccount> {
+        self.api(namespace)
+    }
+
+    /// Nodes.
+    pub fn nodes(&self) -> Api<Node> {
+        self.all()
+    }
+
+    /// Namespaces.
+    pub fn namespaces(&self) -> Api<Namespace> {
+        self.all()
+    }
+}

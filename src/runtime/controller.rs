@@ -1,0 +1,208 @@
+//! The controller runtime: changes of a primary kind, and of other kinds
+//! mapped to primary keys (owned objects through their controller owner
+//! reference, or any function), feed a [`WorkQueue`]; N workers reconcile
+//! keys, never one key twice at once. A reconcile returns "done" or
+//! "requeue after"; an error retries with backoff.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use super::informer::Informer;
+use super::queue::WorkQueue;
+use super::store::{Change, ObjectKey, Store};
+use super::watcher::Backoff;
+use crate::{KindInfo, Resource};
+
+/// What a reconcile asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing until something changes.
+    Done,
+    /// Look again after this long (e.g. to check a timeout).
+    RequeueAfter(Duration),
+}
+
+/// The key to reconcile and the object as the store has it (`None`: deleted).
+#[derive(Debug, Clone)]
+pub struct Request<K> {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// The object, if it still exists.
+    pub object: Option<Arc<K>>,
+}
+
+type Starter = Box<dyn FnOnce(WorkQueue<ObjectKey>) -> tokio::task::JoinHandle<()> + Send>;
+
+/// A source of keys to reconcile, other than the primary kind itself.
+pub struct Trigger {
+    start: Starter,
+}
+
+impl Trigger {
+    /// Changes of `informer`'s objects enqueue the keys `map` gives.
+    pub fn mapped<C: Resource>(
+        informer: &Informer<C>,
+        map: impl Fn(&C) -> Vec<ObjectKey> + Send + Sync + 'static,
+    ) -> Self {
+        let informer = informer.clone();
+        Self {
+            start: Box::new(move |queue| {
+                let mut changes = informer.subscribe();
+                let store = informer.store();
+                tokio::spawn(async move {
+                    // Everything known so far counts as a change.
+                    enqueue_all(&store, &map, &queue);
+                    loop {
+                        match changes.recv().await {
+                            Ok(Change::Applied(o) | Change::Deleted(o)) => {
+                                for k in map(&o) {
+                                    queue.add(k);
+                                }
+                            }
+                            Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => {
+                                enqueue_all(&store, &map, &queue)
+                            }
+                            Err(RecvError::Closed) => return,
+                        }
+                    }
+                })
+            }),
+        }
+    }
+
+    /// Changes of objects controlled by an owner of kind `owner` (through
+    /// their controller owner reference) enqueue that owner.
+    pub fn owned<C: Resource>(informer: &Informer<C>, owner: &'static KindInfo) -> Self {
+        Self::mapped(informer, move |o: &C| {
+            controller_of(o, owner).into_iter().collect()
+        })
+    }
+}
+
+/// The key of `obj`'s controller if it is of kind `owner`.
+pub fn controller_of<C: Resource>(obj: &C, owner: &KindInfo) -> Option<ObjectKey> {
+    obj.meta()
+        .owner_references
+        .iter()
+        .find(|r| {
+            r.controller == Some(true) && r.kind == owner.kind && r.api_version == owner.api_version
+        })
+        .map(|r| ObjectKey::new(&obj.meta().namespace, &r.name))
+}
+
+fn enqueue_all<C: Resource>(
+    store: &Store<C>,
+    map: &impl Fn(&C) -> Vec<ObjectKey>,
+    queue: &WorkQueue<ObjectKey>,
+) {
+    for o in store.list() {
+        for k in map(&o) {
+            queue.add(k);
+        }
+    }
+}
+
+/// How a controller runs.
+pub struct ControllerConfig<K> {
+    /// The kind reconciled.
+    pub primary: Informer<K>,
+    /// Other sources of keys.
+    pub triggers: Vec<Trigger>,
+    /// Concurrent reconciles (of different keys).
+    pub workers: usize,
+    /// Retry backoff after reconcile errors.
+    pub backoff: Backoff,
+}
+
+impl<K> ControllerConfig<K> {
+    /// A controller of `primary` with 4 workers and no other triggers.
+    pub fn new(primary: Informer<K>) -> Self {
+        Self {
+            primary,
+            triggers: Vec::new(),
+            workers: 4,
+            backoff: Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// A controller: triggers, a queue and workers around a reconcile function.
+pub struct Controller<K> {
+    config: ControllerConfig<K>,
+    queue: WorkQueue<ObjectKey>,
+}
+
+impl<K: Resource> Controller<K> {
+    /// A controller as `config` says.
+    pub fn new(config: ControllerConfig<K>) -> Self {
+        let queue = WorkQueue::new(config.backoff);
+        Self { config, queue }
+    }
+
+    /// The controller's queue (to enqueue keys from elsewhere).
+    pub fn queue(&self) -> WorkQueue<ObjectKey> {
+        self.queue.clone()
+    }
+
+    /// Reconciles until `shutdown` completes; in-flight reconciles finish first.
+    pub async fn run<F, Fut, E>(self, reconcile: F, shutdown: impl Future<Output = ()>)
+    where
+        F: Fn(Request<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send,
+        E: Display,
+    {
+        let Controller { config, queue } = self;
+        let store = config.primary.store();
+        store.wait_until_ready().await;
+        let mut tasks = Vec::new();
+        let own = Trigger::mapped(&config.primary, |o: &K| vec![ObjectKey::of(o)]);
+        tasks.push((own.start)(queue.clone()));
+        for t in config.triggers {
+            tasks.push((t.start)(queue.clone()));
+        }
+        let reconcile = Arc::new(reconcile);
+        let mut workers = Vec::new();
+        for _ in 0..config.workers.max(1) {
+            let queue = queue.clone();
+            let store = store.clone();
+            let reconcile = reconcile.clone();
+            workers.push(tokio::spawn(async move {
+                while let Some(key) = queue.get().await {
+                    let object = store.get(&key);
+                    let result = reconcile(Request {
+                        key: key.clone(),
+                        object,
+                    })
+                    .await;
+                    match result {
+                        Ok(Action::Done) => queue.forget(&key),
+                        Ok(Action::RequeueAfter(d)) => {
+                            queue.forget(&key);
+                            queue.add_after(key.clone(), d);
+                        }
+                        Err(e) => {
+                            tracing::warn!(kind = K::INFO.kind, key = %key, error = %e, "reconcile failed; retrying");
+                            queue.add_rate_limited(key.clone());
+                        }
+                    }
+                    queue.done(&key);
+                }
+            }));
+        }
+        shutdown.await;
+        queue.shut_down();
+        for w in workers {
+            let _ = w.await;
+        }
+        for t in tasks {
+            t.abort();
+        }
+    }
+}

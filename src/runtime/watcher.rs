@@ -1,0 +1,338 @@
+//! [`watcher`]: a plain `Stream` of events of one kind that lists (or uses
+//! `send_initial_events`), then watches, resumes from the last resource
+//! version after a disconnect, lists again when the server says the version
+//! is too old, and backs off on errors. Errors are items; recovery happens on
+//! the next poll. Each initial state is marked by `Init` … `InitDone`, so a
+//! store can swap in the whole new state at once.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+
+use crate::api::meta::v1::EventType;
+use crate::client::{Api, Error, ResourceClient, Result};
+use crate::params::{ListParams, WatchParams};
+use crate::wire::WatchEvent;
+
+/// Annotation of the BOOKMARK ending an initial state.
+pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// One step of a watched kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<K> {
+    /// A new initial state begins; `InitApply`s follow, then `InitDone`.
+    Init,
+    /// An object of the initial state.
+    InitApply(K),
+    /// The initial state is complete: it replaces everything known before.
+    InitDone,
+    /// An object was added or changed.
+    Apply(K),
+    /// An object was deleted (its last state).
+    Delete(K),
+}
+
+/// Exponential backoff with a cap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after `failures` consecutive failures (1 = first).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(16);
+        self.initial.saturating_mul(1 << exp).min(self.max)
+    }
+}
+
+/// What to watch and how.
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    /// Label selector.
+    pub label_selector: String,
+    /// Field selector.
+    pub field_selector: String,
+    /// Page size of initial lists (0: one page).
+    pub page_size: i32,
+    /// Get the initial state through the watch (`send_initial_events`)
+    /// instead of paged lists.
+    pub watch_list: bool,
+    /// Backoff after errors.
+    pub backoff: Backoff,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        Self {
+            label_selector: String::new(),
+            field_selector: String::new(),
+            page_size: 500,
+            watch_list: false,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl WatcherConfig {
+    /// Only objects matching this label selector.
+    pub fn labels(mut self, selector: &str) -> Self {
+        self.label_selector = selector.to_owned();
+        self
+    }
+
+    /// Only objects matching this field selector.
+    pub fn fields(mut self, selector: &str) -> Self {
+        self.field_selector = selector.to_owned();
+        self
+    }
+}
+
+type EventStream<K> = Pin<Box<dyn Stream<Item = Result<WatchEvent<K>>> + Send>>;
+
+enum Phase<K> {
+    /// Nothing known: start an initial state.
+    Empty,
+    /// Listing: the next page token and the revision of the first page.
+    Listing { token: String, revision: String },
+    /// Watching from `revision`; `stream` is open unless reconnecting.
+    Watching {
+        revision: String,
+        stream: Option<EventStream<K>>,
+        initial: bool,
+    },
+}
+
+struct State<K: ResourceClient> {
+    api: Api<K>,
+    config: WatcherConfig,
+    phase: Phase<K>,
+    pending: VecDeque<Result<Event<K>>>,
+    failures: u32,
+}
+
+/// Watches kind `K` through `api` forever (see the module docs).
+pub fn watcher<K: ResourceClient>(
+    api: Api<K>,
+    config: WatcherConfig,
+) -> impl Stream<Item = Result<Event<K>>> + Send {
+    let state = State {
+        api,
+        config,
+        phase: Phase::Empty,
+        pending: VecDeque::new(),
+        failures: 0,
+    };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(item) = s.pending.pop_front() {
+                return Some((item, s));
+            }
+            step(&mut s).await;
+        }
+    })
+}
+
+async fn step<K: ResourceClient>(s: &mut State<K>) {
+    if s.failures > 0 {
+        tokio::time::sleep(s.config.backoff.delay(s.failures)).await;
+    }
+    let phase = std::mem::replace(&mut s.phase, Phase::Empty);
+    s.phase = match phase {
+        Phase::Empty => {
+            s.pending.push_back(Ok(Event::Init));
+            if s.config.watch_list {
+                Phase::Watching {
+                    revision: String::new(),
+                    stream: None,
+                    initial: true,
+                }
+            } else {
+                Phase::Listing {
+                    token: String::new(),
+                    revision: String::new(),
+                }
+            }
+        }
+        Phase::Listing { token, revision } => {
+            let params = ListParams {
+                label_selector: s.config.label_selector.clone(),
+                field_selector: s.config.field_selector.clone(),
+                page_size: s.config.page_size,
+                page_token: token.clone(),
+                ..Default::default()
+            };
+            match s.api.list(&params).await {
+                Ok(page) => {
+                    s.failures = 0;
+                    let revision = if revision.is_empty() {
+                        page.metadata.resource_version.clone()
+                    } else {
+                        revision
+                    };
+                    s.pending
+                        .extend(page.items.into_iter().map(|o| Ok(Event::InitApply(o))));
+                    if page.metadata.next_page_token.is_empty() {
+                        s.pending.push_back(Ok(Event::InitDone));
+                        Phase::Watching {
+                            revision,
+                            stream: None,
+                            initial: false,
+                        }
+                    } else {
+                        Phase::Listing {
+                            token: page.metadata.next_page_token,
+                            revision,
+                        }
+                    }
+                }
+                Err(e) => {
+                    s.failures += 1;
+                    // An expired page token means starting the list again.
+                    let next = if e.is_expired() {
+                        s.pending.push_back(Ok(Event::Init));
+                        Phase::Listing {
+                            token: String::new(),
+                            revision: String::new(),
+                        }
+                    } else {
+                        Phase::Listing { token, revision }
+                    };
+                    s.pending.push_back(Err(e));
+                    next
+                }
+            }
+        }
+        Phase::Watching {
+            revision,
+            stream: None,
+            initial,
+        } => {
+            let params = WatchParams {
+                label_selector: s.config.label_selector.clone(),
+                field_selector: s.config.field_selector.clone(),
+                resource_version: revision.clone(),
+                allow_bookmarks: true,
+                send_initial_events: initial,
+                ..Default::default()
+            };
+            match s.api.watch(&params).await {
+                Ok(stream) => Phase::Watching {
+                    revision,
+                    stream: Some(stream),
+                    initial,
+                },
+                Err(e) => fail(s, e, revision, initial),
+            }
+        }
+        Phase::Watching {
+            revision,
+            stream: Some(mut stream),
+            initial,
+        } => match stream.next().await {
+            None => {
+                // The server ended the watch (timeout, restart): resume.
+                Phase::Watching {
+                    revision,
+                    stream: None,
+                    initial,
+                }
+            }
+            Some(Err(e)) => fail(s, e, revision, initial),
+            Some(Ok(ev)) => {
+                s.failures = 0;
+                let t = ev.event_type();
+                let Some(obj) = ev.object else {
+                    return s.phase = Phase::Watching {
+                        revision,
+                        stream: Some(stream),
+                        initial,
+                    };
+                };
+                let revision = if obj.meta().resource_version.is_empty() {
+                    revision
+                } else {
+                    obj.meta().resource_version.clone()
+                };
+                let mut initial = initial;
+                match t {
+                    EventType::Added | EventType::Modified => s.pending.push_back(Ok(if initial {
+                        Event::InitApply(obj)
+                    } else {
+                        Event::Apply(obj)
+                    })),
+                    EventType::Deleted => s.pending.push_back(Ok(Event::Delete(obj))),
+                    EventType::Bookmark => {
+                        if initial && obj.meta().annotations.contains_key(INITIAL_EVENTS_END) {
+                            s.pending.push_back(Ok(Event::InitDone));
+                            initial = false;
+                        }
+                    }
+                    EventType::Unspecified => {}
+                }
+                Phase::Watching {
+                    revision,
+                    stream: Some(stream),
+                    initial,
+                }
+            }
+        },
+    };
+}
+
+/// After a watch error: list again if the version expired, else retry after backoff.
+fn fail<K: ResourceClient>(
+    s: &mut State<K>,
+    e: Error,
+    revision: String,
+    initial: bool,
+) -> Phase<K> {
+    if e.is_expired() {
+        // Not an error to report: the protocol says list again.
+        return Phase::Empty;
+    }
+    s.failures += 1;
+    s.pending.push_back(Err(e));
+    if initial {
+        // An interrupted initial state starts over.
+        Phase::Empty
+    } else {
+        Phase::Watching {
+            revision,
+            stream: None,
+            initial,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(b.delay(1), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(200));
+        assert_eq!(b.delay(4), Duration::from_millis(800));
+        assert_eq!(b.delay(5), Duration::from_secs(1));
+        assert_eq!(b.delay(100), Duration::from_secs(1));
+    }
+}
