@@ -110,7 +110,7 @@ pub enum ConnectError {
     InvalidAddress(String),
     /// The server did not accept the connection.
     #[error(
-        "cannot connect to the API server at {address}: {source}; is it running? (start one with `skiff up` or `skiff apiserver`)"
+        "cannot connect to the API server at {address} (is it running? start one with `skiff up` or `skiff apiserver`)"
     )]
     Connect {
         /// The address tried.

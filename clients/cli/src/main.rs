@@ -1,6 +1,12 @@
 //! `skiff`: the command line of a Skiff cluster.
 
 mod apiserver;
+mod apply;
+mod ctx;
+mod describe;
+mod get;
+mod misc;
+mod printers;
 
 use clap::{Parser, Subcommand};
 
@@ -11,6 +17,9 @@ struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// API server address (default: from ~/.skiff/config or SKIFF_CONFIG, else 127.0.0.1:6443).
+    #[arg(long, global = true, env = "SKIFF_SERVER")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,6 +28,22 @@ struct Cli {
 enum Command {
     /// Run the API server.
     Apiserver(apiserver::Args),
+    /// Display one or many objects.
+    Get(get::Args),
+    /// Show one object in detail, with its events.
+    Describe(describe::Args),
+    /// Create or update objects from manifests.
+    Apply(apply::ApplyArgs),
+    /// Create objects from manifests.
+    Create(apply::CreateArgs),
+    /// Delete objects by name or from manifests.
+    Delete(apply::DeleteArgs),
+    /// Set the number of pods of a deployment or replica set.
+    Scale(misc::ScaleArgs),
+    /// Print the client version and whether the server answers.
+    Version,
+    /// List the kinds the API serves.
+    ApiResources,
 }
 
 fn init_logging(verbose: u8) {
@@ -35,15 +60,58 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exits quietly when stdout is closed early (`skiff get pods | head`), as
+/// Unix tools do, instead of panicking in `println!`.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+fn main() {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(async move {
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let server = cli.server.clone();
+    let result = runtime.block_on(async move {
+        let server = server.as_deref();
         match cli.command {
             Command::Apiserver(args) => apiserver::run(args).await,
+            Command::Get(args) => get::run(args, server).await,
+            Command::Describe(args) => describe::run(args, server).await,
+            Command::Apply(args) => apply::apply(args, server).await,
+            Command::Create(args) => apply::create(args, server).await,
+            Command::Delete(args) => apply::delete(args, server).await,
+            Command::Scale(args) => misc::scale(args, server).await,
+            Command::Version => misc::version(server).await,
+            Command::ApiResources => {
+                misc::api_resources();
+                Ok(())
+            }
         }
-    })
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

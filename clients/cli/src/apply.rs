@@ -1,0 +1,329 @@
+//! `skiff apply`, `skiff create` and `skiff delete`: manifests in the
+//! Kubernetes shape, from files, directories or standard input.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args as ClapArgs;
+use serde_json::Value;
+use skiff::client::dynamic::DynamicClient;
+use skiff::manifest::{self, LAST_APPLIED, Manifest};
+use skiff::params::DeleteParams;
+
+use crate::ctx;
+
+/// Flags of `skiff apply`.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  \
+    skiff apply -f examples/web.yaml     # create or update everything in the file\n  \
+    skiff apply -f examples/             # every .yaml, .yml and .json file of a directory\n  \
+    cat web.yaml | skiff apply -f -")]
+pub struct ApplyArgs {
+    /// Files or directories of manifests; `-` reads standard input.
+    #[arg(short, long = "filename", required = true)]
+    pub files: Vec<String>,
+    /// Namespace for objects that name none (default: default).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+}
+
+/// Flags of `skiff create`.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  skiff create -f pod.yaml")]
+pub struct CreateArgs {
+    /// Files or directories of manifests; `-` reads standard input.
+    #[arg(short, long = "filename", required = true)]
+    pub files: Vec<String>,
+    /// Namespace for objects that name none (default: default).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+}
+
+/// Flags of `skiff delete`.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  \
+    skiff delete pod web\n  \
+    skiff delete deployment/web\n  \
+    skiff delete -f examples/web.yaml")]
+pub struct DeleteArgs {
+    /// Kind (or KIND/NAME).
+    pub kind: Option<String>,
+    /// Names.
+    pub names: Vec<String>,
+    /// Files or directories whose objects to delete.
+    #[arg(short, long = "filename")]
+    pub files: Vec<String>,
+    /// Namespace (default: default).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Seconds a pod gets to stop (0: at once).
+    #[arg(long)]
+    pub grace_period: Option<i64>,
+    /// Background (default), Foreground or Orphan.
+    #[arg(long, default_value = "")]
+    pub cascade: String,
+    /// Succeed when an object does not exist.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+fn read_sources(files: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for f in files {
+        if f == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            out.push(("<stdin>".to_owned(), text));
+            continue;
+        }
+        let path = Path::new(f);
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading directory {f}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                })
+                .collect();
+            entries.sort();
+            for p in entries {
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                out.push((p.display().to_string(), text));
+            }
+        } else {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {f}"))?;
+            out.push((f.clone(), text));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads manifests, settles their namespaces, and orders namespaces first.
+fn load(files: &[String], namespace_flag: &Option<String>) -> anyhow::Result<Vec<Manifest>> {
+    let mut all = Vec::new();
+    for (source, text) in read_sources(files)? {
+        all.extend(manifest::parse(&text, &source)?);
+    }
+    if all.is_empty() {
+        bail!("no objects in {}", files.join(", "));
+    }
+    for m in &mut all {
+        let meta = m.value.as_object_mut().and_then(|o| {
+            o.entry("metadata")
+                .or_insert_with(|| Value::Object(Default::default()))
+                .as_object_mut()
+        });
+        let Some(meta) = meta else { continue };
+        let written = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if !m.kind.info.namespaced {
+            meta.remove("namespace");
+        } else {
+            let ns = match (&written, namespace_flag) {
+                (Some(w), Some(f)) if w != f => bail!(
+                    "{}: the object's namespace {w:?} does not match --namespace {f:?}; pass --namespace={w} or remove one",
+                    m.origin
+                ),
+                (Some(w), _) => w.clone(),
+                (None, Some(f)) => f.clone(),
+                (None, None) => "default".to_owned(),
+            };
+            meta.insert("namespace".into(), Value::String(ns));
+        }
+        m.object = manifest::to_message(&m.kind.message, m.value.clone(), &m.origin)?;
+    }
+    all.sort_by_key(|m| m.kind.info.kind != "Namespace");
+    Ok(all)
+}
+
+fn name_and_namespace(m: &Manifest) -> (String, String) {
+    let s = |k: &str| {
+        m.value
+            .pointer(&format!("/metadata/{k}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    (s("name"), s("namespace"))
+}
+
+/// Creates or updates one object; returns what happened.
+async fn apply_one(client: &DynamicClient, m: &Manifest) -> anyhow::Result<&'static str> {
+    let (name, namespace) = name_and_namespace(m);
+    if name.is_empty() {
+        bail!("{}: metadata.name is required for apply", m.origin);
+    }
+    let mut desired = m.value.clone();
+    if let Some(o) = desired.as_object_mut() {
+        o.remove("status");
+    }
+    let record = serde_json::to_string(&desired)?;
+    if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(LAST_APPLIED.into(), Value::String(record));
+        }
+    }
+    match client.get(&m.kind, &namespace, &name).await {
+        Err(e) if e.is_not_found() => {
+            let obj = manifest::to_message(&m.kind.message, desired, &m.origin)?;
+            client
+                .create(&m.kind, obj)
+                .await
+                .with_context(|| m.origin.clone())?;
+            Ok("created")
+        }
+        Err(e) => Err(e).with_context(|| m.origin.clone()),
+        Ok(live) => {
+            let live_v = manifest::message_value(&live);
+            let last: Option<Value> = live_v
+                .pointer(&format!(
+                    "/metadata/annotations/{}",
+                    LAST_APPLIED.replace('/', "~1")
+                ))
+                .and_then(Value::as_str)
+                .and_then(|s| serde_json::from_str(s).ok());
+            let mut merged = manifest::three_way_merge(&live_v, last.as_ref(), &desired);
+            if let Some(meta) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert(
+                    "resourceVersion".into(),
+                    live_v
+                        .pointer("/metadata/resourceVersion")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                );
+            }
+            if merged == live_v {
+                return Ok("unchanged");
+            }
+            let obj = manifest::to_message(&m.kind.message, merged, &m.origin)?;
+            let updated = client
+                .update(&m.kind, obj)
+                .await
+                .with_context(|| m.origin.clone())?;
+            let rv = |v: &Value| v.pointer("/metadata/resourceVersion").cloned();
+            if rv(&manifest::message_value(&updated)) == rv(&live_v) {
+                Ok("unchanged")
+            } else {
+                Ok("configured")
+            }
+        }
+    }
+}
+
+/// Runs `skiff apply`.
+pub async fn apply(args: ApplyArgs, server: Option<&str>) -> anyhow::Result<()> {
+    let manifests = load(&args.files, &args.namespace)?;
+    let client = ctx::dynamic(server).await?;
+    let mut failed = 0;
+    for m in &manifests {
+        let (name, _) = name_and_namespace(m);
+        match apply_one(&client, m).await {
+            Ok(what) => println!("{} {what}", ctx::display_name(m.kind.info, &name)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} objects failed", manifests.len());
+    }
+    Ok(())
+}
+
+/// Runs `skiff create`.
+pub async fn create(args: CreateArgs, server: Option<&str>) -> anyhow::Result<()> {
+    let manifests = load(&args.files, &args.namespace)?;
+    let client = ctx::dynamic(server).await?;
+    let mut failed = 0;
+    for m in &manifests {
+        match client.create(&m.kind, m.object.clone()).await {
+            Ok(created) => {
+                let v = manifest::message_value(&created);
+                let name = v
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                println!("{} created", ctx::display_name(m.kind.info, name));
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", m.origin);
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} objects failed", manifests.len());
+    }
+    Ok(())
+}
+
+/// Runs `skiff delete`.
+pub async fn delete(args: DeleteArgs, server: Option<&str>) -> anyhow::Result<()> {
+    let mut targets = Vec::new();
+    if !args.files.is_empty() {
+        for m in load(&args.files, &args.namespace)? {
+            let (name, ns) = name_and_namespace(&m);
+            targets.push((m.kind, ns, name));
+        }
+    } else {
+        let Some(first) = args.kind.as_deref() else {
+            bail!("say what to delete: KIND NAME, KIND/NAME or -f FILE");
+        };
+        if let Some((k, n)) = first.split_once('/') {
+            let kind = ctx::kind(k)?;
+            let ns = if kind.info.namespaced {
+                ctx::namespace(&args.namespace)
+            } else {
+                String::new()
+            };
+            targets.push((kind, ns, n.to_owned()));
+        } else {
+            let kind = ctx::kind(first)?;
+            if args.names.is_empty() {
+                bail!("say which {} to delete", kind.info.plural);
+            }
+            let ns = if kind.info.namespaced {
+                ctx::namespace(&args.namespace)
+            } else {
+                String::new()
+            };
+            for n in &args.names {
+                targets.push((kind.clone(), ns.clone(), n.clone()));
+            }
+        }
+    }
+    let client = ctx::dynamic(server).await?;
+    let mut failed = 0;
+    for (kind, namespace, name) in targets {
+        let params = DeleteParams {
+            namespace,
+            name: name.clone(),
+            preconditions: None,
+            propagation_policy: args.cascade.clone(),
+            grace_period_seconds: args.grace_period,
+        };
+        match client.delete(&kind, &params).await {
+            Ok(_) => println!("{} \"{name}\" deleted", kind.info.kind.to_ascii_lowercase()),
+            Err(e) if e.is_not_found() && args.ignore_not_found => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} deletions failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! What every client command needs: a connection chosen by `--server`,
+//! `SKIFF_CONFIG` or `~/.skiff/config`, and kinds looked up by name.
+
+use anyhow::{Context, bail};
+use skiff::KindInfo;
+use skiff::client::dynamic::{DynamicClient, DynamicKind};
+use skiff::client::{Client, Config};
+
+/// Connects as the flags and config say.
+pub async fn client(server: Option<&str>) -> anyhow::Result<Client> {
+    let mut config = Config::load_default()?;
+    if let Some(s) = server {
+        config.server = Some(s.to_owned());
+        config.servers.clear();
+    }
+    if config.servers().is_empty() {
+        config.server = Some("127.0.0.1:6443".to_owned());
+    }
+    Ok(Client::connect(&config).await?)
+}
+
+/// A dynamic client as the flags and config say.
+pub async fn dynamic(server: Option<&str>) -> anyhow::Result<DynamicClient> {
+    Ok(DynamicClient::new(client(server).await?.transport()))
+}
+
+/// The kind a command-line name means ("pods", "po", "Pod", "deployment").
+pub fn kind(name: &str) -> anyhow::Result<DynamicKind> {
+    let name = name.split('.').next().unwrap_or(name);
+    match KindInfo::find(name) {
+        Some(info) => Ok(DynamicKind::of(info)),
+        None => bail!("the server has no resource type {name:?}; `skiff api-resources` lists them"),
+    }
+}
+
+/// Splits "deployment/web" into kind and name, or takes them as two words.
+pub fn kind_and_name(first: &str, second: Option<&str>) -> anyhow::Result<(DynamicKind, String)> {
+    if let Some((k, n)) = first.split_once('/') {
+        return Ok((kind(k)?, n.to_owned()));
+    }
+    let name = second.context("a name is required: KIND NAME or KIND/NAME")?;
+    Ok((kind(first)?, name.to_owned()))
+}
+
+/// The namespace a command works in: the flag, or "default".
+pub fn namespace(flag: &Option<String>) -> String {
+    flag.clone().unwrap_or_else(|| "default".to_owned())
+}
+
+/// How an object is named in messages: "deployment.apps/web".
+pub fn display_name(info: &KindInfo, name: &str) -> String {
+    let kind = info.kind.to_ascii_lowercase();
+    if info.group.is_empty() {
+        format!("{kind}/{name}")
+    } else {
+        format!(
+            "{kind}.{}/{name}",
+            info.group.split('.').next().unwrap_or(info.group)
+        )
+    }
+}

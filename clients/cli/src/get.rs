@@ -1,0 +1,236 @@
+//! `skiff get`: list or read objects as tables, YAML or JSON, and watch them.
+
+use anyhow::bail;
+use clap::{Args as ClapArgs, ValueEnum};
+use futures::StreamExt;
+use serde_json::Value;
+use skiff::api::meta::v1::EventType;
+use skiff::client::dynamic::DynamicKind;
+use skiff::manifest;
+use skiff::params::{ListParams, WatchParams};
+
+use crate::ctx;
+use crate::printers;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// More columns.
+    Wide,
+    /// YAML in the Kubernetes shape.
+    Yaml,
+    /// JSON in the Kubernetes shape.
+    Json,
+    /// kind/name only.
+    Name,
+}
+
+/// Flags of `skiff get`.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  \
+    skiff get pods                      # pods in the default namespace\n  \
+    skiff get pods -A -o wide           # in every namespace, with IPs and nodes\n  \
+    skiff get deploy web -o yaml        # one object as YAML\n  \
+    skiff get pods -l app=web -w        # and keep printing changes\n  \
+    skiff get pods --field-selector spec.nodeName=n1")]
+pub struct Args {
+    /// Kind: a plural, singular or short name (pods, pod, po).
+    pub kind: String,
+    /// Names of objects (all when omitted).
+    pub names: Vec<String>,
+    /// Namespace (default: default).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Label selector, e.g. app=web,tier!=db.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Field selector, e.g. spec.nodeName=n1.
+    #[arg(long)]
+    pub field_selector: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum)]
+    pub output: Option<Output>,
+    /// After listing, keep printing changes.
+    #[arg(short, long)]
+    pub watch: bool,
+}
+
+fn print_table(kind: &DynamicKind, items: &[Value], wide: bool, with_ns: bool, headers: bool) {
+    let cols = printers::columns(kind.info.kind);
+    let cols: Vec<_> = cols.iter().filter(|c| wide || !c.wide).collect();
+    let mut names: Vec<&str> = Vec::new();
+    if with_ns {
+        names.push("NAMESPACE");
+    }
+    names.extend(cols.iter().map(|c| c.name));
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|v| {
+            let mut row = Vec::new();
+            if with_ns {
+                row.push(
+                    v.pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                );
+            }
+            row.extend(cols.iter().map(|c| (c.cell)(v)));
+            row
+        })
+        .collect();
+    let table = printers::render(&names, &rows);
+    let text = if headers {
+        table.as_str()
+    } else {
+        table.split_once('\n').map(|x| x.1).unwrap_or("")
+    };
+    print!("{text}");
+}
+
+fn print_items(
+    kind: &DynamicKind,
+    items: &[Value],
+    output: Option<Output>,
+    with_ns: bool,
+    single: bool,
+) {
+    match output {
+        Some(Output::Yaml) => {
+            if single && items.len() == 1 {
+                print!("{}", manifest::to_yaml(&items[0]));
+            } else {
+                print!("{}", manifest::to_yaml(&list_value(items)));
+            }
+        }
+        Some(Output::Json) => {
+            let v = if single && items.len() == 1 {
+                items[0].clone()
+            } else {
+                list_value(items)
+            };
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Some(Output::Name) => {
+            for v in items {
+                let name = v
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                println!("{}", ctx::display_name(kind.info, name));
+            }
+        }
+        Some(Output::Wide) => print_table(kind, items, true, with_ns, true),
+        None => print_table(kind, items, false, with_ns, true),
+    }
+}
+
+fn list_value(items: &[Value]) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+/// Runs `skiff get`.
+pub async fn run(args: Args, server: Option<&str>) -> anyhow::Result<()> {
+    let kind = ctx::kind(&args.kind)?;
+    let client = ctx::dynamic(server).await?;
+    let namespace = if args.all_namespaces || !kind.info.namespaced {
+        String::new()
+    } else {
+        ctx::namespace(&args.namespace)
+    };
+    let with_ns = args.all_namespaces && kind.info.namespaced;
+    let (items, revision) = if args.names.is_empty() {
+        let params = ListParams {
+            namespace: namespace.clone(),
+            label_selector: args.selector.clone().unwrap_or_default(),
+            field_selector: args.field_selector.clone().unwrap_or_default(),
+            page_size: 500,
+            ..Default::default()
+        };
+        let (objects, meta) = client.list_all(&kind, &params).await?;
+        let items: Vec<Value> = objects
+            .iter()
+            .map(|o| manifest::to_value(kind.info, o))
+            .collect();
+        (items, meta.resource_version)
+    } else {
+        let mut items = Vec::new();
+        for name in &args.names {
+            let o = client.get(&kind, &namespace, name).await?;
+            items.push(manifest::to_value(kind.info, &o));
+        }
+        (items, String::new())
+    };
+    if items.is_empty() && !args.watch {
+        if namespace.is_empty() {
+            eprintln!("No resources found");
+        } else {
+            eprintln!("No resources found in {namespace} namespace.");
+        }
+        return Ok(());
+    }
+    print_items(&kind, &items, args.output, with_ns, !args.names.is_empty());
+    if !args.watch {
+        return Ok(());
+    }
+    if !args.names.is_empty() && args.names.len() > 1 {
+        bail!("-w watches one name or a whole list");
+    }
+    let mut field_selector = args.field_selector.clone().unwrap_or_default();
+    if let Some(name) = args.names.first() {
+        let by_name = format!("metadata.name={name}");
+        field_selector = if field_selector.is_empty() {
+            by_name
+        } else {
+            format!("{field_selector},{by_name}")
+        };
+    }
+    let params = WatchParams {
+        namespace,
+        label_selector: args.selector.clone().unwrap_or_default(),
+        field_selector,
+        resource_version: revision,
+        ..Default::default()
+    };
+    let mut stream = client.watch(&kind, &params).await?;
+    let mut printed_header = !items.is_empty();
+    while let Some(event) = stream.next().await {
+        let (t, obj) = event?;
+        if t == EventType::Bookmark {
+            continue;
+        }
+        let v = manifest::to_value(kind.info, &obj);
+        match args.output {
+            Some(Output::Yaml) => print!("---\n{}", manifest::to_yaml(&v)),
+            Some(Output::Json) => println!(
+                "{}",
+                serde_json::to_string(
+                    &serde_json::json!({"type": format!("{t:?}").to_uppercase(), "object": v})
+                )?
+            ),
+            Some(Output::Name) => println!(
+                "{}",
+                ctx::display_name(
+                    kind.info,
+                    v.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                )
+            ),
+            other => {
+                print_table(
+                    &kind,
+                    &[v],
+                    other == Some(Output::Wide),
+                    with_ns,
+                    !printed_header,
+                );
+                printed_header = true;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,421 @@
+//! Tables as kubectl prints them: per-kind columns read from an object's
+//! JSON, ages, and alignment.
+
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+/// One column of a table.
+pub struct Column {
+    /// Header.
+    pub name: &'static str,
+    /// Shown only with `-o wide`.
+    pub wide: bool,
+    /// The cell of an object.
+    pub cell: fn(&Value) -> String,
+}
+
+fn s(v: &Value, pointer: &str) -> String {
+    match v.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn n(v: &Value, pointer: &str) -> i64 {
+    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() { "<none>".into() } else { s }
+}
+
+/// Age of an object from its creation timestamp, as kubectl writes it.
+pub fn age(v: &Value) -> String {
+    let ts = s(v, "/metadata/creationTimestamp");
+    since(&ts)
+}
+
+/// Time since an RFC 3339 timestamp, as kubectl writes it ("5s", "3m", "2h", "4d").
+pub fn since(ts: &str) -> String {
+    let Ok(t) = ts.parse::<prost_types::Timestamp>() else {
+        return "<unknown>".into();
+    };
+    let Ok(t) = SystemTime::try_from(t) else {
+        return "<unknown>".into();
+    };
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+fn name(v: &Value) -> String {
+    s(v, "/metadata/name")
+}
+
+fn pod_ready(v: &Value) -> String {
+    let statuses = v
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array);
+    let total = v
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|a| a.len())
+        .unwrap_or(0);
+    let ready = statuses
+        .map(|a| {
+            a.iter()
+                .filter(|c| c.get("ready") == Some(&Value::Bool(true)))
+                .count()
+        })
+        .unwrap_or(0);
+    format!("{ready}/{total}")
+}
+
+/// The STATUS column of a pod, as kubectl derives it.
+pub fn pod_status(v: &Value) -> String {
+    if v.pointer("/metadata/deletionTimestamp").is_some() {
+        return "Terminating".into();
+    }
+    let all = ["/status/initContainerStatuses", "/status/containerStatuses"];
+    for (i, p) in all.iter().enumerate() {
+        if let Some(list) = v.pointer(p).and_then(Value::as_array) {
+            for c in list {
+                let waiting = c.pointer("/state/waiting/reason").and_then(Value::as_str);
+                if let Some(r) = waiting
+                    && !r.is_empty()
+                    && r != "PodInitializing"
+                {
+                    return if i == 0 {
+                        format!("Init:{r}")
+                    } else {
+                        r.to_owned()
+                    };
+                }
+                if i == 1
+                    && let Some(r) = c
+                        .pointer("/state/terminated/reason")
+                        .and_then(Value::as_str)
+                    && s(v, "/status/phase") == "Running"
+                {
+                    return r.to_owned();
+                }
+            }
+        }
+    }
+    let reason = s(v, "/status/reason");
+    if !reason.is_empty() {
+        return reason;
+    }
+    let phase = s(v, "/status/phase");
+    if phase.is_empty() {
+        "Pending".into()
+    } else {
+        phase
+    }
+}
+
+fn restarts(v: &Value) -> String {
+    v.pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0))
+                .sum::<i64>()
+        })
+        .unwrap_or(0)
+        .to_string()
+}
+
+fn condition(v: &Value, kind: &str) -> Option<String> {
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+        .and_then(|c| c.get("status").and_then(Value::as_str).map(str::to_owned))
+}
+
+fn node_status(v: &Value) -> String {
+    let mut status = match condition(v, "Ready").as_deref() {
+        Some("True") => "Ready".to_owned(),
+        Some("False") => "NotReady".to_owned(),
+        _ => "Unknown".to_owned(),
+    };
+    if v.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+        status.push_str(",SchedulingDisabled");
+    }
+    status
+}
+
+fn node_ip(v: &Value) -> String {
+    v.pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        })
+        .and_then(|x| x.get("address").and_then(Value::as_str))
+        .unwrap_or("<none>")
+        .to_owned()
+}
+
+fn ports(v: &Value) -> String {
+    let Some(ports) = v.pointer("/spec/ports").and_then(Value::as_array) else {
+        return "<none>".into();
+    };
+    ports
+        .iter()
+        .map(|p| {
+            let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(np) if np != 0 => format!("{port}:{np}/{proto}"),
+                _ => format!("{port}/{proto}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn endpoints(v: &Value) -> String {
+    let mut out = Vec::new();
+    for subset in v
+        .get("subsets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let ports: Vec<i64> = subset
+            .get("ports")
+            .and_then(Value::as_array)
+            .map(|p| {
+                p.iter()
+                    .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for a in subset
+            .get("addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let ip = a.get("ip").and_then(Value::as_str).unwrap_or("");
+            if ports.is_empty() {
+                out.push(ip.to_owned());
+            }
+            for p in &ports {
+                out.push(format!("{ip}:{p}"));
+            }
+        }
+    }
+    if out.is_empty() {
+        return "<none>".into();
+    }
+    let more = out.len().saturating_sub(3);
+    let mut s = out.into_iter().take(3).collect::<Vec<_>>().join(",");
+    if more > 0 {
+        s.push_str(&format!(" + {more} more..."));
+    }
+    s
+}
+
+fn selector(v: &Value) -> String {
+    v.pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .map(or_none)
+        .unwrap_or_else(|| "<none>".into())
+}
+
+/// The columns of a kind (NAME first; NAMESPACE is added by the caller).
+pub fn columns(kind: &str) -> Vec<Column> {
+    let c = |name, wide, cell| Column { name, wide, cell };
+    let mut cols = vec![c("NAME", false, name as fn(&Value) -> String)];
+    match kind {
+        "Pod" => {
+            cols.push(c("READY", false, pod_ready));
+            cols.push(c("STATUS", false, pod_status));
+            cols.push(c("RESTARTS", false, restarts));
+            cols.push(c("AGE", false, age));
+            cols.push(c("IP", true, |v| or_none(s(v, "/status/podIP"))));
+            cols.push(c("NODE", true, |v| or_none(s(v, "/spec/nodeName"))));
+        }
+        "Node" => {
+            cols.push(c("STATUS", false, node_status));
+            cols.push(c("AGE", false, age));
+            cols.push(c("VERSION", false, |v| {
+                or_none(s(v, "/status/nodeInfo/kubeletVersion"))
+            }));
+            cols.push(c("INTERNAL-IP", true, node_ip));
+            cols.push(c("POD-CIDR", true, |v| or_none(s(v, "/spec/podCIDR"))));
+        }
+        "Service" => {
+            cols.push(c("TYPE", false, |v| {
+                let t = s(v, "/spec/type");
+                if t.is_empty() { "ClusterIP".into() } else { t }
+            }));
+            cols.push(c("CLUSTER-IP", false, |v| or_none(s(v, "/spec/clusterIP"))));
+            cols.push(c("EXTERNAL-IP", false, |v| {
+                v.pointer("/spec/externalIPs")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .map(or_none)
+                    .unwrap_or_else(|| "<none>".into())
+            }));
+            cols.push(c("PORT(S)", false, ports));
+            cols.push(c("AGE", false, age));
+            cols.push(c("SELECTOR", true, selector));
+        }
+        "Endpoints" => {
+            cols.push(c("ENDPOINTS", false, endpoints));
+            cols.push(c("AGE", false, age));
+        }
+        "Deployment" => {
+            cols.push(c("READY", false, |v| {
+                format!(
+                    "{}/{}",
+                    n(v, "/status/readyReplicas"),
+                    v.pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                )
+            }));
+            cols.push(c("UP-TO-DATE", false, |v| {
+                n(v, "/status/updatedReplicas").to_string()
+            }));
+            cols.push(c("AVAILABLE", false, |v| {
+                n(v, "/status/availableReplicas").to_string()
+            }));
+            cols.push(c("AGE", false, age));
+        }
+        "ReplicaSet" => {
+            cols.push(c("DESIRED", false, |v| {
+                v.pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+                    .to_string()
+            }));
+            cols.push(c("CURRENT", false, |v| {
+                n(v, "/status/replicas").to_string()
+            }));
+            cols.push(c("READY", false, |v| {
+                n(v, "/status/readyReplicas").to_string()
+            }));
+            cols.push(c("AGE", false, age));
+        }
+        "Namespace" => {
+            cols.push(c("STATUS", false, |v| or_none(s(v, "/status/phase"))));
+            cols.push(c("AGE", false, age));
+        }
+        "Event" => {
+            cols.retain(|_| false);
+            cols.push(c("LAST SEEN", false, |v| since(&s(v, "/lastTimestamp"))));
+            cols.push(c("TYPE", false, |v| s(v, "/type")));
+            cols.push(c("REASON", false, |v| s(v, "/reason")));
+            cols.push(c("OBJECT", false, |v| {
+                format!(
+                    "{}/{}",
+                    s(v, "/involvedObject/kind").to_ascii_lowercase(),
+                    s(v, "/involvedObject/name")
+                )
+            }));
+            cols.push(c("MESSAGE", false, |v| s(v, "/message")));
+        }
+        "Lease" => {
+            cols.push(c("HOLDER", false, |v| s(v, "/spec/holderIdentity")));
+            cols.push(c("AGE", false, age));
+        }
+        "Secret" => {
+            cols.push(c("TYPE", false, |v| or_none(s(v, "/type"))));
+            cols.push(c("DATA", false, |v| {
+                v.get("data")
+                    .and_then(Value::as_object)
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+                    .to_string()
+            }));
+            cols.push(c("AGE", false, age));
+        }
+        _ => cols.push(c("AGE", false, age)),
+    }
+    cols
+}
+
+/// Renders rows aligned under headers, three spaces apart.
+pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let last = cells.len().saturating_sub(1);
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_columns_read_like_kubectl() {
+        let pod = serde_json::json!({
+            "metadata": {"name": "web-1", "creationTimestamp": "2000-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "127.1.0.2", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ]}
+        });
+        let cells: Vec<String> = columns("Pod").iter().map(|c| (c.cell)(&pod)).collect();
+        assert_eq!(cells[..4], ["web-1", "1/2", "CrashLoopBackOff", "3"]);
+        assert!(cells[4].ends_with('d'));
+        assert_eq!(cells[5..], ["127.1.0.2", "n1"]);
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = render(
+            &["NAME", "AGE"],
+            &[
+                vec!["a".into(), "1s".into()],
+                vec!["longer".into(), "2m".into()],
+            ],
+        );
+        assert_eq!(t, "NAME     AGE\na        1s\nlonger   2m\n");
+    }
+}
