@@ -100,6 +100,7 @@ type StatsFn = Arc<dyn Fn() -> CacherStats + Send + Sync>;
 pub struct ApiServer {
     routes: RoutesBuilder,
     storage: Arc<dyn Storage>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     config: ServerConfig,
     cache_stats: Vec<(&'static str, StatsFn)>,
 }
@@ -167,12 +168,14 @@ impl ApiServer {
         storage: Arc<dyn Storage>,
         config: ServerConfig,
     ) -> Result<Self, ServerError> {
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let mut r = Registrar {
             routes: RoutesBuilder::default(),
             storage: storage.clone(),
             // Replaced below, once the namespace store exists.
             ctx: Arc::new(ApiContext {
                 namespaces: Arc::new(StorageStore::<Namespace>::new(storage.clone())),
+                shutdown: shutdown_rx.clone(),
             }),
             config: config.clone(),
             services: Vec::new(),
@@ -181,6 +184,7 @@ impl ApiServer {
         let namespaces = r.store::<Namespace>();
         let ctx = Arc::new(ApiContext {
             namespaces: namespaces.clone(),
+            shutdown: shutdown_rx,
         });
         r.ctx = ctx.clone();
         r.add_with_store::<Namespace>(namespaces.clone());
@@ -232,6 +236,7 @@ impl ApiServer {
         Ok(Self {
             routes,
             storage,
+            shutdown,
             config,
             cache_stats: r.cache_stats,
         })
@@ -262,6 +267,12 @@ impl ApiServer {
             .config
             .compaction_interval
             .map(|every| tokio::spawn(crate::compactor::run(self.storage.clone(), every)));
+        let streams = self.shutdown;
+        let shutdown = async move {
+            shutdown.await;
+            // End watches so that in-flight requests can drain.
+            let _ = streams.send(true);
+        };
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

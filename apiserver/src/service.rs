@@ -34,6 +34,8 @@ pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 pub struct ApiContext {
     /// Namespaces, to refuse objects in missing or terminating namespaces.
     pub namespaces: Arc<dyn ObjectStore<Namespace>>,
+    /// Turns true when the server shuts down: long-running streams end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The generic service of kind `K`.
@@ -428,7 +430,13 @@ impl<K: Strategy> ResourceServer<K> {
                 allow_bookmarks: p.allow_bookmarks,
             })
             .await?;
-        let stream = stream.map(|r| r.map_err(Status::from));
+        // Watches end cleanly when the server shuts down (clients resume elsewhere).
+        let mut shutdown = self.ctx.shutdown.clone();
+        let stream = stream
+            .map(|r| r.map_err(Status::from))
+            .take_until(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            });
         if p.timeout_seconds > 0 {
             let deadline = tokio::time::sleep(Duration::from_secs(p.timeout_seconds as u64));
             Ok(Box::pin(stream.take_until(deadline)))

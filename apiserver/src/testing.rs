@@ -154,13 +154,22 @@ impl TestServer {
         storage: std::sync::Arc<dyn crate::storage::Storage>,
         config: crate::ServerConfig,
     ) -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("address"), storage, config).await
+    }
+
+    /// Starts a server on `addr` (to restart one where clients expect it).
+    pub async fn start_on(
+        addr: std::net::SocketAddr,
+        storage: std::sync::Arc<dyn crate::storage::Storage>,
+        config: crate::ServerConfig,
+    ) -> Self {
         let server = crate::ApiServer::with_config(storage.clone(), config)
             .await
             .expect("API server builds");
         let stats = server.cache_stats_handle();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("bind an ephemeral port");
+            .expect("bind the test server's port");
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handle = tokio::spawn(async move {
@@ -233,6 +242,22 @@ impl Drop for TestServer {
         }
         if let Some(h) = self.handle.take() {
             h.abort();
+        }
+    }
+}
+
+/// Opens embedded storage in `dir`, waiting (up to 10 s) for a previous
+/// server on the same directory to release it.
+pub async fn reopen_embedded(dir: &std::path::Path) -> crate::storage::embedded::EmbeddedStorage {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match crate::storage::embedded::EmbeddedStorage::open(dir) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", dir.display()),
         }
     }
 }

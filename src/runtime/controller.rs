@@ -206,3 +206,184 @@ impl<K: Resource> Controller<K> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::{Notify, mpsc, oneshot};
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    use super::*;
+    use crate::api::apps::v1::ReplicaSet;
+    use crate::api::core::v1::Pod;
+    use crate::api::meta::v1::{ObjectMeta, OwnerReference};
+    use crate::runtime::watcher::Event;
+
+    fn meta(name: &str, version: &str) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            name: name.into(),
+            namespace: "ns".into(),
+            resource_version: version.into(),
+            ..Default::default()
+        })
+    }
+
+    fn pod(name: &str, version: &str) -> Pod {
+        Pod {
+            metadata: meta(name, version),
+            ..Default::default()
+        }
+    }
+
+    type Feed<K> = mpsc::UnboundedSender<crate::client::Result<Event<K>>>;
+
+    fn informer<K: Resource>(initial: Vec<K>) -> (Informer<K>, Feed<K>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Ok(Event::Init)).unwrap();
+        for o in initial {
+            tx.send(Ok(Event::InitApply(o))).unwrap();
+        }
+        tx.send(Ok(Event::InitDone)).unwrap();
+        let (informer, _task) = Informer::from_stream(UnboundedReceiverStream::new(rx));
+        (informer, tx)
+    }
+
+    async fn eventually(mut cond: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("condition not reached within 5 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_is_never_reconciled_twice_at_once_and_changes_meanwhile_coalesce() {
+        let (informer, feed) = informer(vec![pod("a", "1"), pod("b", "1")]);
+        let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let overlap = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Notify::new());
+        let controller = Controller::new(ControllerConfig {
+            workers: 4,
+            ..ControllerConfig::new(informer.clone())
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (c, f, o, g) = (
+            counts.clone(),
+            in_flight.clone(),
+            overlap.clone(),
+            gate.clone(),
+        );
+        let run = tokio::spawn(controller.run(
+            move |req: Request<Pod>| {
+                let (c, f, o, g) = (c.clone(), f.clone(), o.clone(), g.clone());
+                async move {
+                    let key = req.key.name.clone();
+                    if !f.lock().unwrap().insert(key.clone()) {
+                        o.store(true, Ordering::SeqCst);
+                    }
+                    let n = {
+                        let mut c = c.lock().unwrap();
+                        *c.entry(key.clone()).or_default() += 1;
+                        c[&key]
+                    };
+                    if key == "a" && n == 1 {
+                        g.notified().await;
+                    }
+                    f.lock().unwrap().remove(&key);
+                    Ok::<_, std::convert::Infallible>(Action::Done)
+                }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        eventually(|| counts.lock().unwrap().get("a") == Some(&1)).await;
+        // Five changes to "a" while its first reconcile is still running.
+        for v in 2..7 {
+            feed.send(Ok(Event::Apply(pod("a", &v.to_string()))))
+                .unwrap();
+        }
+        eventually(|| {
+            informer
+                .store()
+                .get(&ObjectKey::new("ns", "a"))
+                .is_some_and(|p| p.meta().resource_version == "6")
+        })
+        .await;
+        gate.notify_one();
+        eventually(|| counts.lock().unwrap().get("a") == Some(&2)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            counts.lock().unwrap()["a"],
+            2,
+            "five changes, one more reconcile"
+        );
+        assert_eq!(counts.lock().unwrap()["b"], 1);
+        assert!(
+            !overlap.load(Ordering::SeqCst),
+            "never two reconciles of one key at once"
+        );
+        let _ = stop.send(());
+        run.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn owned_objects_trigger_their_owner_and_errors_retry() {
+        let rs = ReplicaSet {
+            metadata: meta("rs1", "1"),
+            ..Default::default()
+        };
+        let (primary, _pfeed) = informer(vec![rs]);
+        let (pods, pod_feed) = informer::<Pod>(vec![]);
+        let calls = Arc::new(Mutex::new(Vec::<String>::new()));
+        let controller = Controller::new(ControllerConfig {
+            triggers: vec![Trigger::owned(&pods, &ReplicaSet::INFO)],
+            ..ControllerConfig::new(primary)
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let c = calls.clone();
+        let run = tokio::spawn(controller.run(
+            move |req: Request<ReplicaSet>| {
+                let c = c.clone();
+                async move {
+                    let n = {
+                        let mut c = c.lock().unwrap();
+                        c.push(req.key.name.clone());
+                        c.len()
+                    };
+                    // The first two attempts fail; retries follow with backoff.
+                    if n <= 2 {
+                        Err("not yet")
+                    } else {
+                        Ok(Action::Done)
+                    }
+                }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        eventually(|| calls.lock().unwrap().len() == 3).await;
+        let mut owned = pod("rs1-x", "1");
+        owned.meta_mut().owner_references.push(OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "rs1".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        });
+        pod_feed.send(Ok(Event::Apply(owned))).unwrap();
+        pod_feed.send(Ok(Event::Apply(pod("orphan", "1")))).unwrap();
+        eventually(|| calls.lock().unwrap().len() == 4).await;
+        assert!(calls.lock().unwrap().iter().all(|n| n == "rs1"));
+        let _ = stop.send(());
+        run.await.unwrap();
+    }
+}

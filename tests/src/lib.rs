@@ -95,3 +95,55 @@ pub async fn grpcurl(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Output of a finished `skiff` command.
+#[derive(Debug)]
+pub struct CommandOutput {
+    /// Whether it exited with status 0.
+    pub ok: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `skiff --server <server> <args>` with an empty config and waits for it.
+pub async fn skiff(server: &str, args: &[&str]) -> CommandOutput {
+    let out = Command::new(skiff_bin())
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env("SKIFF_CONFIG", "/nonexistent/skiff-test-config")
+        .output()
+        .await
+        .expect("run skiff");
+    CommandOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Whether every field of `expected` is in `actual` with the same value
+/// (scalars compared as text, so `8080` matches `"8080"`).
+pub fn is_subset(expected: &serde_json::Value, actual: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, v)| v.is_null() || a.get(k).is_some_and(|av| is_subset(v, av))),
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(x, y)| is_subset(x, y))
+        }
+        (Value::String(e), other) | (other, Value::String(e))
+            if !other.is_object() && !other.is_array() =>
+        {
+            let other = match other {
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            *e == other
+        }
+        (e, a) => e == a,
+    }
+}

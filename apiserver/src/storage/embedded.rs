@@ -714,9 +714,13 @@ impl Storage for EmbeddedStorage {
                         break;
                     }
                 }
-                // Follow live batches.
+                // Follow live batches, until the consumer goes away.
                 loop {
-                    match live.recv().await {
+                    let received = tokio::select! {
+                        r = live.recv() => r,
+                        _ = tx.closed() => return,
+                    };
+                    match received {
                         Ok(committed) => {
                             if committed.revision < next {
                                 continue;

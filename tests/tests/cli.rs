@@ -1,0 +1,208 @@
+//! The `skiff` command line against a real API server process: a
+//! Kubernetes-style manifest applies, reads back with `-o yaml`, re-applies
+//! as a no-op, updates by 3-way merge, and bad input fails with a message
+//! naming the document and field and a non-zero exit code.
+
+use serde_json::Value;
+use skiff_e2e::{SkiffProcess, is_subset, skiff};
+
+const MANIFEST: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web, tier: front}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: skiff-test/httpd
+        command: ["httpd", "-f", "-p", "8080"]
+        ports: [{containerPort: 8080, name: http}]
+        resources:
+          requests: {cpu: 100m, memory: 32Mi}
+        readinessProbe:
+          httpGet: {path: /, port: 8080}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+fn docs(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_norway::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_applies_reads_back_and_reapplies_as_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    let addr = server.addr.as_str();
+    let file = dir.path().join("shop.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let file = file.to_str().unwrap();
+
+    let out = skiff(addr, &["apply", "-f", file]).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "namespace/shop created\ndeployment.apps/web created\nservice/web created\n"
+    );
+
+    let read = |kind: &'static str, name: &'static str| async move {
+        let out = skiff(addr, &["get", kind, name, "-n", "shop", "-o", "yaml"]).await;
+        assert!(out.ok, "{out:?}");
+        out.stdout
+    };
+    let first = [
+        read("namespace", "shop").await,
+        read("deployment", "web").await,
+        read("service", "web").await,
+    ];
+    for (written, read) in docs(MANIFEST).iter().zip(&first) {
+        let read: Value = docs(read).remove(0);
+        assert!(
+            is_subset(written, &read),
+            "read back differs:\nwritten {written:#}\nread {read:#}"
+        );
+        assert!(
+            read["metadata"]["uid"].is_string() && read["metadata"]["resourceVersion"].is_string()
+        );
+    }
+
+    let again = skiff(addr, &["apply", "-f", file]).await;
+    assert!(again.ok, "{again:?}");
+    assert_eq!(
+        again.stdout,
+        "namespace/shop unchanged\ndeployment.apps/web unchanged\nservice/web unchanged\n"
+    );
+    let second = [
+        read("namespace", "shop").await,
+        read("deployment", "web").await,
+        read("service", "web").await,
+    ];
+    assert_eq!(
+        first, second,
+        "a no-op apply changes nothing, not even resource versions"
+    );
+
+    // A changed manifest: more replicas, one label dropped.
+    let changed = MANIFEST
+        .replace("replicas: 3", "replicas: 5")
+        .replace("{app: web, tier: front}", "{app: web}");
+    std::fs::write(file, changed).unwrap();
+    let out = skiff(addr, &["apply", "-f", file]).await;
+    assert!(
+        out.stdout.contains("deployment.apps/web configured"),
+        "{out:?}"
+    );
+    let d: Value = docs(&read("deployment", "web").await).remove(0);
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert!(
+        d["metadata"]["labels"].get("tier").is_none(),
+        "a label removed from the manifest goes"
+    );
+    assert_eq!(d["metadata"]["generation"], 2);
+
+    let table = skiff(addr, &["get", "deploy", "-n", "shop"]).await;
+    assert!(
+        table.ok && table.stdout.starts_with("NAME   READY   UP-TO-DATE"),
+        "{table:?}"
+    );
+    let names = skiff(addr, &["get", "all-namespaces-are-not-a-kind"]).await;
+    assert!(
+        !names.ok && names.stderr.contains("api-resources"),
+        "{names:?}"
+    );
+
+    let out = skiff(addr, &["delete", "-f", file]).await;
+    assert!(out.ok, "{out:?}");
+    let gone = skiff(addr, &["get", "service", "web", "-n", "shop"]).await;
+    assert!(!gone.ok && gone.stderr.contains("not found"), "{gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_name_the_document_and_field_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    let addr = server.addr.as_str();
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: ok}\nspec:\n  containers: [{name: c, image: x}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    imagee: x\n",
+            "document 2 (v1 Pod p): spec.containers[0].imagee: unknown field",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: x}], restartPolicy: Sometimes}\n",
+            "spec.restartPolicy",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p\n",
+            "not valid YAML",
+        ),
+        (
+            "apiVersion: v2\nkind: Pod\nmetadata: {name: p}\n",
+            "apiVersion: Pod is served as v1",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let out = skiff(addr, &["apply", "-f", file.to_str().unwrap()]).await;
+        assert!(!out.ok, "case {i} must fail: {out:?}");
+        assert!(
+            out.stderr.contains(expected),
+            "case {i}: {:?} should mention {expected:?}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("bad{i}.yaml")),
+            "case {i} names the file: {}",
+            out.stderr
+        );
+    }
+    // Nothing of a file with a bad document was applied.
+    let pods = skiff(addr, &["get", "pods"]).await;
+    assert!(
+        pods.ok && pods.stderr.contains("No resources found"),
+        "{pods:?}"
+    );
+}

@@ -1,0 +1,240 @@
+//! The SDK runtime against a real API server in this process: the watcher
+//! and its store through a server restart and a forced OUT_OF_RANGE, shared
+//! informers, and leader election handing over when a leader stops.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use skiff::Resource;
+use skiff::api::core::v1::{Container, Pod, PodSpec};
+use skiff::api::meta::v1::ObjectMeta;
+use skiff::client::Client;
+use skiff::params::{DeleteParams, ListParams};
+use skiff::runtime::{
+    Backoff, Event, InformerFactory, LeaderElectionConfig, LeaderElector, WatcherConfig, Writer,
+    reflector, watcher,
+};
+use skiff_apiserver::ServerConfig;
+use skiff_apiserver::cacher::CacherConfig;
+use skiff_apiserver::cacher::watch_cache::RingConfig;
+use skiff_apiserver::testing::{TestServer, reopen_embedded};
+
+fn pod(name: &str) -> Pod {
+    Pod {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: "busybox".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn tiny_ring() -> ServerConfig {
+    ServerConfig {
+        watch_cache: Some(CacherConfig {
+            ring: RingConfig {
+                initial_capacity: 8,
+                max_capacity: 8,
+                min_history: Duration::ZERO,
+            },
+            ..Default::default()
+        }),
+        compaction_interval: None,
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn names(items: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = items.into_iter().collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_survives_a_server_restart_and_a_forced_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = reopen_embedded(dir.path()).await;
+    let server = TestServer::start_with(Arc::new(storage), tiny_ring()).await;
+    let addr = server.addr;
+    let client = Client::connect_to(&addr.to_string()).await.unwrap();
+    let pods = client.pods("default");
+    for i in 0..5 {
+        pods.create(&pod(&format!("before-{i}"))).await.unwrap();
+    }
+
+    let writer = Writer::<Pod>::new();
+    let store = writer.store();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let counted = inits.clone();
+    // A long backoff, so that the writes below happen before it resumes.
+    let config = WatcherConfig {
+        backoff: Backoff {
+            initial: Duration::from_secs(3),
+            max: Duration::from_secs(3),
+        },
+        ..Default::default()
+    };
+    let stream = reflector(writer, watcher(pods.clone(), config));
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if let Ok(Event::Init) = item {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    store.wait_until_ready().await;
+    assert_eq!(store.len(), 5);
+
+    // Restart the server on the same address and data.
+    server.stop().await;
+    let storage = reopen_embedded(dir.path()).await;
+    let server = TestServer::start_on(addr, Arc::new(storage), tiny_ring()).await;
+    // While the watcher backs off: more writes than the new server's ring
+    // holds, so its last resource version is too old when it resumes.
+    let writes = Client::connect_to(&addr.to_string()).await.unwrap();
+    let wpods = writes.pods("default");
+    for i in 0..20 {
+        wpods.create(&pod(&format!("after-{i}"))).await.unwrap();
+    }
+    wpods
+        .delete("before-0", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let expected = names(
+        wpods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|p| p.name().to_owned()),
+    );
+    wait_until("the store to match the server", || {
+        names(store.list().iter().map(|p| p.name().to_owned())) == expected
+    })
+    .await;
+    assert!(
+        inits.load(Ordering::SeqCst) >= 2,
+        "the watcher listed again after OUT_OF_RANGE"
+    );
+    // And it keeps following live changes.
+    wpods.create(&pod("live")).await.unwrap();
+    wait_until("the live change", || {
+        store
+            .get(&skiff::runtime::ObjectKey::new("default", "live"))
+            .is_some()
+    })
+    .await;
+    task.abort();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informers_are_shared_one_watch_per_kind_and_selector() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::embedded(dir.path()).await;
+    let client = Client::connect_to(&server.addr.to_string()).await.unwrap();
+    let factory = InformerFactory::new(client.clone());
+    let a = factory.all::<Pod>();
+    let b = factory.all::<Pod>();
+    let c = factory.informer::<Pod>("", WatcherConfig::default().labels("app=web"));
+    assert_eq!(factory.len(), 2, "same kind and selector share an informer");
+    client.pods("default").create(&pod("p")).await.unwrap();
+    for store in [a.store(), b.store()] {
+        store.wait_until_ready().await;
+        wait_until("the pod in the store", || store.len() == 1).await;
+    }
+    c.store().wait_until_ready().await;
+    assert!(c.store().is_empty());
+    wait_until("two watches at the server", || {
+        server.stats.kind("Pod").unwrap().watchers == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_has_one_leader_and_hands_over_when_it_stops_renewing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::embedded(dir.path()).await;
+    let client = Client::connect_to(&server.addr.to_string()).await.unwrap();
+    let lease_duration = Duration::from_secs(2);
+    let leaders: Arc<Mutex<BTreeMap<String, tokio::time::Instant>>> = Arc::default();
+    let mut tasks = BTreeMap::new();
+    for id in ["a", "b"] {
+        let config = LeaderElectionConfig {
+            lease_duration,
+            renew_deadline: Duration::from_millis(1500),
+            retry_period: Duration::from_millis(200),
+            ..LeaderElectionConfig::new("default", "test-lock", id)
+        };
+        let elector = LeaderElector::new(client.leases("default"), config);
+        let leaders = leaders.clone();
+        tasks.insert(
+            id,
+            tokio::spawn(async move {
+                let _ = elector
+                    .run(|mut lost| async move {
+                        leaders
+                            .lock()
+                            .unwrap()
+                            .insert(id.to_owned(), tokio::time::Instant::now());
+                        let _ = lost.wait_for(|l| *l).await;
+                        leaders.lock().unwrap().remove(id);
+                    })
+                    .await;
+            }),
+        );
+    }
+    wait_until("a leader", || leaders.lock().unwrap().len() == 1).await;
+    // Only one, for a while (several renewals).
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(leaders.lock().unwrap().len(), 1, "never two leaders");
+    }
+    let first = leaders.lock().unwrap().keys().next().unwrap().clone();
+    // The leader stops renewing (its process dies).
+    tasks.remove(first.as_str()).unwrap().abort();
+    leaders.lock().unwrap().clear();
+    let stopped = tokio::time::Instant::now();
+    wait_until("the other replica to take over", || {
+        leaders.lock().unwrap().len() == 1
+    })
+    .await;
+    let took = stopped.elapsed();
+    let second = leaders.lock().unwrap().keys().next().unwrap().clone();
+    assert_ne!(first, second);
+    assert!(
+        took >= lease_duration / 2,
+        "no takeover while the lease was still valid (took {took:?})"
+    );
+    assert!(
+        took <= lease_duration * 3,
+        "takeover about one lease duration after renewals stopped (took {took:?})"
+    );
+    let lease = client.leases("default").get("test-lock").await.unwrap();
+    assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
+}
