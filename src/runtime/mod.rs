@@ -4,6 +4,7 @@
 //! [`leader`] election.
 
 pub mod controller;
+pub mod events;
 pub mod informer;
 pub mod leader;
 pub mod queue;
@@ -11,6 +12,7 @@ pub mod store;
 pub mod watcher;
 
 pub use controller::{Action, Controller, ControllerConfig, Request, Trigger};
+pub use events::Recorder;
 pub use informer::{Informer, InformerFactory};
 pub use leader::{LeaderElectionConfig, LeaderElector};
 pub use queue::WorkQueue;

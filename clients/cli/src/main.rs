@@ -2,6 +2,7 @@
 
 mod apiserver;
 mod apply;
+mod components;
 mod ctx;
 mod describe;
 mod get;
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the API server.
     Apiserver(apiserver::Args),
+    /// Run the scheduler.
+    Scheduler(components::SchedulerArgs),
     /// Display one or many objects.
     Get(get::Args),
     /// Show one object in detail, with its events.
@@ -97,6 +100,7 @@ fn main() {
         let server = server.as_deref();
         match cli.command {
             Command::Apiserver(args) => apiserver::run(args).await,
+            Command::Scheduler(args) => components::scheduler(args, server).await,
             Command::Get(args) => get::run(args, server).await,
             Command::Describe(args) => describe::run(args, server).await,
             Command::Apply(args) => apply::apply(args, server).await,

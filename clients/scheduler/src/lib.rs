@@ -1,1 +1,18 @@
-//! Skiff scheduler: binds pending pods to nodes.
+//! The Skiff scheduler: watches for pods with no node, finds the nodes that
+//! fit, picks the best and binds the pod — through the SDK only.
+//!
+//! - [`cache`]: nodes and what their pods request, with assumed pods.
+//! - [`queue`]: pending pods by priority, unschedulable ones with backoff.
+//! - [`framework`]: filters, scores, and the search over nodes.
+//! - [`preemption`]: evicting lower-priority pods for a pod that fits nowhere.
+//! - [`scheduler`]: the loop tying them together.
+
+pub mod cache;
+pub mod framework;
+pub mod preemption;
+pub mod queue;
+pub mod resources;
+pub mod scheduler;
+
+pub use framework::Weights;
+pub use scheduler::{SchedulerConfig, SchedulerStats, run, schedule};

@@ -1,0 +1,361 @@
+//! The scheduling loop: informers keep the cache and the queue current;
+//! one pod at a time is taken from the queue, filtered and scored against
+//! the cache, assumed onto the best node, and bound asynchronously. A pod
+//! that fits nowhere may preempt lower-priority pods; otherwise it is marked
+//! `PodScheduled=False` with the reasons, an Event is recorded, and it waits
+//! in the unschedulable set.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use skiff::Resource;
+use skiff::api::core::v1::{Node, Pod, PodCondition};
+use skiff::client::{Client, Error};
+use skiff::params::DeleteParams;
+use skiff::runtime::events::{NORMAL, WARNING};
+use skiff::runtime::{Change, InformerFactory, LeaderElectionConfig, LeaderElector, ObjectKey, Recorder, Store};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::cache::{Cache, is_terminal, pod_key};
+use crate::framework::{PodInfo, Weights, failure_message, search};
+use crate::preemption::select_victims;
+use crate::queue::{QueueConfig, SchedulingQueue};
+
+/// How the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Pods naming this scheduler (or none) are scheduled.
+    pub scheduler_name: String,
+    /// This replica's identity (events, leader election).
+    pub identity: String,
+    /// Score weights.
+    pub weights: Weights,
+    /// Percentage of nodes to evaluate on big clusters; `None` adapts to size.
+    pub percentage_of_nodes_to_score: Option<u32>,
+    /// Bindings written at once.
+    pub bind_concurrency: usize,
+    /// Queue timing.
+    pub queue: QueueConfig,
+    /// Run only while holding this lease.
+    pub leader_election: Option<LeaderElectionConfig>,
+}
+
+impl SchedulerConfig {
+    /// Defaults: "default-scheduler", adaptive node sampling, 256 concurrent bindings.
+    pub fn new(identity: &str) -> Self {
+        Self {
+            scheduler_name: "default-scheduler".into(),
+            identity: identity.to_owned(),
+            weights: Weights::default(),
+            percentage_of_nodes_to_score: None,
+            bind_concurrency: 256,
+            queue: QueueConfig::default(),
+            leader_election: None,
+        }
+    }
+}
+
+/// Counters of a running scheduler.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    /// Scheduling attempts.
+    pub attempts: AtomicU64,
+    /// Pods bound.
+    pub bound: AtomicU64,
+    /// Attempts that found no node.
+    pub unschedulable: AtomicU64,
+    /// Bindings that failed.
+    pub bind_errors: AtomicU64,
+    /// Preemptions started.
+    pub preemptions: AtomicU64,
+}
+
+/// Events are sent by a background task; when it falls behind they are
+/// dropped rather than slowing scheduling (as Kubernetes' broadcaster does).
+#[derive(Clone)]
+struct EventSink(mpsc::Sender<(Arc<Pod>, &'static str, &'static str, String)>);
+
+impl EventSink {
+    fn start(recorder: Recorder) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(Arc<Pod>, &'static str, &'static str, String)>(1024);
+        tokio::spawn(async move {
+            while let Some((pod, t, reason, message)) = rx.recv().await {
+                recorder.record(&*pod, t, reason, &message).await;
+            }
+        });
+        Self(tx)
+    }
+
+    fn send(&self, pod: Arc<Pod>, t: &'static str, reason: &'static str, message: String) {
+        let _ = self.0.try_send((pod, t, reason, message));
+    }
+}
+
+/// Whether this scheduler is responsible for a pending pod.
+fn wants(config: &SchedulerConfig, p: &Pod) -> bool {
+    let Some(spec) = &p.spec else { return false };
+    spec.node_name.is_empty()
+        && p.meta().deletion_timestamp.is_none()
+        && !is_terminal(p)
+        && (spec.scheduler_name.is_empty() || spec.scheduler_name == config.scheduler_name)
+}
+
+/// Runs the scheduler (with leader election if configured) until `shutdown`.
+pub async fn run(
+    client: Client,
+    config: SchedulerConfig,
+    stats: Arc<SchedulerStats>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), skiff::runtime::leader::LeaderError> {
+    match config.leader_election.clone() {
+        None => {
+            schedule(client, config, stats, shutdown).await;
+            Ok(())
+        }
+        Some(election) => {
+            let elector = LeaderElector::new(client.leases(&election.namespace), election);
+            tokio::pin!(shutdown);
+            let lead = |mut lost: tokio::sync::watch::Receiver<bool>| {
+                schedule(client, config, stats, async move {
+                    tokio::select! {
+                        _ = lost.wait_for(|l| *l) => {}
+                        _ = &mut shutdown => {}
+                    }
+                })
+            };
+            let result = elector.run(lead).await;
+            let _ = elector.release().await;
+            result
+        }
+    }
+}
+
+/// Schedules pods until `shutdown`.
+pub async fn schedule(
+    client: Client,
+    config: SchedulerConfig,
+    stats: Arc<SchedulerStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let factory = InformerFactory::new(client.clone());
+    let nodes = factory.all::<Node>();
+    let pods = factory.all::<Pod>();
+    let cache = Arc::new(Mutex::new(Cache::new()));
+    let queue = SchedulingQueue::new(config.queue);
+    let mut node_changes = nodes.subscribe();
+    let mut pod_changes = pods.subscribe();
+    nodes.store().wait_until_ready().await;
+    pods.store().wait_until_ready().await;
+    rebuild(&cache, &queue, &config, &nodes.store(), &pods.store());
+
+    let handlers = {
+        let (c, q, node_store) = (cache.clone(), queue.clone(), nodes.store());
+        let (pod_store, config2) = (pods.store(), config.clone());
+        let node_task = tokio::spawn(async move {
+            loop {
+                match node_changes.recv().await {
+                    Ok(Change::Applied(n)) => c.lock().expect("cache").upsert_node(n),
+                    Ok(Change::Deleted(n)) => c.lock().expect("cache").remove_node(n.name()),
+                    Ok(Change::Resynced) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        rebuild(&c, &q, &config2, &node_store, &pod_store)
+                    }
+                    Err(_) => return,
+                }
+                q.move_all();
+            }
+        });
+        let (cache, queue, node_store) = (cache.clone(), queue.clone(), nodes.store());
+        let (pod_store, config2) = (pods.store(), config.clone());
+        let pod_task = tokio::spawn(async move {
+            loop {
+                match pod_changes.recv().await {
+                    Ok(Change::Applied(p)) => {
+                        if wants(&config2, &p) {
+                            queue.add(p);
+                        } else {
+                            queue.remove(&pod_key(&p));
+                            let freed = is_terminal(&p) || p.meta().deletion_timestamp.is_some();
+                            cache.lock().expect("cache").upsert_pod(p);
+                            if freed {
+                                queue.move_all();
+                            }
+                        }
+                    }
+                    Ok(Change::Deleted(p)) => {
+                        let key = pod_key(&p);
+                        queue.remove(&key);
+                        cache.lock().expect("cache").remove_pod(&key);
+                        queue.move_all();
+                    }
+                    Ok(Change::Resynced) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        rebuild(&cache, &queue, &config2, &node_store, &pod_store)
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        [node_task, pod_task]
+    };
+
+    let events = EventSink::start(Recorder::new(client.clone(), &config.scheduler_name, &config.identity));
+    let binds = Arc::new(Semaphore::new(config.bind_concurrency.max(1)));
+    let pod_store = pods.store();
+    let mut next_start = 0usize;
+    tokio::pin!(shutdown);
+    loop {
+        let q = tokio::select! {
+            q = queue.pop() => q,
+            _ = &mut shutdown => break,
+        };
+        let Some(q) = q else { break };
+        let key = pod_key(&q.pod);
+        let Some(latest) = pod_store.get(&ObjectKey::new(q.pod.namespace(), q.pod.name())) else {
+            queue.done(&key);
+            continue;
+        };
+        if !wants(&config, &latest) || cache.lock().expect("cache").is_placed(&key) {
+            queue.done(&key);
+            continue;
+        }
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let info = PodInfo::new(latest.clone());
+        let (result, total) = {
+            let cache = cache.lock().expect("cache");
+            let total = cache.node_count();
+            let s = search(&cache, &info, next_start, config.weights, config.percentage_of_nodes_to_score);
+            (s, total)
+        };
+        next_start = if total == 0 { 0 } else { (next_start + result.tried) % total };
+        if !result.feasible.is_empty() {
+            let best = result.feasible.iter().map(|(_, s)| *s).max().unwrap_or(0);
+            let ties: Vec<&String> = result.feasible.iter().filter(|(_, s)| *s == best).map(|(n, _)| n).collect();
+            let node = ties[rand::rng().random_range(0..ties.len())].clone();
+            cache.lock().expect("cache").assume(latest.clone(), &node);
+            let permit = binds.clone().acquire_owned().await.expect("semaphore open");
+            let (client, cache, queue, stats, events) =
+                (client.clone(), cache.clone(), queue.clone(), stats.clone(), events.clone());
+            tokio::spawn(async move {
+                let result = client.pods(latest.namespace()).bind(latest.name(), &node).await;
+                drop(permit);
+                match result {
+                    Ok(bound) => {
+                        stats.bound.fetch_add(1, Ordering::Relaxed);
+                        queue.done(&key);
+                        let message = format!("Successfully assigned {key} to {node}");
+                        events.send(Arc::new(bound), NORMAL, "Scheduled", message);
+                    }
+                    Err(e) => {
+                        stats.bind_errors.fetch_add(1, Ordering::Relaxed);
+                        cache.lock().expect("cache").forget(&key);
+                        match e {
+                            // Bound by someone else, or gone: nothing to retry.
+                            Error::FailedPrecondition(_) | Error::NotFound(_) => queue.done(&key),
+                            _ => {
+                                tracing::warn!(pod = %key, node, error = %e, "binding failed; retrying");
+                                queue.retry(q);
+                            }
+                        }
+                    }
+                }
+            });
+            continue;
+        }
+        // Nowhere fits: try preemption, then report.
+        stats.unschedulable.fetch_add(1, Ordering::Relaxed);
+        let message = failure_message(total, &result.failures);
+        let victims = {
+            let cache = cache.lock().expect("cache");
+            select_victims(&cache, &info, &result.failures)
+        };
+        let nominated = victims.as_ref().map(|v| v.node.clone());
+        if let Some(v) = victims {
+            stats.preemptions.fetch_add(1, Ordering::Relaxed);
+            cache.lock().expect("cache").nominate(&latest, &v.node);
+            for victim in v.pods {
+                let api = client.pods(victim.namespace());
+                let name = victim.name().to_owned();
+                let preempted = format!("Preempted by {key} on node {}", v.node);
+                let events = events.clone();
+                tokio::spawn(async move {
+                    match api.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) | Err(Error::NotFound(_)) => events.send(victim, NORMAL, "Preempted", preempted),
+                        Err(e) => tracing::warn!(pod = %name, error = %e, "could not evict a preemption victim"),
+                    }
+                });
+            }
+        }
+        tracing::debug!(pod = %key, %message, "unschedulable");
+        events.send(latest.clone(), WARNING, "FailedScheduling", message.clone());
+        tokio::spawn(mark_unschedulable(client.clone(), latest, message, nominated));
+        queue.unschedulable(q);
+    }
+    queue.close();
+    for h in handlers {
+        h.abort();
+    }
+}
+
+/// Rebuilds the cache and queue from the informers' stores.
+fn rebuild(cache: &Mutex<Cache>, queue: &SchedulingQueue, config: &SchedulerConfig, nodes: &Store<Node>, pods: &Store<Pod>) {
+    let mut fresh = Cache::new();
+    for n in nodes.list() {
+        fresh.upsert_node(n);
+    }
+    let mut c = cache.lock().expect("cache");
+    for p in pods.list() {
+        if wants(config, &p) {
+            // Keep pods whose binding is in flight counted where they were assumed.
+            if !c.is_placed(&pod_key(&p)) {
+                queue.add(p);
+            }
+        } else {
+            fresh.upsert_pod(p);
+        }
+    }
+    *c = fresh;
+    drop(c);
+    queue.move_all();
+}
+
+/// Writes `PodScheduled=False` (and the nominated node) into a pod's status.
+async fn mark_unschedulable(client: Client, pod: Arc<Pod>, message: String, nominated: Option<String>) {
+    let api = client.pods(pod.namespace());
+    let mut current = (*pod).clone();
+    for _ in 0..3 {
+        let status = current.status.get_or_insert_with(Default::default);
+        let cond = PodCondition {
+            r#type: "PodScheduled".into(),
+            status: "False".into(),
+            reason: "Unschedulable".into(),
+            message: message.clone(),
+            last_probe_time: None,
+            last_transition_time: Some(std::time::SystemTime::now().into()),
+        };
+        let unchanged = status
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "PodScheduled" && c.status == "False" && c.message == message)
+            && nominated.as_ref().is_none_or(|n| *n == status.nominated_node_name);
+        if unchanged {
+            return;
+        }
+        status.conditions.retain(|c| c.r#type != "PodScheduled");
+        status.conditions.push(cond);
+        if let Some(n) = &nominated {
+            status.nominated_node_name = n.clone();
+        }
+        match api.update_status(&current).await {
+            Ok(_) | Err(Error::NotFound(_)) => return,
+            Err(Error::Conflict(_)) => match api.get(pod.name()).await {
+                Ok(p) if p.spec.as_ref().is_some_and(|s| s.node_name.is_empty()) => current = p,
+                _ => return,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "could not write PodScheduled=False");
+                return;
+            }
+        }
+    }
+}
