@@ -50,18 +50,38 @@ impl Recorder {
     }
 
     /// Records an event about `obj`.
-    pub async fn record<K: Resource>(&self, obj: &K, event_type: &str, reason: &str, message: &str) {
+    pub async fn record<K: Resource>(
+        &self,
+        obj: &K,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+    ) {
         if let Err(e) = self.try_record(obj, event_type, reason, message).await {
             tracing::debug!(reason, error = %e, "could not record an event");
         }
     }
 
-    async fn try_record<K: Resource>(&self, obj: &K, event_type: &str, reason: &str, message: &str) -> Result<(), Error> {
+    async fn try_record<K: Resource>(
+        &self,
+        obj: &K,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), Error> {
         let meta = obj.meta();
         // Events of cluster-scoped objects live in "default", as in Kubernetes.
-        let namespace = if meta.namespace.is_empty() { "default" } else { meta.namespace.as_str() };
+        let namespace = if meta.namespace.is_empty() {
+            "default"
+        } else {
+            meta.namespace.as_str()
+        };
         let key = Key {
-            object: if meta.uid.is_empty() { format!("{namespace}/{}", meta.name) } else { meta.uid.clone() },
+            object: if meta.uid.is_empty() {
+                format!("{namespace}/{}", meta.name)
+            } else {
+                meta.uid.clone()
+            },
             kind: K::INFO.kind,
             event_type: event_type.to_owned(),
             reason: reason.to_owned(),
@@ -72,7 +92,9 @@ impl Recorder {
         let existing = self.seen.lock().expect("events lock").get(&key).cloned();
         if let Some((_, name)) = existing {
             for _ in 0..3 {
-                let Some(mut ev) = api.get_opt(&name).await? else { break };
+                let Some(mut ev) = api.get_opt(&name).await? else {
+                    break;
+                };
                 ev.count += 1;
                 ev.last_timestamp = Some(now);
                 match api.update(&ev).await {

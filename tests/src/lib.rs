@@ -147,3 +147,86 @@ pub fn is_subset(expected: &serde_json::Value, actual: &serde_json::Value) -> bo
         (e, a) => e == a,
     }
 }
+
+/// Simulated cluster pieces for tests that need nodes but not real machines.
+pub mod sim {
+    use std::collections::BTreeMap;
+
+    use futures::StreamExt;
+    use skiff::Resource;
+    use skiff::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod};
+    use skiff::api::meta::v1::ObjectMeta;
+    use skiff::client::Client;
+    use skiff::params::DeleteParams;
+    use skiff::runtime::{Event, WatcherConfig, watcher};
+
+    /// A Ready node with `cpu`, `memory` and `pods` allocatable.
+    pub fn node(name: &str, cpu: &str, memory: &str, pods: u32, labels: &[(&str, &str)]) -> Node {
+        let resources: BTreeMap<String, String> = [
+            ("cpu".to_string(), cpu.to_string()),
+            ("memory".to_string(), memory.to_string()),
+            ("pods".to_string(), pods.to_string()),
+        ]
+        .into();
+        Node {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                capacity: resources.clone(),
+                allocatable: resources,
+                conditions: vec![NodeCondition {
+                    r#type: "Ready".into(),
+                    status: "True".into(),
+                    reason: "KubeletReady".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Finishes the graceful deletion of every pod (a kubelet's last step),
+    /// until dropped.
+    pub struct PodReaper(tokio::task::JoinHandle<()>);
+
+    impl PodReaper {
+        /// Starts reaping through `client`.
+        pub fn start(client: Client) -> Self {
+            Self(tokio::spawn(async move {
+                let pods = client.all::<Pod>();
+                let mut events = std::pin::pin!(watcher(pods, WatcherConfig::default()));
+                while let Some(ev) = events.next().await {
+                    let pod = match ev {
+                        Ok(Event::Apply(p) | Event::InitApply(p)) => p,
+                        _ => continue,
+                    };
+                    if pod.meta().deletion_timestamp.is_some() {
+                        let _ = client
+                            .pods(pod.namespace())
+                            .delete(
+                                pod.name(),
+                                &DeleteParams {
+                                    grace_period_seconds: Some(0),
+                                    ..Default::default()
+                                },
+                            )
+                            .await;
+                    }
+                }
+            }))
+        }
+    }
+
+    impl Drop for PodReaper {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+}

@@ -36,11 +36,17 @@ pub fn default_identity(component: &str) -> String {
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
 pub async fn scheduler(args: SchedulerArgs, server: Option<&str>) -> anyhow::Result<()> {
     let client = ctx::client(server).await?;
-    let identity = args.identity.unwrap_or_else(|| default_identity("scheduler"));
+    let identity = args
+        .identity
+        .unwrap_or_else(|| default_identity("scheduler"));
     let mut config = skiff_scheduler::SchedulerConfig::new(&identity);
     config.percentage_of_nodes_to_score = args.percentage_of_nodes_to_score;
     if args.leader_elect {
-        config.leader_election = Some(LeaderElectionConfig::new("skiff-system", "skiff-scheduler", &identity));
+        config.leader_election = Some(LeaderElectionConfig::new(
+            "skiff-system",
+            "skiff-scheduler",
+            &identity,
+        ));
     }
     tracing::info!(server = client.server(), %identity, "scheduler starting");
     let stats = Arc::new(skiff_scheduler::SchedulerStats::default());

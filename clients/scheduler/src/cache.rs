@@ -108,19 +108,28 @@ impl NodeInfo {
 
     /// The node's name.
     pub fn name(&self) -> &str {
-        self.node.as_ref().map(|n| n.meta().name.as_str()).unwrap_or("")
+        self.node
+            .as_ref()
+            .map(|n| n.meta().name.as_str())
+            .unwrap_or("")
     }
 }
 
 /// Host ports a pod asks for: (port, protocol, host IP).
 pub fn host_ports(p: &Pod) -> Vec<(i32, String, String)> {
-    let Some(spec) = &p.spec else { return Vec::new() };
+    let Some(spec) = &p.spec else {
+        return Vec::new();
+    };
     spec.containers
         .iter()
         .flat_map(|c| &c.ports)
         .filter(|port| port.host_port != 0)
         .map(|port| {
-            let proto = if port.protocol.is_empty() { "TCP".to_owned() } else { port.protocol.clone() };
+            let proto = if port.protocol.is_empty() {
+                "TCP".to_owned()
+            } else {
+                port.protocol.clone()
+            };
             (port.host_port, proto, port.host_ip.clone())
         })
         .collect()
@@ -198,7 +207,11 @@ impl Cache {
     /// terminal pod is removed instead.
     pub fn upsert_pod(&mut self, pod: Arc<Pod>) {
         let key = pod_key(&pod);
-        let node = pod.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default();
         if node.is_empty() {
             return;
         }
@@ -315,9 +328,16 @@ mod tests {
 
     fn node(name: &str, cpu: &str) -> Arc<Node> {
         Arc::new(Node {
-            metadata: Some(ObjectMeta { name: name.into(), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
             status: Some(NodeStatus {
-                allocatable: [("cpu".to_string(), cpu.to_string()), ("pods".to_string(), "110".to_string())].into(),
+                allocatable: [
+                    ("cpu".to_string(), cpu.to_string()),
+                    ("pods".to_string(), "110".to_string()),
+                ]
+                .into(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -326,7 +346,11 @@ mod tests {
 
     fn pod(name: &str, node: &str, cpu: &str) -> Arc<Pod> {
         Arc::new(Pod {
-            metadata: Some(ObjectMeta { name: name.into(), namespace: "ns".into(), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            }),
             spec: Some(PodSpec {
                 node_name: node.into(),
                 containers: vec![Container {
@@ -357,7 +381,14 @@ mod tests {
         assert_eq!(c.node("n1").unwrap().requested.milli_cpu, 1000);
         assert_eq!(c.node("n1").unwrap().requested.pods, 1);
         c.remove_pod("ns/b");
-        assert_eq!(c.node("n1").unwrap().requested, Resources { milli_cpu: 0, memory: 0, pods: 0 });
+        assert_eq!(
+            c.node("n1").unwrap().requested,
+            Resources {
+                milli_cpu: 0,
+                memory: 0,
+                pods: 0
+            }
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 use skiff::Resource;
-use skiff::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
+use skiff::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+};
 
 use crate::cache::{Cache, NodeInfo, host_ports, owner_uid, pod_key, priority};
 use crate::resources::Resources;
@@ -40,7 +42,10 @@ impl Reason {
     pub fn preemption_can_help(&self) -> bool {
         matches!(
             self,
-            Reason::InsufficientCpu | Reason::InsufficientMemory | Reason::TooManyPods | Reason::HostPortConflict
+            Reason::InsufficientCpu
+                | Reason::InsufficientMemory
+                | Reason::TooManyPods
+                | Reason::HostPortConflict
         )
     }
 }
@@ -53,9 +58,13 @@ impl fmt::Display for Reason {
             Reason::InsufficientCpu => f.write_str("Insufficient cpu"),
             Reason::InsufficientMemory => f.write_str("Insufficient memory"),
             Reason::TooManyPods => f.write_str("Too many pods"),
-            Reason::AffinityMismatch => f.write_str("node(s) didn't match Pod's node affinity/selector"),
+            Reason::AffinityMismatch => {
+                f.write_str("node(s) didn't match Pod's node affinity/selector")
+            }
             Reason::UntoleratedTaint(t) => write!(f, "node(s) had untolerated taint {t}"),
-            Reason::HostPortConflict => f.write_str("node(s) didn't have free ports for the requested pod ports"),
+            Reason::HostPortConflict => {
+                f.write_str("node(s) didn't have free ports for the requested pod ports")
+            }
         }
     }
 }
@@ -124,11 +133,17 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), r.values.first().and_then(|b| b.parse::<i64>().ok()))
-            else {
+            let (Some(v), Some(bound)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                r.values.first().and_then(|b| b.parse::<i64>().ok()),
+            ) else {
                 return false;
             };
-            if r.operator == "Gt" { v > bound } else { v < bound }
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
         }
         _ => false,
     }
@@ -140,7 +155,11 @@ fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
         .iter()
         .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
         && term.match_fields.iter().all(|r| {
-            let v = if r.key == "metadata.name" { Some(node.meta().name.as_str()) } else { None };
+            let v = if r.key == "metadata.name" {
+                Some(node.meta().name.as_str())
+            } else {
+                None
+            };
             requirement_matches(r, v)
         })
 }
@@ -149,16 +168,25 @@ fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
 pub fn affinity_matches(pod: &Pod, node: &Node) -> bool {
     let Some(spec) = &pod.spec else { return true };
     let labels = &node.meta().labels;
-    if !spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+    if !spec
+        .node_selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+    {
         return false;
     }
     match spec
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
-    {
-        Some(selector) => selector.node_selector_terms.iter().any(|t| term_matches(t, node)),
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }) {
+        Some(selector) => selector
+            .node_selector_terms
+            .iter()
+            .any(|t| term_matches(t, node)),
         None => true,
     }
 }
@@ -170,7 +198,12 @@ pub fn filter(p: &PodInfo, info: &NodeInfo, reserved: Resources) -> Vec<Reason> 
     let Some(node) = &info.node else {
         return vec![Reason::NotReady];
     };
-    let tolerations = p.pod.spec.as_ref().map(|s| s.tolerations.as_slice()).unwrap_or(&[]);
+    let tolerations = p
+        .pod
+        .spec
+        .as_ref()
+        .map(|s| s.tolerations.as_slice())
+        .unwrap_or(&[]);
     if !condition_true(node, "Ready") {
         reasons.push(Reason::NotReady);
     }
@@ -211,7 +244,13 @@ pub fn filter(p: &PodInfo, info: &NodeInfo, reserved: Resources) -> Vec<Reason> 
     }
     for (port, proto, ip) in &p.host_ports {
         let taken = info.host_ports.iter().any(|(hp, hproto, hip)| {
-            hp == port && hproto == proto && (hip.is_empty() || ip.is_empty() || hip == "0.0.0.0" || ip == "0.0.0.0" || hip == ip)
+            hp == port
+                && hproto == proto
+                && (hip.is_empty()
+                    || ip.is_empty()
+                    || hip == "0.0.0.0"
+                    || ip == "0.0.0.0"
+                    || hip == ip)
         });
         if taken {
             reasons.push(Reason::HostPortConflict);
@@ -243,7 +282,11 @@ impl Default for Weights {
 }
 
 fn fraction(used: i64, total: i64) -> f64 {
-    if total <= 0 { 1.0 } else { (used as f64 / total as f64).clamp(0.0, 1.0) }
+    if total <= 0 {
+        1.0
+    } else {
+        (used as f64 / total as f64).clamp(0.0, 1.0)
+    }
 }
 
 /// Least-allocated score (0-100): free share of CPU and memory after placing the pod.
@@ -264,7 +307,11 @@ pub fn balanced_allocation(p: &PodInfo, info: &NodeInfo) -> i64 {
 
 /// Pods of the pod's replica set on a node (the spread score is normalized over the feasible nodes).
 pub fn same_owner_count(p: &PodInfo, info: &NodeInfo) -> u32 {
-    p.owner.as_ref().and_then(|o| info.owners.get(o)).copied().unwrap_or(0)
+    p.owner
+        .as_ref()
+        .and_then(|o| info.owners.get(o))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// How many feasible nodes to find before stopping (Kubernetes' adaptive
@@ -294,7 +341,13 @@ pub struct Search {
 
 /// Filters and scores nodes for `p`, starting at `start` in the cache's
 /// order, in parallel, until enough feasible nodes are found.
-pub fn search(cache: &Cache, p: &PodInfo, start: usize, weights: Weights, percentage: Option<u32>) -> Search {
+pub fn search(
+    cache: &Cache,
+    p: &PodInfo,
+    start: usize,
+    weights: Weights,
+    percentage: Option<u32>,
+) -> Search {
     let order = cache.order();
     let n = order.len();
     if n == 0 {
@@ -324,7 +377,11 @@ pub fn search(cache: &Cache, p: &PodInfo, start: usize, weights: Weights, percen
     };
     // Small clusters are not worth the threads.
     let results: Vec<_> = if n >= 512 {
-        (0..n).into_par_iter().with_min_len(64).map(evaluate).collect()
+        (0..n)
+            .into_par_iter()
+            .with_min_len(64)
+            .map(evaluate)
+            .collect()
     } else {
         (0..n).map(evaluate).collect()
     };
@@ -344,7 +401,11 @@ pub fn search(cache: &Cache, p: &PodInfo, start: usize, weights: Weights, percen
     let feasible = scored
         .into_iter()
         .map(|(name, (score, count))| {
-            let spread = if max_same == 0 { 100 } else { 100 * (max_same - count) as i64 / max_same as i64 };
+            let spread = if max_same == 0 {
+                100
+            } else {
+                100 * (max_same - count) as i64 / max_same as i64
+            };
             (name, score + weights.spread * spread)
         })
         .collect();
@@ -381,8 +442,8 @@ mod tests {
     use std::sync::Arc;
 
     use skiff::api::core::v1::{
-        Affinity, Container, ContainerPort, NodeAffinity, NodeCondition, NodeSelector, NodeSpec, NodeStatus, PodSpec,
-        ResourceRequirements,
+        Affinity, Container, ContainerPort, NodeAffinity, NodeCondition, NodeSelector, NodeSpec,
+        NodeStatus, PodSpec, ResourceRequirements,
     };
     use skiff::api::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -392,7 +453,10 @@ mod tests {
         Node {
             metadata: Some(ObjectMeta {
                 name: name.into(),
-                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 ..Default::default()
             }),
             spec: Some(NodeSpec::default()),
@@ -420,11 +484,18 @@ mod tests {
             requests.insert("memory".to_string(), mem.to_string());
         }
         Pod {
-            metadata: Some(ObjectMeta { name: "p".into(), namespace: "ns".into(), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                name: "p".into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            }),
             spec: Some(PodSpec {
                 containers: vec![Container {
                     name: "c".into(),
-                    resources: Some(ResourceRequirements { requests, limits: BTreeMap::new() }),
+                    resources: Some(ResourceRequirements {
+                        requests,
+                        limits: BTreeMap::new(),
+                    }),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -453,15 +524,49 @@ mod tests {
     fn resource_fit_table() {
         let cases: Vec<(&str, Pod, Vec<Pod>, Vec<Reason>)> = vec![
             ("fits an empty node", pod("1", "1Gi"), vec![], vec![]),
-            ("exactly full is fine", pod("1", "2Gi"), vec![pod("1", "2Gi")], vec![]),
-            ("cpu over", pod("1500m", ""), vec![pod("1", "")], vec![Reason::InsufficientCpu]),
-            ("memory over", pod("", "3Gi"), vec![pod("", "2Gi")], vec![Reason::InsufficientMemory]),
-            ("both over", pod("3", "5Gi"), vec![], vec![Reason::InsufficientCpu, Reason::InsufficientMemory]),
-            ("pod slots", pod("", ""), vec![pod("", ""), pod("", ""), pod("", "")], vec![Reason::TooManyPods]),
-            ("no requests fit anywhere", pod("", ""), vec![pod("2", "4Gi")], vec![]),
+            (
+                "exactly full is fine",
+                pod("1", "2Gi"),
+                vec![pod("1", "2Gi")],
+                vec![],
+            ),
+            (
+                "cpu over",
+                pod("1500m", ""),
+                vec![pod("1", "")],
+                vec![Reason::InsufficientCpu],
+            ),
+            (
+                "memory over",
+                pod("", "3Gi"),
+                vec![pod("", "2Gi")],
+                vec![Reason::InsufficientMemory],
+            ),
+            (
+                "both over",
+                pod("3", "5Gi"),
+                vec![],
+                vec![Reason::InsufficientCpu, Reason::InsufficientMemory],
+            ),
+            (
+                "pod slots",
+                pod("", ""),
+                vec![pod("", ""), pod("", ""), pod("", "")],
+                vec![Reason::TooManyPods],
+            ),
+            (
+                "no requests fit anywhere",
+                pod("", ""),
+                vec![pod("2", "4Gi")],
+                vec![],
+            ),
         ];
         for (name, p, existing, expected) in cases {
-            assert_eq!(check(p, &info(node("n", &[]), existing)), expected, "{name}");
+            assert_eq!(
+                check(p, &info(node("n", &[]), existing)),
+                expected,
+                "{name}"
+            );
         }
     }
 
@@ -480,24 +585,62 @@ mod tests {
             let mut p = pod("", "");
             p.spec.as_mut().unwrap().affinity = Some(Affinity {
                 node_affinity: Some(NodeAffinity {
-                    required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: terms }),
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: terms,
+                    }),
                     preferred_during_scheduling_ignored_during_execution: vec![],
                 }),
             });
             p
         };
         let cases = vec![
-            ("In", with_affinity(vec![term("zone", "In", &["a", "b"])]), true),
-            ("In misses", with_affinity(vec![term("zone", "In", &["b"])]), false),
-            ("NotIn", with_affinity(vec![term("zone", "NotIn", &["b"])]), true),
-            ("NotIn hits", with_affinity(vec![term("zone", "NotIn", &["a"])]), false),
-            ("Exists", with_affinity(vec![term("gen", "Exists", &[])]), true),
-            ("DoesNotExist", with_affinity(vec![term("gpu", "DoesNotExist", &[])]), true),
-            ("DoesNotExist hits", with_affinity(vec![term("gen", "DoesNotExist", &[])]), false),
+            (
+                "In",
+                with_affinity(vec![term("zone", "In", &["a", "b"])]),
+                true,
+            ),
+            (
+                "In misses",
+                with_affinity(vec![term("zone", "In", &["b"])]),
+                false,
+            ),
+            (
+                "NotIn",
+                with_affinity(vec![term("zone", "NotIn", &["b"])]),
+                true,
+            ),
+            (
+                "NotIn hits",
+                with_affinity(vec![term("zone", "NotIn", &["a"])]),
+                false,
+            ),
+            (
+                "Exists",
+                with_affinity(vec![term("gen", "Exists", &[])]),
+                true,
+            ),
+            (
+                "DoesNotExist",
+                with_affinity(vec![term("gpu", "DoesNotExist", &[])]),
+                true,
+            ),
+            (
+                "DoesNotExist hits",
+                with_affinity(vec![term("gen", "DoesNotExist", &[])]),
+                false,
+            ),
             ("Gt", with_affinity(vec![term("gen", "Gt", &["4"])]), true),
-            ("Gt misses", with_affinity(vec![term("gen", "Gt", &["5"])]), false),
+            (
+                "Gt misses",
+                with_affinity(vec![term("gen", "Gt", &["5"])]),
+                false,
+            ),
             ("Lt", with_affinity(vec![term("gen", "Lt", &["6"])]), true),
-            ("terms are ORed", with_affinity(vec![term("zone", "In", &["x"]), term("gen", "Exists", &[])]), true),
+            (
+                "terms are ORed",
+                with_affinity(vec![term("zone", "In", &["x"]), term("gen", "Exists", &[])]),
+                true,
+            ),
             (
                 "match fields on the name",
                 with_affinity(vec![NodeSelectorTerm {
@@ -515,13 +658,22 @@ mod tests {
             assert_eq!(affinity_matches(&p, &n), fits, "{name}");
         }
         let mut selected = pod("", "");
-        selected.spec.as_mut().unwrap().node_selector = [("zone".to_string(), "b".to_string())].into();
-        assert_eq!(check(selected, &info(n.clone(), vec![])), vec![Reason::AffinityMismatch]);
+        selected.spec.as_mut().unwrap().node_selector =
+            [("zone".to_string(), "b".to_string())].into();
+        assert_eq!(
+            check(selected, &info(n.clone(), vec![])),
+            vec![Reason::AffinityMismatch]
+        );
     }
 
     #[test]
     fn taints_and_tolerations_table() {
-        let taint = |k: &str, v: &str, e: &str| Taint { key: k.into(), value: v.into(), effect: e.into(), time_added: None };
+        let taint = |k: &str, v: &str, e: &str| Taint {
+            key: k.into(),
+            value: v.into(),
+            effect: e.into(),
+            time_added: None,
+        };
         let tol = |k: &str, op: &str, v: &str, e: &str| Toleration {
             key: k.into(),
             operator: op.into(),
@@ -530,42 +682,95 @@ mod tests {
             toleration_seconds: None,
         };
         let cases = vec![
-            ("equal", tol("k", "Equal", "v", "NoSchedule"), taint("k", "v", "NoSchedule"), true),
-            ("value differs", tol("k", "Equal", "x", "NoSchedule"), taint("k", "v", "NoSchedule"), false),
-            ("exists any value", tol("k", "Exists", "", ""), taint("k", "v", "NoExecute"), true),
-            ("empty key exists: everything", tol("", "Exists", "", ""), taint("k", "v", "NoSchedule"), true),
-            ("effect differs", tol("k", "Exists", "", "NoExecute"), taint("k", "v", "NoSchedule"), false),
+            (
+                "equal",
+                tol("k", "Equal", "v", "NoSchedule"),
+                taint("k", "v", "NoSchedule"),
+                true,
+            ),
+            (
+                "value differs",
+                tol("k", "Equal", "x", "NoSchedule"),
+                taint("k", "v", "NoSchedule"),
+                false,
+            ),
+            (
+                "exists any value",
+                tol("k", "Exists", "", ""),
+                taint("k", "v", "NoExecute"),
+                true,
+            ),
+            (
+                "empty key exists: everything",
+                tol("", "Exists", "", ""),
+                taint("k", "v", "NoSchedule"),
+                true,
+            ),
+            (
+                "effect differs",
+                tol("k", "Exists", "", "NoExecute"),
+                taint("k", "v", "NoSchedule"),
+                false,
+            ),
         ];
         for (name, t, taint, ok) in cases {
             assert_eq!(tolerates(&t, &taint), ok, "{name}");
         }
         let mut tainted = node("n1", &[]);
-        tainted.spec.as_mut().unwrap().taints.push(taint("dedicated", "gpu", "NoSchedule"));
+        tainted
+            .spec
+            .as_mut()
+            .unwrap()
+            .taints
+            .push(taint("dedicated", "gpu", "NoSchedule"));
         let i = info(tainted, vec![]);
-        assert_eq!(check(pod("", ""), &i), vec![Reason::UntoleratedTaint("{dedicated: gpu}".into())]);
+        assert_eq!(
+            check(pod("", ""), &i),
+            vec![Reason::UntoleratedTaint("{dedicated: gpu}".into())]
+        );
         let mut tolerant = pod("", "");
-        tolerant.spec.as_mut().unwrap().tolerations.push(tol("dedicated", "Equal", "gpu", "NoSchedule"));
+        tolerant.spec.as_mut().unwrap().tolerations.push(tol(
+            "dedicated",
+            "Equal",
+            "gpu",
+            "NoSchedule",
+        ));
         assert!(check(tolerant, &i).is_empty());
         let mut soft = node("n2", &[]);
-        soft.spec.as_mut().unwrap().taints.push(taint("k", "v", "PreferNoSchedule"));
-        assert!(check(pod("", ""), &info(soft, vec![])).is_empty(), "PreferNoSchedule does not filter");
+        soft.spec
+            .as_mut()
+            .unwrap()
+            .taints
+            .push(taint("k", "v", "PreferNoSchedule"));
+        assert!(
+            check(pod("", ""), &info(soft, vec![])).is_empty(),
+            "PreferNoSchedule does not filter"
+        );
     }
 
     #[test]
     fn readiness_cordons_and_host_ports() {
         let mut not_ready = node("n", &[]);
         not_ready.status.as_mut().unwrap().conditions[0].status = "False".into();
-        assert_eq!(check(pod("", ""), &info(not_ready, vec![])), vec![Reason::NotReady]);
+        assert_eq!(
+            check(pod("", ""), &info(not_ready, vec![])),
+            vec![Reason::NotReady]
+        );
         let mut cordoned = node("n", &[]);
         cordoned.spec.as_mut().unwrap().unschedulable = true;
-        assert_eq!(check(pod("", ""), &info(cordoned, vec![])), vec![Reason::Unschedulable]);
+        assert_eq!(
+            check(pod("", ""), &info(cordoned, vec![])),
+            vec![Reason::Unschedulable]
+        );
         let with_port = |port| {
             let mut p = pod("", "");
-            p.spec.as_mut().unwrap().containers[0].ports.push(ContainerPort {
-                host_port: port,
-                container_port: 80,
-                ..Default::default()
-            });
+            p.spec.as_mut().unwrap().containers[0]
+                .ports
+                .push(ContainerPort {
+                    host_port: port,
+                    container_port: 80,
+                    ..Default::default()
+                });
             p
         };
         let i = info(node("n", &[]), vec![with_port(8080)]);
@@ -603,7 +808,13 @@ mod tests {
         let mut sibling = owned("s1");
         sibling.spec.as_mut().unwrap().node_name = "a".into();
         c.upsert_pod(Arc::new(sibling));
-        let s = search(&c, &PodInfo::new(Arc::new(owned("new"))), 0, Weights::default(), None);
+        let s = search(
+            &c,
+            &PodInfo::new(Arc::new(owned("new"))),
+            0,
+            Weights::default(),
+            None,
+        );
         let score = |n: &str| s.feasible.iter().find(|(x, _)| x == n).unwrap().1;
         assert!(score("b") > score("a"), "{:?}", s.feasible);
     }
@@ -620,9 +831,17 @@ mod tests {
         }
         let p = PodInfo::new(Arc::new(pod("", "")));
         let s = search(&c, &p, 0, Weights::default(), None);
-        assert!(s.feasible.len() >= 420 && s.tried < 1000, "found {} after {}", s.feasible.len(), s.tried);
+        assert!(
+            s.feasible.len() >= 420 && s.tried < 1000,
+            "found {} after {}",
+            s.feasible.len(),
+            s.tried
+        );
         let later = search(&c, &p, 900, Weights::default(), None);
-        assert!(later.feasible.iter().any(|(n, _)| n == "n0950"), "the search starts where asked");
+        assert!(
+            later.feasible.iter().any(|(n, _)| n == "n0950"),
+            "the search starts where asked"
+        );
     }
 
     #[test]
@@ -631,8 +850,14 @@ mod tests {
         f.insert("a".to_string(), vec![Reason::InsufficientCpu]);
         f.insert("b".to_string(), vec![Reason::InsufficientCpu]);
         f.insert("c".to_string(), vec![Reason::InsufficientCpu]);
-        f.insert("d".to_string(), vec![Reason::UntoleratedTaint("{k: v}".into())]);
-        f.insert("e".to_string(), vec![Reason::UntoleratedTaint("{k: v}".into())]);
+        f.insert(
+            "d".to_string(),
+            vec![Reason::UntoleratedTaint("{k: v}".into())],
+        );
+        f.insert(
+            "e".to_string(),
+            vec![Reason::UntoleratedTaint("{k: v}".into())],
+        );
         assert_eq!(
             failure_message(5, &f),
             "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had untolerated taint {k: v}."

@@ -24,8 +24,17 @@ pub struct Victims {
 }
 
 /// Picks a node and victims for `p`, given why each node failed.
-pub fn select_victims(cache: &Cache, p: &PodInfo, failures: &BTreeMap<String, Vec<Reason>>) -> Option<Victims> {
-    let policy = p.pod.spec.as_ref().map(|s| s.preemption_policy.as_str()).unwrap_or("");
+pub fn select_victims(
+    cache: &Cache,
+    p: &PodInfo,
+    failures: &BTreeMap<String, Vec<Reason>>,
+) -> Option<Victims> {
+    let policy = p
+        .pod
+        .spec
+        .as_ref()
+        .map(|s| s.preemption_policy.as_str())
+        .unwrap_or("");
     if policy == "Never" {
         return None;
     }
@@ -34,7 +43,9 @@ pub fn select_victims(cache: &Cache, p: &PodInfo, failures: &BTreeMap<String, Ve
         if reasons.is_empty() || !reasons.iter().all(Reason::preemption_can_help) {
             continue;
         }
-        let Some(info) = cache.node(name) else { continue };
+        let Some(info) = cache.node(name) else {
+            continue;
+        };
         let mut lower: Vec<_> = info
             .pods
             .values()
@@ -62,8 +73,19 @@ pub fn select_victims(cache: &Cache, p: &PodInfo, failures: &BTreeMap<String, Ve
                 victims.push(e.pod.clone());
             }
         }
-        let top = victims.iter().map(|v| priority(v)).max().unwrap_or(i32::MIN);
-        let candidate = (top, victims.len(), Victims { node: name.clone(), pods: victims });
+        let top = victims
+            .iter()
+            .map(|v| priority(v))
+            .max()
+            .unwrap_or(i32::MIN);
+        let candidate = (
+            top,
+            victims.len(),
+            Victims {
+                node: name.clone(),
+                pods: victims,
+            },
+        );
         let better = match &best {
             None => true,
             Some((t, n, _)) => (candidate.0, candidate.1) < (*t, *n),
@@ -77,7 +99,9 @@ pub fn select_victims(cache: &Cache, p: &PodInfo, failures: &BTreeMap<String, Ve
 
 #[cfg(test)]
 mod tests {
-    use skiff::api::core::v1::{Container, Node, NodeCondition, NodeStatus, PodSpec, ResourceRequirements};
+    use skiff::api::core::v1::{
+        Container, Node, NodeCondition, NodeStatus, PodSpec, ResourceRequirements,
+    };
     use skiff::api::meta::v1::ObjectMeta;
 
     use super::*;
@@ -85,14 +109,21 @@ mod tests {
 
     fn node(name: &str) -> Arc<Node> {
         Arc::new(Node {
-            metadata: Some(ObjectMeta { name: name.into(), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
             spec: None,
             status: Some(NodeStatus {
                 allocatable: [("cpu", "2"), ("memory", "8Gi"), ("pods", "10")]
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-                conditions: vec![NodeCondition { r#type: "Ready".into(), status: "True".into(), ..Default::default() }],
+                conditions: vec![NodeCondition {
+                    r#type: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         })
@@ -100,7 +131,11 @@ mod tests {
 
     fn pod(name: &str, node: &str, cpu: &str, prio: i32) -> Arc<Pod> {
         Arc::new(Pod {
-            metadata: Some(ObjectMeta { name: name.into(), namespace: "ns".into(), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            }),
             spec: Some(PodSpec {
                 node_name: node.into(),
                 priority: Some(prio),

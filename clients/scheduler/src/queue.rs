@@ -201,7 +201,11 @@ impl SchedulingQueue {
         s.in_flight.remove(&key);
         let attempts = q.attempts + 1;
         let exp = attempts.saturating_sub(1).min(16);
-        let backoff = self.config.initial_backoff.saturating_mul(1 << exp).min(self.config.max_backoff);
+        let backoff = self
+            .config
+            .initial_backoff
+            .saturating_mul(1 << exp)
+            .min(self.config.max_backoff);
         let now = Instant::now();
         s.unschedulable.insert(
             key,
@@ -219,7 +223,13 @@ impl SchedulingQueue {
     pub fn retry(&self, q: QueuedPod) {
         let key = pod_key(&q.pod);
         self.unschedulable(q);
-        if let Some(w) = self.state.lock().expect("queue lock").unschedulable.get_mut(&key) {
+        if let Some(w) = self
+            .state
+            .lock()
+            .expect("queue lock")
+            .unschedulable
+            .get_mut(&key)
+        {
             w.moved = true;
         }
     }
@@ -254,7 +264,13 @@ impl SchedulingQueue {
         let s = self.state.lock().expect("queue lock");
         s.unschedulable
             .values()
-            .map(|w| if w.moved { w.backoff_until.min(w.flush_at) } else { w.flush_at })
+            .map(|w| {
+                if w.moved {
+                    w.backoff_until.min(w.flush_at)
+                } else {
+                    w.flush_at
+                }
+            })
             .min()
     }
 
@@ -280,8 +296,15 @@ mod tests {
 
     fn pod(name: &str, prio: i32) -> Arc<Pod> {
         Arc::new(Pod {
-            metadata: Some(ObjectMeta { name: name.into(), namespace: "ns".into(), ..Default::default() }),
-            spec: Some(PodSpec { priority: Some(prio), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                priority: Some(prio),
+                ..Default::default()
+            }),
             status: None,
         })
     }

@@ -31,8 +31,12 @@ impl Resources {
     pub fn from_list(list: &BTreeMap<String, String>) -> Self {
         Self {
             milli_cpu: quantity(list, "cpu").map(|q| q.milli() as i64).unwrap_or(0),
-            memory: quantity(list, "memory").map(|q| q.value() as i64).unwrap_or(0),
-            pods: quantity(list, "pods").map(|q| q.value() as i64).unwrap_or(0),
+            memory: quantity(list, "memory")
+                .map(|q| q.value() as i64)
+                .unwrap_or(0),
+            pods: quantity(list, "pods")
+                .map(|q| q.value() as i64)
+                .unwrap_or(0),
         }
     }
 
@@ -41,7 +45,10 @@ impl Resources {
     /// With `non_zero`, containers without requests count the scoring defaults.
     pub fn of_pod(pod: &Pod, non_zero: bool) -> Self {
         let Some(spec) = &pod.spec else {
-            return Self { pods: 1, ..Default::default() };
+            return Self {
+                pods: 1,
+                ..Default::default()
+            };
         };
         let container = |c: &skiff::api::core::v1::Container| {
             let empty = BTreeMap::new();
@@ -109,7 +116,10 @@ mod tests {
             requests.insert("memory".to_string(), mem.to_string());
         }
         Container {
-            resources: Some(ResourceRequirements { requests, limits: BTreeMap::new() }),
+            resources: Some(ResourceRequirements {
+                requests,
+                limits: BTreeMap::new(),
+            }),
             ..Default::default()
         }
     }
@@ -125,7 +135,14 @@ mod tests {
             ..Default::default()
         };
         let r = Resources::of_pod(&pod, false);
-        assert_eq!(r, Resources { milli_cpu: 1000, memory: 64 << 20, pods: 1 });
+        assert_eq!(
+            r,
+            Resources {
+                milli_cpu: 1000,
+                memory: 64 << 20,
+                pods: 1
+            }
+        );
         let nz = Resources::of_pod(&pod, true);
         assert_eq!(nz.memory, (64 << 20) + DEFAULT_MEMORY);
     }

@@ -15,7 +15,9 @@ use skiff::api::core::v1::{Node, Pod, PodCondition};
 use skiff::client::{Client, Error};
 use skiff::params::DeleteParams;
 use skiff::runtime::events::{NORMAL, WARNING};
-use skiff::runtime::{Change, InformerFactory, LeaderElectionConfig, LeaderElector, ObjectKey, Recorder, Store};
+use skiff::runtime::{
+    Change, InformerFactory, LeaderElectionConfig, LeaderElector, ObjectKey, Recorder, Store,
+};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::cache::{Cache, is_terminal, pod_key};
@@ -158,7 +160,8 @@ pub async fn schedule(
                 match node_changes.recv().await {
                     Ok(Change::Applied(n)) => c.lock().expect("cache").upsert_node(n),
                     Ok(Change::Deleted(n)) => c.lock().expect("cache").remove_node(n.name()),
-                    Ok(Change::Resynced) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(Change::Resynced)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         rebuild(&c, &q, &config2, &node_store, &pod_store)
                     }
                     Err(_) => return,
@@ -189,7 +192,8 @@ pub async fn schedule(
                         cache.lock().expect("cache").remove_pod(&key);
                         queue.move_all();
                     }
-                    Ok(Change::Resynced) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(Change::Resynced)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         rebuild(&cache, &queue, &config2, &node_store, &pod_store)
                     }
                     Err(_) => return,
@@ -199,7 +203,11 @@ pub async fn schedule(
         [node_task, pod_task]
     };
 
-    let events = EventSink::start(Recorder::new(client.clone(), &config.scheduler_name, &config.identity));
+    let events = EventSink::start(Recorder::new(
+        client.clone(),
+        &config.scheduler_name,
+        &config.identity,
+    ));
     let binds = Arc::new(Semaphore::new(config.bind_concurrency.max(1)));
     let pod_store = pods.store();
     let mut next_start = 0usize;
@@ -224,20 +232,43 @@ pub async fn schedule(
         let (result, total) = {
             let cache = cache.lock().expect("cache");
             let total = cache.node_count();
-            let s = search(&cache, &info, next_start, config.weights, config.percentage_of_nodes_to_score);
+            let s = search(
+                &cache,
+                &info,
+                next_start,
+                config.weights,
+                config.percentage_of_nodes_to_score,
+            );
             (s, total)
         };
-        next_start = if total == 0 { 0 } else { (next_start + result.tried) % total };
+        next_start = if total == 0 {
+            0
+        } else {
+            (next_start + result.tried) % total
+        };
         if !result.feasible.is_empty() {
             let best = result.feasible.iter().map(|(_, s)| *s).max().unwrap_or(0);
-            let ties: Vec<&String> = result.feasible.iter().filter(|(_, s)| *s == best).map(|(n, _)| n).collect();
+            let ties: Vec<&String> = result
+                .feasible
+                .iter()
+                .filter(|(_, s)| *s == best)
+                .map(|(n, _)| n)
+                .collect();
             let node = ties[rand::rng().random_range(0..ties.len())].clone();
             cache.lock().expect("cache").assume(latest.clone(), &node);
             let permit = binds.clone().acquire_owned().await.expect("semaphore open");
-            let (client, cache, queue, stats, events) =
-                (client.clone(), cache.clone(), queue.clone(), stats.clone(), events.clone());
+            let (client, cache, queue, stats, events) = (
+                client.clone(),
+                cache.clone(),
+                queue.clone(),
+                stats.clone(),
+                events.clone(),
+            );
             tokio::spawn(async move {
-                let result = client.pods(latest.namespace()).bind(latest.name(), &node).await;
+                let result = client
+                    .pods(latest.namespace())
+                    .bind(latest.name(), &node)
+                    .await;
                 drop(permit);
                 match result {
                     Ok(bound) => {
@@ -280,15 +311,24 @@ pub async fn schedule(
                 let events = events.clone();
                 tokio::spawn(async move {
                     match api.delete(&name, &DeleteParams::default()).await {
-                        Ok(_) | Err(Error::NotFound(_)) => events.send(victim, NORMAL, "Preempted", preempted),
-                        Err(e) => tracing::warn!(pod = %name, error = %e, "could not evict a preemption victim"),
+                        Ok(_) | Err(Error::NotFound(_)) => {
+                            events.send(victim, NORMAL, "Preempted", preempted)
+                        }
+                        Err(e) => {
+                            tracing::warn!(pod = %name, error = %e, "could not evict a preemption victim")
+                        }
                     }
                 });
             }
         }
         tracing::debug!(pod = %key, %message, "unschedulable");
         events.send(latest.clone(), WARNING, "FailedScheduling", message.clone());
-        tokio::spawn(mark_unschedulable(client.clone(), latest, message, nominated));
+        tokio::spawn(mark_unschedulable(
+            client.clone(),
+            latest,
+            message,
+            nominated,
+        ));
         queue.unschedulable(q);
     }
     queue.close();
@@ -298,7 +338,13 @@ pub async fn schedule(
 }
 
 /// Rebuilds the cache and queue from the informers' stores.
-fn rebuild(cache: &Mutex<Cache>, queue: &SchedulingQueue, config: &SchedulerConfig, nodes: &Store<Node>, pods: &Store<Pod>) {
+fn rebuild(
+    cache: &Mutex<Cache>,
+    queue: &SchedulingQueue,
+    config: &SchedulerConfig,
+    nodes: &Store<Node>,
+    pods: &Store<Pod>,
+) {
     let mut fresh = Cache::new();
     for n in nodes.list() {
         fresh.upsert_node(n);
@@ -320,7 +366,12 @@ fn rebuild(cache: &Mutex<Cache>, queue: &SchedulingQueue, config: &SchedulerConf
 }
 
 /// Writes `PodScheduled=False` (and the nominated node) into a pod's status.
-async fn mark_unschedulable(client: Client, pod: Arc<Pod>, message: String, nominated: Option<String>) {
+async fn mark_unschedulable(
+    client: Client,
+    pod: Arc<Pod>,
+    message: String,
+    nominated: Option<String>,
+) {
     let api = client.pods(pod.namespace());
     let mut current = (*pod).clone();
     for _ in 0..3 {
@@ -337,7 +388,9 @@ async fn mark_unschedulable(client: Client, pod: Arc<Pod>, message: String, nomi
             .conditions
             .iter()
             .any(|c| c.r#type == "PodScheduled" && c.status == "False" && c.message == message)
-            && nominated.as_ref().is_none_or(|n| *n == status.nominated_node_name);
+            && nominated
+                .as_ref()
+                .is_none_or(|n| *n == status.nominated_node_name);
         if unchanged {
             return;
         }

@@ -1,0 +1,436 @@
+//! The scheduler against a real API server with registered nodes: resource
+//! fit, selectors and affinity, taints, spreading, a pod waiting until a
+//! node appears, preemption, and two replicas of which only the leader binds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use skiff::Resource;
+use skiff::api::core::v1::{
+    Container, Node, Pod, PodSpec, ResourceRequirements, Taint, Toleration,
+};
+use skiff::api::meta::v1::{ObjectMeta, OwnerReference};
+use skiff::client::Client;
+use skiff::params::ListParams;
+use skiff::runtime::LeaderElectionConfig;
+use skiff_apiserver::testing::TestServer;
+use skiff_e2e::sim::{PodReaper, node};
+use skiff_scheduler::queue::QueueConfig;
+use skiff_scheduler::{SchedulerConfig, SchedulerStats};
+
+fn pod(name: &str, cpu: &str) -> Pod {
+    Pod {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: "busybox".into(),
+                resources: Some(ResourceRequirements {
+                    requests: [("cpu".to_string(), cpu.to_string())].into(),
+                    limits: BTreeMap::new(),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+struct Cluster {
+    server: TestServer,
+    client: Client,
+    stats: Arc<SchedulerStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn fast_queue() -> QueueConfig {
+    QueueConfig {
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(500),
+        flush_after: Duration::from_secs(5),
+    }
+}
+
+impl Cluster {
+    async fn start(nodes: Vec<Node>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::embedded(dir.path()).await;
+        let client = Client::connect_to(&server.addr.to_string()).await.unwrap();
+        for n in nodes {
+            client.nodes().create(&n).await.unwrap();
+        }
+        let stats = Arc::new(SchedulerStats::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = SchedulerConfig {
+            queue: fast_queue(),
+            ..SchedulerConfig::new("test-scheduler")
+        };
+        let task = tokio::spawn(skiff_scheduler::schedule(
+            client.clone(),
+            config,
+            stats.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            server,
+            client,
+            stats,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    async fn node_of(&self, name: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let p = self.client.pods("default").get(name).await.unwrap();
+            let n = p.spec.unwrap().node_name;
+            if !n.is_empty() {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} was not scheduled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn unschedulable_message(&self, name: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let p = self.client.pods("default").get(name).await.unwrap();
+            assert!(
+                p.spec.as_ref().unwrap().node_name.is_empty(),
+                "{name} must not be bound"
+            );
+            if let Some(c) = p.status.as_ref().and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.r#type == "PodScheduled" && c.status == "False")
+            }) {
+                assert_eq!(c.reason, "Unschedulable");
+                return c.message.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} was never marked unschedulable"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Events matching a field selector, once there are some (they are written asynchronously).
+    async fn events(&self, selector: &str) -> Vec<skiff::api::core::v1::Event> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = self
+                .client
+                .events("default")
+                .list(&ListParams {
+                    field_selector: selector.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if !list.items.is_empty() {
+                return list.items;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no event matching {selector}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        drop(self.server);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_fill_nodes_by_resources_and_wait_for_a_new_node() {
+    let c = Cluster::start(
+        (1..=3)
+            .map(|i| node(&format!("n{i}"), "2", "4Gi", 110, &[]))
+            .collect(),
+    )
+    .await;
+    for i in 0..6 {
+        c.client
+            .pods("default")
+            .create(&pod(&format!("p{i}"), "1"))
+            .await
+            .unwrap();
+    }
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..6 {
+        *per_node
+            .entry(c.node_of(&format!("p{i}")).await)
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
+
+    c.client
+        .pods("default")
+        .create(&pod("extra", "1"))
+        .await
+        .unwrap();
+    let message = c.unschedulable_message("extra").await;
+    assert_eq!(message, "0/3 nodes are available: 3 Insufficient cpu.");
+    let events = c
+        .events("involvedObject.name=extra,reason=FailedScheduling")
+        .await;
+    assert_eq!(events[0].r#type, "Warning");
+    assert_eq!(events[0].message, message);
+
+    // A new node: the waiting pod goes there.
+    c.client
+        .nodes()
+        .create(&node("n4", "2", "4Gi", 110, &[]))
+        .await
+        .unwrap();
+    assert_eq!(c.node_of("extra").await, "n4");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_affinity_and_taints_decide_where_pods_go() {
+    let mut tainted = node("gpu", "8", "8Gi", 110, &[("zone", "b")]);
+    tainted.spec.as_mut().unwrap().taints.push(Taint {
+        key: "dedicated".into(),
+        value: "gpu".into(),
+        effect: "NoSchedule".into(),
+        time_added: None,
+    });
+    let c = Cluster::start(vec![
+        node("a1", "2", "4Gi", 110, &[("zone", "a")]),
+        node("b1", "2", "4Gi", 110, &[("zone", "b")]),
+        tainted,
+    ])
+    .await;
+    let api = c.client.pods("default");
+    let mut in_b = pod("in-b", "100m");
+    in_b.spec.as_mut().unwrap().node_selector = [("zone".to_string(), "b".to_string())].into();
+    api.create(&in_b).await.unwrap();
+    assert_eq!(
+        c.node_of("in-b").await,
+        "b1",
+        "the tainted zone-b node is avoided"
+    );
+
+    let mut tolerant = pod("tolerant", "4");
+    tolerant
+        .spec
+        .as_mut()
+        .unwrap()
+        .tolerations
+        .push(Toleration {
+            key: "dedicated".into(),
+            operator: "Equal".into(),
+            value: "gpu".into(),
+            effect: "NoSchedule".into(),
+            toleration_seconds: None,
+        });
+    api.create(&tolerant).await.unwrap();
+    assert_eq!(
+        c.node_of("tolerant").await,
+        "gpu",
+        "only the gpu node has 4 CPUs, and it is tolerated"
+    );
+
+    let mut nowhere = pod("nowhere", "100m");
+    nowhere.spec.as_mut().unwrap().node_selector = [("zone".to_string(), "c".to_string())].into();
+    api.create(&nowhere).await.unwrap();
+    let message = c.unschedulable_message("nowhere").await;
+    assert!(
+        message.starts_with("0/3 nodes are available: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("node(s) didn't match Pod's node affinity/selector"),
+        "{message}"
+    );
+
+    let mut big = pod("big", "4");
+    big.spec.as_mut().unwrap().node_selector = [("zone".to_string(), "b".to_string())].into();
+    api.create(&big).await.unwrap();
+    let message = c.unschedulable_message("big").await;
+    // Every reason of every node counts: a1 lacks both the label and the CPU.
+    assert_eq!(
+        message,
+        "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) didn't match Pod's node affinity/selector, \
+         1 node(s) had untolerated taint {dedicated: gpu}."
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_sets_pods_spread_across_nodes() {
+    let c = Cluster::start(
+        (1..=3)
+            .map(|i| node(&format!("n{i}"), "16", "32Gi", 110, &[]))
+            .collect(),
+    )
+    .await;
+    for i in 0..6 {
+        let mut p = pod(&format!("web-{i}"), "10m");
+        p.meta_mut().owner_references.push(OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "web".into(),
+            uid: "web-uid".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        });
+        c.client.pods("default").create(&p).await.unwrap();
+        // One at a time, so each placement sees the previous ones.
+        c.node_of(&format!("web-{i}")).await;
+    }
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..6 {
+        *per_node
+            .entry(c.node_of(&format!("web-{i}")).await)
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_pod_preempts_lower_priority_pods() {
+    let c = Cluster::start(vec![node("only", "2", "4Gi", 110, &[])]).await;
+    let _reaper = PodReaper::start(c.client.clone());
+    let api = c.client.pods("default");
+    for i in 0..2 {
+        let mut p = pod(&format!("low-{i}"), "1");
+        p.spec.as_mut().unwrap().priority = Some(1);
+        api.create(&p).await.unwrap();
+        c.node_of(&format!("low-{i}")).await;
+    }
+    let mut urgent = pod("urgent", "1");
+    urgent.spec.as_mut().unwrap().priority = Some(100);
+    api.create(&urgent).await.unwrap();
+    assert_eq!(c.node_of("urgent").await, "only");
+    let left: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "exactly one victim was evicted: {left:?}");
+    assert!(c.stats.preemptions.load(Ordering::Relaxed) >= 1);
+    let preempted = c.events("reason=Preempted").await;
+    assert!(
+        preempted[0]
+            .message
+            .starts_with("Preempted by default/urgent"),
+        "{:?}",
+        preempted[0]
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_scheduler_replicas_only_the_leader_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::embedded(dir.path()).await;
+    let client = Client::connect_to(&server.addr.to_string()).await.unwrap();
+    for i in 1..=3 {
+        client
+            .nodes()
+            .create(&node(&format!("n{i}"), "64", "64Gi", 110, &[]))
+            .await
+            .unwrap();
+    }
+    let mut replicas = Vec::new();
+    for id in ["s1", "s2"] {
+        let stats = Arc::new(SchedulerStats::default());
+        let config = SchedulerConfig {
+            leader_election: Some(LeaderElectionConfig {
+                lease_duration: Duration::from_secs(2),
+                renew_deadline: Duration::from_millis(1500),
+                retry_period: Duration::from_millis(200),
+                ..LeaderElectionConfig::new("skiff-system", "skiff-scheduler", id)
+            }),
+            queue: fast_queue(),
+            ..SchedulerConfig::new(id)
+        };
+        let c = Client::connect_to(&server.addr.to_string()).await.unwrap();
+        let task = tokio::spawn(skiff_scheduler::run(
+            c,
+            config,
+            stats.clone(),
+            std::future::pending(),
+        ));
+        replicas.push((stats, task));
+    }
+    let api = client.pods("default");
+    for i in 0..30 {
+        api.create(&pod(&format!("p{i}"), "100m")).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let bound = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| !p.spec.as_ref().unwrap().node_name.is_empty())
+            .count();
+        if bound == 30 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {bound} of 30 bound"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bound: Vec<u64> = replicas
+        .iter()
+        .map(|(s, _)| s.bound.load(Ordering::Relaxed))
+        .collect();
+    let errors: Vec<u64> = replicas
+        .iter()
+        .map(|(s, _)| s.bind_errors.load(Ordering::Relaxed))
+        .collect();
+    assert!(
+        bound.contains(&30) && bound.contains(&0),
+        "one replica bound everything: {bound:?}"
+    );
+    assert_eq!(errors, [0, 0], "no pod was bound twice");
+    for (_, t) in replicas {
+        t.abort();
+    }
+}
