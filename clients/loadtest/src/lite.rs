@@ -19,23 +19,66 @@ pub struct LiteEvent {
     pub object: Option<LiteObject>,
 }
 
-/// An object, metadata only.
+/// An object, metadata (and a pod's node) only.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LiteObject {
     /// Its metadata.
     #[prost(message, optional, tag = "1")]
     pub metadata: Option<LiteMeta>,
+    /// A pod's spec, node name only.
+    #[prost(message, optional, tag = "2")]
+    pub spec: Option<LitePodSpec>,
+    /// A pod's status, phase only.
+    #[prost(message, optional, tag = "3")]
+    pub status: Option<LitePodStatus>,
 }
 
 /// The part of metadata the load test reads.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LiteMeta {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: String,
     /// Resource version.
     #[prost(string, tag = "5")]
     pub resource_version: String,
 }
 
+/// The part of a pod spec the load test reads.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LitePodSpec {
+    /// Node the pod is bound to.
+    #[prost(string, tag = "8")]
+    pub node_name: String,
+}
+
+/// The part of a pod status the load test reads.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LitePodStatus {
+    /// Phase.
+    #[prost(string, tag = "1")]
+    pub phase: String,
+}
+
 impl LiteEvent {
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.object
+            .as_ref()
+            .and_then(|o| o.metadata.as_ref())
+            .map(|m| m.name.as_str())
+            .unwrap_or("")
+    }
+
+    /// A pod's node name.
+    pub fn node_name(&self) -> &str {
+        self.object
+            .as_ref()
+            .and_then(|o| o.spec.as_ref())
+            .map(|s| s.node_name.as_str())
+            .unwrap_or("")
+    }
+
     /// The event's resource version, 0 if absent.
     pub fn resource_version(&self) -> u64 {
         self.object

@@ -2,6 +2,7 @@
 
 mod lite;
 mod report;
+mod scheduler;
 mod server;
 mod watch;
 
@@ -20,6 +21,8 @@ struct Cli {
 enum Scenario {
     /// Watch fan-out: many watchers, many writers, delivery rate and latency.
     Watch(watch::Args),
+    /// Scheduler throughput: simulated nodes, pods created as fast as possible.
+    Scheduler(scheduler::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +33,37 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.scenario {
             Scenario::Watch(args) => watch::run(args).await,
+            Scenario::Scheduler(args) => scheduler::run(args).await,
         }
     })
+}
+
+/// A progress bar on standard error.
+pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_owned());
+    bar
+}
+
+/// Creates a namespace unless it exists.
+pub(crate) async fn ensure_namespace(
+    client: &skiff::client::Client,
+    name: &str,
+) -> anyhow::Result<()> {
+    let ns = skiff::api::core::v1::Namespace {
+        metadata: Some(skiff::api::meta::v1::ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match client.namespaces().create(&ns).await {
+        Ok(_) | Err(skiff::client::Error::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("creating namespace {name}"))),
+    }
 }

@@ -111,6 +111,33 @@ impl ServerUnderTest {
     }
 }
 
+/// A component process (`skiff scheduler`, …) started against the server, stopped on drop.
+pub struct Component {
+    child: Child,
+}
+
+impl Component {
+    /// Starts `skiff <args> --server <addr>`.
+    pub fn start(addr: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let bin = skiff_bin();
+        let child = Command::new(&bin)
+            .args(args)
+            .args(["--server", addr])
+            .env("SKIFF_CONFIG", "/nonexistent/loadtest-config")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} {}", bin.display(), args.join(" ")))?;
+        Ok(Self { child })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
 /// Resident memory of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Args as ClapArgs;
 use futures::StreamExt;
 use skiff::Resource;
-use skiff::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use skiff::api::core::v1::{Container, Pod, PodSpec};
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::client::{Credentials, ResourceClient, Transport, connect};
 use skiff::params::{DeleteParams, ListParams, WatchParams};
@@ -105,18 +105,11 @@ fn pod(name: &str, size: usize) -> Pod {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = ServerUnderTest::start(&args.server).await?;
     let admin = connect(&server.addr, Credentials::none()).await?;
-    let ns = Namespace {
-        metadata: Some(ObjectMeta {
-            name: NAMESPACE.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    if let Err(e) = Namespace::create_in(admin.clone(), ns).await
-        && e.code() != tonic::Code::AlreadyExists
-    {
-        return Err(e).context("creating the loadtest namespace");
-    }
+    crate::ensure_namespace(
+        &skiff::client::Client::connect_to(&server.addr).await?,
+        NAMESPACE,
+    )
+    .await?;
     let start_rv = Pod::list_in(
         admin.clone(),
         ListParams {
@@ -138,7 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let delivered = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let bar = progress(args.watchers as u64, "starting watchers");
+    let bar = crate::progress(args.watchers as u64, "starting watchers");
     let streams: Vec<_> = futures::stream::iter(0..args.watchers)
         .map(|i| {
             let t = transports[i % connections].clone();
@@ -243,7 +236,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             acks
         }));
     }
-    let bar = progress(args.duration.as_secs().max(1), "running");
+    let bar = crate::progress(args.duration.as_secs().max(1), "running");
     while started.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let secs = started.elapsed().as_secs_f64();
@@ -319,15 +312,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     r.print(args.json);
     Ok(())
-}
-
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_owned());
-    bar
 }
