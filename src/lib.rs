@@ -16,6 +16,7 @@ pub mod resource;
 pub mod runtime;
 pub mod selector;
 pub mod server;
+pub mod token;
 pub mod wire;
 
 #[allow(missing_docs, unused_mut, clippy::all, clippy::pedantic)]

@@ -31,7 +31,7 @@ use crate::store::{ObjectStore, ReadVersion, StorageStore};
 use crate::strategy::Strategy;
 
 /// Namespaces that exist from the first start.
-pub const BOOTSTRAP_NAMESPACES: &[&str] = &["default", "skiff-system"];
+pub const BOOTSTRAP_NAMESPACES: &[&str] = &["default", "skiff-system", "skiff-node-lease"];
 
 /// Which storage backend to use.
 #[derive(Debug, Clone)]

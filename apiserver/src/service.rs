@@ -27,6 +27,11 @@ use crate::store::{
 use crate::strategy::Strategy;
 use crate::validation::{check_name, validate_meta};
 
+/// Finalizer of an object deleted with `Foreground` propagation.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// Finalizer of an object deleted with `Orphan` propagation.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
 /// Largest object the server stores (etcd's request limit).
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 
@@ -351,6 +356,31 @@ impl<K: Strategy> ResourceServer<K> {
             }
             let old_rv = old.resource_version() as i64;
             let grace = old.graceful_delete_seconds(p.grace_period_seconds);
+            // Foreground and Orphan propagation are carried out by the garbage
+            // collector, through these finalizers (as in Kubernetes).
+            let propagation = match p.propagation_policy.as_str() {
+                "Foreground" => Some(FOREGROUND_FINALIZER),
+                "Orphan" => Some(ORPHAN_FINALIZER),
+                _ => None,
+            };
+            if let Some(f) = propagation
+                && old.meta().deletion_timestamp.is_none()
+                && !old.meta().finalizers.iter().any(|x| x == f)
+            {
+                let mut new = old.clone();
+                new.meta_mut().finalizers.push(f.to_owned());
+                let grace = grace.unwrap_or(0);
+                {
+                    let m = new.meta_mut();
+                    m.deletion_timestamp = Some(timestamp_after(Duration::from_secs(grace as u64)));
+                    m.deletion_grace_period_seconds = Some(grace);
+                }
+                new.mark_deleting();
+                match self.store.update(new, old_rv).await {
+                    Err(ApiError::Conflict { .. }) if precondition_rv.is_none() => continue,
+                    other => return other,
+                }
+            }
             let pending = old.has_pending_finalizers();
             let result = if old.meta().deletion_timestamp.is_some() {
                 // Already being deleted: finish it if nothing remains to wait for.

@@ -229,4 +229,157 @@ pub mod sim {
             self.0.abort();
         }
     }
+
+    /// A simulated node: it renews its Lease and Ready condition, runs the
+    /// pods bound to it (Running and Ready at once, with an IP), and
+    /// finishes their graceful deletion. `stop` makes it go silent, as a
+    /// machine that dies.
+    pub struct SimNode {
+        /// Node name.
+        pub name: String,
+        stop: tokio::sync::watch::Sender<bool>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl SimNode {
+        /// Registers node `name` (index `index` picks its pod IPs) and starts it.
+        pub async fn start(
+            client: Client,
+            name: &str,
+            index: u8,
+            heartbeat: std::time::Duration,
+        ) -> Self {
+            use skiff::api::coordination::v1::{Lease, LeaseSpec};
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            match client
+                .nodes()
+                .create(&node(name, "8", "16Gi", 110, &[]))
+                .await
+            {
+                Ok(_) | Err(skiff::client::Error::AlreadyExists(_)) => {}
+                Err(e) => panic!("registering {name}: {e}"),
+            }
+            let mut tasks = Vec::new();
+            // Heartbeats: the lease, and the Ready condition's heartbeat time.
+            let (c, n, mut s) = (client.clone(), name.to_owned(), stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                let leases = c.leases("skiff-node-lease");
+                loop {
+                    let now: prost_types::Timestamp = std::time::SystemTime::now().into();
+                    let lease = match leases.get_opt(&n).await {
+                        Ok(Some(mut l)) => {
+                            l.spec.get_or_insert_with(Default::default).renew_time = Some(now);
+                            leases.update(&l).await.map(|_| ())
+                        }
+                        Ok(None) => leases
+                            .create(&Lease {
+                                metadata: Some(ObjectMeta {
+                                    name: n.clone(),
+                                    ..Default::default()
+                                }),
+                                spec: Some(LeaseSpec {
+                                    holder_identity: Some(n.clone()),
+                                    lease_duration_seconds: Some(40),
+                                    renew_time: Some(now),
+                                    ..Default::default()
+                                }),
+                            })
+                            .await
+                            .map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    let _ = lease;
+                    if let Ok(mut node) = c.nodes().get(&n).await {
+                        let status = node.status.get_or_insert_with(Default::default);
+                        if let Some(cond) =
+                            status.conditions.iter_mut().find(|c| c.r#type == "Ready")
+                        {
+                            if cond.status != "True" {
+                                cond.last_transition_time = Some(now);
+                            }
+                            cond.status = "True".into();
+                            cond.reason = "KubeletReady".into();
+                            cond.last_heartbeat_time = Some(now);
+                        }
+                        let _ = c.nodes().update_status(&node).await;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(heartbeat) => {}
+                        _ = s.wait_for(|s| *s) => return,
+                    }
+                }
+            }));
+            // Pods bound here.
+            let (c, n, mut s) = (client.clone(), name.to_owned(), stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                let api = c.all::<Pod>();
+                let config = WatcherConfig::default().fields(&format!("spec.nodeName={n}"));
+                let mut events = std::pin::pin!(watcher(api, config));
+                let mut next_ip = 2u8;
+                loop {
+                    let ev = tokio::select! {
+                        ev = events.next() => ev,
+                        _ = s.wait_for(|s| *s) => return,
+                    };
+                    let Some(ev) = ev else { return };
+                    let pod = match ev {
+                        Ok(Event::Apply(p) | Event::InitApply(p)) => p,
+                        _ => continue,
+                    };
+                    let pods = c.pods(pod.namespace());
+                    if pod.meta().deletion_timestamp.is_some() {
+                        let _ = pods
+                            .delete(
+                                pod.name(),
+                                &DeleteParams {
+                                    grace_period_seconds: Some(0),
+                                    ..Default::default()
+                                },
+                            )
+                            .await;
+                        continue;
+                    }
+                    let running = pod.status.as_ref().is_some_and(|s| s.phase == "Running");
+                    if running {
+                        continue;
+                    }
+                    let mut p = pod.clone();
+                    let now: prost_types::Timestamp = std::time::SystemTime::now().into();
+                    let status = p.status.get_or_insert_with(Default::default);
+                    status.phase = "Running".into();
+                    status.pod_ip = format!("127.200.{index}.{next_ip}");
+                    status.host_ip = "127.0.0.1".into();
+                    next_ip = next_ip.wrapping_add(1).max(2);
+                    for kind in ["Initialized", "ContainersReady", "Ready"] {
+                        status.conditions.retain(|c| c.r#type != kind);
+                        status.conditions.push(skiff::api::core::v1::PodCondition {
+                            r#type: kind.into(),
+                            status: "True".into(),
+                            last_transition_time: Some(now),
+                            ..Default::default()
+                        });
+                    }
+                    let _ = pods.update_status(&p).await;
+                }
+            }));
+            Self {
+                name: name.to_owned(),
+                stop,
+                tasks,
+            }
+        }
+
+        /// Goes silent: no heartbeats, no pod handling.
+        pub fn stop(&self) {
+            let _ = self.stop.send(true);
+        }
+    }
+
+    impl Drop for SimNode {
+        fn drop(&mut self) {
+            for t in &self.tasks {
+                t.abort();
+            }
+        }
+    }
 }

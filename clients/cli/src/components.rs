@@ -53,3 +53,94 @@ pub async fn scheduler(args: SchedulerArgs, server: Option<&str>) -> anyhow::Res
     skiff_scheduler::run(client, config, stats, apiserver::shutdown_signal()).await?;
     Ok(())
 }
+
+/// Flags of `skiff controller-manager`.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  \
+    skiff controller-manager\n  \
+    skiff controller-manager --controllers replicaset,deployment --leader-elect=false")]
+pub struct ControllerManagerArgs {
+    /// Elect one active replica through a Lease in skiff-system.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// This replica's identity (default: hostname and process id).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Controllers to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub controllers: Vec<String>,
+    /// Concurrent reconciles per controller.
+    #[arg(long, default_value_t = 4)]
+    pub concurrent_syncs: usize,
+    /// A node is unreachable after this long without a heartbeat.
+    #[arg(long, default_value = "40s", value_parser = apiserver::parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// How often nodes are checked.
+    #[arg(long, default_value = "5s", value_parser = apiserver::parse_duration)]
+    pub node_monitor_period: std::time::Duration,
+    /// How long pods stay on an unreachable node before they are evicted.
+    #[arg(long, default_value = "300s", value_parser = apiserver::parse_duration)]
+    pub pod_eviction_timeout: std::time::Duration,
+    /// Pod address range nodes get blocks of (inside 127.0.0.0/8: pods are reachable on this machine).
+    #[arg(long, default_value = skiff_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: String,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Key signing service-account tokens (created if missing); without it no tokens are issued.
+    #[arg(long)]
+    pub service_account_key_file: Option<std::path::PathBuf>,
+}
+
+/// Controller configuration from flags.
+pub fn controllers_config(
+    args: &ControllerManagerArgs,
+    identity: &str,
+) -> anyhow::Result<skiff_controllers::ControllersConfig> {
+    let mut config = skiff_controllers::ControllersConfig::new(identity);
+    if !args.controllers.is_empty() {
+        for c in &args.controllers {
+            if c != "*" && !skiff_controllers::ALL.contains(&c.as_str()) {
+                anyhow::bail!(
+                    "unknown controller {c:?}; known: {}",
+                    skiff_controllers::ALL.join(", ")
+                );
+            }
+        }
+        config.controllers = args.controllers.clone();
+    }
+    config.workers = args.concurrent_syncs.max(1);
+    config.node_monitor_grace = args.node_monitor_grace_period;
+    config.node_monitor_period = args.node_monitor_period;
+    config.pod_eviction_timeout = args.pod_eviction_timeout;
+    config.cluster_cidr = args.cluster_cidr.clone();
+    config.node_cidr_mask = args.node_cidr_mask_size;
+    skiff_controllers::nodeipam::CidrAllocator::new(&config.cluster_cidr, config.node_cidr_mask)?;
+    if let Some(path) = &args.service_account_key_file {
+        config.service_account_key = Some(Arc::new(skiff::token::load_or_create_key(path)?));
+    }
+    if args.leader_elect {
+        config.leader_election = Some(LeaderElectionConfig::new(
+            "skiff-system",
+            "skiff-controller-manager",
+            identity,
+        ));
+    }
+    Ok(config)
+}
+
+/// Runs `skiff controller-manager` until Ctrl-C or SIGTERM.
+pub async fn controller_manager(
+    args: ControllerManagerArgs,
+    server: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = ctx::client(server).await?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| default_identity("controller-manager"));
+    let config = controllers_config(&args, &identity)?;
+    tracing::info!(server = client.server(), %identity, controllers = ?config.controllers, "controller manager starting");
+    skiff_controllers::run(client, config, apiserver::shutdown_signal()).await?;
+    Ok(())
+}

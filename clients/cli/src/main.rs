@@ -8,6 +8,7 @@ mod describe;
 mod get;
 mod misc;
 mod printers;
+mod rollout;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ enum Command {
     Apiserver(apiserver::Args),
     /// Run the scheduler.
     Scheduler(components::SchedulerArgs),
+    /// Run the controller manager.
+    ControllerManager(components::ControllerManagerArgs),
     /// Display one or many objects.
     Get(get::Args),
     /// Show one object in detail, with its events.
@@ -43,6 +46,9 @@ enum Command {
     Delete(apply::DeleteArgs),
     /// Set the number of pods of a deployment or replica set.
     Scale(misc::ScaleArgs),
+    /// Manage rollouts.
+    #[command(subcommand)]
+    Rollout(rollout::Rollout),
     /// Print the client version and whether the server answers.
     Version,
     /// List the kinds the API serves.
@@ -101,6 +107,8 @@ fn main() {
         match cli.command {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Scheduler(args) => components::scheduler(args, server).await,
+            Command::ControllerManager(args) => components::controller_manager(args, server).await,
+            Command::Rollout(cmd) => rollout::run(cmd, server).await,
             Command::Get(args) => get::run(args, server).await,
             Command::Describe(args) => describe::run(args, server).await,
             Command::Apply(args) => apply::apply(args, server).await,

@@ -339,6 +339,9 @@ pub struct Search {
     pub tried: usize,
 }
 
+/// A node's outcome: (score, pods of the same owner) when feasible, reasons otherwise.
+type Evaluation = Result<(i64, u32), Vec<Reason>>;
+
 /// Filters and scores nodes for `p`, starting at `start` in the cache's
 /// order, in parallel, until enough feasible nodes are found.
 pub fn search(
@@ -359,7 +362,7 @@ pub fn search(
     }
     let want = feasible_nodes_to_find(n, percentage);
     let found = AtomicUsize::new(0);
-    let evaluate = |i: usize| -> Option<(String, Result<(i64, u32), Vec<Reason>>)> {
+    let evaluate = |i: usize| -> Option<(String, Evaluation)> {
         if found.load(Ordering::Relaxed) >= want {
             return None;
         }

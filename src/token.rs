@@ -1,0 +1,208 @@
+//! Service-account tokens: JWTs signed with Ed25519 (`alg: EdDSA`) naming
+//! the service account, its uid and the Secret holding the token, as
+//! Kubernetes' legacy service-account tokens do. The controller manager
+//! signs them; the API server verifies them and checks that the account
+//! and secret still exist (so deleting either revokes the token).
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Issuer of service-account tokens.
+pub const ISSUER: &str = "skiff/serviceaccount";
+
+/// What a service-account token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject: `system:serviceaccount:<namespace>:<name>`.
+    pub sub: String,
+    /// Namespace of the account.
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace")]
+    pub namespace: String,
+    /// Name of the account.
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name")]
+    pub name: String,
+    /// Uid of the account.
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid")]
+    pub uid: String,
+    /// Secret holding the token.
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
+    pub secret: String,
+}
+
+impl Claims {
+    /// Claims for the account `namespace/name` with `uid`, stored in `secret`.
+    pub fn new(namespace: &str, name: &str, uid: &str, secret: &str) -> Self {
+        Self {
+            iss: ISSUER.to_owned(),
+            sub: format!("system:serviceaccount:{namespace}:{name}"),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            secret: secret.to_owned(),
+        }
+    }
+}
+
+/// Why a token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not three base64url parts of JSON.
+    #[error("malformed token")]
+    Malformed,
+    /// Another algorithm than EdDSA.
+    #[error("unsupported token algorithm")]
+    Algorithm,
+    /// The signature does not verify.
+    #[error("invalid token signature")]
+    Signature,
+    /// Not issued for service accounts.
+    #[error("token not issued by {ISSUER}")]
+    Issuer,
+}
+
+/// Why a key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read or written.
+    #[error("service-account key {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not hold a key.
+    #[error("service-account key {0}: not a base64 Ed25519 seed")]
+    Format(String),
+}
+
+/// Signs `claims` into a compact JWT.
+pub fn sign(claims: &Claims, key: &SigningKey) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
+    let signing_input = format!("{header}.{payload}");
+    let signature = key.sign(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    )
+}
+
+/// Verifies a token's signature and issuer; returns its claims.
+pub fn verify(token: &str, key: &VerifyingKey) -> Result<Claims, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(h)
+            .map_err(|_| TokenError::Malformed)?,
+    )
+    .map_err(|_| TokenError::Malformed)?;
+    if header.get("alg").and_then(|a| a.as_str()) != Some("EdDSA") {
+        return Err(TokenError::Algorithm);
+    }
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| TokenError::Malformed)?;
+    let sig = Signature::from_slice(&sig).map_err(|_| TokenError::Malformed)?;
+    key.verify(format!("{h}.{p}").as_bytes(), &sig)
+        .map_err(|_| TokenError::Signature)?;
+    let claims: Claims = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| TokenError::Malformed)?,
+    )
+    .map_err(|_| TokenError::Malformed)?;
+    if claims.iss != ISSUER {
+        return Err(TokenError::Issuer);
+    }
+    Ok(claims)
+}
+
+/// A new random signing key.
+pub fn generate_key() -> SigningKey {
+    let seed: [u8; 32] = rand::random();
+    SigningKey::from_bytes(&seed)
+}
+
+/// Reads a key file (a base64 Ed25519 seed), creating one if it does not exist.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if !path.exists() {
+        let key = generate_key();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(
+            path,
+            base64::engine::general_purpose::STANDARD.encode(key.to_bytes()),
+        )
+        .map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+        return Ok(key);
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| KeyError::Format(path.display().to_string()))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| KeyError::Format(path.display().to_string()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_with_their_key_and_unchanged() {
+        let key = generate_key();
+        let claims = Claims::new("ns", "default", "uid-1", "default-token-abcde");
+        let token = sign(&claims, &key);
+        assert_eq!(verify(&token, &key.verifying_key()).unwrap(), claims);
+        assert_eq!(
+            verify(&token, &generate_key().verifying_key()),
+            Err(TokenError::Signature)
+        );
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&Claims::new("ns", "admin", "u", "s")).unwrap());
+        parts[1] = &forged;
+        assert_eq!(
+            verify(&parts.join("."), &key.verifying_key()),
+            Err(TokenError::Signature)
+        );
+        assert_eq!(
+            verify("not-a-token", &key.verifying_key()),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn key_files_are_created_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sa.key");
+        let a = load_or_create_key(&path).unwrap();
+        let b = load_or_create_key(&path).unwrap();
+        assert_eq!(a.to_bytes(), b.to_bytes());
+    }
+}
