@@ -40,6 +40,15 @@ pub mod coordination {
     }
 }
 
+/// `skiff.kubelet.v1`: the node agent's own service (logs, exec), reached through the API server.
+pub mod kubelet {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.kubelet.v1.rs"));
+    }
+}
+
 /// `skiff.rbac.v1`: roles and bindings.
 pub mod rbac {
     /// Version 1.

@@ -6,6 +6,7 @@ pub mod cacher;
 pub mod compactor;
 pub mod error;
 pub mod keys;
+pub mod kubelets;
 pub mod limits;
 pub mod predicate;
 pub mod server;

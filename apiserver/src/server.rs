@@ -176,19 +176,24 @@ impl ApiServer {
             ctx: Arc::new(ApiContext {
                 namespaces: Arc::new(StorageStore::<Namespace>::new(storage.clone())),
                 shutdown: shutdown_rx.clone(),
+                kubelets: Arc::new(crate::kubelets::KubeletConnector::new(Arc::new(
+                    StorageStore::<Node>::new(storage.clone()),
+                ))),
             }),
             config: config.clone(),
             services: Vec::new(),
             cache_stats: Vec::new(),
         };
         let namespaces = r.store::<Namespace>();
+        let nodes = r.store::<Node>();
         let ctx = Arc::new(ApiContext {
             namespaces: namespaces.clone(),
             shutdown: shutdown_rx,
+            kubelets: Arc::new(crate::kubelets::KubeletConnector::new(nodes.clone())),
         });
         r.ctx = ctx.clone();
         r.add_with_store::<Namespace>(namespaces.clone());
-        r.add::<Node>();
+        r.add_with_store::<Node>(nodes);
         r.add::<Pod>();
         r.add::<Service>();
         r.add::<Endpoints>();

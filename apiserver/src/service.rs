@@ -41,6 +41,8 @@ pub struct ApiContext {
     pub namespaces: Arc<dyn ObjectStore<Namespace>>,
     /// Turns true when the server shuts down: long-running streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Connections to kubelets (logs, exec).
+    pub kubelets: Arc<crate::kubelets::KubeletConnector>,
 }
 
 /// The generic service of kind `K`.
@@ -546,8 +548,129 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
     }
 }
 
+impl ResourceServer<api::core::v1::Pod> {
+    /// The pod, its container name (defaulted when it has one), its node.
+    async fn pod_container(
+        &self,
+        ns: &str,
+        name: &str,
+        container: &str,
+    ) -> Result<(api::core::v1::Pod, String, String), ApiError> {
+        let pod = self.existing(ns, name).await?;
+        let key = object_key(ns, name);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let names: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .chain(&spec.containers)
+            .map(|c| c.name.as_str())
+            .collect();
+        let container = if container.is_empty() {
+            match spec.containers.as_slice() {
+                [only] => only.name.clone(),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "Pod",
+                        &key,
+                        "container",
+                        format!("pod {key:?} has several containers; name one of {names:?}"),
+                    ));
+                }
+            }
+        } else if names.contains(&container) {
+            container.to_owned()
+        } else {
+            return Err(ApiError::invalid(
+                "Pod",
+                &key,
+                "container",
+                format!("pod {key:?} has no container {container:?}; it has {names:?}"),
+            ));
+        };
+        if spec.node_name.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "pod {key:?} is not scheduled to a node yet"
+            )));
+        }
+        Ok((pod, container, spec.node_name))
+    }
+}
+
 #[tonic::async_trait]
 impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod> {
+    type GetPodLogsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<api::core::v1::GetPodLogsResponse, Status>> + Send>,
+    >;
+    type ExecPodStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<api::core::v1::ExecPodResponse, Status>> + Send>,
+    >;
+
+    async fn get_pod_logs(
+        &self,
+        request: Request<api::core::v1::GetPodLogsRequest>,
+    ) -> Result<Response<Self::GetPodLogsStream>, Status> {
+        let r = request.into_inner();
+        let ns = Self::namespace_of(&r.namespace);
+        Self::require_name(&ns, &r.name)?;
+        let (pod, container, node) = self.pod_container(&ns, &r.name, &r.container).await?;
+        let mut kubelet = self.ctx.kubelets.client(&node).await?;
+        let stream = kubelet
+            .get_container_logs(api::kubelet::v1::GetContainerLogsRequest {
+                namespace: ns,
+                pod: r.name,
+                pod_uid: pod.meta().uid.clone(),
+                container,
+                follow: r.follow,
+                tail_lines: r.tail_lines,
+                previous: r.previous,
+            })
+            .await
+            .map_err(|e| kubelet_error(&node, e))?
+            .into_inner();
+        let mut shutdown = self.ctx.shutdown.clone();
+        let stream = stream
+            .map(|chunk| chunk.map(|c| api::core::v1::GetPodLogsResponse { data: c.data }))
+            .take_until(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn exec_pod(
+        &self,
+        request: Request<api::core::v1::ExecPodRequest>,
+    ) -> Result<Response<Self::ExecPodStream>, Status> {
+        let r = request.into_inner();
+        let ns = Self::namespace_of(&r.namespace);
+        Self::require_name(&ns, &r.name)?;
+        if r.command.is_empty() {
+            return Err(
+                ApiError::invalid("Pod", &object_key(&ns, &r.name), "command", "required").into(),
+            );
+        }
+        let (pod, container, node) = self.pod_container(&ns, &r.name, &r.container).await?;
+        let mut kubelet = self.ctx.kubelets.client(&node).await?;
+        let stream = kubelet
+            .exec_container(api::kubelet::v1::ExecContainerRequest {
+                namespace: ns,
+                pod: r.name,
+                pod_uid: pod.meta().uid.clone(),
+                container,
+                command: r.command,
+            })
+            .await
+            .map_err(|e| kubelet_error(&node, e))?
+            .into_inner();
+        let stream = stream.map(|chunk| {
+            chunk.map(|c| api::core::v1::ExecPodResponse {
+                stdout: c.stdout,
+                stderr: c.stderr,
+                exit_code: c.exit_code,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn bind_pod(
         &self,
         request: Request<api::core::v1::BindPodRequest>,
@@ -597,6 +720,21 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         Ok(Response::new(api::core::v1::BindPodResponse {
             pod: Some(pod),
         }))
+    }
+}
+
+/// A kubelet's refusal passes through; a kubelet that cannot be reached is UNAVAILABLE.
+fn kubelet_error(node: &str, e: Status) -> Status {
+    match e.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+            if e.message().contains("transport") =>
+        {
+            Status::unavailable(format!(
+                "cannot reach the kubelet of node {node:?}: {}",
+                e.message()
+            ))
+        }
+        _ => e,
     }
 }
 

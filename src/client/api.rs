@@ -12,7 +12,10 @@ use crate::api::apps::v1::{
     deployment_service_client::DeploymentServiceClient,
     replica_set_service_client::ReplicaSetServiceClient,
 };
-use crate::api::core::v1::{BindPodRequest, Pod, pod_service_client::PodServiceClient};
+use crate::api::core::v1::{
+    BindPodRequest, ExecPodRequest, ExecPodResponse, GetPodLogsRequest, Pod,
+    pod_service_client::PodServiceClient,
+};
 use crate::api::meta::v1::ListMeta;
 use crate::params::{DeleteParams, GetParams, ListParams, WatchParams};
 use crate::wire::WatchEvent;
@@ -184,6 +187,62 @@ impl Api<Pod> {
         r.into_inner()
             .pod
             .ok_or_else(|| Error::from(super::transport::missing_in_response("pod")))
+    }
+}
+
+/// What part of a container's log to read.
+#[derive(Debug, Clone, Default)]
+pub struct LogParams {
+    /// Container name (may be empty when the pod has one container).
+    pub container: String,
+    /// Keep streaming new output.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<i64>,
+    /// The previous instance of the container.
+    pub previous: bool,
+}
+
+/// A stream of log bytes.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes>> + Send>>;
+
+/// A stream of exec output; the last message carries the exit code.
+pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecPodResponse>> + Send>>;
+
+impl Api<Pod> {
+    /// Streams a container's log, through the API server from the pod's kubelet.
+    pub async fn logs(&self, name: &str, params: &LogParams) -> Result<LogStream> {
+        let r = PodServiceClient::new(self.transport.clone())
+            .get_pod_logs(GetPodLogsRequest {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                container: params.container.clone(),
+                follow: params.follow,
+                tail_lines: params.tail_lines,
+                previous: params.previous,
+            })
+            .await?;
+        Ok(Box::pin(r.into_inner().map(|c| {
+            c.map(|c| bytes::Bytes::from(c.data)).map_err(Error::from)
+        })))
+    }
+
+    /// Runs `command` in a container of the pod and streams its output.
+    pub async fn exec(
+        &self,
+        name: &str,
+        container: &str,
+        command: &[String],
+    ) -> Result<ExecStream> {
+        let r = PodServiceClient::new(self.transport.clone())
+            .exec_pod(ExecPodRequest {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                container: container.to_owned(),
+                command: command.to_vec(),
+            })
+            .await?;
+        Ok(Box::pin(r.into_inner().map(|c| c.map_err(Error::from))))
     }
 }
 

@@ -9,7 +9,7 @@ pub mod dynamic;
 mod error;
 mod transport;
 
-pub use api::{Api, ObjectList};
+pub use api::{Api, ExecStream, LogParams, LogStream, ObjectList};
 pub use config::{Config, ConfigError};
 pub use error::{Error, Result};
 pub use transport::{

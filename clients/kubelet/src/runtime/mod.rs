@@ -1,0 +1,202 @@
+//! Container runtimes behind one trait. A pod is a *sandbox* (what holds its
+//! network identity: an IP, and for Docker a paused container owning the
+//! network namespace) plus containers started into it. The kubelet drives
+//! the trait; runtimes keep enough on their side (process records, Docker
+//! labels) to be found again after a kubelet restart.
+
+pub mod docker;
+pub mod process;
+pub mod sim;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::Stream;
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not on this node, and Skiff never pulls.
+    #[error(
+        "image {image:?} is not present on this node and images are never pulled; build or load it first"
+    )]
+    ImageNotPresent {
+        /// The image.
+        image: String,
+    },
+    /// The container could not be started (bad command, working directory…).
+    #[error("cannot start the container: {0}")]
+    CannotStart(String),
+    /// No such container or sandbox.
+    #[error("no such container or sandbox {0:?}")]
+    NotFound(String),
+    /// The operation is not supported by this runtime.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The runtime itself failed.
+    #[error("runtime failure: {0}")]
+    Failure(String),
+}
+
+/// What a pod sandbox needs.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Pod uid.
+    pub pod_uid: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Host name inside the pod.
+    pub hostname: String,
+    /// An IP chosen by the kubelet (process runtime), if any.
+    pub ip: Option<String>,
+    /// Use the node's network.
+    pub host_network: bool,
+}
+
+/// A running sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Runtime id.
+    pub id: String,
+    /// The pod's IP.
+    pub ip: String,
+}
+
+/// What a container needs.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// Pod uid.
+    pub pod_uid: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod_name: String,
+    /// Container name.
+    pub name: String,
+    /// Restart count of this instance.
+    pub attempt: u32,
+    /// Image.
+    pub image: String,
+    /// Entrypoint (the image's when empty).
+    pub command: Vec<String>,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// CPU limit in millicores.
+    pub cpu_limit_milli: Option<i64>,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<i64>,
+    /// Where the container's output goes.
+    pub log_path: PathBuf,
+}
+
+/// What a container is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Running since.
+    Running {
+        /// Start time.
+        started_at: SystemTime,
+    },
+    /// Finished.
+    Exited {
+        /// Exit code (128 + signal when killed).
+        exit_code: i32,
+        /// Why, Kubernetes-style: Completed, Error, OOMKilled, Unknown.
+        reason: String,
+        /// Start time.
+        started_at: SystemTime,
+        /// End time.
+        finished_at: SystemTime,
+    },
+}
+
+/// A container the runtime knows, for finding them again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRecord {
+    /// Runtime id.
+    pub id: String,
+    /// Pod uid.
+    pub pod_uid: String,
+    /// Container name.
+    pub name: String,
+    /// Restart count of this instance.
+    pub attempt: u32,
+    /// Its log.
+    pub log_path: PathBuf,
+}
+
+/// A chunk of an exec's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    /// Standard output.
+    Stdout(Bytes),
+    /// Standard error.
+    Stderr(Bytes),
+    /// The command ended.
+    Exit(i32),
+}
+
+/// A stream of exec output.
+pub type ExecStream = Pin<Box<dyn Stream<Item = ExecOutput> + Send>>;
+
+/// A stream of log bytes.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, RuntimeError>> + Send>>;
+
+/// A container runtime.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Name and version, e.g. "process://0.1.0".
+    fn version(&self) -> String;
+    /// Starts a pod's sandbox.
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<Sandbox, RuntimeError>;
+    /// The sandbox of a pod, if it exists (after a restart).
+    async fn find_sandbox(&self, pod_uid: &str) -> Result<Option<Sandbox>, RuntimeError>;
+    /// Stops and removes a sandbox.
+    async fn remove_sandbox(&self, pod_uid: &str) -> Result<(), RuntimeError>;
+    /// Creates and starts a container in a sandbox; returns its id.
+    async fn start_container(
+        &self,
+        sandbox: &Sandbox,
+        config: &ContainerConfig,
+    ) -> Result<String, RuntimeError>;
+    /// A container's state.
+    async fn container_state(&self, id: &str) -> Result<ContainerState, RuntimeError>;
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`.
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Removes a stopped container.
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Every container it knows.
+    async fn containers(&self) -> Result<Vec<ContainerRecord>, RuntimeError>;
+    /// Pod uids of every sandbox it knows.
+    async fn sandboxes(&self) -> Result<Vec<String>, RuntimeError>;
+    /// Runs a command in a container's environment.
+    async fn exec(&self, id: &str, command: &[String]) -> Result<ExecStream, RuntimeError>;
+    /// Whether containers really run (false for the simulated runtime).
+    fn runs_processes(&self) -> bool {
+        true
+    }
+
+    /// Whether the runtime picks pod IPs itself (else the kubelet does, from the pod CIDR).
+    fn assigns_ips(&self) -> bool {
+        false
+    }
+
+    /// A container's log: the last `tail` lines (all when `None`), then new
+    /// lines as they come when `follow`.
+    async fn logs(
+        &self,
+        container: &ContainerRecord,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<LogStream, RuntimeError> {
+        crate::logs::read_file(container.log_path.clone(), tail, follow).await
+    }
+}

@@ -1,0 +1,632 @@
+//! The process runtime (the default: it needs nothing installed). Each
+//! container is a process in its own process group, started with the
+//! container's command, arguments, environment and working directory;
+//! `image` is kept for Kubernetes compatibility only. Output goes to the
+//! container's log file. A record per container on disk (pid and the
+//! process's start time, to tell it from a reused pid) lets a restarted
+//! kubelet find its processes again instead of starting them twice.
+//! Resource limits are not enforced here (the Docker runtime does).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use super::{
+    ContainerConfig, ContainerRecord, ContainerState, ExecOutput, ExecStream, Runtime,
+    RuntimeError, Sandbox, SandboxConfig,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Exit {
+    code: i32,
+    reason: String,
+    finished_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    pod_uid: String,
+    name: String,
+    attempt: u32,
+    pid: u32,
+    start_ticks: u64,
+    started_ms: u64,
+    log_path: PathBuf,
+    env: Vec<(String, String)>,
+    working_dir: PathBuf,
+    exit: Option<Exit>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SandboxRecord {
+    pod_uid: String,
+    ip: String,
+}
+
+/// Runs containers as processes.
+pub struct ProcessRuntime {
+    dir: PathBuf,
+    records: Arc<Mutex<HashMap<String, Record>>>,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn failure(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failure(e.to_string())
+}
+
+/// A process's start time in clock ticks since boot (field 22 of /proc/pid/stat).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a process is alive and still the one started (zombies count as gone).
+fn alive(pid: u32, ticks: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(after) = stat.rsplit_once(')').map(|x| x.1) else {
+        return false;
+    };
+    let mut fields = after.split_whitespace();
+    let state = fields.next().unwrap_or("");
+    state != "Z" && start_ticks(pid) == Some(ticks)
+}
+
+impl ProcessRuntime {
+    /// A runtime keeping its records under `dir`; finds the records of a previous run.
+    pub fn new(dir: &Path) -> Result<Self, RuntimeError> {
+        for sub in ["containers", "sandboxes", "pods"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(failure)?;
+        }
+        let mut records = HashMap::new();
+        for entry in std::fs::read_dir(dir.join("containers")).map_err(failure)? {
+            let path = entry.map_err(failure)?.path();
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(r) = serde_json::from_str::<Record>(&text)
+            {
+                records.insert(r.id.clone(), r);
+            }
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            records: Arc::new(Mutex::new(records)),
+        })
+    }
+
+    fn record_path(dir: &Path, id: &str) -> PathBuf {
+        dir.join("containers").join(format!("{id}.json"))
+    }
+
+    fn save(dir: &Path, r: &Record) {
+        if let Ok(text) = serde_json::to_string(r) {
+            let _ = std::fs::write(Self::record_path(dir, &r.id), text);
+        }
+    }
+
+    fn sandbox_path(&self, uid: &str) -> PathBuf {
+        self.dir.join("sandboxes").join(format!("{uid}.json"))
+    }
+
+    /// The working directory of a pod's containers by default.
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.dir.join("pods").join(uid)
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for ProcessRuntime {
+    fn version(&self) -> String {
+        format!("process://{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
+        let ip = match (&config.ip, config.host_network) {
+            (_, true) => "127.0.0.1".to_owned(),
+            (Some(ip), false) => ip.clone(),
+            (None, false) => return Err(RuntimeError::Failure(
+                "no pod IP: the node has no pod CIDR (run the controller manager, or start the kubelet with --pod-cidr)".into(),
+            )),
+        };
+        std::fs::create_dir_all(self.pod_dir(&config.pod_uid)).map_err(failure)?;
+        let record = SandboxRecord {
+            pod_uid: config.pod_uid.clone(),
+            ip: ip.clone(),
+        };
+        std::fs::write(
+            self.sandbox_path(&config.pod_uid),
+            serde_json::to_string(&record).map_err(failure)?,
+        )
+        .map_err(failure)?;
+        Ok(Sandbox {
+            id: config.pod_uid.clone(),
+            ip,
+        })
+    }
+
+    async fn find_sandbox(&self, pod_uid: &str) -> Result<Option<Sandbox>, RuntimeError> {
+        let Ok(text) = std::fs::read_to_string(self.sandbox_path(pod_uid)) else {
+            return Ok(None);
+        };
+        let r: SandboxRecord = serde_json::from_str(&text).map_err(failure)?;
+        Ok(Some(Sandbox {
+            id: r.pod_uid,
+            ip: r.ip,
+        }))
+    }
+
+    async fn remove_sandbox(&self, pod_uid: &str) -> Result<(), RuntimeError> {
+        let _ = std::fs::remove_file(self.sandbox_path(pod_uid));
+        let _ = std::fs::remove_dir_all(self.pod_dir(pod_uid));
+        Ok(())
+    }
+
+    async fn start_container(
+        &self,
+        sandbox: &Sandbox,
+        config: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
+        let argv: Vec<String> = config.command.iter().chain(&config.args).cloned().collect();
+        let Some(program) = argv.first() else {
+            return Err(RuntimeError::CannotStart(
+                "the process runtime runs the container's `command` (and `args`); none is set"
+                    .into(),
+            ));
+        };
+        if let Some(dir) = config.log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(failure)?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.log_path)
+            .map_err(failure)?;
+        let err_log = log.try_clone().map_err(failure)?;
+        let working_dir = config
+            .working_dir
+            .clone()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.pod_dir(&sandbox.id));
+        std::fs::create_dir_all(&working_dir).ok();
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .env("HOME", &working_dir)
+            .envs(config.env.iter().cloned())
+            .current_dir(&working_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err_log))
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| {
+            RuntimeError::CannotStart(format!(
+                "{program:?}: {e} (working directory {})",
+                working_dir.display()
+            ))
+        })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| RuntimeError::CannotStart("the process exited at once".into()))?;
+        let id = format!(
+            "{}-{}-{:08x}",
+            config.name,
+            config.attempt,
+            rand::random::<u32>()
+        );
+        let record = Record {
+            id: id.clone(),
+            pod_uid: config.pod_uid.clone(),
+            name: config.name.clone(),
+            attempt: config.attempt,
+            pid,
+            start_ticks: start_ticks(pid).unwrap_or(0),
+            started_ms: ms(SystemTime::now()),
+            log_path: config.log_path.clone(),
+            env: config.env.clone(),
+            working_dir,
+            exit: None,
+        };
+        Self::save(&self.dir, &record);
+        self.records
+            .lock()
+            .expect("records")
+            .insert(id.clone(), record);
+        // Reap the child and remember how it ended.
+        let (records, dir, waited) = (self.records.clone(), self.dir.clone(), id.clone());
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let (code, reason) = match status {
+                Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                    (Some(0), _) => (0, "Completed"),
+                    (Some(c), _) => (c, "Error"),
+                    (None, Some(sig)) => (128 + sig, "Error"),
+                    (None, None) => (1, "Error"),
+                },
+                Err(_) => (1, "Error"),
+            };
+            let mut records = records.lock().expect("records");
+            if let Some(r) = records.get_mut(&waited) {
+                r.exit = Some(Exit {
+                    code,
+                    reason: reason.into(),
+                    finished_ms: ms(SystemTime::now()),
+                });
+                Self::save(&dir, r);
+            }
+        });
+        Ok(id)
+    }
+
+    async fn container_state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        let mut records = self.records.lock().expect("records");
+        let r = records
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        if r.exit.is_none() && r.start_ticks != 0 && !alive(r.pid, r.start_ticks) {
+            // Found again after a restart, and gone since: how it ended is unknown.
+            r.exit = Some(Exit {
+                code: 137,
+                reason: "Unknown".into(),
+                finished_ms: ms(SystemTime::now()),
+            });
+            Self::save(&self.dir, r);
+        }
+        Ok(match &r.exit {
+            None => ContainerState::Running {
+                started_at: from_ms(r.started_ms),
+            },
+            Some(e) => ContainerState::Exited {
+                exit_code: e.code,
+                reason: e.reason.clone(),
+                started_at: from_ms(r.started_ms),
+                finished_at: from_ms(e.finished_ms),
+            },
+        })
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let pid = {
+            let records = self.records.lock().expect("records");
+            let r = records
+                .get(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+            if r.exit.is_some() {
+                return Ok(());
+            }
+            r.pid
+        };
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if matches!(
+                self.container_state(id).await?,
+                ContainerState::Exited { .. }
+            ) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        for _ in 0..100 {
+            if matches!(
+                self.container_state(id).await?,
+                ContainerState::Exited { .. }
+            ) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(RuntimeError::Failure(format!(
+            "container {id} did not die after SIGKILL"
+        )))
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.records.lock().expect("records").remove(id);
+        let _ = std::fs::remove_file(Self::record_path(&self.dir, id));
+        Ok(())
+    }
+
+    async fn containers(&self) -> Result<Vec<ContainerRecord>, RuntimeError> {
+        Ok(self
+            .records
+            .lock()
+            .expect("records")
+            .values()
+            .map(|r| ContainerRecord {
+                id: r.id.clone(),
+                pod_uid: r.pod_uid.clone(),
+                name: r.name.clone(),
+                attempt: r.attempt,
+                log_path: r.log_path.clone(),
+            })
+            .collect())
+    }
+
+    async fn sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("sandboxes")).map_err(failure)? {
+            let path = entry.map_err(failure)?.path();
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                out.push(stem.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn exec(&self, id: &str, command: &[String]) -> Result<ExecStream, RuntimeError> {
+        let (env, dir) = {
+            let records = self.records.lock().expect("records");
+            let r = records
+                .get(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+            (r.env.clone(), r.working_dir.clone())
+        };
+        let Some(program) = command.first() else {
+            return Err(RuntimeError::CannotStart("empty command".into()));
+        };
+        let mut child = tokio::process::Command::new(program)
+            .args(&command[1..])
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .envs(env)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| RuntimeError::CannotStart(format!("{program:?}: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        tokio::spawn(async move {
+            let (t1, t2) = (tx.clone(), tx.clone());
+            let out = async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = stdout.read(&mut buf).await {
+                    if n == 0
+                        || t1
+                            .send(ExecOutput::Stdout(Bytes::copy_from_slice(&buf[..n])))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            };
+            let err = async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = stderr.read(&mut buf).await {
+                    if n == 0
+                        || t2
+                            .send(ExecOutput::Stderr(Bytes::copy_from_slice(&buf[..n])))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            };
+            tokio::join!(out, err);
+            let code = match child.wait().await {
+                Ok(s) => s.code().unwrap_or_else(|| {
+                    128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)
+                }),
+                Err(_) => 1,
+            };
+            let _ = tx.send(ExecOutput::Exit(code)).await;
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn config(dir: &Path, name: &str, command: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            pod_uid: "uid-1".into(),
+            namespace: "ns".into(),
+            pod_name: "p".into(),
+            name: name.into(),
+            attempt: 0,
+            image: "ignored".into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: vec![],
+            env: vec![("GREETING".into(), "hello".into())],
+            working_dir: None,
+            cpu_limit_milli: None,
+            memory_limit: None,
+            log_path: dir.join(format!("{name}.log")),
+        }
+    }
+
+    async fn sandbox(rt: &ProcessRuntime) -> Sandbox {
+        rt.run_sandbox(&SandboxConfig {
+            pod_uid: "uid-1".into(),
+            namespace: "ns".into(),
+            name: "p".into(),
+            hostname: "p".into(),
+            ip: Some("127.128.0.2".into()),
+            host_network: false,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn wait_exit(rt: &ProcessRuntime, id: &str) -> ContainerState {
+        for _ in 0..500 {
+            let s = rt.container_state(id).await.unwrap();
+            if matches!(s, ContainerState::Exited { .. }) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("container {id} did not exit");
+    }
+
+    #[tokio::test]
+    async fn processes_run_with_their_environment_and_report_exit_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        let sb = sandbox(&rt).await;
+        let id = rt
+            .start_container(
+                &sb,
+                &config(dir.path(), "c", &["sh", "-c", "echo $GREETING; exit 3"]),
+            )
+            .await
+            .unwrap();
+        match wait_exit(&rt, &id).await {
+            ContainerState::Exited {
+                exit_code, reason, ..
+            } => assert_eq!((exit_code, reason.as_str()), (3, "Error")),
+            s => panic!("{s:?}"),
+        }
+        let log = std::fs::read_to_string(dir.path().join("c.log")).unwrap();
+        assert_eq!(log, "hello\n");
+        assert!(matches!(
+            rt.start_container(&sb, &config(dir.path(), "bad", &["/no/such/program"]))
+                .await,
+            Err(RuntimeError::CannotStart(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn stopping_sends_sigterm_then_sigkill_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        let sb = sandbox(&rt).await;
+        // Ignores SIGTERM: only SIGKILL ends it.
+        let stubborn = rt
+            .start_container(
+                &sb,
+                &config(
+                    dir.path(),
+                    "stubborn",
+                    &["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"],
+                ),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = std::time::Instant::now();
+        rt.stop_container(&stubborn, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "waited for the grace period"
+        );
+        match rt.container_state(&stubborn).await.unwrap() {
+            ContainerState::Exited { exit_code, .. } => assert_eq!(exit_code, 137),
+            s => panic!("{s:?}"),
+        }
+        // Honours SIGTERM: stops at once.
+        let polite = rt
+            .start_container(&sb, &config(dir.path(), "polite", &["sleep", "60"]))
+            .await
+            .unwrap();
+        let t = std::time::Instant::now();
+        rt.stop_container(&polite, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_runtime_finds_its_running_processes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let rt = ProcessRuntime::new(dir.path()).unwrap();
+            let sb = sandbox(&rt).await;
+            rt.start_container(&sb, &config(dir.path(), "long", &["sleep", "60"]))
+                .await
+                .unwrap()
+        };
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        assert!(matches!(
+            rt.container_state(&id).await.unwrap(),
+            ContainerState::Running { .. }
+        ));
+        assert_eq!(rt.containers().await.unwrap().len(), 1);
+        assert_eq!(
+            rt.find_sandbox("uid-1").await.unwrap().unwrap().ip,
+            "127.128.0.2"
+        );
+        rt.stop_container(&id, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn exec_runs_in_the_containers_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        let sb = sandbox(&rt).await;
+        let id = rt
+            .start_container(&sb, &config(dir.path(), "c", &["sleep", "60"]))
+            .await
+            .unwrap();
+        let out: Vec<ExecOutput> = rt
+            .exec(
+                &id,
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    "echo $GREETING; echo oops >&2; exit 4".into(),
+                ],
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert!(
+            out.contains(&ExecOutput::Stdout(Bytes::from_static(b"hello\n"))),
+            "{out:?}"
+        );
+        assert!(
+            out.contains(&ExecOutput::Stderr(Bytes::from_static(b"oops\n"))),
+            "{out:?}"
+        );
+        assert_eq!(out.last(), Some(&ExecOutput::Exit(4)));
+        rt.stop_container(&id, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+}
