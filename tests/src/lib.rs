@@ -101,6 +101,8 @@ pub async fn grpcurl(args: &[&str]) -> (bool, String, String) {
 pub struct CommandOutput {
     /// Whether it exited with status 0.
     pub ok: bool,
+    /// Its exit code.
+    pub code: Option<i32>,
     /// Its standard output.
     pub stdout: String,
     /// Its standard error.
@@ -119,6 +121,7 @@ pub async fn skiff(server: &str, args: &[&str]) -> CommandOutput {
         .expect("run skiff");
     CommandOutput {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -149,6 +152,8 @@ pub fn is_subset(expected: &serde_json::Value, actual: &serde_json::Value) -> bo
 }
 
 /// Simulated cluster pieces for tests that need nodes but not real machines.
+pub mod cluster;
+
 pub mod sim {
     use std::collections::BTreeMap;
 

@@ -6,7 +6,9 @@ mod components;
 mod ctx;
 mod describe;
 mod get;
+mod kubelet;
 mod misc;
+mod pods;
 mod printers;
 mod rollout;
 
@@ -34,6 +36,8 @@ enum Command {
     Scheduler(components::SchedulerArgs),
     /// Run the controller manager.
     ControllerManager(components::ControllerManagerArgs),
+    /// Run a node agent: make this machine (or a slice of it) a node.
+    Kubelet(Box<kubelet::Args>),
     /// Display one or many objects.
     Get(get::Args),
     /// Show one object in detail, with its events.
@@ -44,6 +48,10 @@ enum Command {
     Create(apply::CreateArgs),
     /// Delete objects by name or from manifests.
     Delete(apply::DeleteArgs),
+    /// Print the log of a container in a pod.
+    Logs(pods::LogsArgs),
+    /// Run a command in a container of a pod.
+    Exec(pods::ExecArgs),
     /// Set the number of pods of a deployment or replica set.
     Scale(misc::ScaleArgs),
     /// Manage rollouts.
@@ -108,6 +116,9 @@ fn main() {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Scheduler(args) => components::scheduler(args, server).await,
             Command::ControllerManager(args) => components::controller_manager(args, server).await,
+            Command::Kubelet(args) => kubelet::run(*args, server).await,
+            Command::Logs(args) => pods::logs(args, server).await,
+            Command::Exec(args) => pods::exec(args, server).await,
             Command::Rollout(cmd) => rollout::run(cmd, server).await,
             Command::Get(args) => get::run(args, server).await,
             Command::Describe(args) => describe::run(args, server).await,

@@ -193,7 +193,6 @@ pub async fn run(
     let registered = node::register(&client, &config, port, "unknown").await?;
     let pod_cidr = node::wait_for_pod_cidr(&client, &config, registered).await;
     let runtime = make_runtime(&config, pod_cidr.as_deref()).await?;
-    node::update_runtime_version(&client, &config, &runtime.version()).await;
     let ips = match &pod_cidr {
         Some(cidr) if !runtime.assigns_ips() => {
             Some(PodIps::new(cidr, config.data_dir.join("pod-ips.json"))?)

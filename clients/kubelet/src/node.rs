@@ -281,8 +281,12 @@ pub async fn register(
             Err(e) => return Err(e),
         }
     };
-    // A first status at once: addresses and the kubelet's port.
-    let health = Health::default();
+    // A first status at once: addresses and the kubelet's port; not Ready
+    // before the runtime is.
+    let health = Health {
+        runtime_error: Some("the container runtime is starting".into()),
+        ..Default::default()
+    };
     let st = status(config, port, runtime_version, &health, node.status.as_ref());
     node = write_status(client, node, st)
         .await
@@ -368,19 +372,6 @@ pub async fn wait_for_pod_cidr(
         "no pod CIDR was assigned; pods share the node's IP (start the controller manager, or pass --pod-cidr)"
     );
     None
-}
-
-/// Records the runtime's version in the node status.
-pub async fn update_runtime_version(client: &Client, config: &KubeletConfig, version: &str) {
-    let Ok(node) = client.nodes().get(&config.node_name).await else {
-        return;
-    };
-    let mut status = node.status.clone().unwrap_or_default();
-    status
-        .node_info
-        .get_or_insert_with(|| system_info(version))
-        .container_runtime_version = version.to_owned();
-    let _ = write_status(client, node, status).await;
 }
 
 fn lease(config: &KubeletConfig, node_uid: &str) -> Lease {

@@ -102,10 +102,21 @@ impl KubeletService for Kubelet {
         let r = request.into_inner();
         let instances = self.instances(&r.pod_uid, &r.container).await?;
         let record = if r.previous {
-            instances.get(1).ok_or_else(|| ServeError::NoPrevious {
-                pod: r.pod.clone(),
-                container: r.container.clone(),
-            })?
+            // The newest instance that has ended: the one before the running
+            // one, or the newest when a restart is still backing off.
+            let newest_runs = match instances.first() {
+                Some(c) => matches!(
+                    self.shared.runtime.container_state(&c.id).await,
+                    Ok(ContainerState::Running { .. })
+                ),
+                None => false,
+            };
+            instances
+                .get(usize::from(newest_runs))
+                .ok_or_else(|| ServeError::NoPrevious {
+                    pod: r.pod.clone(),
+                    container: r.container.clone(),
+                })?
         } else {
             instances.first().ok_or_else(|| ServeError::NotStarted {
                 pod: r.pod.clone(),

@@ -1,0 +1,507 @@
+//! A whole cluster for end-to-end tests of nodes: an API server, the
+//! scheduler and the controller manager in this process, and kubelets as
+//! real `skiff kubelet` processes running real processes or Docker
+//! containers. Everything is torn down when dropped, also when a test
+//! fails: kubelets are killed, and so are the pods they started (process
+//! groups, or Docker containers found by their node label).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use skiff::Resource;
+use skiff::api::core::v1::{Node, Pod};
+use skiff::client::Client;
+use skiff_apiserver::testing::TestServer;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::skiff_bin;
+
+/// Image the Docker tests run: busybox-static `FROM scratch`, applets installed.
+pub const TEST_IMAGE: &str = "skiff-test/busybox:latest";
+
+/// Waits for `f` to return `Some`, failing the test after `timeout`.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A random name suffix, so that parallel tests never share Docker objects.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+}
+
+/// An API server, scheduler and controller manager.
+pub struct Cluster {
+    /// A client of the API server.
+    pub client: Client,
+    /// The API server's address.
+    pub server: String,
+    /// Pod address range nodes get blocks of.
+    pub cluster_cidr: String,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _cidr_lock: std::fs::File,
+    _api: TestServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A cluster whose API server listens on 127.0.0.1.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1".parse().expect("ip")).await
+    }
+
+    /// A cluster whose API server listens on `ip` (any free port).
+    pub async fn start_on(ip: std::net::IpAddr) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = skiff_apiserver::storage::embedded::EmbeddedStorage::open(dir.path())
+            .expect("open embedded storage");
+        let api = TestServer::start_on(
+            std::net::SocketAddr::new(ip, 0),
+            std::sync::Arc::new(storage),
+            Default::default(),
+        )
+        .await;
+        let server = api.addr.to_string();
+        let client = Client::connect_to(&server).await.expect("connect");
+        let (cluster_cidr, cidr_lock) = reserve_cluster_cidr();
+        let mut c = Self {
+            client,
+            server,
+            cluster_cidr,
+            stops: Vec::new(),
+            tasks: Vec::new(),
+            _cidr_lock: cidr_lock,
+            _api: api,
+            _dir: dir,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = skiff_scheduler::SchedulerConfig {
+            queue: skiff_scheduler::queue::QueueConfig {
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(500),
+                flush_after: Duration::from_secs(5),
+            },
+            ..skiff_scheduler::SchedulerConfig::new("test-scheduler")
+        };
+        c.tasks.push(tokio::spawn(skiff_scheduler::schedule(
+            c.client.clone(),
+            config,
+            std::sync::Arc::new(skiff_scheduler::SchedulerStats::default()),
+            async {
+                let _ = stopped.await;
+            },
+        )));
+        c.stops.push(stop);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = skiff_controllers::ControllersConfig {
+            node_monitor_grace: Duration::from_secs(4),
+            node_monitor_period: Duration::from_millis(250),
+            pod_eviction_timeout: Duration::from_secs(1),
+            cluster_cidr: c.cluster_cidr.clone(),
+            ..skiff_controllers::ControllersConfig::new("test-controller-manager")
+        };
+        c.tasks
+            .push(tokio::spawn(skiff_controllers::run_controllers(
+                c.client.clone(),
+                config,
+                async {
+                    let _ = stopped.await;
+                },
+            )));
+        c.stops.push(stop);
+        c
+    }
+
+    /// Waits until node `name` is Ready.
+    pub async fn node_ready(&self, name: &str) -> Node {
+        let nodes = self.client.nodes();
+        eventually(
+            &format!("node {name} to be Ready"),
+            Duration::from_secs(60),
+            async || {
+                let n = nodes.get_opt(name).await.ok()??;
+                let ready = n
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .any(|c| c.r#type == "Ready" && c.status == "True");
+                ready.then_some(n)
+            },
+        )
+        .await
+    }
+
+    /// Waits until pod `name` in "default" satisfies `check`.
+    pub async fn pod_until(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
+        let pods = self.client.pods("default");
+        eventually(
+            &format!("pod {name}: {what}"),
+            Duration::from_secs(90),
+            async || pods.get_opt(name).await.ok()?.filter(|p| check(p)),
+        )
+        .await
+    }
+
+    /// Waits until pod `name` in "default" is gone.
+    pub async fn pod_gone(&self, name: &str, timeout: Duration) {
+        let pods = self.client.pods("default");
+        eventually(
+            &format!("pod {name} to be gone"),
+            timeout,
+            async || match pods.get_opt(name).await {
+                Ok(None) => Some(()),
+                _ => None,
+            },
+        )
+        .await
+    }
+}
+
+/// A pod range inside 127.0.0.0/8 no other test on this machine holds
+/// (a file lock per range, released when the test ends, even by a crash).
+fn reserve_cluster_cidr() -> (String, std::fs::File) {
+    let dir = std::env::temp_dir().join("skiff-e2e-cidrs");
+    std::fs::create_dir_all(&dir).expect("lock directory");
+    let start = rand_u64() % 190;
+    for i in 0..190 {
+        let octet = 64 + (start + i) % 190;
+        let file = std::fs::File::create(dir.join(format!("127.{octet}.lock"))).expect("lock file");
+        if file.try_lock().is_ok() {
+            return (format!("127.{octet}.0.0/16"), file);
+        }
+    }
+    panic!("every test pod range is taken");
+}
+
+fn rand_u64() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Whether a pod is Ready.
+pub fn is_ready(p: &Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.r#type == "Ready" && c.status == "True")
+    })
+}
+
+/// The phase of a pod.
+pub fn phase(p: &Pod) -> &str {
+    p.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("")
+}
+
+/// A `skiff kubelet` process and the pods it started.
+pub struct Kubelet {
+    /// Node name.
+    pub name: String,
+    /// "process" or "docker".
+    pub runtime: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    data_dir: tempfile::TempDir,
+}
+
+impl Kubelet {
+    /// Starts node `name` with `runtime` against `cluster`, with `extra` flags.
+    pub async fn start(cluster: &Cluster, name: &str, runtime: &str, extra: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = [
+            "--server",
+            &cluster.server,
+            "kubelet",
+            "--node-name",
+            name,
+            "--runtime",
+            runtime,
+            "--lease-interval",
+            "1s",
+            "--restart-backoff",
+            "1s",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(data_dir.path().display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut k = Self {
+            name: name.to_owned(),
+            runtime: runtime.to_owned(),
+            args,
+            child: None,
+            data_dir,
+        };
+        k.spawn();
+        k
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(skiff_bin())
+            .args(&self.args)
+            .env("SKIFF_CONFIG", "/nonexistent/skiff-test-config")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start skiff kubelet");
+        self.child = Some(child);
+    }
+
+    /// Kills the kubelet (SIGKILL); its pods keep running.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts the kubelet again with the same flags and data.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn();
+    }
+
+    /// Where the kubelet keeps its data.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Processes or containers of the pod `uid` that are running now.
+    pub fn running(&self, uid: &str) -> Vec<String> {
+        if self.runtime == "docker" {
+            let out = std::process::Command::new("docker")
+                .args(["ps", "-q", "--filter"])
+                .arg(format!("label=skiff.io/pod-uid={uid}"))
+                .args(["--filter", "label=skiff.io/role=container"])
+                .output()
+                .expect("docker ps");
+            return String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+        }
+        process_records(self.data_dir.path())
+            .into_iter()
+            .filter(|(pod, _, _)| pod == uid)
+            .filter(|(_, pid, _)| Path::new(&format!("/proc/{pid}")).exists() && !zombie(*pid))
+            .map(|(_, pid, _)| pid.to_string())
+            .collect()
+    }
+}
+
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// (pod uid, pid, path) of the process runtime's container records.
+fn process_records(data_dir: &Path) -> Vec<(String, u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("process/containers")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+            Some((
+                v["pod_uid"].as_str()?.to_owned(),
+                v["pid"].as_u64()? as u32,
+                path,
+            ))
+        })
+        .collect()
+}
+
+/// Removes every Docker container labelled as node `node`'s.
+pub fn remove_docker_containers(node: &str) {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=skiff.io/node={node}"))
+        .output();
+    if let Ok(out) = out {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        if self.runtime == "docker" {
+            remove_docker_containers(&self.name);
+        } else {
+            for (_, pid, _) in process_records(self.data_dir.path()) {
+                // Each container is its own process group.
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// A Docker network of a test, removed when dropped (after its containers).
+pub struct DockerNetwork {
+    /// Its name.
+    pub name: String,
+}
+
+impl DockerNetwork {
+    /// Creates a bridge network named after `prefix`.
+    pub fn create(prefix: &str) -> Self {
+        let name = unique(prefix);
+        let ok = std::process::Command::new("docker")
+            .args(["network", "create", "--label", "skiff.io/test=true", &name])
+            .stdout(Stdio::null())
+            .status()
+            .expect("docker network create")
+            .success();
+        assert!(ok, "docker network create {name}");
+        Self { name }
+    }
+
+    /// A name for a network the kubelets create, removed when dropped.
+    pub fn named(prefix: &str) -> Self {
+        Self {
+            name: unique(prefix),
+        }
+    }
+
+    /// The gateway (the host's address) of the network.
+    pub fn gateway(&self) -> std::net::IpAddr {
+        let out = std::process::Command::new("docker")
+            .args([
+                "network",
+                "inspect",
+                "-f",
+                "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                &self.name,
+            ])
+            .output()
+            .expect("docker network inspect");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a gateway address")
+    }
+}
+
+impl Drop for DockerNetwork {
+    fn drop(&mut self) {
+        // Containers still attached (test containers) go first.
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("network={}", self.name))
+            .output();
+        if let Ok(out) = out {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", "-v"])
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Builds [`TEST_IMAGE`] from the machine's busybox-static (once per process).
+pub fn ensure_test_image() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+            .expect("/bin/busybox (install busybox-static)");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+             CMD [\"/bin/sh\"]\n",
+        )
+        .expect("write Dockerfile");
+        let ok = std::process::Command::new("docker")
+            .args(["build", "-q", "-t", TEST_IMAGE])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .status()
+            .expect("docker build")
+            .success();
+        assert!(ok, "docker build {TEST_IMAGE}");
+    });
+}
+
+/// Reads a pod's IP (waits for it).
+pub fn pod_ip(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .map(|s| s.pod_ip.clone())
+        .unwrap_or_default()
+}
+
+/// The uid of an object.
+pub fn uid(p: &Pod) -> String {
+    p.meta().uid.clone()
+}
