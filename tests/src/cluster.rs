@@ -505,3 +505,120 @@ pub fn pod_ip(p: &Pod) -> String {
 pub fn uid(p: &Pod) -> String {
     p.meta().uid.clone()
 }
+
+/// A "machine": a container on a Docker network running `skiff kubelet
+/// --runtime docker` against the host's Docker engine (its socket mounted),
+/// as a node of the cluster would. Removed when dropped, with its pods.
+pub struct Machine {
+    /// The node's name (and the container's).
+    pub name: String,
+    container: String,
+}
+
+impl Machine {
+    /// Starts node `name` in a container on `network`, joined to the
+    /// cluster at `server`, putting pods on the Docker network `pods`.
+    pub fn start(name: &str, network: &str, server: &str, pods: &str) -> Self {
+        ensure_test_image();
+        let container = unique(name);
+        let bin = skiff_bin();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "-d".into(),
+            "--name".into(),
+            container.clone(),
+            "--network".into(),
+            network.into(),
+            "--label".into(),
+            "skiff.io/test=true".into(),
+            "-v".into(),
+            "/var/run/docker.sock:/var/run/docker.sock".into(),
+            "-v".into(),
+            format!("{}:/usr/local/bin/skiff:ro", bin.display()),
+        ];
+        // The binary's shared libraries, from the host.
+        for lib in shared_libraries(&bin) {
+            args.push("-v".into());
+            args.push(format!("{lib}:{lib}:ro"));
+        }
+        args.extend(
+            [
+                TEST_IMAGE,
+                "/usr/local/bin/skiff",
+                "--server",
+                server,
+                "kubelet",
+                "--node-name",
+                name,
+                "--runtime",
+                "docker",
+                "--docker-network",
+                pods,
+                "--lease-interval",
+                "1s",
+                "--data-dir",
+                "/var/lib/skiff",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let out = std::process::Command::new("docker")
+            .args(&args)
+            .output()
+            .expect("docker run");
+        assert!(
+            out.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            name: name.to_owned(),
+            container,
+        }
+    }
+
+    /// Kills the machine (its kubelet); its pods' containers stay, as a
+    /// dead machine's would be unreachable.
+    pub fn kill(&self) {
+        let _ = std::process::Command::new("docker")
+            .args(["kill", &self.container])
+            .stdout(Stdio::null())
+            .status();
+    }
+
+    /// The kubelet's log, for failure messages.
+    pub fn logs(&self) -> String {
+        std::process::Command::new("docker")
+            .args(["logs", "--tail", "50", &self.container])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", "-v", &self.container])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        remove_docker_containers(&self.name);
+    }
+}
+
+/// Paths of the shared libraries `bin` loads (its loader included).
+fn shared_libraries(bin: &Path) -> Vec<String> {
+    let out = std::process::Command::new("ldd")
+        .arg(bin)
+        .output()
+        .expect("ldd");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(str::to_owned)
+        })
+        .collect()
+}

@@ -700,3 +700,78 @@ async fn two_process_kubelets_give_distinct_pod_ips() {
     assert_eq!(ips.len(), names.len(), "distinct pod IPs: {ips:?}");
     assert_eq!(nodes.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_nodes_in_containers_run_pods_that_reach_each_other_across_nodes() {
+    use skiff_e2e::cluster::Machine;
+    let machines = DockerNetwork::create("skiff-machines");
+    let pods_net = DockerNetwork::named("skiff-pods-test");
+    let cluster = Cluster::start_on(machines.gateway()).await;
+    let (a, b) = (unique("node-a"), unique("node-b"));
+    let ma = Machine::start(&a, &machines.name, &cluster.server, &pods_net.name);
+    let mb = Machine::start(&b, &machines.name, &cluster.server, &pods_net.name);
+    for (m, name) in [(&ma, &a), (&mb, &b)] {
+        let n = tokio::time::timeout(Duration::from_secs(90), cluster.node_ready(name))
+            .await
+            .unwrap_or_else(|_| panic!("node {name} Ready; its log:\n{}", m.logs()));
+        let ip = &n.status.unwrap().addresses[0].address;
+        assert!(!ip.starts_with("127."), "the machine's own address: {ip}");
+    }
+    let pods = cluster.client.pods("default");
+    pods.create(&web("server", &a)).await.unwrap();
+    let server = cluster.pod_until("server", "Ready", is_ready).await;
+    let ip = pod_ip(&server);
+    // A pod on the other node reaches it.
+    pods.create(&pod(
+        "client",
+        &b,
+        vec![container(
+            "app",
+            &format!(
+                "until wget -q -O - http://{ip}:8080/index.html; do sleep 0.2; done; exec sleep 1000"
+            ),
+        )],
+    ))
+    .await
+    .unwrap();
+    let client = cluster
+        .pod_until("client", "Running", |p| phase(p) == "Running")
+        .await;
+    assert_ne!(pod_ip(&client), ip);
+    eventually("the client pod's log to show the server's page", Duration::from_secs(60), async || {
+        let out = skiff(&cluster.server, &["logs", "client"]).await;
+        (out.ok && out.stdout.trim() == "ok").then_some(())
+    })
+    .await;
+    let exec = skiff(
+        &cluster.server,
+        &["exec", "client", "--", "wget", "-q", "-O", "-", &format!("http://{ip}:8080/index.html")],
+    )
+    .await;
+    assert_eq!((exec.code, exec.stdout.trim()), (Some(0), "ok"), "{exec:?}");
+    // The host reaches pods too.
+    assert!(http_get(&ip, 8080, "/index.html").await.unwrap().contains("ok"));
+
+    // A machine that dies is the node lifecycle controller's: the node goes
+    // Unknown and tainted, and its pods are evicted.
+    mb.kill();
+    let nodes = cluster.client.nodes();
+    eventually("node b to be Unknown and unreachable", Duration::from_secs(60), async || {
+        let n = nodes.get(&b).await.ok()?;
+        let unknown = n.status.as_ref()?.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "Unknown");
+        let tainted = n.spec.as_ref()?.taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable");
+        (unknown && tainted).then_some(())
+    })
+    .await;
+    cluster
+        .pod_until("client", "evicted from the dead node", |p| p.meta().deletion_timestamp.is_some())
+        .await;
+    let a_node = nodes.get(&a).await.unwrap();
+    assert!(is_node_ready(&a_node), "the other node is unaffected");
+}
+
+fn is_node_ready(n: &skiff::api::core::v1::Node) -> bool {
+    n.status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
+}
