@@ -72,6 +72,18 @@ impl Cluster {
 
     /// A cluster whose API server listens on `ip` (any free port).
     pub async fn start_on(ip: std::net::IpAddr) -> Self {
+        let (cidr, lock) = reserve_range("127", 64, 190);
+        Self::start_with(ip, cidr, lock).await
+    }
+
+    /// A cluster whose API server listens on `ip`, handing nodes blocks of
+    /// `cluster_cidr` (reserved through `lock`).
+    pub async fn start_with(
+        ip: std::net::IpAddr,
+        cluster_cidr: String,
+        lock: std::fs::File,
+    ) -> Self {
+        let cidr_lock = lock;
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = skiff_apiserver::storage::embedded::EmbeddedStorage::open(dir.path())
             .expect("open embedded storage");
@@ -83,7 +95,6 @@ impl Cluster {
         .await;
         let server = api.addr.to_string();
         let client = Client::connect_to(&server).await.expect("connect");
-        let (cluster_cidr, cidr_lock) = reserve_cluster_cidr();
         let mut c = Self {
             client,
             server,
@@ -178,20 +189,25 @@ impl Cluster {
     }
 }
 
-/// A pod range inside 127.0.0.0/8 no other test on this machine holds
-/// (a file lock per range, released when the test ends, even by a crash).
-fn reserve_cluster_cidr() -> (String, std::fs::File) {
+/// A /16 `FIRST.X.0.0/16` (X from `from`, `count` of them) that no other
+/// test on this machine holds: a file lock per range, released when the
+/// test ends, even by a crash.
+pub fn reserve_range(first: &str, from: u64, count: u64) -> (String, std::fs::File) {
     let dir = std::env::temp_dir().join("skiff-e2e-cidrs");
     std::fs::create_dir_all(&dir).expect("lock directory");
-    let start = rand_u64() % 190;
-    for i in 0..190 {
-        let octet = 64 + (start + i) % 190;
-        let file = std::fs::File::create(dir.join(format!("127.{octet}.lock"))).expect("lock file");
+    let start = rand_u64() % count;
+    for i in 0..count {
+        let octet = from + (start + i) % count;
+        let file =
+            std::fs::File::create(dir.join(format!("{first}.{octet}.lock"))).expect("lock file");
         if file.try_lock().is_ok() {
-            return (format!("127.{octet}.0.0/16"), file);
+            return (format!("{first}.{octet}.0.0/16"), file);
         }
     }
-    panic!("every test pod range is taken");
+    panic!(
+        "every test range {first}.{from}-{} is taken",
+        from + count - 1
+    );
 }
 
 fn rand_u64() -> u64 {
@@ -518,7 +534,7 @@ pub struct Machine {
 impl Machine {
     /// Starts node `name` in a container on `network`, joined to the
     /// cluster at `server`, putting pods on the Docker network `pods`.
-    pub fn start(name: &str, network: &str, server: &str, pods: &str) -> Self {
+    pub fn start(name: &str, network: &str, server: &str, pods: &str, extra: &[&str]) -> Self {
         ensure_test_image();
         let container = unique(name);
         let bin = skiff_bin();
@@ -560,6 +576,7 @@ impl Machine {
                 "/var/lib/skiff",
             ]
             .iter()
+            .chain(extra)
             .map(|s| s.to_string()),
         );
         let out = std::process::Command::new("docker")

@@ -703,24 +703,40 @@ async fn two_process_kubelets_give_distinct_pod_ips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_nodes_in_containers_run_pods_that_reach_each_other_across_nodes() {
-    use skiff_e2e::cluster::Machine;
+    use skiff_e2e::cluster::{Machine, reserve_range};
     let machines = DockerNetwork::create("skiff-machines");
     let pods_net = DockerNetwork::named("skiff-pods-test");
-    let cluster = Cluster::start_on(machines.gateway()).await;
+    // Nodes get blocks of the pod network's subnet: each node's pods have
+    // addresses from its own range.
+    let (cidr, lock) = reserve_range("10", 200, 50);
+    let cluster = Cluster::start_with(machines.gateway(), cidr.clone(), lock).await;
     let (a, b) = (unique("node-a"), unique("node-b"));
-    let ma = Machine::start(&a, &machines.name, &cluster.server, &pods_net.name);
-    let mb = Machine::start(&b, &machines.name, &cluster.server, &pods_net.name);
+    let extra = ["--docker-network-cidr", cidr.as_str()];
+    let ma = Machine::start(&a, &machines.name, &cluster.server, &pods_net.name, &extra);
+    let mb = Machine::start(&b, &machines.name, &cluster.server, &pods_net.name, &extra);
+    let mut ranges = BTreeMap::new();
     for (m, name) in [(&ma, &a), (&mb, &b)] {
         let n = tokio::time::timeout(Duration::from_secs(90), cluster.node_ready(name))
             .await
             .unwrap_or_else(|_| panic!("node {name} Ready; its log:\n{}", m.logs()));
-        let ip = &n.status.unwrap().addresses[0].address;
+        let ip = &n.status.as_ref().unwrap().addresses[0].address;
         assert!(!ip.starts_with("127."), "the machine's own address: {ip}");
+        ranges.insert(name.clone(), n.spec.unwrap().pod_cidr);
     }
+    let in_range = |ip: &str, node: &str| {
+        // A /24 of the node's: the first three octets match.
+        let range = &ranges[node];
+        let prefix = range.rsplit_once('.').unwrap().0;
+        assert!(
+            ip.starts_with(&format!("{prefix}.")),
+            "pod IP {ip} is in {node}'s range {range}"
+        );
+    };
     let pods = cluster.client.pods("default");
     pods.create(&web("server", &a)).await.unwrap();
     let server = cluster.pod_until("server", "Ready", is_ready).await;
     let ip = pod_ip(&server);
+    in_range(&ip, &a);
     // A pod on the other node reaches it.
     pods.create(&pod(
         "client",
@@ -737,41 +753,180 @@ async fn docker_nodes_in_containers_run_pods_that_reach_each_other_across_nodes(
     let client = cluster
         .pod_until("client", "Running", |p| phase(p) == "Running")
         .await;
-    assert_ne!(pod_ip(&client), ip);
-    eventually("the client pod's log to show the server's page", Duration::from_secs(60), async || {
-        let out = skiff(&cluster.server, &["logs", "client"]).await;
-        (out.ok && out.stdout.trim() == "ok").then_some(())
-    })
+    in_range(&pod_ip(&client), &b);
+    eventually(
+        "the client pod's log to show the server's page",
+        Duration::from_secs(60),
+        async || {
+            let out = skiff(&cluster.server, &["logs", "client"]).await;
+            (out.ok && out.stdout.trim() == "ok").then_some(())
+        },
+    )
     .await;
     let exec = skiff(
         &cluster.server,
-        &["exec", "client", "--", "wget", "-q", "-O", "-", &format!("http://{ip}:8080/index.html")],
+        &[
+            "exec",
+            "client",
+            "--",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://{ip}:8080/index.html"),
+        ],
     )
     .await;
     assert_eq!((exec.code, exec.stdout.trim()), (Some(0), "ok"), "{exec:?}");
     // The host reaches pods too.
-    assert!(http_get(&ip, 8080, "/index.html").await.unwrap().contains("ok"));
+    assert!(
+        http_get(&ip, 8080, "/index.html")
+            .await
+            .unwrap()
+            .contains("ok")
+    );
 
     // A machine that dies is the node lifecycle controller's: the node goes
     // Unknown and tainted, and its pods are evicted.
     mb.kill();
     let nodes = cluster.client.nodes();
-    eventually("node b to be Unknown and unreachable", Duration::from_secs(60), async || {
-        let n = nodes.get(&b).await.ok()?;
-        let unknown = n.status.as_ref()?.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "Unknown");
-        let tainted = n.spec.as_ref()?.taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable");
-        (unknown && tainted).then_some(())
-    })
+    eventually(
+        "node b to be Unknown and unreachable",
+        Duration::from_secs(60),
+        async || {
+            let n = nodes.get(&b).await.ok()?;
+            let unknown = n
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "Unknown");
+            let tainted = n
+                .spec
+                .as_ref()?
+                .taints
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/unreachable");
+            (unknown && tainted).then_some(())
+        },
+    )
     .await;
     cluster
-        .pod_until("client", "evicted from the dead node", |p| p.meta().deletion_timestamp.is_some())
+        .pod_until("client", "evicted from the dead node", |p| {
+            p.meta().deletion_timestamp.is_some()
+        })
         .await;
     let a_node = nodes.get(&a).await.unwrap();
     assert!(is_node_ready(&a_node), "the other node is unaffected");
 }
 
 fn is_node_ready(n: &skiff::api::core::v1::Node) -> bool {
-    n.status
-        .as_ref()
-        .is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
+    n.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.r#type == "Ready" && c.status == "True")
+    })
+}
+
+async fn startup_probe_holds_readiness_until_it_passes(runtime: &str) {
+    let cluster = Cluster::start().await;
+    let (_net, k) = node(&cluster, runtime).await;
+    let mut c = container("app", "rm -f started; exec sleep 1000");
+    c.startup_probe = Some(Probe {
+        exec: Some(ExecAction {
+            command: vec!["test".into(), "-e".into(), "started".into()],
+        }),
+        period_seconds: 1,
+        failure_threshold: 600,
+        ..Default::default()
+    });
+    cluster
+        .client
+        .pods("default")
+        .create(&pod("slow", &k.name, vec![c]))
+        .await
+        .unwrap();
+    let p = cluster
+        .pod_until("slow", "Running", |p| phase(p) == "Running")
+        .await;
+    let cs = &p.status.as_ref().unwrap().container_statuses[0];
+    assert_eq!(cs.started, Some(false));
+    assert!(!is_ready(&p), "not ready before its startup probe passes");
+    let touch = skiff(&cluster.server, &["exec", "slow", "--", "touch", "started"]).await;
+    assert!(touch.ok, "{touch:?}");
+    let p = cluster
+        .pod_until("slow", "Ready once started", is_ready)
+        .await;
+    assert_eq!(p.status.unwrap().container_statuses[0].started, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_startup_probe_holds_readiness_until_it_passes() {
+    startup_probe_holds_readiness_until_it_passes("process").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_startup_probe_holds_readiness_until_it_passes() {
+    startup_probe_holds_readiness_until_it_passes("docker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_streams_new_lines_as_they_come() {
+    use tokio::io::AsyncBufReadExt;
+    let cluster = Cluster::start().await;
+    let (_net, k) = node(&cluster, "process").await;
+    cluster
+        .client
+        .pods("default")
+        .create(&pod(
+            "ticker",
+            &k.name,
+            vec![container(
+                "app",
+                "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done",
+            )],
+        ))
+        .await
+        .unwrap();
+    cluster
+        .pod_until("ticker", "Running", |p| phase(p) == "Running")
+        .await;
+    let mut follow = tokio::process::Command::new(skiff_e2e::skiff_bin())
+        .args([
+            "--server",
+            &cluster.server,
+            "logs",
+            "ticker",
+            "-f",
+            "--tail",
+            "1",
+        ])
+        .env("SKIFF_CONFIG", "/nonexistent/skiff-test-config")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while seen.len() < 5 {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            seen.push(line);
+        }
+    })
+    .await
+    .expect("five lines arrive");
+    let numbers: Vec<u32> = seen
+        .iter()
+        .map(|l| l.trim_start_matches("line ").parse().unwrap())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive lines: {seen:?}"
+    );
+    assert!(follow.try_wait().unwrap().is_none(), "still following");
 }

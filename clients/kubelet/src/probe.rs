@@ -237,3 +237,160 @@ pub fn start(
     });
     Probers { state, task }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use skiff::api::core::v1::{HttpGetAction, TcpSocketAction};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::runtime::sim::SimRuntime;
+
+    fn target(ports: Vec<ContainerPort>) -> Target {
+        Target {
+            ip: "127.0.0.1".into(),
+            ports,
+            runtime: Arc::new(SimRuntime::new()),
+            container_id: "c".into(),
+        }
+    }
+
+    fn tcp(port: &str) -> Probe {
+        Probe {
+            tcp_socket: Some(TcpSocketAction {
+                port: port.into(),
+                host: String::new(),
+            }),
+            timeout_seconds: 1,
+            period_seconds: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Serves one fixed HTTP status on every connection.
+    async fn http_server(status: &'static str) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_succeeds_only_on_an_open_port_named_or_numbered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let named = vec![ContainerPort {
+            name: "web".into(),
+            container_port: port.into(),
+            ..Default::default()
+        }];
+        assert!(check(&tcp(&port.to_string()), &target(vec![])).await);
+        assert!(check(&tcp("web"), &target(named)).await);
+        assert!(
+            !check(&tcp("web"), &target(vec![])).await,
+            "an unknown port name fails"
+        );
+        drop(listener);
+        assert!(!check(&tcp(&port.to_string()), &target(vec![])).await);
+    }
+
+    #[tokio::test]
+    async fn http_probe_accepts_2xx_and_3xx_only() {
+        for (status, ok) in [
+            ("200 OK", true),
+            ("302 Found", true),
+            ("500 Internal Server Error", false),
+            ("404 Not Found", false),
+        ] {
+            let port = http_server(status).await;
+            let probe = Probe {
+                http_get: Some(HttpGetAction {
+                    path: "/healthz".into(),
+                    port: port.to_string(),
+                    ..Default::default()
+                }),
+                timeout_seconds: 1,
+                ..Default::default()
+            };
+            assert_eq!(check(&probe, &target(vec![])).await, ok, "{status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_startup_probe_marks_the_container_failed_and_holds_readiness() {
+        let changed = Arc::new(Notify::new());
+        // Nothing listens on a port just released.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ready_port = http_server("200 OK").await;
+        let mut startup = tcp(&port.to_string());
+        startup.failure_threshold = 1;
+        let readiness = Probe {
+            http_get: Some(HttpGetAction {
+                port: ready_port.to_string(),
+                ..Default::default()
+            }),
+            period_seconds: 1,
+            ..Default::default()
+        };
+        let probers = start(
+            Some(startup),
+            None,
+            Some(readiness),
+            target(vec![]),
+            changed.clone(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), changed.notified())
+            .await
+            .unwrap();
+        assert!(probers.state.failed.load(SeqCst));
+        assert!(!probers.state.started.load(SeqCst));
+        assert!(
+            !probers.state.ready.load(SeqCst),
+            "readiness waits for startup"
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_probe_once_started() {
+        let changed = Arc::new(Notify::new());
+        let port = http_server("200 OK").await;
+        let readiness = Probe {
+            http_get: Some(HttpGetAction {
+                port: port.to_string(),
+                ..Default::default()
+            }),
+            period_seconds: 1,
+            ..Default::default()
+        };
+        let probers = start(
+            Some(tcp(&port.to_string())),
+            None,
+            Some(readiness),
+            target(vec![]),
+            changed.clone(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !probers.state.ready.load(SeqCst) {
+                changed.notified().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(probers.state.started.load(SeqCst) && !probers.state.failed.load(SeqCst));
+    }
+}

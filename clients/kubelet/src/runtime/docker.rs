@@ -120,6 +120,19 @@ fn cidr_contains(outer: &str, inner: &str) -> bool {
     u32::from(o) & mask == u32::from(i) & mask
 }
 
+/// The part of a pod network Docker hands out itself (to containers joined
+/// to it that are not pods, like a kubelet in a container): its last /24,
+/// which node pod CIDRs, allocated from the start, reach last.
+fn dynamic_range(cidr: &str) -> Option<String> {
+    let (ip, bits) = parse_cidr(cidr)?;
+    if bits > 23 {
+        return None;
+    }
+    let host_mask = u32::MAX >> bits;
+    let last = (u32::from(ip) & !host_mask) | (host_mask & !0xff);
+    Some(format!("{}/24", Ipv4Addr::from(last)))
+}
+
 /// A tar archive of regular files, enough for a build context.
 fn tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -255,6 +268,7 @@ impl DockerRuntime {
             ipam: self.options.network_cidr.as_ref().map(|c| Ipam {
                 config: Some(vec![IpamConfig {
                     subnet: Some(c.clone()),
+                    ip_range: dynamic_range(c),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -735,6 +749,19 @@ mod tests {
         assert!(!cidr_contains("10.244.0.0/16", "10.245.3.0/24"));
         assert!(!cidr_contains("10.244.3.0/24", "10.244.0.0/16"));
         assert!(!cidr_contains("bad", "10.244.0.0/16"));
+    }
+
+    #[test]
+    fn docker_hands_out_the_last_block_itself() {
+        assert_eq!(
+            dynamic_range("10.244.0.0/16").as_deref(),
+            Some("10.244.255.0/24")
+        );
+        assert_eq!(
+            dynamic_range("10.0.0.0/8").as_deref(),
+            Some("10.255.255.0/24")
+        );
+        assert_eq!(dynamic_range("10.1.2.0/24"), None);
     }
 
     #[test]
