@@ -50,6 +50,18 @@ pub enum ApiError {
         /// "namespace/name" or "name".
         name: String,
     },
+    /// A value the object asks for (a cluster IP, a node port) belongs to another object.
+    #[error("{kind} {name:?}: {field}: {message}")]
+    Allocated {
+        /// Kind of the object.
+        kind: String,
+        /// "namespace/name" or "name".
+        name: String,
+        /// The field holding the value.
+        field: String,
+        /// What is taken, and by whom.
+        message: String,
+    },
     /// The object changed since the caller read it (stale resource_version
     /// or failed precondition on uid or version).
     #[error("{kind} {name:?}: {reason}")]
@@ -165,6 +177,13 @@ impl From<ApiError> for Status {
             }
             ApiError::Conflict { kind, name, .. } => {
                 with_resource(Code::Aborted, message, &kind, &name)
+            }
+            ApiError::Allocated {
+                field, message: m, ..
+            } => {
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation(field, m);
+                Status::with_error_details(Code::AlreadyExists, message, details)
             }
             ApiError::Invalid { violations, .. } => {
                 let mut details = ErrorDetails::new();

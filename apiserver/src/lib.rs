@@ -2,6 +2,7 @@
 //! front of it, the cacher), the one generic gRPC service every kind is
 //! served by, validation, and the server assembly.
 
+pub mod allocator;
 pub mod cacher;
 pub mod compactor;
 pub mod error;

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
+use crate::allocator::ServiceAllocator;
 use crate::cacher::{Cacher, CacherConfig, CacherStats};
 use crate::error::ApiError;
 use crate::limits::RequestSizeLayer;
@@ -62,6 +63,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// Opens the configured storage backend.
@@ -83,6 +87,10 @@ pub struct ServerConfig {
     pub watch_cache: Option<CacherConfig>,
     /// How often storage is compacted; `None` never.
     pub compaction_interval: Option<Duration>,
+    /// Range Services' cluster IPs come from.
+    pub service_cidr: String,
+    /// Range of node ports.
+    pub node_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +98,8 @@ impl Default for ServerConfig {
         Self {
             watch_cache: Some(CacherConfig::default()),
             compaction_interval: Some(Duration::from_secs(300)),
+            service_cidr: crate::allocator::DEFAULT_SERVICE_CIDR.into(),
+            node_ports: crate::allocator::DEFAULT_NODE_PORTS,
         }
     }
 }
@@ -99,6 +109,7 @@ type StatsFn = Arc<dyn Fn() -> CacherStats + Send + Sync>;
 /// A configured API server, ready to serve.
 pub struct ApiServer {
     routes: RoutesBuilder,
+    allocator: Arc<ServiceAllocator>,
     storage: Arc<dyn Storage>,
     shutdown: tokio::sync::watch::Sender<bool>,
     config: ServerConfig,
@@ -144,7 +155,14 @@ impl Registrar {
     where
         K: Strategy + ServeWith<ResourceServer<K>>,
     {
-        let server = Arc::new(ResourceServer::new(store, self.ctx.clone()));
+        self.add_server(ResourceServer::new(store, self.ctx.clone()));
+    }
+
+    fn add_server<K>(&mut self, server: ResourceServer<K>)
+    where
+        K: Strategy + ServeWith<ResourceServer<K>>,
+    {
+        let server = Arc::new(server);
         K::add_service(
             &mut self.routes,
             server,
@@ -195,7 +213,20 @@ impl ApiServer {
         r.add_with_store::<Namespace>(namespaces.clone());
         r.add_with_store::<Node>(nodes);
         r.add::<Pod>();
-        r.add::<Service>();
+        let allocator = Arc::new(
+            ServiceAllocator::new(
+                storage.clone(),
+                &config.service_cidr,
+                config.node_ports.clone(),
+            )
+            .map_err(ServerError::Config)?,
+        );
+        let services = r.store::<Service>();
+        r.add_server(ResourceServer::with_hooks(
+            services,
+            ctx.clone(),
+            allocator.clone(),
+        ));
         r.add::<Endpoints>();
         r.add::<ServiceAccount>();
         r.add::<Secret>();
@@ -240,6 +271,7 @@ impl ApiServer {
         bootstrap_namespaces(&*namespaces, &ctx).await?;
         Ok(Self {
             routes,
+            allocator,
             storage,
             shutdown,
             config,
@@ -272,6 +304,11 @@ impl ApiServer {
             .config
             .compaction_interval
             .map(|every| tokio::spawn(crate::compactor::run(self.storage.clone(), every)));
+        let repairs = tokio::spawn(
+            self.allocator
+                .clone()
+                .run_repairs(Duration::from_secs(180), self.shutdown.subscribe()),
+        );
         let streams = self.shutdown;
         let shutdown = async move {
             shutdown.await;
@@ -297,6 +334,7 @@ impl ApiServer {
         if let Some(c) = compactor {
             c.abort();
         }
+        repairs.abort();
         result?;
         Ok(())
     }

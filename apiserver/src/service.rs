@@ -45,16 +45,62 @@ pub struct ApiContext {
     pub kubelets: Arc<crate::kubelets::KubeletConnector>,
 }
 
+/// What a kind needs beyond its object (Kubernetes' registry hooks):
+/// values allocated before an object is stored (a Service's cluster IP)
+/// and freed when it goes or its write fails.
+#[async_trait::async_trait]
+pub trait ObjectHooks<K>: Send + Sync {
+    /// Before a new, valid object is stored: allocate and fill in.
+    async fn before_create(&self, obj: &mut K) -> Result<(), ApiError>;
+    /// The create failed: free what `before_create` took.
+    async fn create_failed(&self, obj: &K);
+    /// Before a valid update is stored: allocate what `new` adds.
+    async fn before_update(&self, new: &mut K, old: &K) -> Result<(), ApiError>;
+    /// The update failed: free what `before_update` took.
+    async fn update_failed(&self, new: &K, old: &K);
+    /// The update is stored: free what `old` had and `new` has not.
+    async fn updated(&self, new: &K, old: &K);
+    /// The object is gone.
+    async fn deleted(&self, obj: &K);
+}
+
 /// The generic service of kind `K`.
 pub struct ResourceServer<K: Resource> {
     store: Arc<dyn ObjectStore<K>>,
     ctx: Arc<ApiContext>,
+    hooks: Option<Arc<dyn ObjectHooks<K>>>,
 }
 
 impl<K: Strategy> ResourceServer<K> {
     /// A service over `store`.
     pub fn new(store: Arc<dyn ObjectStore<K>>, ctx: Arc<ApiContext>) -> Self {
-        Self { store, ctx }
+        Self {
+            store,
+            ctx,
+            hooks: None,
+        }
+    }
+
+    /// A service over `store` that calls `hooks` around writes.
+    pub fn with_hooks(
+        store: Arc<dyn ObjectStore<K>>,
+        ctx: Arc<ApiContext>,
+        hooks: Arc<dyn ObjectHooks<K>>,
+    ) -> Self {
+        Self {
+            store,
+            ctx,
+            hooks: Some(hooks),
+        }
+    }
+
+    /// Removes an object from storage, then runs the deletion hook.
+    async fn remove(&self, ns: &str, name: &str, rv: Option<i64>) -> Result<K, ApiError> {
+        let gone = self.store.delete(ns, name, rv).await?;
+        if let Some(h) = &self.hooks {
+            h.deleted(&gone).await;
+        }
+        Ok(gone)
     }
 
     fn kind() -> &'static str {
@@ -172,6 +218,9 @@ impl<K: Strategy> ResourceServer<K> {
         Self::invalid_if_any(&obj, violations)?;
         Self::check_size(&obj)?;
         self.check_namespace_for_create(&ns).await?;
+        if let Some(h) = &self.hooks {
+            h.before_create(&mut obj).await?;
+        }
         // A generated name may collide; try a few others, as Kubernetes' clients do.
         let mut attempts = 0;
         loop {
@@ -181,7 +230,13 @@ impl<K: Strategy> ResourceServer<K> {
                     let prefix = obj.meta().generate_name.clone();
                     obj.meta_mut().name = generated_name(&prefix);
                 }
-                other => return other,
+                Err(e) => {
+                    if let Some(h) = &self.hooks {
+                        h.create_failed(&obj).await;
+                    }
+                    return Err(e);
+                }
+                ok => return ok,
             }
         }
     }
@@ -277,7 +332,15 @@ impl<K: Strategy> ResourceServer<K> {
             let result = if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers()
             {
                 // The last finalizer is gone: the object goes.
-                self.store.delete(&ns, &name, Some(old_rv)).await
+                self.remove(&ns, &name, Some(old_rv)).await
+            } else if let (Some(h), false) = (&self.hooks, status_only) {
+                h.before_update(&mut new, &old).await?;
+                let result = self.store.update(new.clone(), old_rv).await;
+                match &result {
+                    Ok(stored) => h.updated(stored, &old).await,
+                    Err(_) => h.update_failed(&new, &old).await,
+                }
+                result
             } else {
                 self.store.update(new, old_rv).await
             };
@@ -389,7 +452,7 @@ impl<K: Strategy> ResourceServer<K> {
                 if pending || grace.is_some() {
                     return Ok(old);
                 }
-                self.store.delete(&ns, &p.name, Some(old_rv)).await
+                self.remove(&ns, &p.name, Some(old_rv)).await
             } else if pending || grace.is_some() {
                 let mut new = old.clone();
                 let grace = grace.unwrap_or(0);
@@ -401,7 +464,7 @@ impl<K: Strategy> ResourceServer<K> {
                 new.mark_deleting();
                 self.store.update(new, old_rv).await
             } else {
-                self.store.delete(&ns, &p.name, Some(old_rv)).await
+                self.remove(&ns, &p.name, Some(old_rv)).await
             };
             match result {
                 Err(ApiError::Conflict { .. }) if precondition_rv.is_none() => continue,

@@ -28,6 +28,7 @@ fn config(f: impl FnOnce(&mut CacherConfig)) -> ServerConfig {
     ServerConfig {
         watch_cache: Some(c),
         compaction_interval: None,
+        ..Default::default()
     }
 }
 

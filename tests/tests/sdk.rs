@@ -52,6 +52,7 @@ fn tiny_ring() -> ServerConfig {
             ..Default::default()
         }),
         compaction_interval: None,
+        ..Default::default()
     }
 }
 

@@ -236,7 +236,21 @@ impl Strategy for Service {
             if new.cluster_ips.is_empty() {
                 new.cluster_ips = old.cluster_ips.clone();
             }
-            for p in &mut new.ports {
+            let node_ports = matches!(new.r#type.as_str(), "NodePort" | "LoadBalancer");
+            if !node_ports {
+                // A service that stops being a NodePort gives its ports back
+                // (Kubernetes drops type-dependent fields the same way).
+                for p in &mut new.ports {
+                    if old
+                        .ports
+                        .iter()
+                        .any(|o| o.node_port == p.node_port && o.port == p.port)
+                    {
+                        p.node_port = 0;
+                    }
+                }
+            }
+            for p in new.ports.iter_mut().filter(|_| node_ports) {
                 if p.node_port == 0
                     && let Some(o) = old
                         .ports

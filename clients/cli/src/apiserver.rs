@@ -49,6 +49,26 @@ pub struct Args {
     /// How often watchers that ask for bookmarks get one.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub bookmark_interval: Duration,
+    /// Range Services' cluster IPs come from (inside 127.0.0.0/8, they answer on this machine).
+    #[arg(long, default_value = skiff_apiserver::allocator::DEFAULT_SERVICE_CIDR)]
+    pub service_cluster_ip_range: String,
+    /// Range of NodePort services' ports, e.g. 30000-32767.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: std::ops::RangeInclusive<u16>,
+}
+
+/// Parses "30000-32767".
+pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("{s:?} is not a port range like 30000-32767");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
 }
 
 /// Parses "500ms", "30s", "5m", "1h" or plain seconds.
@@ -83,6 +103,8 @@ pub fn server_config(args: &Args) -> ServerConfig {
     }
     config.compaction_interval =
         (!args.compaction_interval.is_zero()).then_some(args.compaction_interval);
+    config.service_cidr = args.service_cluster_ip_range.clone();
+    config.node_ports = args.service_node_port_range.clone();
     config
 }
 
