@@ -72,7 +72,7 @@ impl Cluster {
 
     /// A cluster whose API server listens on `ip` (any free port).
     pub async fn start_on(ip: std::net::IpAddr) -> Self {
-        let (cidr, lock) = reserve_range("127", 64, 190);
+        let (cidr, lock) = reserve_range("127", 128, 126);
         Self::start_with(ip, cidr, lock).await
     }
 
