@@ -639,3 +639,82 @@ fn shared_libraries(bin: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// A `skiff up` process with its own data directory. Dropping it kills it
+/// and every pod process its nodes started.
+pub struct Up {
+    /// The API server's address.
+    pub server: String,
+    /// A client of it.
+    pub client: Client,
+    /// The cluster's data directory.
+    pub data_dir: PathBuf,
+    process: Option<crate::SkiffProcess>,
+}
+
+impl Up {
+    /// Runs `skiff up` on `data_dir` with `extra` flags; waits until it serves.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let dir = data_dir.display().to_string();
+        let mut args = vec![
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dir,
+            "--no-config",
+        ];
+        args.extend_from_slice(extra);
+        let process = crate::SkiffProcess::start_listening(&args).await;
+        let server = process.addr.clone();
+        let client = Client::connect_to(&server)
+            .await
+            .expect("connect to skiff up");
+        Self {
+            server,
+            client,
+            data_dir: data_dir.to_owned(),
+            process: Some(process),
+        }
+    }
+
+    /// Stops it as Ctrl-C would and waits; true if it exited cleanly.
+    pub async fn stop(mut self) -> bool {
+        let p = self.process.take().expect("running");
+        p.terminate().await.success()
+    }
+
+    /// Pids of the running processes of pod `uid`.
+    pub fn pod_processes(&self, uid: &str) -> Vec<u32> {
+        self.records()
+            .into_iter()
+            .filter(|(pod, pid, _)| pod == uid && !zombie(*pid))
+            .map(|(_, pid, _)| pid)
+            .collect()
+    }
+
+    fn records(&self) -> Vec<(String, u32, PathBuf)> {
+        let Ok(nodes) = std::fs::read_dir(self.data_dir.join("nodes")) else {
+            return Vec::new();
+        };
+        nodes
+            .filter_map(|n| n.ok())
+            .flat_map(|n| process_records(&n.path()))
+            .collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.process.is_none() {
+            return;
+        }
+        self.process.take();
+        for (_, pid, _) in self.records() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

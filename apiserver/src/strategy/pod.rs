@@ -19,6 +19,9 @@ impl Strategy for Pod {
             phase: "Pending".into(),
             ..Default::default()
         });
+        if let Some(spec) = self.spec.as_mut() {
+            set_pod_defaults(spec);
+        }
     }
 
     fn validate(&self) -> Vec<FieldViolation> {
@@ -174,5 +177,48 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(p.graceful_delete_seconds(None), None);
+    }
+}
+
+/// Kubernetes' defaults for what a pod spec leaves out: restart policy,
+/// grace period, port protocols and probe timing.
+pub fn set_pod_defaults(spec: &mut skiff::api::core::v1::PodSpec) {
+    if spec.restart_policy.is_empty() {
+        spec.restart_policy = "Always".into();
+    }
+    if spec.termination_grace_period_seconds.is_none() {
+        spec.termination_grace_period_seconds = Some(30);
+    }
+    for c in spec
+        .init_containers
+        .iter_mut()
+        .chain(spec.containers.iter_mut())
+    {
+        for p in &mut c.ports {
+            if p.protocol.is_empty() {
+                p.protocol = "TCP".into();
+            }
+        }
+        for probe in [
+            &mut c.liveness_probe,
+            &mut c.readiness_probe,
+            &mut c.startup_probe,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if probe.timeout_seconds == 0 {
+                probe.timeout_seconds = 1;
+            }
+            if probe.period_seconds == 0 {
+                probe.period_seconds = 10;
+            }
+            if probe.success_threshold == 0 {
+                probe.success_threshold = 1;
+            }
+            if probe.failure_threshold == 0 {
+                probe.failure_threshold = 3;
+            }
+        }
     }
 }

@@ -144,3 +144,34 @@ pub async fn controller_manager(
     skiff_controllers::run(client, config, apiserver::shutdown_signal()).await?;
     Ok(())
 }
+
+/// Flags of `skiff proxy`.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  \
+    skiff proxy                                # against ~/.skiff/config's server\n  \
+    skiff proxy --node-address 127.0.0.1")]
+pub struct ProxyArgs {
+    /// The address NodePort services listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub node_address: std::net::IpAddr,
+    /// A UDP client's session ends after this long without traffic.
+    #[arg(long, default_value = "60s", value_parser = apiserver::parse_duration)]
+    pub udp_idle_timeout: std::time::Duration,
+}
+
+/// Proxy configuration from flags.
+pub fn proxy_config(args: &ProxyArgs) -> skiff_proxy::ProxyConfig {
+    skiff_proxy::ProxyConfig {
+        node_address: args.node_address,
+        udp_idle_timeout: args.udp_idle_timeout,
+        ..Default::default()
+    }
+}
+
+/// Runs `skiff proxy` until Ctrl-C or SIGTERM.
+pub async fn proxy(args: ProxyArgs, server: Option<&str>) -> anyhow::Result<()> {
+    let client = ctx::client(server).await?;
+    tracing::info!(server = client.server(), "proxy starting");
+    skiff_proxy::run(client, proxy_config(&args), apiserver::shutdown_signal()).await;
+    Ok(())
+}

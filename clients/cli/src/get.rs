@@ -34,7 +34,8 @@ pub enum Output {
     skiff get pods -l app=web -w        # and keep printing changes\n  \
     skiff get pods --field-selector spec.nodeName=n1")]
 pub struct Args {
-    /// Kind: a plural, singular or short name (pods, pod, po).
+    /// Kind: a plural, singular or short name (pods, pod, po); several
+    /// separated by commas (deploy,svc), or "all".
     pub kind: String,
     /// Names of objects (all when omitted).
     pub names: Vec<String>,
@@ -132,8 +133,81 @@ fn list_value(items: &[Value]) -> Value {
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
+/// Kinds `skiff get all` shows (as kubectl's "all").
+const ALL: &[&str] = &["pods", "services", "deployments", "replicasets"];
+
+/// Runs `skiff get` for several kinds ("deploy,svc" or "all"): a table per
+/// kind, or one List of every object.
+async fn run_many(args: Args, kinds: Vec<String>, server: Option<&str>) -> anyhow::Result<()> {
+    if !args.names.is_empty() || args.watch {
+        bail!("names and -w need a single kind");
+    }
+    let kinds: Vec<DynamicKind> = kinds
+        .iter()
+        .map(|k| ctx::kind(k))
+        .collect::<anyhow::Result<_>>()?;
+    let client = ctx::dynamic(server).await?;
+    let mut all = Vec::new();
+    let mut first = true;
+    for kind in &kinds {
+        let namespace = if args.all_namespaces || !kind.info.namespaced {
+            String::new()
+        } else {
+            ctx::namespace(&args.namespace)
+        };
+        let params = ListParams {
+            namespace,
+            label_selector: args.selector.clone().unwrap_or_default(),
+            field_selector: args.field_selector.clone().unwrap_or_default(),
+            page_size: 500,
+            ..Default::default()
+        };
+        let (objects, _) = client.list_all(kind, &params).await?;
+        let items: Vec<Value> = objects
+            .iter()
+            .map(|o| manifest::to_value(kind.info, o))
+            .collect();
+        match args.output {
+            Some(Output::Yaml | Output::Json) => all.extend(items),
+            _ if items.is_empty() => {}
+            output => {
+                if !first && output != Some(Output::Name) {
+                    println!();
+                }
+                first = false;
+                print_items(
+                    kind,
+                    &items,
+                    output,
+                    args.all_namespaces && kind.info.namespaced,
+                    false,
+                );
+            }
+        }
+    }
+    match args.output {
+        Some(Output::Yaml) => print!("{}", manifest::to_yaml(&list_value(&all))),
+        Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&list_value(&all))?),
+        _ if first => eprintln!("No resources found"),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Runs `skiff get`.
 pub async fn run(args: Args, server: Option<&str>) -> anyhow::Result<()> {
+    if args.kind == "all" || args.kind.contains(',') {
+        let kinds: Vec<String> = if args.kind == "all" {
+            ALL.iter().map(|k| k.to_string()).collect()
+        } else {
+            args.kind
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        return run_many(args, kinds, server).await;
+    }
     let kind = ctx::kind(&args.kind)?;
     let client = ctx::dynamic(server).await?;
     let namespace = if args.all_namespaces || !kind.info.namespaced {

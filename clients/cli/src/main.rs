@@ -11,6 +11,7 @@ mod misc;
 mod pods;
 mod printers;
 mod rollout;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,11 @@ enum Command {
     Scheduler(components::SchedulerArgs),
     /// Run the controller manager.
     ControllerManager(components::ControllerManagerArgs),
+    /// Run the service proxy.
+    Proxy(components::ProxyArgs),
+    /// Run a whole cluster in this process: API server, scheduler,
+    /// controller manager, node(s) and proxy.
+    Up(Box<up::Args>),
     /// Run a node agent: make this machine (or a slice of it) a node.
     Kubelet(Box<kubelet::Args>),
     /// Display one or many objects.
@@ -116,6 +122,8 @@ fn main() {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Scheduler(args) => components::scheduler(args, server).await,
             Command::ControllerManager(args) => components::controller_manager(args, server).await,
+            Command::Proxy(args) => components::proxy(args, server).await,
+            Command::Up(args) => up::run(*args).await,
             Command::Kubelet(args) => kubelet::run(*args, server).await,
             Command::Logs(args) => pods::logs(args, server).await,
             Command::Exec(args) => pods::exec(args, server).await,

@@ -78,6 +78,10 @@ pub struct KubeletConfig {
     pub backoff: Backoff,
     /// Log files are rotated above this size.
     pub log_max_bytes: u64,
+    /// Stop every container when the kubelet stops (a machine shutting
+    /// down, as under `skiff up`); otherwise they keep running and a
+    /// restarted kubelet adopts them.
+    pub stop_pods_on_exit: bool,
 }
 
 impl KubeletConfig {
@@ -99,6 +103,7 @@ impl KubeletConfig {
             pod_cidr: None,
             backoff: Backoff::default(),
             log_max_bytes: 10 * 1024 * 1024,
+            stop_pods_on_exit: false,
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct Shared {
     pub runtime: Arc<dyn Runtime>,
     /// Pod IPs (when the node has a pod CIDR).
     pub ips: Option<PodIps>,
+    /// Records events about pods.
+    pub recorder: Arc<skiff::runtime::events::Recorder>,
 }
 
 impl Shared {
@@ -204,6 +211,11 @@ pub async fn run(
         config: config.clone(),
         runtime,
         ips,
+        recorder: Arc::new(skiff::runtime::events::Recorder::new(
+            client.clone(),
+            "kubelet",
+            &config.node_name,
+        )),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(shared.clone(), listener, stop_rx.clone()));
@@ -220,11 +232,49 @@ pub async fn run(
     for t in [server, heartbeats, housekeeping] {
         t.abort();
     }
+    if config.stop_pods_on_exit {
+        stop_everything(&shared).await;
+    }
     Ok(())
 }
 
-/// A pod worker: where its pod's updates go, and its task.
-type WorkerHandle = (watch::Sender<Option<Arc<Pod>>>, tokio::task::JoinHandle<()>);
+/// Stops every container (SIGTERM, SIGKILL after a short grace) and removes
+/// them and their sandboxes; the pod objects stay for the next start.
+async fn stop_everything(shared: &Shared) {
+    let runtime = &shared.runtime;
+    if let Ok(records) = runtime.containers().await {
+        futures::future::join_all(records.iter().map(|r| async move {
+            let _ = runtime.stop_container(&r.id, Duration::from_secs(5)).await;
+            let _ = runtime.remove_container(&r.id).await;
+        }))
+        .await;
+    }
+    if let Ok(sandboxes) = runtime.sandboxes().await {
+        for uid in sandboxes {
+            let _ = runtime.remove_sandbox(&uid).await;
+        }
+    }
+    tracing::info!(node = %shared.config.node_name, "stopped every container");
+}
+
+/// A pod worker: where its pod's updates go, and its task (stopped when
+/// the handle is dropped, so that workers end with the kubelet).
+type WorkerHandle = (watch::Sender<Option<Arc<Pod>>>, AbortOnDrop);
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Feeds every pod bound to this node to its worker.
 async fn sync_pods(shared: Arc<Shared>) {
@@ -286,7 +336,7 @@ async fn sync_pods(shared: Arc<Shared>) {
             None => {
                 let (tx, rx) = watch::channel(Some(pod));
                 let worker = Worker::new(shared.clone(), &uid);
-                workers.insert(uid, (tx, tokio::spawn(worker.run(rx))));
+                workers.insert(uid, (tx, AbortOnDrop(tokio::spawn(worker.run(rx)))));
             }
         }
     }

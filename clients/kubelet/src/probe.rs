@@ -148,9 +148,18 @@ async fn drive(probe: &Probe, target: &Target, mut on_result: impl FnMut(bool) -
         probe.initial_delay_seconds.max(0) as u64
     ))
     .await;
+    // Kubernetes' defaults where the API left a field unset.
     let period = ms(probe.period_seconds, 10);
-    let success_needed = probe.success_threshold.max(1) as u32;
-    let failure_needed = probe.failure_threshold.max(1) as u32;
+    let success_needed = if probe.success_threshold > 0 {
+        probe.success_threshold as u32
+    } else {
+        1
+    };
+    let failure_needed = if probe.failure_threshold > 0 {
+        probe.failure_threshold as u32
+    } else {
+        3
+    };
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     loop {
         if check(probe, target).await {

@@ -29,6 +29,7 @@ use crate::probe::{self, Probers, Target};
 use crate::runtime::{
     ContainerConfig, ContainerRecord, ContainerState, Runtime, RuntimeError, Sandbox, SandboxConfig,
 };
+use skiff::runtime::events::{NORMAL, WARNING};
 
 /// Timing of restarts.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +96,12 @@ fn spec_hash(c: &Container) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     c.encode_to_vec().hash(&mut h);
     h.finish()
+}
+
+/// Records an event about `pod` without waiting for it.
+fn emit(shared: &Shared, pod: &Pod, kind: &'static str, reason: &'static str, message: String) {
+    let (recorder, pod) = (shared.recorder.clone(), pod.clone());
+    tokio::spawn(async move { recorder.record(&pod, kind, reason, &message).await });
 }
 
 fn ts(t: SystemTime) -> Option<prost_types::Timestamp> {
@@ -365,6 +372,15 @@ impl Worker {
                         };
                         slot.probers = None;
                         slot.replace = running_hash != hash;
+                        let message = if probe_failed {
+                            format!(
+                                "Container {} failed liveness probe, will be restarted",
+                                c.name
+                            )
+                        } else {
+                            format!("Container {} definition changed, will be restarted", c.name)
+                        };
+                        emit(&self.shared, pod, NORMAL, "Killing", message);
                         let _ = runtime.stop_container(&id, kill_grace).await;
                         self.changed.notify_one();
                         return;
@@ -435,6 +451,17 @@ impl Worker {
                         ),
                     ));
                     slot.restarts += 1;
+                    emit(
+                        &self.shared,
+                        pod,
+                        WARNING,
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {} in pod {}",
+                            c.name,
+                            pod.name()
+                        ),
+                    );
                     let changed = self.changed.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
@@ -500,6 +527,13 @@ impl Worker {
         let slot = self.slots.get_mut(&c.name).expect("slot");
         match result {
             Ok(id) => {
+                emit(
+                    &self.shared,
+                    pod,
+                    NORMAL,
+                    "Started",
+                    format!("Started container {}", c.name),
+                );
                 slot.current = Some((id.clone(), attempt, SystemTime::now(), hash));
                 slot.waiting = None;
                 slot.not_before = None;
@@ -521,12 +555,28 @@ impl Worker {
                 self.changed.notify_one();
             }
             Err(RuntimeError::ImageNotPresent { image }) => {
+                if slot
+                    .waiting
+                    .as_ref()
+                    .is_none_or(|(r, _)| r != "ErrImageNeverPull")
+                {
+                    emit(
+                        &self.shared,
+                        pod,
+                        WARNING,
+                        "ErrImageNeverPull",
+                        format!(
+                            "Container image {image:?} is not present with pull policy of Never"
+                        ),
+                    );
+                }
                 slot.waiting = Some((
                     "ErrImageNeverPull".into(),
                     format!("Container image {image:?} is not present with pull policy of Never"),
                 ));
             }
             Err(e) => {
+                emit(&self.shared, pod, WARNING, "Failed", format!("Error: {e}"));
                 slot.waiting = Some(("RunContainerError".into(), e.to_string()));
                 let delay = slot.backoff;
                 slot.not_before = Some(Instant::now() + delay);
