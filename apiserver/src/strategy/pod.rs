@@ -123,6 +123,49 @@ fn spec_update_allowed(new: &PodSpec, old: &PodSpec) -> bool {
     relaxed == *new
 }
 
+/// Kubernetes' defaults for what a pod spec leaves out: restart policy,
+/// grace period, port protocols and probe timing.
+pub fn set_pod_defaults(spec: &mut skiff::api::core::v1::PodSpec) {
+    if spec.restart_policy.is_empty() {
+        spec.restart_policy = "Always".into();
+    }
+    if spec.termination_grace_period_seconds.is_none() {
+        spec.termination_grace_period_seconds = Some(30);
+    }
+    for c in spec
+        .init_containers
+        .iter_mut()
+        .chain(spec.containers.iter_mut())
+    {
+        for p in &mut c.ports {
+            if p.protocol.is_empty() {
+                p.protocol = "TCP".into();
+            }
+        }
+        for probe in [
+            &mut c.liveness_probe,
+            &mut c.readiness_probe,
+            &mut c.startup_probe,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if probe.timeout_seconds == 0 {
+                probe.timeout_seconds = 1;
+            }
+            if probe.period_seconds == 0 {
+                probe.period_seconds = 10;
+            }
+            if probe.success_threshold == 0 {
+                probe.success_threshold = 1;
+            }
+            if probe.failure_threshold == 0 {
+                probe.failure_threshold = 3;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,48 +220,5 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(p.graceful_delete_seconds(None), None);
-    }
-}
-
-/// Kubernetes' defaults for what a pod spec leaves out: restart policy,
-/// grace period, port protocols and probe timing.
-pub fn set_pod_defaults(spec: &mut skiff::api::core::v1::PodSpec) {
-    if spec.restart_policy.is_empty() {
-        spec.restart_policy = "Always".into();
-    }
-    if spec.termination_grace_period_seconds.is_none() {
-        spec.termination_grace_period_seconds = Some(30);
-    }
-    for c in spec
-        .init_containers
-        .iter_mut()
-        .chain(spec.containers.iter_mut())
-    {
-        for p in &mut c.ports {
-            if p.protocol.is_empty() {
-                p.protocol = "TCP".into();
-            }
-        }
-        for probe in [
-            &mut c.liveness_probe,
-            &mut c.readiness_probe,
-            &mut c.startup_probe,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if probe.timeout_seconds == 0 {
-                probe.timeout_seconds = 1;
-            }
-            if probe.period_seconds == 0 {
-                probe.period_seconds = 10;
-            }
-            if probe.success_threshold == 0 {
-                probe.success_threshold = 1;
-            }
-            if probe.failure_threshold == 0 {
-                probe.failure_threshold = 3;
-            }
-        }
     }
 }
