@@ -1,6 +1,7 @@
 //! `skiff-loadtest`: streaming load tests against a Skiff API server.
 
 mod lite;
+mod proxy;
 mod report;
 mod scheduler;
 mod server;
@@ -23,6 +24,8 @@ enum Scenario {
     Watch(watch::Args),
     /// Scheduler throughput: simulated nodes, pods created as fast as possible.
     Scheduler(scheduler::Args),
+    /// The service proxy against direct connections: throughput, latency, connection rate.
+    Proxy(proxy::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         match cli.scenario {
             Scenario::Watch(args) => watch::run(args).await,
             Scenario::Scheduler(args) => scheduler::run(args).await,
+            Scenario::Proxy(args) => proxy::run(args).await,
         }
     })
 }

@@ -19,6 +19,16 @@ impl Latency {
         let _ = self.0.record(us);
     }
 
+    /// Adds another histogram's values.
+    pub fn merge(&mut self, other: &Latency) {
+        let _ = self.0.add(&other.0);
+    }
+
+    /// A quantile in microseconds.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.0.value_at_quantile(q)
+    }
+
     /// Percentiles in milliseconds: p50, p90, p99, p999, max.
     pub fn json(&self) -> Value {
         let ms = |us: u64| us as f64 / 1000.0;
