@@ -366,7 +366,7 @@ pub async fn wait_for_pod_cidr(
             );
             logged = true;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     tracing::warn!(
         "no pod CIDR was assigned; pods share the node's IP (start the controller manager, or pass --pod-cidr)"
