@@ -369,7 +369,7 @@ pub async fn wait_for_pod_cidr(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     tracing::warn!(
-        "no pod CIDR was assigned; pods share the node's IP (start the controller manager, or pass --pod-cidr)"
+        "no pod CIDR was assigned; pods get no IP of their own (start the controller manager, or pass --pod-cidr)"
     );
     None
 }
