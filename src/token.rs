@@ -33,6 +33,9 @@ pub struct Claims {
     /// Secret holding the token.
     #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
     pub secret: String,
+    /// Expiry, seconds since the epoch (legacy account tokens have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
 }
 
 impl Claims {
@@ -45,6 +48,7 @@ impl Claims {
             name: name.to_owned(),
             uid: uid.to_owned(),
             secret: secret.to_owned(),
+            exp: None,
         }
     }
 }
@@ -64,6 +68,9 @@ pub enum TokenError {
     /// Not issued for service accounts.
     #[error("token not issued by {ISSUER}")]
     Issuer,
+    /// Past its expiry.
+    #[error("token expired")]
+    Expired,
 }
 
 /// Why a key file cannot be used.
@@ -126,6 +133,15 @@ pub fn verify(token: &str, key: &VerifyingKey) -> Result<Claims, TokenError> {
     .map_err(|_| TokenError::Malformed)?;
     if claims.iss != ISSUER {
         return Err(TokenError::Issuer);
+    }
+    if let Some(exp) = claims.exp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if now >= exp {
+            return Err(TokenError::Expired);
+        }
     }
     Ok(claims)
 }

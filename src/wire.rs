@@ -168,6 +168,18 @@ impl<K> ListResponse<K> {
     pub fn list_meta(&self) -> ListMeta {
         self.metadata.clone().unwrap_or_default()
     }
+
+    /// Every item as an object, decoding those held encoded.
+    pub fn into_objects(self) -> Result<Vec<K>, prost::DecodeError>
+    where
+        K: Message + Default,
+    {
+        let mut out = self.items;
+        for bytes in self.encoded_items {
+            out.push(K::decode(bytes)?);
+        }
+        Ok(out)
+    }
 }
 
 impl<K: fmt::Debug> fmt::Debug for ListResponse<K> {

@@ -105,6 +105,9 @@ pub enum ApiError {
         /// When to retry.
         retry_after: Option<Duration>,
     },
+    /// The caller may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The method is not served.
     #[error("{0}")]
     Unimplemented(String),
@@ -200,6 +203,7 @@ impl From<ApiError> for Status {
             ApiError::Unavailable { retry_after, .. } => {
                 with_retry(Code::Unavailable, message, retry_after)
             }
+            ApiError::Forbidden(_) => Status::new(Code::PermissionDenied, message),
             ApiError::Unimplemented(_) => Status::new(Code::Unimplemented, message),
             ApiError::Internal(_) => Status::new(Code::Internal, message),
         }

@@ -3,13 +3,16 @@
 //! served by, validation, and the server assembly.
 
 pub mod allocator;
+pub mod auth;
 pub mod cacher;
 pub mod compactor;
 pub mod error;
+pub mod filters;
 pub mod keys;
 pub mod kubelets;
 pub mod limits;
 pub mod predicate;
+pub mod rbac;
 pub mod server;
 pub mod service;
 pub mod storage;

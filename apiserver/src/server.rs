@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use skiff::Resource;
 use skiff::api::apps::v1::{Deployment, ReplicaSet};
 use skiff::api::coordination::v1::Lease;
 use skiff::api::core::v1::{
@@ -24,12 +25,16 @@ use crate::allocator::ServiceAllocator;
 use crate::cacher::{Cacher, CacherConfig, CacherStats};
 use crate::error::ApiError;
 use crate::limits::RequestSizeLayer;
+use crate::rbac::RbacAuthorizer;
 use crate::service::{ApiContext, MAX_OBJECT_BYTES, ResourceServer};
 use crate::storage::Storage;
 use crate::storage::embedded::EmbeddedStorage;
 use crate::storage::etcd::EtcdStorage;
 use crate::store::{ObjectStore, ReadVersion, StorageStore};
 use crate::strategy::Strategy;
+
+/// Namespace of node leases.
+pub const NODE_LEASE_NAMESPACE: &str = "skiff-node-lease";
 
 /// Namespaces that exist from the first start.
 pub const BOOTSTRAP_NAMESPACES: &[&str] = &["default", "skiff-system", "skiff-node-lease"];
@@ -91,6 +96,43 @@ pub struct ServerConfig {
     pub service_cidr: String,
     /// Range of node ports.
     pub node_ports: std::ops::RangeInclusive<u16>,
+    /// Authentication, authorization, limits, audit and TLS.
+    pub security: SecurityConfig,
+}
+
+/// PEM files of the server's TLS identity.
+#[derive(Clone)]
+pub struct TlsPem {
+    /// Certificate chain.
+    pub cert: Vec<u8>,
+    /// Private key.
+    pub key: Vec<u8>,
+    /// CA whose client certificates authenticate users (mutual TLS).
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("client_ca", &self.client_ca.is_some())
+            .finish()
+    }
+}
+
+/// Who may do what, and how much.
+#[derive(Debug, Clone, Default)]
+pub struct SecurityConfig {
+    /// Credentials accepted; `None` turns authentication off, and every
+    /// request acts as an administrator (tests, `skiff apiserver --insecure`).
+    pub authentication: Option<crate::auth::AuthConfig>,
+    /// Authorize requests with RBAC (else everything is allowed).
+    pub rbac: bool,
+    /// Limits on requests in flight; `None` for none.
+    pub limits: Option<crate::filters::LimitsConfig>,
+    /// The audit log's file and level.
+    pub audit: Option<(PathBuf, crate::filters::AuditLevel)>,
+    /// Serve TLS with this identity (else plaintext).
+    pub tls: Option<TlsPem>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +142,7 @@ impl Default for ServerConfig {
             compaction_interval: Some(Duration::from_secs(300)),
             service_cidr: crate::allocator::DEFAULT_SERVICE_CIDR.into(),
             node_ports: crate::allocator::DEFAULT_NODE_PORTS,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -110,6 +153,8 @@ type StatsFn = Arc<dyn Fn() -> CacherStats + Send + Sync>;
 pub struct ApiServer {
     routes: RoutesBuilder,
     allocator: Arc<ServiceAllocator>,
+    filters: crate::filters::FilterConfig,
+    authorizer: Option<Arc<RbacAuthorizer>>,
     storage: Arc<dyn Storage>,
     shutdown: tokio::sync::watch::Sender<bool>,
     config: ServerConfig,
@@ -197,6 +242,8 @@ impl ApiServer {
                 kubelets: Arc::new(crate::kubelets::KubeletConnector::new(Arc::new(
                     StorageStore::<Node>::new(storage.clone()),
                 ))),
+                authorizer: None,
+                pods: None,
             }),
             config: config.clone(),
             services: Vec::new(),
@@ -204,15 +251,54 @@ impl ApiServer {
         };
         let namespaces = r.store::<Namespace>();
         let nodes = r.store::<Node>();
+        let pods = r.store::<Pod>();
+        let accounts = r.store::<ServiceAccount>();
+        let secrets = r.store::<Secret>();
+        let roles = r.store::<Role>();
+        let cluster_roles = r.store::<ClusterRole>();
+        let role_bindings = r.store::<RoleBinding>();
+        let cluster_role_bindings = r.store::<ClusterRoleBinding>();
+        let security = &config.security;
+        let authorizer = security.rbac.then(|| {
+            Arc::new(RbacAuthorizer::new(
+                roles.clone(),
+                cluster_roles.clone(),
+                role_bindings.clone(),
+                cluster_role_bindings.clone(),
+            ))
+        });
+        let filters = crate::filters::FilterConfig {
+            authenticator: security.authentication.clone().map(|a| {
+                Arc::new(crate::auth::Authenticator::new(
+                    a,
+                    accounts.clone(),
+                    secrets.clone(),
+                ))
+            }),
+            limits: security
+                .limits
+                .clone()
+                .map(|l| Arc::new(crate::filters::Limits::new(l))),
+            audit: match &security.audit {
+                Some((path, level)) => Some(Arc::new(
+                    crate::filters::AuditLog::open(path, *level).map_err(|e| {
+                        ServerError::Config(format!("audit log {}: {e}", path.display()))
+                    })?,
+                )),
+                None => None,
+            },
+        };
         let ctx = Arc::new(ApiContext {
             namespaces: namespaces.clone(),
             shutdown: shutdown_rx,
             kubelets: Arc::new(crate::kubelets::KubeletConnector::new(nodes.clone())),
+            authorizer: authorizer.clone(),
+            pods: Some(pods.clone()),
         });
         r.ctx = ctx.clone();
         r.add_with_store::<Namespace>(namespaces.clone());
         r.add_with_store::<Node>(nodes);
-        r.add::<Pod>();
+        r.add_with_store::<Pod>(pods);
         let allocator = Arc::new(
             ServiceAllocator::new(
                 storage.clone(),
@@ -228,17 +314,34 @@ impl ApiServer {
             allocator.clone(),
         ));
         r.add::<Endpoints>();
-        r.add::<ServiceAccount>();
-        r.add::<Secret>();
+        r.add_with_store::<ServiceAccount>(accounts);
+        r.add_with_store::<Secret>(secrets);
         r.add::<Event>();
         r.add::<ResourceQuota>();
         r.add::<ReplicaSet>();
         r.add::<Deployment>();
         r.add::<Lease>();
-        r.add::<Role>();
-        r.add::<ClusterRole>();
-        r.add::<RoleBinding>();
-        r.add::<ClusterRoleBinding>();
+        let invalidate = Arc::new(InvalidateRbac(authorizer.clone()));
+        r.add_server(ResourceServer::with_hooks(
+            roles,
+            ctx.clone(),
+            invalidate.clone(),
+        ));
+        r.add_server(ResourceServer::with_hooks(
+            cluster_roles.clone(),
+            ctx.clone(),
+            invalidate.clone(),
+        ));
+        r.add_server(ResourceServer::with_hooks(
+            role_bindings,
+            ctx.clone(),
+            invalidate.clone(),
+        ));
+        r.add_server(ResourceServer::with_hooks(
+            cluster_role_bindings.clone(),
+            ctx.clone(),
+            invalidate,
+        ));
         debug_assert_eq!(r.services.len(), skiff::KINDS.len(), "every kind is served");
 
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -269,9 +372,12 @@ impl ApiServer {
         );
 
         bootstrap_namespaces(&*namespaces, &ctx).await?;
+        bootstrap_rbac(&cluster_roles, &cluster_role_bindings, &ctx).await?;
         Ok(Self {
             routes,
             allocator,
+            filters,
+            authorizer,
             storage,
             shutdown,
             config,
@@ -304,6 +410,10 @@ impl ApiServer {
             .config
             .compaction_interval
             .map(|every| tokio::spawn(crate::compactor::run(self.storage.clone(), every)));
+        let rbac_refresh = self
+            .authorizer
+            .clone()
+            .map(|a| tokio::spawn(a.refresh(Duration::from_secs(2), self.shutdown.subscribe())));
         let repairs = tokio::spawn(
             self.allocator
                 .clone()
@@ -315,11 +425,23 @@ impl ApiServer {
             // End watches so that in-flight requests can drain.
             let _ = streams.send(true);
         };
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.config.security.tls {
+            let mut config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                config = config
+                    .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                    .client_auth_optional(true);
+            }
+            builder = builder.tls_config(config)?;
+        }
+        let result = builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(1 << 20))
+            .layer(crate::filters::FiltersLayer::new(self.filters.clone()))
             .layer(RequestSizeLayer::new(MAX_OBJECT_BYTES))
             .add_routes(self.routes.routes())
             // Our own listener: tonic's tcp_nodelay only applies to listeners
@@ -335,6 +457,9 @@ impl ApiServer {
             c.abort();
         }
         repairs.abort();
+        if let Some(r) = rbac_refresh {
+            r.abort();
+        }
         result?;
         Ok(())
     }
@@ -380,6 +505,81 @@ async fn bootstrap_namespaces(
         match server.create_object(ns).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(ServerError::Bootstrap(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the RBAC index when an RBAC object changes.
+struct InvalidateRbac(Option<Arc<RbacAuthorizer>>);
+
+impl InvalidateRbac {
+    fn invalidate(&self) {
+        if let Some(a) = &self.0 {
+            a.invalidate();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<K: Send + Sync + 'static> crate::service::ObjectHooks<K> for InvalidateRbac {
+    async fn before_create(&self, _: &mut K) -> Result<(), ApiError> {
+        Ok(())
+    }
+    async fn create_failed(&self, _: &K) {}
+    async fn before_update(&self, _: &mut K, _: &K) -> Result<(), ApiError> {
+        Ok(())
+    }
+    async fn update_failed(&self, _: &K, _: &K) {}
+    async fn updated(&self, _: &K, _: &K) {
+        self.invalidate();
+    }
+    async fn deleted(&self, _: &K) {
+        self.invalidate();
+    }
+    async fn created(&self, _: &K) {
+        self.invalidate();
+    }
+}
+
+/// Writes the bootstrap roles and bindings that are missing or changed.
+async fn bootstrap_rbac(
+    roles: &Arc<dyn ObjectStore<ClusterRole>>,
+    bindings: &Arc<dyn ObjectStore<ClusterRoleBinding>>,
+    ctx: &Arc<ApiContext>,
+) -> Result<(), ServerError> {
+    let role_server = ResourceServer::<ClusterRole>::new(roles.clone(), ctx.clone());
+    for role in crate::rbac::bootstrap_cluster_roles() {
+        match roles
+            .get("", role.name(), ReadVersion::Latest)
+            .await
+            .map_err(ServerError::Bootstrap)?
+        {
+            Some(existing) if existing.rules == role.rules => {}
+            Some(existing) => {
+                let mut updated = existing.clone();
+                updated.rules = role.rules.clone();
+                let _ = roles
+                    .update(updated, existing.resource_version() as i64)
+                    .await;
+            }
+            None => match role_server.create_object(role).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(ServerError::Bootstrap(e)),
+            },
+        }
+    }
+    let binding_server = ResourceServer::<ClusterRoleBinding>::new(bindings.clone(), ctx.clone());
+    for binding in crate::rbac::bootstrap_cluster_role_bindings() {
+        let existing = bindings
+            .get("", binding.name(), ReadVersion::Latest)
+            .await
+            .map_err(ServerError::Bootstrap)?;
+        if existing.is_none() {
+            match binding_server.create_object(binding).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(ServerError::Bootstrap(e)),
+            }
         }
     }
     Ok(())

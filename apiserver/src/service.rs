@@ -18,9 +18,12 @@ use skiff::wire::ListResponse;
 use skiff::{Resource, api};
 use tonic::{Request, Response, Status};
 
+use crate::auth::UserInfo;
 use crate::error::{ApiError, FieldViolation};
+use crate::filters::{audit_target, caller};
 use crate::keys;
 use crate::predicate::Predicate;
+use crate::rbac::Attributes;
 use crate::store::{
     ContinueToken, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart,
 };
@@ -43,6 +46,10 @@ pub struct ApiContext {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Connections to kubelets (logs, exec).
     pub kubelets: Arc<crate::kubelets::KubeletConnector>,
+    /// RBAC; `None` allows every request (authorization off).
+    pub authorizer: Option<Arc<crate::rbac::RbacAuthorizer>>,
+    /// Pods, for what nodes may read (the secrets their pods use).
+    pub pods: Option<Arc<dyn ObjectStore<api::core::v1::Pod>>>,
 }
 
 /// What a kind needs beyond its object (Kubernetes' registry hooks):
@@ -54,6 +61,10 @@ pub trait ObjectHooks<K>: Send + Sync {
     async fn before_create(&self, obj: &mut K) -> Result<(), ApiError>;
     /// The create failed: free what `before_create` took.
     async fn create_failed(&self, obj: &K);
+    /// The object is stored.
+    async fn created(&self, obj: &K) {
+        let _ = obj;
+    }
     /// Before a valid update is stored: allocate what `new` adds.
     async fn before_update(&self, new: &mut K, old: &K) -> Result<(), ApiError>;
     /// The update failed: free what `before_update` took.
@@ -105,6 +116,136 @@ impl<K: Strategy> ResourceServer<K> {
 
     fn kind() -> &'static str {
         K::INFO.kind
+    }
+
+    /// Checks that the caller may do `verb` (on `sub`resource) to `ns/name`,
+    /// and records the target for the audit log; returns the caller.
+    async fn authorize(
+        &self,
+        extensions: &http::Extensions,
+        verb: &'static str,
+        sub: &'static str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Arc<UserInfo>, ApiError> {
+        let user = caller(extensions);
+        if let Some(t) = audit_target(extensions) {
+            t.set(ns, name);
+        }
+        if let Some(authz) = &self.ctx.authorizer {
+            let attrs = Attributes {
+                verb,
+                group: K::INFO.group,
+                resource: K::INFO.plural,
+                subresource: sub,
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            };
+            authz.authorize(&user, &attrs).await?;
+        }
+        Ok(user)
+    }
+
+    /// Narrows what a kubelet may do to its own node: its Node, its Lease,
+    /// the pods bound to it and the secrets those pods use (Kubernetes'
+    /// node authorizer and NodeRestriction).
+    async fn restrict_node(
+        &self,
+        user: &UserInfo,
+        verb: &str,
+        ns: &str,
+        name: &str,
+        field_selector: &str,
+        object: Option<&K>,
+    ) -> Result<(), ApiError> {
+        let Some(node) = user.node_name() else {
+            return Ok(());
+        };
+        if self.ctx.authorizer.is_none() {
+            return Ok(());
+        }
+        let forbid = |why: String| Err(ApiError::Forbidden(format!("node {node:?}: {why}")));
+        let pinned = |field: &str| {
+            field_selector.split(',').any(|term| {
+                term.trim() == format!("{field}={node}")
+                    || term.trim() == format!("{field}=={node}")
+            })
+        };
+        match (K::INFO.kind, verb) {
+            ("Pod", "list" | "watch") if !pinned("spec.nodeName") => forbid(
+                "may only list and watch pods bound to it (fieldSelector spec.nodeName=<node>)"
+                    .into(),
+            ),
+            ("Pod", "list" | "watch") => Ok(()),
+            ("Pod", "create" | "update") => forbid("may not create or change pods".into()),
+            ("Pod", _) => {
+                let bound = object
+                    .and_then(|o| o.field("spec.nodeName"))
+                    .is_some_and(|n| n == node);
+                if bound {
+                    Ok(())
+                } else {
+                    forbid(format!("pod {ns}/{name} is not bound to it"))
+                }
+            }
+            ("Node", "list" | "watch") if pinned("metadata.name") => Ok(()),
+            ("Node", _) if name == node => Ok(()),
+            ("Node", _) => forbid(format!("may only touch its own Node, not {name:?}")),
+            ("Lease", "list" | "watch") => forbid("may not list leases".into()),
+            ("Lease", _) if ns == crate::server::NODE_LEASE_NAMESPACE && name == node => Ok(()),
+            ("Lease", _) => forbid(format!("may only touch its own Lease, not {ns}/{name}")),
+            ("Secret", "get") => {
+                if self.node_uses_secret(node, ns, name).await? {
+                    Ok(())
+                } else {
+                    forbid(format!("no pod bound to it uses secret {ns}/{name}"))
+                }
+            }
+            ("Secret", _) => forbid("may only read secrets its pods use".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a pod bound to `node` in `ns` uses secret `name` (in an
+    /// environment variable, or as its service account's token).
+    async fn node_uses_secret(&self, node: &str, ns: &str, name: &str) -> Result<bool, ApiError> {
+        let Some(pods) = &self.ctx.pods else {
+            return Ok(false);
+        };
+        let predicate =
+            Predicate::parse::<api::core::v1::Pod>(ns, "", &format!("spec.nodeName={node}"))?;
+        let list = pods
+            .list(ListOptions {
+                predicate,
+                version: ReadVersion::Any,
+                limit: 0,
+                continue_token: None,
+            })
+            .await?
+            .into_objects()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let token_prefix = |sa: &str| format!("{sa}-token-");
+        Ok(list.iter().any(|p| {
+            let Some(spec) = &p.spec else { return false };
+            let account = if spec.service_account_name.is_empty() {
+                "default"
+            } else {
+                &spec.service_account_name
+            };
+            name.starts_with(&token_prefix(account))
+                || spec
+                    .containers
+                    .iter()
+                    .chain(&spec.init_containers)
+                    .any(|c| {
+                        c.env.iter().any(|e| {
+                            e.value_from
+                                .as_ref()
+                                .and_then(|v| v.secret_key_ref.as_ref())
+                                .is_some_and(|r| r.name == name)
+                        })
+                    })
+        }))
     }
 
     /// The namespace a request means: "default" when a namespaced kind's is
@@ -236,7 +377,12 @@ impl<K: Strategy> ResourceServer<K> {
                     }
                     return Err(e);
                 }
-                ok => return ok,
+                Ok(created) => {
+                    if let Some(h) = &self.hooks {
+                        h.created(&created).await;
+                    }
+                    return Ok(created);
+                }
             }
         }
     }
@@ -569,29 +715,72 @@ fn generated_name(prefix: &str) -> String {
 #[tonic::async_trait]
 impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
     async fn create(&self, request: Request<K>) -> Result<K, Status> {
+        let obj = request.get_ref();
+        let ns = Self::namespace_of(obj.namespace());
+        let user = self
+            .authorize(request.extensions(), "create", "", &ns, obj.name())
+            .await?;
+        self.restrict_node(&user, "create", &ns, obj.name(), "", Some(obj))
+            .await?;
         Ok(self.create_object(request.into_inner()).await?)
     }
 
     async fn get(&self, request: Request<GetParams>) -> Result<K, Status> {
+        let ns = Self::namespace_of(&request.get_ref().namespace);
+        let user = self
+            .authorize(
+                request.extensions(),
+                "get",
+                "",
+                &ns,
+                &request.get_ref().name,
+            )
+            .await?;
         let p = request.into_inner();
-        let ns = Self::namespace_of(&p.namespace);
         Self::require_name(&ns, &p.name)?;
         let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
-        Ok(self
+        let obj = self
             .store
             .get(&ns, &p.name, version)
             .await?
             .ok_or_else(|| ApiError::NotFound {
                 kind: Self::kind().to_owned(),
                 name: object_key(&ns, &p.name),
-            })?)
+            })?;
+        self.restrict_node(&user, "get", &ns, &p.name, "", Some(&obj))
+            .await?;
+        Ok(obj)
     }
 
     async fn list(&self, request: Request<ListParams>) -> Result<ListResponse<K>, Status> {
+        let p = request.get_ref();
+        let ns = if p.namespace.is_empty() {
+            String::new()
+        } else {
+            Self::namespace_of(&p.namespace)
+        };
+        let user = self
+            .authorize(request.extensions(), "list", "", &ns, "")
+            .await?;
+        self.restrict_node(&user, "list", &ns, "", &p.field_selector, None)
+            .await?;
+        self.audit_request(
+            request.extensions(),
+            &p.label_selector,
+            &p.field_selector,
+            &p.resource_version,
+        );
         Ok(self.list_objects(request.into_inner()).await?)
     }
 
     async fn update(&self, request: Request<K>) -> Result<K, Status> {
+        let obj = request.get_ref();
+        let ns = Self::namespace_of(obj.namespace());
+        let user = self
+            .authorize(request.extensions(), "update", "", &ns, obj.name())
+            .await?;
+        self.restrict_existing(&user, "update", &ns, obj.name())
+            .await?;
         Ok(self.update_object(request.into_inner(), false).await?)
     }
 
@@ -599,15 +788,81 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
         if !K::INFO.has_status {
             return Err(ApiError::Unimplemented(format!("{} has no status", Self::kind())).into());
         }
+        let obj = request.get_ref();
+        let ns = Self::namespace_of(obj.namespace());
+        let user = self
+            .authorize(request.extensions(), "update", "status", &ns, obj.name())
+            .await?;
+        self.restrict_existing(&user, "update_status", &ns, obj.name())
+            .await?;
         Ok(self.update_object(request.into_inner(), true).await?)
     }
 
     async fn delete(&self, request: Request<DeleteParams>) -> Result<K, Status> {
+        let p = request.get_ref();
+        let ns = Self::namespace_of(&p.namespace);
+        let user = self
+            .authorize(request.extensions(), "delete", "", &ns, &p.name)
+            .await?;
+        self.restrict_existing(&user, "delete", &ns, &p.name)
+            .await?;
         Ok(self.delete_object(request.into_inner()).await?)
     }
 
     async fn watch(&self, request: Request<WatchParams>) -> Result<WatchStream<K>, Status> {
+        let p = request.get_ref();
+        let ns = if p.namespace.is_empty() {
+            String::new()
+        } else {
+            Self::namespace_of(&p.namespace)
+        };
+        let user = self
+            .authorize(request.extensions(), "watch", "", &ns, "")
+            .await?;
+        self.restrict_node(&user, "watch", &ns, "", &p.field_selector, None)
+            .await?;
+        self.audit_request(
+            request.extensions(),
+            &p.label_selector,
+            &p.field_selector,
+            &p.resource_version,
+        );
         Ok(self.watch_objects(request.into_inner()).await?)
+    }
+}
+
+impl<K: Strategy> ResourceServer<K> {
+    /// Node restrictions that depend on the stored object (a node's pods).
+    async fn restrict_existing(
+        &self,
+        user: &UserInfo,
+        verb: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        if user.node_name().is_none() || self.ctx.authorizer.is_none() {
+            return Ok(());
+        }
+        let existing = self.store.get(ns, name, ReadVersion::Latest).await?;
+        self.restrict_node(user, verb, ns, name, "", existing.as_ref())
+            .await
+    }
+
+    /// Records a read's options at the audit log's Request level.
+    fn audit_request(
+        &self,
+        extensions: &http::Extensions,
+        labels: &str,
+        fields: &str,
+        version: &str,
+    ) {
+        if let Some(t) = audit_target(extensions) {
+            t.set_request(serde_json::json!({
+                "labelSelector": labels,
+                "fieldSelector": fields,
+                "resourceVersion": version,
+            }));
+        }
     }
 }
 
@@ -672,6 +927,15 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         &self,
         request: Request<api::core::v1::GetPodLogsRequest>,
     ) -> Result<Response<Self::GetPodLogsStream>, Status> {
+        let ns = Self::namespace_of(&request.get_ref().namespace);
+        self.authorize(
+            request.extensions(),
+            "get",
+            "log",
+            &ns,
+            &request.get_ref().name,
+        )
+        .await?;
         let r = request.into_inner();
         let ns = Self::namespace_of(&r.namespace);
         Self::require_name(&ns, &r.name)?;
@@ -703,6 +967,15 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         &self,
         request: Request<api::core::v1::ExecPodRequest>,
     ) -> Result<Response<Self::ExecPodStream>, Status> {
+        let ns = Self::namespace_of(&request.get_ref().namespace);
+        self.authorize(
+            request.extensions(),
+            "create",
+            "exec",
+            &ns,
+            &request.get_ref().name,
+        )
+        .await?;
         let r = request.into_inner();
         let ns = Self::namespace_of(&r.namespace);
         Self::require_name(&ns, &r.name)?;
@@ -738,6 +1011,15 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         &self,
         request: Request<api::core::v1::BindPodRequest>,
     ) -> Result<Response<api::core::v1::BindPodResponse>, Status> {
+        let ns = Self::namespace_of(&request.get_ref().namespace);
+        self.authorize(
+            request.extensions(),
+            "create",
+            "binding",
+            &ns,
+            &request.get_ref().name,
+        )
+        .await?;
         let r = request.into_inner();
         let ns = Self::namespace_of(&r.namespace);
         Self::require_name(&ns, &r.name)?;
@@ -835,6 +1117,15 @@ macro_rules! scale_subresource {
         #[tonic::async_trait]
         impl skiff::subresources::$trait for ResourceServer<$kind> {
             async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                let ns = Self::namespace_of(&request.get_ref().namespace);
+                self.authorize(
+                    request.extensions(),
+                    "update",
+                    "scale",
+                    &ns,
+                    &request.get_ref().name,
+                )
+                .await?;
                 let r = request.into_inner();
                 let ns = Self::namespace_of(&r.namespace);
                 Self::require_name(&ns, &r.name)?;

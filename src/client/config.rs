@@ -59,9 +59,16 @@ pub struct Config {
     /// Bearer token sent with every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// PEM file of the CA that signed the server's certificate.
+    /// PEM file of the CA that signed the server's certificate; set, the
+    /// connection is TLS and the server must prove itself with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS: its CN is the user, its O the groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -128,6 +135,33 @@ impl Config {
         Ok(())
     }
 
+    /// The TLS settings the configuration names (reading its files), if any.
+    pub fn tls_options(&self) -> Result<Option<super::TlsOptions>, ConfigError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })
+        };
+        let Some(ca) = &self.ca_file else {
+            return Ok(None);
+        };
+        let identity = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Parse {
+                    path: PathBuf::from("client_cert_file"),
+                    message: "client_cert_file and client_key_file go together".into(),
+                });
+            }
+        };
+        Ok(Some(super::TlsOptions {
+            ca_pem: read(ca)?,
+            identity,
+        }))
+    }
+
     /// Every address to try, in order.
     pub fn servers(&self) -> Vec<String> {
         self.server.iter().chain(&self.servers).cloned().collect()
@@ -147,6 +181,8 @@ mod tests {
             servers: vec!["127.0.0.1:7443".into()],
             token: Some("secret".into()),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         };
         c.save(&path).unwrap();
         assert_eq!(Config::load(&path).unwrap(), c);

@@ -13,7 +13,8 @@ pub use api::{Api, ExecStream, LogParams, LogStream, ObjectList};
 pub use config::{Config, ConfigError};
 pub use error::{Error, Result};
 pub use transport::{
-    ConnectError, Credentials, ResourceClient, Transport, connect, missing_in_response,
+    ConnectError, Credentials, ResourceClient, TlsOptions, Transport, connect, connect_with,
+    missing_in_response,
 };
 
 use skiff_types::*;
@@ -49,9 +50,10 @@ impl Client {
             Some(t) => Credentials::bearer(t)?,
             None => Credentials::none(),
         };
+        let tls = config.tls_options()?;
         let mut last = None;
         for server in config.servers() {
-            match connect(&server, credentials.clone()).await {
+            match connect_with(&server, credentials.clone(), tls.as_ref()).await {
                 Ok(transport) => return Ok(Self { transport, server }),
                 Err(e) => last = Some(e),
             }

@@ -121,18 +121,59 @@ pub enum ConnectError {
     },
 }
 
+/// TLS settings of a connection.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    /// PEM of the CA the server's certificate must chain to.
+    pub ca_pem: Vec<u8>,
+    /// PEM certificate and key to prove the client's identity (mutual TLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// Opens a connection to an API server at `endpoint` ("127.0.0.1:6443" or a URL).
 pub async fn connect(endpoint: &str, credentials: Credentials) -> Result<Transport, ConnectError> {
+    connect_with(endpoint, credentials, None).await
+}
+
+/// Opens a connection, over TLS when `tls` is given.
+pub async fn connect_with(
+    endpoint: &str,
+    credentials: Credentials,
+    tls: Option<&TlsOptions>,
+) -> Result<Transport, ConnectError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let url = if endpoint.contains("://") {
         endpoint.to_owned()
     } else {
-        format!("http://{endpoint}")
+        format!("{scheme}://{endpoint}")
     };
-    let channel = Channel::from_shared(url.clone())
+    let mut builder = Channel::from_shared(url.clone())
         .map_err(|_| ConnectError::InvalidAddress(endpoint.to_owned()))?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        builder = builder
+            .tls_config(config)
+            .map_err(|source| ConnectError::Connect {
+                address: url.clone(),
+                source,
+            })?;
+    }
+    let channel = builder
         .connect()
         .await
         .map_err(|source| ConnectError::Connect {
