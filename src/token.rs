@@ -146,6 +146,12 @@ pub fn verify(token: &str, key: &VerifyingKey) -> Result<Claims, TokenError> {
     Ok(claims)
 }
 
+/// A new random bearer token: 32 random bytes as hex.
+pub fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A new random signing key.
 pub fn generate_key() -> SigningKey {
     let seed: [u8; 32] = rand::random();

@@ -58,6 +58,11 @@ impl UserInfo {
         Self::new("system:admin", &[MASTERS])
     }
 
+    /// The kubelet of node `name`.
+    pub fn node(name: &str) -> Self {
+        Self::new(&format!("{NODE_PREFIX}{name}"), &[NODES])
+    }
+
     /// The anonymous caller.
     pub fn anonymous() -> Self {
         Self {

@@ -11,6 +11,7 @@ pub mod filters;
 pub mod keys;
 pub mod kubelets;
 pub mod limits;
+pub mod pki;
 pub mod predicate;
 pub mod rbac;
 pub mod server;

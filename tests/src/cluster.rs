@@ -667,14 +667,39 @@ impl Up {
         args.extend_from_slice(extra);
         let process = crate::SkiffProcess::start_listening(&args).await;
         let server = process.addr.clone();
-        let client = Client::connect_to(&server)
-            .await
-            .expect("connect to skiff up");
+        let client = if extra.contains(&"--insecure") {
+            Client::connect_to(&server).await
+        } else {
+            let config = skiff::client::Config::load(&Self::admin_config_at(data_dir))
+                .expect("skiff up writes the administrator's configuration");
+            Client::connect(&config).await
+        }
+        .expect("connect to skiff up");
         Self {
             server,
             client,
             data_dir: data_dir.to_owned(),
             process: Some(process),
+        }
+    }
+
+    fn admin_config_at(data_dir: &Path) -> PathBuf {
+        data_dir.join("pki").join("admin.config")
+    }
+
+    /// Runs `skiff <args>` as the administrator `skiff up` created.
+    pub async fn skiff(&self, args: &[&str]) -> crate::CommandOutput {
+        let out = tokio::process::Command::new(crate::skiff_bin())
+            .args(args)
+            .env("SKIFF_CONFIG", Self::admin_config_at(&self.data_dir))
+            .output()
+            .await
+            .expect("run skiff");
+        crate::CommandOutput {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
 

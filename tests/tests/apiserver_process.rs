@@ -37,6 +37,7 @@ async fn grpcurl_lists_describes_creates_gets_conflicts_and_deletes() {
     let data = dir.path().to_str().unwrap();
     let server = SkiffProcess::start_listening(&[
         "apiserver",
+        "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -165,6 +166,7 @@ async fn embedded_server_killed_with_sigkill_keeps_every_acknowledged_write() {
     let data = dir.path().to_str().unwrap().to_owned();
     let server = SkiffProcess::start_listening(&[
         "apiserver",
+        "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -208,6 +210,7 @@ async fn embedded_server_killed_with_sigkill_keeps_every_acknowledged_write() {
 
     let server = SkiffProcess::start_listening(&[
         "apiserver",
+        "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -238,6 +241,7 @@ async fn apiserver_on_etcd_serves_and_keeps_data_across_restarts() {
     let etcd = skiff_apiserver::testing::EtcdServer::start().await;
     let args = [
         "apiserver",
+        "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--storage",
@@ -265,6 +269,7 @@ async fn watching_from_grpcurl_shows_live_events_as_json() {
     let data = dir.path().to_str().unwrap();
     let server = SkiffProcess::start_listening(&[
         "apiserver",
+        "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",

@@ -62,6 +62,7 @@ async fn a_manifest_applies_reads_back_and_reapplies_as_a_no_op() {
     let data = dir.path().join("data");
     let server = SkiffProcess::start_listening(&[
         "apiserver",
+        "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -158,6 +159,7 @@ async fn bad_manifests_name_the_document_and_field_and_exit_non_zero() {
     let data = dir.path().join("data");
     let server = SkiffProcess::start_listening(&[
         "apiserver",
+        "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",

@@ -14,7 +14,6 @@ use skiff::Resource;
 use skiff::api::core::v1::{Endpoints, Pod};
 use skiff::params::{DeleteParams, ListParams};
 use skiff_e2e::cluster::{Up, eventually, is_ready};
-use skiff_e2e::skiff;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -48,11 +47,9 @@ async fn get(addr: SocketAddr, from: Option<[u8; 4]>) -> std::io::Result<String>
 }
 
 async fn rolled_out(up: &Up) {
-    let out = skiff(
-        &up.server,
-        &["rollout", "status", "deployment/web", "--timeout", "120s"],
-    )
-    .await;
+    let out = up
+        .skiff(&["rollout", "status", "deployment/web", "--timeout", "120s"])
+        .await;
     assert!(out.ok, "rollout: {}{}", out.stdout, out.stderr);
 }
 
@@ -92,7 +89,7 @@ async fn ready_endpoint_ips(up: &Up) -> HashSet<String> {
 async fn the_example_is_served_through_its_cluster_ip_by_every_pod() {
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(dir.path(), &[]).await;
-    let apply = skiff(&up.server, &["apply", "-f", &example()]).await;
+    let apply = up.skiff(&["apply", "-f", &example()]).await;
     assert!(apply.ok, "{}", apply.stderr);
     rolled_out(&up).await;
     let addr = cluster_ip(&up, "web").await;
@@ -223,7 +220,9 @@ spec:
 "#;
     let file = dir.path().join("sticky.yaml");
     std::fs::write(&file, sticky).unwrap();
-    let out = skiff(&up.server, &["apply", "-f", &file.display().to_string()]).await;
+    let out = up
+        .skiff(&["apply", "-f", &file.display().to_string()])
+        .await;
     assert!(out.ok, "{}", out.stderr);
     let sticky_addr = cluster_ip(&up, "web-sticky").await;
     let first = eventually("the sticky service", Duration::from_secs(30), async || {
@@ -235,7 +234,7 @@ spec:
     }
 
     // Deleting the Service takes its listener away.
-    let out = skiff(&up.server, &["delete", "service", "web"]).await;
+    let out = up.skiff(&["delete", "service", "web"]).await;
     assert!(out.ok, "{}", out.stderr);
     eventually(
         "the listener to go",
@@ -251,9 +250,7 @@ spec:
 
 /// Every object's uid, by kind and name.
 async fn everything(up: &Up) -> BTreeMap<String, String> {
-    let out = skiff(
-        &up.server,
-        &["get", "deployments,replicasets,pods,services,endpoints,serviceaccounts,secrets,namespaces,nodes", "-A", "-o", "json"],
+    let out = up.skiff(&["get", "deployments,replicasets,pods,services,endpoints,serviceaccounts,secrets,namespaces,nodes", "-A", "-o", "json"],
     )
     .await;
     assert!(out.ok, "{}", out.stderr);
@@ -281,7 +278,7 @@ async fn everything(up: &Up) -> BTreeMap<String, String> {
 async fn a_restarted_cluster_finds_every_object_and_serves_again() {
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(dir.path(), &[]).await;
-    let apply = skiff(&up.server, &["apply", "-f", &example()]).await;
+    let apply = up.skiff(&["apply", "-f", &example()]).await;
     assert!(apply.ok, "{}", apply.stderr);
     rolled_out(&up).await;
     let before = everything(&up).await;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args as ClapArgs, ValueEnum};
 use std::time::Duration;
 
+use skiff_apiserver::server::{SecurityConfig, TlsPem};
 use skiff_apiserver::{ApiServer, ServerConfig, StorageConfig, open_storage};
 
 /// Storage backends.
@@ -21,9 +22,11 @@ pub enum Backend {
 /// Flags of `skiff apiserver`.
 #[derive(Debug, ClapArgs)]
 #[command(after_help = "Examples:\n  \
-    skiff apiserver                                  # embedded storage in ~/.skiff/data\n  \
-    skiff apiserver --listen 127.0.0.1:7443 --data-dir /tmp/skiff\n  \
-    skiff apiserver --storage etcd --etcd-endpoints http://127.0.0.1:2379")]
+    skiff apiserver --insecure                       # plaintext, no auth: local exploration with grpcurl\n  \
+    skiff apiserver --tls-cert-file apiserver.crt --tls-key-file apiserver.key \\\n      \
+    --client-ca-file ca.crt --token-auth-file tokens.csv --service-account-key-file sa.key\n  \
+    skiff apiserver --insecure --listen 127.0.0.1:7443 --data-dir /tmp/skiff\n  \
+    skiff apiserver --insecure --storage etcd --etcd-endpoints http://127.0.0.1:2379")]
 pub struct Args {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:6443")]
@@ -55,6 +58,147 @@ pub struct Args {
     /// Range of NodePort services' ports, e.g. 30000-32767.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: std::ops::RangeInclusive<u16>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Who may connect and what they may do.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct SecurityArgs {
+    /// Local exploration only: plaintext, no authentication, every request
+    /// acts as an administrator.
+    #[arg(long, conflicts_with_all = ["tls_cert_file", "token_auth_file", "client_ca_file"])]
+    pub insecure: bool,
+    /// Serve plaintext gRPC (credentials still required) instead of TLS.
+    #[arg(long)]
+    pub plaintext: bool,
+    /// PEM certificate the server proves itself with (TLS).
+    #[arg(long, requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA whose client certificates authenticate users (CN = user, O = groups).
+    #[arg(long, requires = "tls_cert_file")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line.
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
+    /// Key of service-account tokens (the controller manager's
+    /// --service-account-key-file; created if missing).
+    #[arg(long)]
+    pub service_account_key_file: Option<PathBuf>,
+    /// Requests without credentials act as system:anonymous (else UNAUTHENTICATED).
+    #[arg(long)]
+    pub anonymous_auth: bool,
+    /// How requests are authorized.
+    #[arg(long, value_enum, default_value_t = AuthorizationMode::Rbac)]
+    pub authorization_mode: AuthorizationMode,
+    /// Write one JSON line per request to this file.
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// What audit lines hold.
+    #[arg(long, value_enum, default_value_t = AuditLevelFlag::Metadata)]
+    pub audit_level: AuditLevelFlag,
+    /// Read-only requests in flight at once (0: no limit).
+    #[arg(long, default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Mutating requests in flight at once (0: no limit).
+    #[arg(long, default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
+    /// Watches one user may hold open.
+    #[arg(long, default_value_t = 1000)]
+    pub max_watches_per_user: usize,
+}
+
+/// Authorization modes.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    /// Role-based access control (Roles, ClusterRoles and their bindings).
+    #[value(name = "RBAC")]
+    Rbac,
+    /// Every authenticated request is allowed.
+    #[value(name = "AlwaysAllow")]
+    AlwaysAllow,
+}
+
+/// Audit levels.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuditLevelFlag {
+    /// Log nothing.
+    None,
+    /// User, verb, kind, namespace, name, code and latency.
+    Metadata,
+    /// Metadata and the request's selectors and versions.
+    Request,
+}
+
+/// The server's security configuration from flags.
+pub fn security_config(args: &SecurityArgs) -> anyhow::Result<SecurityConfig> {
+    use skiff_apiserver::auth::{AuthConfig, StaticTokens};
+    use skiff_apiserver::filters::{AuditLevel, LimitsConfig};
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut security = SecurityConfig {
+        limits: (args.max_requests_inflight > 0 || args.max_mutating_requests_inflight > 0).then(
+            || LimitsConfig {
+                max_read_only: nonzero_or_max(args.max_requests_inflight),
+                max_mutating: nonzero_or_max(args.max_mutating_requests_inflight),
+                max_watches_per_user: nonzero_or_max(args.max_watches_per_user),
+                ..Default::default()
+            },
+        ),
+        audit: match (&args.audit_log_path, args.audit_level) {
+            (Some(_), AuditLevelFlag::None) | (None, _) => None,
+            (Some(p), AuditLevelFlag::Metadata) => Some((p.clone(), AuditLevel::Metadata)),
+            (Some(p), AuditLevelFlag::Request) => Some((p.clone(), AuditLevel::Request)),
+        },
+        ..Default::default()
+    };
+    if args.insecure {
+        return Ok(security);
+    }
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            security.tls = Some(TlsPem {
+                cert: read(cert)?,
+                key: read(key)?,
+                client_ca: args.client_ca_file.as_ref().map(read).transpose()?,
+            })
+        }
+        _ if args.plaintext => {}
+        _ => anyhow::bail!(
+            "no TLS identity: pass --tls-cert-file and --tls-key-file, \
+             --plaintext to serve plaintext with credentials, or --insecure for local exploration"
+        ),
+    }
+    let mut auth = AuthConfig {
+        anonymous: args.anonymous_auth,
+        ..Default::default()
+    };
+    if let Some(p) = &args.token_auth_file {
+        auth.tokens = StaticTokens::load(p).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    if let Some(p) = &args.service_account_key_file {
+        let key = skiff::token::load_or_create_key(p)?;
+        auth.service_account_key = Some(key.verifying_key());
+    }
+    if args.token_auth_file.is_none()
+        && args.client_ca_file.is_none()
+        && args.service_account_key_file.is_none()
+        && !args.anonymous_auth
+    {
+        anyhow::bail!(
+            "nobody could authenticate: pass --token-auth-file, --client-ca-file or \
+             --service-account-key-file (or --insecure for local exploration)"
+        );
+    }
+    security.authentication = Some(auth);
+    security.rbac = args.authorization_mode == AuthorizationMode::Rbac;
+    Ok(security)
+}
+
+fn nonzero_or_max(n: usize) -> usize {
+    if n == 0 { usize::MAX >> 4 } else { n }
 }
 
 /// Parses "30000-32767".
@@ -92,8 +236,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Server configuration from flags.
-pub fn server_config(args: &Args) -> ServerConfig {
-    let mut config = ServerConfig::default();
+pub fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
+    let mut config = ServerConfig {
+        security: security_config(&args.security)?,
+        ..Default::default()
+    };
     if args.watch_cache {
         if let Some(c) = config.watch_cache.as_mut() {
             c.bookmark_interval = args.bookmark_interval.max(Duration::from_millis(10));
@@ -105,7 +252,7 @@ pub fn server_config(args: &Args) -> ServerConfig {
         (!args.compaction_interval.is_zero()).then_some(args.compaction_interval);
     config.service_cidr = args.service_cluster_ip_range.clone();
     config.node_ports = args.service_node_port_range.clone();
-    config
+    Ok(config)
 }
 
 /// The default data directory, `~/.skiff/data`.
@@ -132,11 +279,18 @@ pub fn storage_config(args: &Args) -> StorageConfig {
 
 /// Runs the API server until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let server_config = server_config(&args)?;
+    if args.security.insecure {
+        tracing::warn!(
+            "--insecure: plaintext and no authentication; every request is an administrator's"
+        );
+    }
+    let tls = server_config.security.tls.is_some();
     let config = storage_config(&args);
     let storage = open_storage(&config)
         .await
         .with_context(|| format!("opening {config:?}"))?;
-    let server = ApiServer::with_config(storage, server_config(&args)).await?;
+    let server = ApiServer::with_config(storage, server_config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -146,7 +300,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, storage = ?config, "API server listening");
+    tracing::info!(%addr, storage = ?config, tls, "API server listening");
     // Machines (tests, scripts) read this line to learn the address.
     println!("listening on {addr}");
     server.serve(listener, shutdown_signal()).await?;

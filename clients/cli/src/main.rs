@@ -2,6 +2,7 @@
 
 mod apiserver;
 mod apply;
+mod bootstrap;
 mod components;
 mod ctx;
 mod describe;

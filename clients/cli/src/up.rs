@@ -16,7 +16,9 @@ use skiff_kubelet::{KubeletConfig, RuntimeKind};
 use tokio::sync::watch;
 
 use crate::apiserver::{self, Backend, parse_port_range};
+use crate::bootstrap::Credentials;
 use crate::kubelet::RuntimeFlag;
+use skiff_apiserver::server::SecurityConfig;
 
 /// Flags of `skiff up`.
 #[derive(Debug, ClapArgs)]
@@ -59,6 +61,13 @@ pub struct Args {
     /// Do not write the client configuration (~/.skiff/config or $SKIFF_CONFIG).
     #[arg(long)]
     pub no_config: bool,
+    /// Plaintext and no authentication: every request is an administrator's
+    /// (local exploration with grpcurl -plaintext).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Write one JSON line per request to this file.
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
 }
 
 /// A component task and what stops it.
@@ -122,9 +131,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let storage = open_storage(&storage_config)
         .await
         .with_context(|| format!("opening {storage_config:?} (is another `skiff up` using it?)"))?;
+    let key = skiff::token::load_or_create_key(&data_dir.join("service-account.key"))?;
+    let credentials = if args.insecure {
+        tracing::warn!(
+            "--insecure: plaintext and no authentication; every request is an administrator's"
+        );
+        None
+    } else {
+        Some(Credentials::ensure(&data_dir, args.listen)?)
+    };
+    let mut security = SecurityConfig {
+        limits: Some(Default::default()),
+        audit: args
+            .audit_log_path
+            .clone()
+            .map(|p| (p, skiff_apiserver::filters::AuditLevel::Metadata)),
+        ..Default::default()
+    };
+    if let Some(c) = &credentials {
+        security.tls = Some(c.tls.clone());
+        security.authentication = Some(skiff_apiserver::auth::AuthConfig {
+            tokens: c.tokens.clone(),
+            service_account_key: Some(key.verifying_key()),
+            anonymous: false,
+        });
+        security.rbac = true;
+    }
     let server_config = ServerConfig {
         service_cidr: args.service_cluster_ip_range.clone(),
         node_ports: args.service_node_port_range.clone(),
+        security,
         ..Default::default()
     };
     let server = ApiServer::with_config(storage, server_config).await?;
@@ -143,11 +179,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tracing::error!(error = %e, "the API server stopped");
         }
     });
-    let client = Client::connect_to(&addr.to_string()).await?;
+    let server_addr = addr.to_string();
+    // The client configuration of each component: its own identity.
+    let config_of = |component: &str| match &credentials {
+        Some(c) => c.component_config(component, &server_addr),
+        None => Config::for_server(&server_addr),
+    };
+    let admin_config = config_of("admin");
+    if let Some(c) = &credentials {
+        admin_config
+            .save(&c.admin_config_path())
+            .with_context(|| format!("writing {}", c.admin_config_path().display()))?;
+    }
+    let client = Client::connect(&admin_config).await?;
+    let connect = |component: &str| {
+        let config = config_of(component);
+        async move { Client::connect(&config).await }
+    };
 
     let mut components = Vec::new();
     let (c, cfg) = (
-        client.clone(),
+        connect("scheduler").await?,
         skiff_scheduler::SchedulerConfig::new("skiff-up"),
     );
     components.push(Component::spawn("scheduler", move |stop| async move {
@@ -165,16 +217,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &controllers.cluster_cidr,
         controllers.node_cidr_mask,
     )?;
-    let key = skiff::token::load_or_create_key(&data_dir.join("service-account.key"))?;
     controllers.service_account_key = Some(Arc::new(key));
-    let c = client.clone();
+    let c = connect("controller-manager").await?;
     components.push(Component::spawn(
         "controller-manager",
         move |stop| async move {
             skiff_controllers::run_controllers(c, controllers, stop).await;
         },
     ));
-    let c = client.clone();
+    let c = connect("proxy").await?;
     components.push(Component::spawn("proxy", move |stop| async move {
         skiff_proxy::run(c, skiff_proxy::ProxyConfig::default(), stop).await;
     }));
@@ -189,7 +240,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         let mut config = KubeletConfig::new(&name, runtime, data_dir.join("nodes").join(&name));
         config.stop_pods_on_exit = true;
-        let c = client.clone();
+        let c = match &credentials {
+            Some(creds) => Client::connect(&creds.node_config(&name, &server_addr)?).await?,
+            None => client.clone(),
+        };
         let n = name.clone();
         kubelets.push(Component::spawn("kubelet", move |stop| async move {
             if let Err(e) = skiff_kubelet::run(c, config, stop).await {
@@ -222,10 +276,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let took = started.elapsed();
     let config_path = Config::default_path();
     if !args.no_config {
-        let mut config = Config::load(&config_path).unwrap_or_default();
-        config.server = Some(addr.to_string());
-        config.servers.clear();
-        config
+        admin_config
             .save(&config_path)
             .with_context(|| format!("writing {}", config_path.display()))?;
     }
@@ -244,13 +295,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Backend::Embedded => format!("embedded storage in {}", data_dir.join("store").display()),
         Backend::Etcd => format!("etcd at {}", args.etcd_endpoints.join(",")),
     };
-    println!("  API server   {addr} ({storage_text})");
+    let transport = if credentials.is_some() {
+        "TLS, RBAC"
+    } else {
+        "plaintext, no authentication"
+    };
+    println!("  API server   {addr} ({storage_text}; {transport})");
     println!(
         "  components   scheduler, controller manager, proxy, kubelet on {}",
         names.join(", ")
     );
     if !args.no_config {
-        println!("  client config {}", config_path.display());
+        println!("  client config {} (administrator)", config_path.display());
+    }
+    if let Some(c) = &credentials {
+        println!(
+            "  credentials  {}",
+            c.admin_config_path()
+                .parent()
+                .unwrap_or(&data_dir)
+                .display()
+        );
     }
     println!();
     println!("Try:");

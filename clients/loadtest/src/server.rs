@@ -57,6 +57,7 @@ impl ServerUnderTest {
         let mut cmd = Command::new(&bin);
         cmd.args([
             "apiserver",
+            "--insecure",
             "--listen",
             "127.0.0.1:0",
             "--compaction-interval",
