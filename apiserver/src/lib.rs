@@ -2,6 +2,7 @@
 //! front of it, the cacher), the one generic gRPC service every kind is
 //! served by, validation, and the server assembly.
 
+pub mod admission;
 pub mod allocator;
 pub mod auth;
 pub mod cacher;

@@ -15,6 +15,9 @@ pub enum PkiError {
     /// Generating or signing failed.
     #[error("certificate: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// Certificates made here carry one group.
+    #[error("a certificate made by skiff carries one group (organization), not {0}")]
+    TooManyGroups(usize),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -117,8 +120,11 @@ impl CertificateAuthority {
         self.sign(params)
     }
 
-    /// A client certificate for `user` in `groups`.
+    /// A client certificate for `user` in `groups` (at most one group: the
+    /// certificates made here carry one organization; the server reads every
+    /// organization of certificates made elsewhere).
     pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<CertifiedKey, PkiError> {
+        Self::one_group(groups)?;
         self.issue_client_params(client_params(user, groups))
     }
 
@@ -136,6 +142,14 @@ impl CertificateAuthority {
 
     fn issue_client_params(&self, params: CertificateParams) -> Result<CertifiedKey, PkiError> {
         self.sign(params)
+    }
+
+    /// Checks that `groups` fit in one certificate.
+    fn one_group(groups: &[&str]) -> Result<(), PkiError> {
+        if groups.len() > 1 {
+            return Err(PkiError::TooManyGroups(groups.len()));
+        }
+        Ok(())
     }
 
     fn sign(&self, params: CertificateParams) -> Result<CertifiedKey, PkiError> {
@@ -157,7 +171,7 @@ fn client_params(user: &str, groups: &[&str]) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, user);
-    for g in groups {
+    if let Some(g) = groups.first() {
         dn.push(DnType::OrganizationName, *g);
     }
     params.distinguished_name = dn;
@@ -218,11 +232,12 @@ mod tests {
         let ca = CertificateAuthority::load_or_create(dir.path(), "skiff-ca").unwrap();
         let again = CertificateAuthority::load_or_create(dir.path(), "skiff-ca").unwrap();
         assert_eq!(ca.cert_pem, again.cert_pem);
-        let pair = again.issue_client("alice", &["dev", "ops"]).unwrap();
+        assert!(again.issue_client("alice", &["dev", "ops"]).is_err());
+        let pair = again.issue_client("alice", &["dev"]).unwrap();
         let der = pem_der(&pair.cert_pem);
         let user = crate::auth::user_of_certificate(&der).unwrap();
         assert_eq!(user.name, "alice");
-        assert!(user.in_group("dev") && user.in_group("ops"));
+        assert!(user.in_group("dev") && user.in_group("system:authenticated"));
         // Issued by the CA that was written first (TLS tests check signatures).
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let ca_der = pem_der(&ca.cert_pem);

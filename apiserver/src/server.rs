@@ -12,7 +12,8 @@ use skiff::Resource;
 use skiff::api::apps::v1::{Deployment, ReplicaSet};
 use skiff::api::coordination::v1::Lease;
 use skiff::api::core::v1::{
-    Endpoints, Event, Namespace, Node, Pod, ResourceQuota, Secret, Service, ServiceAccount,
+    Endpoints, Event, LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, Service,
+    ServiceAccount,
 };
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -244,6 +245,7 @@ impl ApiServer {
                 ))),
                 authorizer: None,
                 pods: None,
+                admission: None,
             }),
             config: config.clone(),
             services: Vec::new(),
@@ -258,6 +260,14 @@ impl ApiServer {
         let cluster_roles = r.store::<ClusterRole>();
         let role_bindings = r.store::<RoleBinding>();
         let cluster_role_bindings = r.store::<ClusterRoleBinding>();
+        let limit_ranges = r.store::<LimitRange>();
+        let quotas = r.store::<ResourceQuota>();
+        let admission = Arc::new(crate::admission::Admission::new(
+            accounts.clone(),
+            limit_ranges.clone(),
+            quotas.clone(),
+            storage.clone(),
+        ));
         let security = &config.security;
         let authorizer = security.rbac.then(|| {
             Arc::new(RbacAuthorizer::new(
@@ -294,6 +304,7 @@ impl ApiServer {
             kubelets: Arc::new(crate::kubelets::KubeletConnector::new(nodes.clone())),
             authorizer: authorizer.clone(),
             pods: Some(pods.clone()),
+            admission: Some(admission),
         });
         r.ctx = ctx.clone();
         r.add_with_store::<Namespace>(namespaces.clone());
@@ -317,7 +328,8 @@ impl ApiServer {
         r.add_with_store::<ServiceAccount>(accounts);
         r.add_with_store::<Secret>(secrets);
         r.add::<Event>();
-        r.add::<ResourceQuota>();
+        r.add_with_store::<ResourceQuota>(quotas);
+        r.add_with_store::<LimitRange>(limit_ranges);
         r.add::<ReplicaSet>();
         r.add::<Deployment>();
         r.add::<Lease>();

@@ -50,6 +50,8 @@ pub struct ApiContext {
     pub authorizer: Option<Arc<crate::rbac::RbacAuthorizer>>,
     /// Pods, for what nodes may read (the secrets their pods use).
     pub pods: Option<Arc<dyn ObjectStore<api::core::v1::Pod>>>,
+    /// Admission (service accounts, limit ranges, quotas); `None` for none.
+    pub admission: Option<Arc<crate::admission::Admission>>,
 }
 
 /// What a kind needs beyond its object (Kubernetes' registry hooks):
@@ -110,6 +112,9 @@ impl<K: Strategy> ResourceServer<K> {
         let gone = self.store.delete(ns, name, rv).await?;
         if let Some(h) = &self.hooks {
             h.deleted(&gone).await;
+        }
+        if let Some(a) = &self.ctx.admission {
+            a.release(&gone).await;
         }
         Ok(gone)
     }
@@ -359,9 +364,17 @@ impl<K: Strategy> ResourceServer<K> {
         Self::invalid_if_any(&obj, violations)?;
         Self::check_size(&obj)?;
         self.check_namespace_for_create(&ns).await?;
-        if let Some(h) = &self.hooks {
-            h.before_create(&mut obj).await?;
+        let charge = match &self.ctx.admission {
+            Some(a) => Some(a.admit_create(&mut obj).await?),
+            None => None,
+        };
+        if let Err(e) = self.run_before_create(&mut obj).await {
+            if let (Some(a), Some(c)) = (&self.ctx.admission, charge) {
+                a.refund(c).await;
+            }
+            return Err(e);
         }
+        let mut charge = charge;
         // A generated name may collide; try a few others, as Kubernetes' clients do.
         let mut attempts = 0;
         loop {
@@ -375,6 +388,9 @@ impl<K: Strategy> ResourceServer<K> {
                     if let Some(h) = &self.hooks {
                         h.create_failed(&obj).await;
                     }
+                    if let (Some(a), Some(c)) = (&self.ctx.admission, charge.take()) {
+                        a.refund(c).await;
+                    }
                     return Err(e);
                 }
                 Ok(created) => {
@@ -385,6 +401,13 @@ impl<K: Strategy> ResourceServer<K> {
                 }
             }
         }
+    }
+
+    async fn run_before_create(&self, obj: &mut K) -> Result<(), ApiError> {
+        if let Some(h) = &self.hooks {
+            h.before_create(obj).await?;
+        }
+        Ok(())
     }
 
     /// Reads, changes and writes an object until the write is not

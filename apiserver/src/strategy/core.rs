@@ -2,7 +2,8 @@
 
 use skiff::Resource;
 use skiff::api::core::v1::{
-    Endpoints, Namespace, NamespaceSpec, NamespaceStatus, Node, ResourceQuota, Secret, Service,
+    Endpoints, LimitRange, Namespace, NamespaceSpec, NamespaceStatus, Node, ResourceQuota, Secret,
+    Service,
 };
 
 use super::Strategy;
@@ -384,6 +385,29 @@ impl Strategy for ResourceQuota {
         if let Some(s) = &self.status {
             validate_resource_list(&s.hard, "status.hard", &mut v);
             validate_resource_list(&s.used, "status.used", &mut v);
+        }
+        v
+    }
+}
+
+impl Strategy for LimitRange {
+    fn validate(&self) -> Vec<FieldViolation> {
+        let mut v = Vec::new();
+        for (i, item) in self.spec.iter().flat_map(|s| &s.limits).enumerate() {
+            let at = |f: &str| format!("spec.limits[{i}].{f}");
+            if !matches!(item.r#type.as_str(), "Container" | "Pod") {
+                v.push(FieldViolation::new(
+                    &at("type"),
+                    format!(
+                        "{:?} is not a limit type; use Container or Pod",
+                        item.r#type
+                    ),
+                ));
+            }
+            validate_resource_list(&item.max, &at("max"), &mut v);
+            validate_resource_list(&item.min, &at("min"), &mut v);
+            validate_resource_list(&item.default, &at("default"), &mut v);
+            validate_resource_list(&item.default_request, &at("defaultRequest"), &mut v);
         }
         v
     }
