@@ -42,7 +42,7 @@ pub struct Admission {
     storage: Arc<dyn Storage>,
 }
 
-fn list_in<K: Resource>(namespace: &str) -> ListOptions {
+fn list_in(namespace: &str) -> ListOptions {
     ListOptions {
         predicate: Predicate {
             namespace: Some(namespace.to_owned()),
@@ -115,7 +115,7 @@ impl Admission {
     }
 
     async fn quotas_tracking(&self, ns: &str, usage: &Usage) -> Result<Vec<String>, ApiError> {
-        let list = self.quotas.list(list_in::<ResourceQuota>(ns)).await?;
+        let list = self.quotas.list(list_in(ns)).await?;
         Ok(list
             .into_objects()
             .map_err(|e| ApiError::Internal(format!("decoding a cached list: {e}")))?
@@ -342,7 +342,7 @@ impl Admission {
         let ns = pod.namespace().to_owned();
         let ranges = self
             .limit_ranges
-            .list(list_in::<LimitRange>(&ns))
+            .list(list_in(&ns))
             .await?
             .into_objects()
             .map_err(|e| ApiError::Internal(format!("decoding a cached list: {e}")))?;
@@ -370,10 +370,7 @@ impl Admission {
                             r.limits.entry(res.clone()).or_insert_with(|| v.clone());
                         }
                         for (res, v) in &item.default_request {
-                            if !r.requests.contains_key(res) {
-                                let value = r.limits.get(res).cloned().unwrap_or_else(|| v.clone());
-                                r.requests.insert(res.clone(), value);
-                            }
+                            r.requests.entry(res.clone()).or_insert_with(|| v.clone());
                         }
                         // A request defaults to its limit, as in Kubernetes.
                         for (res, v) in r.limits.clone() {
@@ -388,11 +385,11 @@ impl Admission {
                             };
                             match r.limits.get(res).and_then(|l| Quantity::parse(l).ok()) {
                                 Some(l) if l.milli() > max_q.milli() => violations.push(FieldViolation::new(
-                                    &at("limits", res),
+                                    at("limits", res),
                                     format!("maximum {res} usage per Container is {max} (LimitRange {}), but limit is {}", range.name(), r.limits[res]),
                                 )),
                                 None => violations.push(FieldViolation::new(
-                                    &at("limits", res),
+                                    at("limits", res),
                                     format!("maximum {res} usage per Container is {max} (LimitRange {}), but no limit is specified", range.name()),
                                 )),
                                 _ => {}
@@ -404,11 +401,11 @@ impl Admission {
                             };
                             match r.requests.get(res).and_then(|l| Quantity::parse(l).ok()) {
                                 Some(q) if q.milli() < min_q.milli() => violations.push(FieldViolation::new(
-                                    &at("requests", res),
+                                    at("requests", res),
                                     format!("minimum {res} usage per Container is {min} (LimitRange {}), but request is {}", range.name(), r.requests[res]),
                                 )),
                                 None => violations.push(FieldViolation::new(
-                                    &at("requests", res),
+                                    at("requests", res),
                                     format!("minimum {res} usage per Container is {min} (LimitRange {}), but no request is specified", range.name()),
                                 )),
                                 _ => {}
@@ -473,15 +470,14 @@ pub fn usage_of<K: Resource + Any>(obj: &K) -> Usage {
             }
         }
     }
-    if let Some(svc) = (obj as &dyn Any).downcast_ref::<skiff::api::core::v1::Service>() {
-        if let Some(spec) = &svc.spec {
-            if spec.r#type == "NodePort" || spec.r#type == "LoadBalancer" {
-                usage.insert(
-                    "services.nodeports".into(),
-                    Quantity::from_units(spec.ports.len() as i64),
-                );
-            }
-        }
+    if let Some(svc) = (obj as &dyn Any).downcast_ref::<skiff::api::core::v1::Service>()
+        && let Some(spec) = &svc.spec
+        && (spec.r#type == "NodePort" || spec.r#type == "LoadBalancer")
+    {
+        usage.insert(
+            "services.nodeports".into(),
+            Quantity::from_units(spec.ports.len() as i64),
+        );
     }
     usage
 }

@@ -473,6 +473,7 @@ fn audit(
         "name": name,
         "method": path,
         "code": code,
+        "status": format!("{:?}", tonic::Code::from_i32(code)),
         "latency_ms": (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
     });
     if log.level == AuditLevel::Request

@@ -397,7 +397,7 @@ impl Strategy for LimitRange {
             let at = |f: &str| format!("spec.limits[{i}].{f}");
             if !matches!(item.r#type.as_str(), "Container" | "Pod") {
                 v.push(FieldViolation::new(
-                    &at("type"),
+                    at("type"),
                     format!(
                         "{:?} is not a limit type; use Container or Pod",
                         item.r#type
