@@ -322,3 +322,116 @@ async fn watching_from_grpcurl_shows_live_events_as_json() {
     assert!(text.contains("\"type\": \"EVENT_TYPE_ADDED\""), "{text}");
     assert!(text.contains("\"name\": \"live-0\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_explores_a_tls_server_with_a_bearer_token_and_rbac_applies() {
+    use skiff_apiserver::pki::{CertificateAuthority, write_pair};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = CertificateAuthority::load_or_create(&pki, "test-ca").unwrap();
+    let (cert, key) = write_pair(
+        &pki,
+        "apiserver",
+        &ca.issue_server(&["127.0.0.1".into(), "localhost".into()])
+            .unwrap(),
+    )
+    .unwrap();
+    let tokens = pki.join("tokens.csv");
+    std::fs::write(
+        &tokens,
+        "admin-secret,admin,1,\"system:masters\"\nviewer-secret,viewer,2\n",
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.log");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &s(&dir.path().join("store")),
+        "--tls-cert-file",
+        &s(&cert),
+        "--tls-key-file",
+        &s(&key),
+        "--client-ca-file",
+        &s(&pki.join("ca.crt")),
+        "--token-auth-file",
+        &s(&tokens),
+        "--audit-log-path",
+        &s(&audit),
+    ])
+    .await;
+    let addr = server.addr.as_str();
+    let ca_file = s(&pki.join("ca.crt"));
+    let admin = [
+        "-cacert",
+        &ca_file,
+        "-H",
+        "authorization: Bearer admin-secret",
+    ];
+    let viewer = [
+        "-cacert",
+        &ca_file,
+        "-H",
+        "authorization: Bearer viewer-secret",
+    ];
+
+    let run = |creds: &[&str], rest: &[&str]| {
+        let args: Vec<String> = creds.iter().chain(rest).map(|a| a.to_string()).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            grpcurl(&args).await
+        }
+    };
+    // Reflection answers with a token, not without one.
+    let (ok, out, err) = run(&admin, &[addr, "list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("skiff.core.v1.PodService"), "{out}");
+    let (ok, _, err) = run(&["-cacert", &ca_file], &[addr, "list"]).await;
+    assert!(!ok && err.contains("Unauthenticated"), "{err}");
+    // Plaintext does not reach a TLS server.
+    let (ok, _, _) = grpcurl(&["-plaintext", "-connect-timeout", "2", addr, "list"]).await;
+    assert!(!ok);
+
+    let create = r#"{"pod":{"metadata":{"name":"web","namespace":"default"},
+        "spec":{"containers":[{"name":"web","image":"busybox"}]}}}"#;
+    let (ok, _, err) = run(
+        &viewer,
+        &["-d", create, addr, "skiff.core.v1.PodService/CreatePod"],
+    )
+    .await;
+    assert!(!ok && err.contains("PermissionDenied"), "{err}");
+    let (ok, out, err) = run(
+        &admin,
+        &["-d", create, addr, "skiff.core.v1.PodService/CreatePod"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"serviceAccountName\": \"default\""), "{out}");
+    let (ok, _, err) = run(
+        &viewer,
+        &[
+            "-d",
+            r#"{"namespace":"default","name":"web"}"#,
+            addr,
+            "skiff.core.v1.PodService/GetPod",
+        ],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("PermissionDenied"),
+        "viewer has no role: {err}"
+    );
+    let (ok, _, err) = run(
+        &["-cacert", &ca_file, "-H", "authorization: Bearer wrong"],
+        &[addr, "list"],
+    )
+    .await;
+    assert!(!ok && err.contains("Unauthenticated"), "{err}");
+
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(log.contains("\"user\":\"viewer\""), "{log}");
+    assert!(log.contains("\"user\":\"admin\""), "{log}");
+    assert!(!log.contains("secret"), "no token in the audit log: {log}");
+}
