@@ -355,6 +355,26 @@ pub fn columns(kind: &str) -> Vec<Column> {
             }));
             cols.push(c("AGE", false, age));
         }
+        "ResourceQuota" => {
+            cols.push(c("AGE", false, age));
+            // As kubectl: "pods: 3/10, requests.cpu: 300m/4".
+            cols.push(c("USED/HARD", false, |v| {
+                let hard = v.pointer("/spec/hard").and_then(Value::as_object);
+                hard.map(|h| {
+                    h.iter()
+                        .map(|(k, limit)| {
+                            let used = v
+                                .pointer(&format!("/status/used/{}", k.replace('/', "~1")))
+                                .and_then(Value::as_str)
+                                .unwrap_or("0");
+                            format!("{k}: {used}/{}", limit.as_str().unwrap_or(""))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+            }));
+        }
         _ => cols.push(c("AGE", false, age)),
     }
     cols
