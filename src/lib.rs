@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod descriptor;
 pub mod manifest;
+pub mod metrics;
 pub mod params;
 pub mod quantity;
 pub mod resource;

@@ -445,6 +445,33 @@ where
     }
 }
 
+/// Request counters and latencies (Kubernetes' names).
+struct RequestMetrics {
+    total: Arc<skiff::metrics::CounterVec>,
+    duration: Arc<skiff::metrics::HistogramVec>,
+}
+
+fn request_metrics() -> &'static RequestMetrics {
+    static METRICS: std::sync::OnceLock<RequestMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        let r = skiff::metrics::global();
+        RequestMetrics {
+            total: r.counter(
+                "apiserver_request_total",
+                "Requests by verb, resource and gRPC status.",
+                &["verb", "resource", "code"],
+            ),
+            duration: r.histogram(
+                "apiserver_request_duration_seconds",
+                "Time to answer (to the first response for watches), by verb and resource.",
+                &["verb", "resource"],
+                skiff::metrics::LATENCY_BUCKETS,
+            ),
+        }
+    })
+}
+
+/// Counts a finished request and writes its audit line.
 fn audit(
     config: &FilterConfig,
     path: &str,
@@ -453,6 +480,18 @@ fn audit(
     code: i32,
     started: Instant,
 ) {
+    {
+        let (verb, kind) = verb_and_kind(path);
+        let resource = skiff::KindInfo::find(&kind)
+            .map(|k| k.plural)
+            .unwrap_or(kind.as_str());
+        let m = request_metrics();
+        let status = format!("{:?}", tonic::Code::from_i32(code));
+        m.total.with(&[&verb, resource, &status]).inc();
+        m.duration
+            .with(&[&verb, resource])
+            .observe_duration(started.elapsed());
+    }
     let Some(log) = &config.audit else { return };
     if log.level == AuditLevel::None {
         return;

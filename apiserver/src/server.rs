@@ -232,6 +232,7 @@ impl ApiServer {
         storage: Arc<dyn Storage>,
         config: ServerConfig,
     ) -> Result<Self, ServerError> {
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::metered::MeteredStorage(storage));
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let mut r = Registrar {
             routes: RoutesBuilder::default(),
@@ -385,6 +386,7 @@ impl ApiServer {
 
         bootstrap_namespaces(&*namespaces, &ctx).await?;
         bootstrap_rbac(&cluster_roles, &cluster_role_bindings, &ctx).await?;
+        register_cache_metrics(CacheStatsHandle(r.cache_stats.clone()));
         Ok(Self {
             routes,
             allocator,
@@ -475,6 +477,65 @@ impl ApiServer {
         result?;
         Ok(())
     }
+}
+
+/// Exposes the watch caches of the newest server in this process on `/metrics`.
+fn register_cache_metrics(handle: CacheStatsHandle) {
+    static CURRENT: std::sync::Mutex<Option<CacheStatsHandle>> = std::sync::Mutex::new(None);
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    *CURRENT.lock().expect("metrics lock") = Some(handle);
+    REGISTERED.call_once(|| {
+        skiff::metrics::global().collect(Box::new(|e| {
+            let Some(handle) = CURRENT.lock().expect("metrics lock").clone() else {
+                return;
+            };
+            let stats = handle.get();
+            type Field = fn(&CacherStats) -> f64;
+            let families: [(&str, &str, Field); 7] = [
+                (
+                    "apiserver_registered_watchers",
+                    "Open watches by kind.",
+                    |s| s.watchers as f64,
+                ),
+                (
+                    "apiserver_watch_cache_objects",
+                    "Objects in the watch cache by kind.",
+                    |s| s.objects as f64,
+                ),
+                (
+                    "apiserver_watch_cache_resource_version",
+                    "Revision the watch cache has reached.",
+                    |s| s.revision as f64,
+                ),
+                (
+                    "apiserver_watch_cache_events_total",
+                    "Storage events the cache processed.",
+                    |s| s.events as f64,
+                ),
+                (
+                    "apiserver_watch_events_total",
+                    "Events dispatched to watchers.",
+                    |s| s.delivered as f64,
+                ),
+                (
+                    "apiserver_terminated_watchers_total",
+                    "Watchers closed for not keeping up.",
+                    |s| s.closed_slow as f64,
+                ),
+                (
+                    "apiserver_watch_cache_relists_total",
+                    "Times a watch cache re-listed storage.",
+                    |s| s.relists as f64,
+                ),
+            ];
+            for (name, help, field) in families {
+                e.gauge_header(name, help);
+                for (kind, s) in &stats {
+                    e.sample(name, &[("kind", kind)], field(s));
+                }
+            }
+        }));
+    });
 }
 
 /// Reads watch cache statistics of a running server.

@@ -142,7 +142,7 @@ pub struct Controller<K> {
 impl<K: Resource> Controller<K> {
     /// A controller as `config` says.
     pub fn new(config: ControllerConfig<K>) -> Self {
-        let queue = WorkQueue::new(config.backoff);
+        let queue = WorkQueue::named(K::INFO.plural, config.backoff);
         Self { config, queue }
     }
 

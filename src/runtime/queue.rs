@@ -19,7 +19,46 @@ struct State<T> {
     dirty: HashSet<T>,
     processing: HashSet<T>,
     failures: HashMap<T, u32>,
+    /// When each queued key was queued (with metrics on).
+    added: HashMap<T, std::time::Instant>,
     shut_down: bool,
+}
+
+/// Metrics of a named queue (Kubernetes' workqueue names).
+#[derive(Clone)]
+struct QueueMetrics {
+    depth: Arc<crate::metrics::Gauge>,
+    adds: Arc<crate::metrics::Counter>,
+    latency: crate::metrics::HistogramHandle,
+}
+
+impl QueueMetrics {
+    fn of(name: &str) -> Self {
+        struct Families {
+            depth: Arc<crate::metrics::GaugeVec>,
+            adds: Arc<crate::metrics::CounterVec>,
+            latency: Arc<crate::metrics::HistogramVec>,
+        }
+        static F: std::sync::OnceLock<Families> = std::sync::OnceLock::new();
+        let f = F.get_or_init(|| {
+            let r = crate::metrics::global();
+            Families {
+                depth: r.gauge("workqueue_depth", "Keys waiting, by queue.", &["name"]),
+                adds: r.counter("workqueue_adds_total", "Keys added, by queue.", &["name"]),
+                latency: r.histogram(
+                    "workqueue_queue_duration_seconds",
+                    "Time a key waits before a worker takes it, by queue.",
+                    &["name"],
+                    crate::metrics::LATENCY_BUCKETS,
+                ),
+            }
+        });
+        Self {
+            depth: f.depth.with(&[name]),
+            adds: f.adds.with(&[name]),
+            latency: f.latency.with(&[name]),
+        }
+    }
 }
 
 /// A de-duplicating, rate-limited work queue.
@@ -27,6 +66,7 @@ pub struct WorkQueue<T> {
     state: Arc<Mutex<State<T>>>,
     notify: Arc<Notify>,
     backoff: Backoff,
+    metrics: Option<QueueMetrics>,
 }
 
 impl<T> Clone for WorkQueue<T> {
@@ -35,6 +75,7 @@ impl<T> Clone for WorkQueue<T> {
             state: self.state.clone(),
             notify: self.notify.clone(),
             backoff: self.backoff,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -48,11 +89,29 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
                 dirty: HashSet::new(),
                 processing: HashSet::new(),
                 failures: HashMap::new(),
+                added: HashMap::new(),
                 shut_down: false,
             })),
             notify: Arc::new(Notify::new()),
             backoff,
+            metrics: None,
         }
+    }
+
+    /// An empty queue whose depth and latency are exported as metrics under `name`.
+    pub fn named(name: &str, backoff: Backoff) -> Self {
+        let mut q = Self::new(backoff);
+        q.metrics = Some(QueueMetrics::of(name));
+        q
+    }
+
+    fn queued(&self, s: &mut State<T>, item: T) {
+        if let Some(m) = &self.metrics {
+            s.added.insert(item.clone(), std::time::Instant::now());
+            m.adds.inc();
+            m.depth.set(s.queue.len() as i64 + 1);
+        }
+        s.queue.push_back(item);
     }
 
     /// Adds a key (no-op if it is already waiting).
@@ -65,7 +124,7 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             // Re-queued when its worker calls `done`.
             return;
         }
-        s.queue.push_back(item);
+        self.queued(&mut s, item);
         drop(s);
         self.notify.notify_one();
     }
@@ -118,6 +177,12 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
             {
                 let mut s = self.state.lock().expect("queue lock");
                 if let Some(item) = s.queue.pop_front() {
+                    if let Some(m) = &self.metrics {
+                        if let Some(at) = s.added.remove(&item) {
+                            m.latency.observe_duration(at.elapsed());
+                        }
+                        m.depth.set(s.queue.len() as i64);
+                    }
                     s.dirty.remove(&item);
                     s.processing.insert(item.clone());
                     let more = !s.queue.is_empty();
@@ -141,7 +206,7 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
         let mut s = self.state.lock().expect("queue lock");
         s.processing.remove(item);
         if s.dirty.contains(item) && !s.shut_down {
-            s.queue.push_back(item.clone());
+            self.queued(&mut s, item.clone());
             drop(s);
             self.notify.notify_one();
         }

@@ -62,6 +62,46 @@ impl SkiffProcess {
         Self { child, addr }
     }
 
+    /// Starts `skiff <args>` (with `SKIFF_CONFIG` pointing nowhere) and waits
+    /// (up to 60 s) for one line starting with each of `prefixes`; returns
+    /// the rest of each line, in the order given.
+    pub async fn start_printing(args: &[&str], prefixes: &[&str]) -> (Self, Vec<String>) {
+        let mut child = Command::new(skiff_bin())
+            .args(args)
+            .env("SKIFF_CONFIG", "/nonexistent/skiff-test-config")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start skiff");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while found.iter().any(Option::is_none) {
+                let Some(line) = lines.next_line().await.expect("read skiff output") else {
+                    panic!("skiff {args:?} exited before printing {prefixes:?}");
+                };
+                for (i, p) in prefixes.iter().enumerate() {
+                    if let Some(rest) = line.strip_prefix(p) {
+                        found[i] = Some(rest.trim().to_owned());
+                    }
+                }
+            }
+        })
+        .await
+        .expect("skiff prints its addresses within 60 s");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let values = found.into_iter().map(Option::unwrap_or_default).collect();
+        (
+            Self {
+                child,
+                addr: String::new(),
+            },
+            values,
+        )
+    }
+
     /// Kills the process with SIGKILL and waits for it.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;

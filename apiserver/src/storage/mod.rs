@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod metered;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;

@@ -26,6 +26,10 @@ struct Cli {
     /// API server address (default: from ~/.skiff/config or SKIFF_CONFIG, else 127.0.0.1:6443).
     #[arg(long, global = true, env = "SKIFF_SERVER")]
     server: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9090;
+    /// port 0 picks one, printed as "metrics on ADDR").
+    #[arg(long, global = true)]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,7 +121,19 @@ fn main() {
         }
     };
     let server = cli.server.clone();
+    let metrics = cli.metrics_listen;
     let result = runtime.block_on(async move {
+        if let Some(addr) = metrics {
+            match skiff::metrics::spawn_endpoint(addr).await {
+                // Machines (tests, scripts) read this line to learn the address.
+                Ok(bound) => println!("metrics on {bound}"),
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "cannot serve metrics on {addr}: {e}; pick another --metrics-listen"
+                    ));
+                }
+            }
+        }
         let server = server.as_deref();
         match cli.command {
             Command::Apiserver(args) => apiserver::run(args).await,

@@ -898,6 +898,11 @@ impl Worker {
             current.status = Some(status.clone());
             match api.update_status(&current).await {
                 Ok(_) => {
+                    let was_running = self.reported.as_ref().is_some_and(|s| s.phase == "Running")
+                        || pod.status.as_ref().is_some_and(|s| s.phase == "Running");
+                    if status.phase == "Running" && !was_running {
+                        observe_pod_start(pod);
+                    }
                     self.reported = Some(status);
                     return;
                 }
@@ -912,6 +917,31 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Records `kubelet_pod_start_duration_seconds`: from the pod's creation to
+/// this kubelet first reporting it Running.
+fn observe_pod_start(pod: &Pod) {
+    static H: std::sync::OnceLock<std::sync::Arc<skiff::metrics::HistogramVec>> =
+        std::sync::OnceLock::new();
+    let h = H.get_or_init(|| {
+        skiff::metrics::global().histogram(
+            "kubelet_pod_start_duration_seconds",
+            "Time from a pod's creation to its first Running status.",
+            &[],
+            skiff::metrics::LATENCY_BUCKETS,
+        )
+    });
+    let created = pod
+        .metadata
+        .as_ref()
+        .and_then(|m| m.creation_timestamp)
+        .and_then(|t| SystemTime::try_from(t).ok());
+    if let Some(created) = created
+        && let Ok(d) = SystemTime::now().duration_since(created)
+    {
+        h.with(&[]).observe_duration(d);
     }
 }
 

@@ -68,16 +68,47 @@ async fn connect(
     None
 }
 
+/// Connection and byte counters.
+struct Metrics {
+    connections: Arc<skiff::metrics::CounterVec>,
+    bytes: Arc<skiff::metrics::CounterVec>,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let r = skiff::metrics::global();
+        Metrics {
+            connections: r.counter(
+                "proxy_tcp_connections_total",
+                "Connections accepted, by result (forwarded, no_endpoint).",
+                &["result"],
+            ),
+            bytes: r.counter(
+                "proxy_tcp_bytes_total",
+                "Bytes forwarded, by direction (to_endpoint, to_client).",
+                &["direction"],
+            ),
+        }
+    })
+}
+
 async fn forward(mut client: TcpStream, peer: SocketAddr, balancer: &Balancer, timeout: Duration) {
     let Some((mut upstream, endpoint)) = connect(balancer, peer, timeout).await else {
         tracing::debug!(%peer, "no endpoint answered; closing the connection");
+        metrics().connections.with(&["no_endpoint"]).inc();
         return;
     };
+    metrics().connections.with(&["forwarded"]).inc();
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER).await
     {
-        Ok((up, down)) => tracing::trace!(%peer, %endpoint, up, down, "connection closed"),
+        Ok((up, down)) => {
+            metrics().bytes.with(&["to_endpoint"]).add(up);
+            metrics().bytes.with(&["to_client"]).add(down);
+            tracing::trace!(%peer, %endpoint, up, down, "connection closed")
+        }
         Err(e) => tracing::trace!(%peer, %endpoint, error = %e, "connection ended"),
     }
 }

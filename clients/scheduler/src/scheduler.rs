@@ -59,6 +59,34 @@ impl SchedulerConfig {
     }
 }
 
+/// The scheduler's Prometheus metrics (Kubernetes' names).
+struct Metrics {
+    attempts: Arc<skiff::metrics::CounterVec>,
+    duration: Arc<skiff::metrics::HistogramVec>,
+    bound: Arc<skiff::metrics::CounterVec>,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let r = skiff::metrics::global();
+        Metrics {
+            attempts: r.counter(
+                "scheduler_schedule_attempts_total",
+                "Scheduling attempts by result (scheduled, unschedulable, error).",
+                &["result"],
+            ),
+            duration: r.histogram(
+                "scheduler_scheduling_attempt_duration_seconds",
+                "Time to filter and score nodes for one pod, by result.",
+                &["result"],
+                skiff::metrics::LATENCY_BUCKETS,
+            ),
+            bound: r.counter("scheduler_pods_bound_total", "Pods bound to a node.", &[]),
+        }
+    })
+}
+
 /// Counters of a running scheduler.
 #[derive(Debug, Default)]
 pub struct SchedulerStats {
@@ -228,6 +256,7 @@ pub async fn schedule(
             continue;
         }
         stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let attempt_started = std::time::Instant::now();
         let info = PodInfo::new(latest.clone());
         let (result, total) = {
             let cache = cache.lock().expect("cache");
@@ -246,6 +275,16 @@ pub async fn schedule(
         } else {
             (next_start + result.tried) % total
         };
+        let m = metrics();
+        let outcome = if result.feasible.is_empty() {
+            "unschedulable"
+        } else {
+            "scheduled"
+        };
+        m.attempts.with(&[outcome]).inc();
+        m.duration
+            .with(&[outcome])
+            .observe_duration(attempt_started.elapsed());
         if !result.feasible.is_empty() {
             let best = result.feasible.iter().map(|(_, s)| *s).max().unwrap_or(0);
             let ties: Vec<&String> = result
@@ -273,12 +312,14 @@ pub async fn schedule(
                 match result {
                     Ok(bound) => {
                         stats.bound.fetch_add(1, Ordering::Relaxed);
+                        metrics().bound.with(&[]).inc();
                         queue.done(&key);
                         let message = format!("Successfully assigned {key} to {node}");
                         events.send(Arc::new(bound), NORMAL, "Scheduled", message);
                     }
                     Err(e) => {
                         stats.bind_errors.fetch_add(1, Ordering::Relaxed);
+                        metrics().attempts.with(&["error"]).inc();
                         cache.lock().expect("cache").forget(&key);
                         match e {
                             // Bound by someone else, or gone: nothing to retry.
