@@ -44,6 +44,10 @@ struct Record {
     env: Vec<(String, String)>,
     working_dir: PathBuf,
     exit: Option<Exit>,
+    /// Started by this process, whose reaper records the exit (records
+    /// found on disk after a restart have none).
+    #[serde(skip)]
+    reaped_here: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +253,7 @@ impl Runtime for ProcessRuntime {
             env: config.env.clone(),
             working_dir,
             exit: None,
+            reaped_here: true,
         };
         Self::save(&self.dir, &record);
         self.records
@@ -286,7 +291,8 @@ impl Runtime for ProcessRuntime {
         let r = records
             .get_mut(id)
             .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
-        if r.exit.is_none() && r.start_ticks != 0 && !alive(r.pid, r.start_ticks) {
+        if r.exit.is_none() && !r.reaped_here && r.start_ticks != 0 && !alive(r.pid, r.start_ticks)
+        {
             // Found again after a restart, and gone since: how it ended is unknown.
             r.exit = Some(Exit {
                 code: 137,
