@@ -6,6 +6,7 @@ mod report;
 mod scheduler;
 mod server;
 mod watch;
+mod write;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Scenario {
     /// Watch fan-out: many watchers, many writers, delivery rate and latency.
     Watch(watch::Args),
+    /// Write throughput and latency: create, update, delete (against Skiff or etcd).
+    Write(write::Args),
     /// Scheduler throughput: simulated nodes, pods created as fast as possible.
     Scheduler(scheduler::Args),
     /// The service proxy against direct connections: throughput, latency, connection rate.
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.scenario {
             Scenario::Watch(args) => watch::run(args).await,
+            Scenario::Write(args) => write::run(args).await,
             Scenario::Scheduler(args) => scheduler::run(args).await,
             Scenario::Proxy(args) => proxy::run(args).await,
         }

@@ -24,6 +24,11 @@ impl Latency {
         let _ = self.0.add(&other.0);
     }
 
+    /// Number of values recorded.
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
     /// A quantile in microseconds.
     pub fn quantile_us(&self, q: f64) -> u64 {
         self.0.value_at_quantile(q)

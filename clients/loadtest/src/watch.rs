@@ -72,9 +72,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(n * mul))
 }
 
-const NAMESPACE: &str = "loadtest";
+/// Namespace the scenarios write in.
+pub const NAMESPACE: &str = "loadtest";
 
-fn pod(name: &str, size: usize) -> Pod {
+/// A pod of about `size` bytes encoded.
+pub fn pod(name: &str, size: usize) -> Pod {
     let mut p = Pod {
         metadata: Some(ObjectMeta {
             name: name.into(),
