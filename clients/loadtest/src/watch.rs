@@ -15,8 +15,8 @@ use futures::StreamExt;
 use skiff::Resource;
 use skiff::api::core::v1::{Container, Pod, PodSpec};
 use skiff::api::meta::v1::ObjectMeta;
-use skiff::client::{Credentials, ResourceClient, Transport, connect};
-use skiff::params::{DeleteParams, ListParams, WatchParams};
+use skiff::client::{Credentials, ResourceClient, connect};
+use skiff::params::{ListParams, WatchParams};
 
 use crate::report::{Latency, Report};
 use crate::server::{Sampler, ServerArgs, ServerUnderTest};
@@ -48,11 +48,64 @@ pub struct Args {
     /// Watchers whose every event is timed (latency is sampled on these).
     #[arg(long, default_value_t = 100)]
     pub sampled_watchers: usize,
+    /// `skiff` (the API server) or `etcd://HOST:PORT`: the same load shape
+    /// straight against etcd (watches on a key prefix, puts and deletes).
+    #[arg(long, default_value = "skiff")]
+    pub target: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// A watcher's events, as the revisions they carry.
+type Revisions = std::pin::Pin<Box<dyn futures::Stream<Item = Result<u64, String>> + Send>>;
+
+/// Opens the watchers against etcd: `connections` clients, each serving its
+/// share of watches on `prefix`.
+async fn etcd_watchers(
+    hostport: &str,
+    prefix: &str,
+    watchers: usize,
+    connections: usize,
+) -> anyhow::Result<Vec<Revisions>> {
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(
+            etcd_client::Client::connect([format!("http://{hostport}")], None)
+                .await
+                .with_context(|| format!("connecting to etcd at {hostport}"))?,
+        );
+    }
+    let bar = crate::progress(watchers as u64, "starting watchers");
+    let mut out: Vec<Revisions> = Vec::new();
+    for i in 0..watchers {
+        let mut w = clients[i % connections].watch_client();
+        let stream = w
+            .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
+            .await
+            .context("opening an etcd watch")?;
+        let revisions = futures::stream::unfold(stream, |mut s| async move {
+            match s.message().await {
+                Ok(Some(resp)) => {
+                    let revs: Vec<Result<u64, String>> = resp
+                        .events()
+                        .iter()
+                        .filter_map(|e| e.kv().map(|kv| Ok(kv.mod_revision() as u64)))
+                        .collect();
+                    Some((futures::stream::iter(revs), s))
+                }
+                Ok(None) => None,
+                Err(e) => Some((futures::stream::iter(vec![Err(e.to_string())]), s)),
+            }
+        })
+        .flatten();
+        out.push(Box::pin(revisions));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 /// Parses "500ms", "30s", "5m".
@@ -105,61 +158,31 @@ pub fn pod(name: &str, size: usize) -> Pod {
 
 /// Runs the scenario.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let server = ServerUnderTest::start(&args.server).await?;
-    let admin = connect(&server.addr, Credentials::none()).await?;
-    crate::ensure_namespace(
-        &skiff::client::Client::connect_to(&server.addr).await?,
-        NAMESPACE,
-    )
-    .await?;
-    let start_rv = Pod::list_in(
-        admin.clone(),
-        ListParams {
-            namespace: NAMESPACE.into(),
-            resource_version: "0".into(),
-            page_size: 1,
-            ..Default::default()
-        },
-    )
-    .await?
-    .list_meta()
-    .resource_version;
-
-    // Watchers.
+    let etcd = args.target.strip_prefix("etcd://").map(str::to_owned);
+    let server = match &etcd {
+        Some(_) => None,
+        None => Some(ServerUnderTest::start(&args.server).await?),
+    };
+    let addr = server.as_ref().map(|s| s.addr.clone()).unwrap_or_default();
     let connections = args.connections.clamp(1, args.watchers.max(1));
-    let mut transports = Vec::new();
-    for _ in 0..connections {
-        transports.push(connect(&server.addr, Credentials::none()).await?);
-    }
     let delivered = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let bar = crate::progress(args.watchers as u64, "starting watchers");
-    let streams: Vec<_> = futures::stream::iter(0..args.watchers)
-        .map(|i| {
-            let t = transports[i % connections].clone();
-            let params = WatchParams {
-                namespace: NAMESPACE.into(),
-                label_selector: args.selector.clone(),
-                resource_version: start_rv.clone(),
-                ..Default::default()
-            };
-            async move { crate::lite::watch_pods(t, params).await }
-        })
-        .buffer_unordered(64)
-        .inspect(|_| bar.inc(1))
-        .collect()
-        .await;
-    bar.finish_and_clear();
+    let streams: Vec<Revisions> = match &etcd {
+        Some(hostport) => {
+            let prefix = format!("/loadtest-{}/", std::process::id());
+            etcd_watchers(hostport, &prefix, args.watchers, connections).await?
+        }
+        None => skiff_watchers(&args, &addr, connections).await?,
+    };
     let (stop_watchers, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for (i, s) in streams.into_iter().enumerate() {
-        let s = s.context("opening a watch")?;
         let delivered = delivered.clone();
         let errors = errors.clone();
         let sampled = i < args.sampled_watchers;
         let mut stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = std::pin::pin!(s);
+            let mut s = s;
             let mut seen: Vec<(u64, Instant)> = Vec::new();
             loop {
                 let ev = tokio::select! {
@@ -167,10 +190,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     _ = stopped.wait_for(|s| *s) => break,
                 };
                 match ev {
-                    Some(Ok(ev)) => {
+                    Some(Ok(rv)) => {
                         delivered.fetch_add(1, Ordering::Relaxed);
                         if sampled {
-                            seen.push((ev.resource_version(), Instant::now()));
+                            seen.push((rv, Instant::now()));
                         }
                     }
                     Some(Err(_)) => {
@@ -193,11 +216,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
-    let sampler = Sampler::start(server.pid());
+    let sampler = Sampler::start(server.as_ref().and_then(|s| s.pid()));
+    let mut targets = Vec::new();
+    for _ in 0..args.writers.clamp(1, 8) {
+        targets.push(crate::write::Target::connect(&args.target, &addr).await?);
+    }
     let started = Instant::now();
     let mut writers = Vec::new();
     for w in 0..args.writers {
-        let t: Transport = admin.clone();
+        let mut target = targets[w % targets.len()].clone();
         let stop = stop.clone();
         let writes = writes.clone();
         let size = args.object_size;
@@ -212,32 +239,110 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 let name = format!("w{w}-{i}");
                 i += 1;
-                let created = match Pod::create_in(t.clone(), pod(&name, size)).await {
-                    Ok(p) => p,
-                    Err(_) => continue,
+                let Ok(rv) = target.create(&name, size).await else {
+                    continue;
                 };
-                acks.push((created.resource_version(), Instant::now()));
+                acks.push((rv, Instant::now()));
                 writes.fetch_add(1, Ordering::Relaxed);
                 if let Some(t) = ticker.as_mut() {
                     t.tick().await;
                 }
-                if let Ok(d) = Pod::delete_in(
-                    t.clone(),
-                    DeleteParams {
-                        namespace: NAMESPACE.into(),
-                        name,
-                        ..Default::default()
-                    },
-                )
-                .await
-                {
-                    acks.push((d.resource_version(), Instant::now()));
+                if let Ok(rv) = target.delete(&name).await {
+                    acks.push((rv, Instant::now()));
                     writes.fetch_add(1, Ordering::Relaxed);
                 }
             }
             acks
         }));
     }
+    finish(
+        args,
+        addr,
+        connections,
+        server,
+        started,
+        writers,
+        writes,
+        delivered,
+        errors,
+        tasks,
+        stop,
+        stop_watchers,
+        sampler,
+    )
+    .await
+}
+
+/// Opens the watchers against the API server.
+async fn skiff_watchers(
+    args: &Args,
+    addr: &str,
+    connections: usize,
+) -> anyhow::Result<Vec<Revisions>> {
+    crate::ensure_namespace(&skiff::client::Client::connect_to(addr).await?, NAMESPACE).await?;
+    let admin = connect(addr, Credentials::none()).await?;
+    let start_rv = Pod::list_in(
+        admin.clone(),
+        ListParams {
+            namespace: NAMESPACE.into(),
+            resource_version: "0".into(),
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await?
+    .list_meta()
+    .resource_version;
+
+    let mut transports = Vec::new();
+    for _ in 0..connections {
+        transports.push(connect(addr, Credentials::none()).await?);
+    }
+    let bar = crate::progress(args.watchers as u64, "starting watchers");
+    let streams: Vec<_> = futures::stream::iter(0..args.watchers)
+        .map(|i| {
+            let t = transports[i % connections].clone();
+            let params = WatchParams {
+                namespace: NAMESPACE.into(),
+                label_selector: args.selector.clone(),
+                resource_version: start_rv.clone(),
+                ..Default::default()
+            };
+            async move { crate::lite::watch_pods(t, params).await }
+        })
+        .buffer_unordered(64)
+        .inspect(|_| bar.inc(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let mut out: Vec<Revisions> = Vec::new();
+    for s in streams {
+        let s = s.context("opening a watch")?;
+        out.push(Box::pin(s.map(|e| {
+            e.map(|e| e.resource_version())
+                .map_err(|e| e.message().to_owned())
+        })));
+    }
+    Ok(out)
+}
+
+/// Waits out the run, drains deliveries and prints the report.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    args: Args,
+    addr: String,
+    connections: usize,
+    server: Option<ServerUnderTest>,
+    started: Instant,
+    writers: Vec<tokio::task::JoinHandle<Vec<(u64, Instant)>>>,
+    writes: Arc<AtomicU64>,
+    delivered: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(u64, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    stop_watchers: tokio::sync::watch::Sender<bool>,
+    sampler: Sampler,
+) -> anyhow::Result<()> {
     let bar = crate::progress(args.duration.as_secs().max(1), "running");
     while started.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -289,8 +394,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut r = Report::default();
     r.set("scenario", "watch");
-    r.set("server", server.addr.clone());
-    r.set("storage", args.server.storage.clone());
+    match &server {
+        Some(_) => {
+            r.set("target", format!("skiff {addr}"));
+            r.set("storage", args.server.storage.clone());
+        }
+        None => r.set("target", args.target.clone()),
+    }
     r.set("watchers", args.watchers);
     r.set("connections", connections);
     r.set("writers", args.writers);

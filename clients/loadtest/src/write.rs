@@ -70,9 +70,9 @@ impl Target {
                     format!("/loadtest-{}/", std::process::id()),
                 ))
             }
-            None if target == "skiff" => Ok(Self::Skiff(
-                connect(server, Credentials::none()).await?,
-            )),
+            None if target == "skiff" => {
+                Ok(Self::Skiff(connect(server, Credentials::none()).await?))
+            }
             None => anyhow::bail!("--target is skiff or etcd://HOST:PORT, not {target:?}"),
         }
     }
@@ -96,13 +96,16 @@ impl Target {
         }
     }
 
-    async fn update(&mut self, name: &str, size: usize, last: &mut Option<Pod>) -> anyhow::Result<()> {
+    async fn update(
+        &mut self,
+        name: &str,
+        size: usize,
+        last: &mut Option<Pod>,
+    ) -> anyhow::Result<()> {
         match self {
             Self::Skiff(t) => {
                 let mut p = last.take().context("update before create")?;
-                p.meta_mut()
-                    .labels
-                    .insert("round".into(), "2".into());
+                p.meta_mut().labels.insert("round".into(), "2".into());
                 *last = Some(Pod::update_in(t.clone(), p).await?);
                 Ok(())
             }
@@ -164,7 +167,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "--ops takes create, update and delete, not {op:?}"
         );
     }
-    anyhow::ensure!(args.ops.first().is_some_and(|o| o == "create"), "--ops starts with create");
+    anyhow::ensure!(
+        args.ops.first().is_some_and(|o| o == "create"),
+        "--ops starts with create"
+    );
     let etcd = args.target.starts_with("etcd://");
     let server = if etcd {
         None
@@ -178,7 +184,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let per_writer_rate: Option<f64> = match args.rate.as_str() {
         "max" => None,
-        r => Some(r.parse::<f64>().context("--rate is a number or max")? / args.writers.max(1) as f64),
+        r => Some(
+            r.parse::<f64>().context("--rate is a number or max")? / args.writers.max(1) as f64,
+        ),
     };
     // A few connections shared by the writers, as a real client pool.
     let mut targets = Vec::new();
@@ -192,7 +200,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut writers = Vec::new();
     for w in 0..args.writers {
         let mut target = targets[w % targets.len()].clone();
-        let (stop, done, ops, size) = (stop.clone(), done.clone(), args.ops.clone(), args.object_size);
+        let (stop, done, ops, size) = (
+            stop.clone(),
+            done.clone(),
+            args.ops.clone(),
+            args.object_size,
+        );
         writers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let mut ticker = per_writer_rate
@@ -238,7 +251,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let secs = started.elapsed().as_secs_f64();
         bar.set_position(secs as u64);
-        bar.set_message(format!("{:.0} ops/s", done.load(Ordering::Relaxed) as f64 / secs));
+        bar.set_message(format!(
+            "{:.0} ops/s",
+            done.load(Ordering::Relaxed) as f64 / secs
+        ));
     }
     stop.store(true, Ordering::Relaxed);
     let mut all = Tally::default();
@@ -258,7 +274,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut r = Report::default();
     r.set("scenario", "write");
-    r.set("target", if targets[0].is_etcd() { args.target.clone() } else { format!("skiff {addr}") });
+    r.set(
+        "target",
+        if targets[0].is_etcd() {
+            args.target.clone()
+        } else {
+            format!("skiff {addr}")
+        },
+    );
     if !etcd {
         r.set("storage", args.server.storage.clone());
     }
