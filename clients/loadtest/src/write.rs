@@ -54,7 +54,7 @@ pub enum Target {
     /// A Skiff API server.
     Skiff(skiff::client::Transport),
     /// etcd, under a key prefix.
-    Etcd(etcd_client::KvClient, String),
+    Etcd(Box<etcd_client::KvClient>, String),
 }
 
 impl Target {
@@ -66,7 +66,7 @@ impl Target {
                     .await
                     .with_context(|| format!("connecting to etcd at {hostport}"))?;
                 Ok(Self::Etcd(
-                    client.kv_client(),
+                    Box::new(client.kv_client()),
                     format!("/loadtest-{}/", std::process::id()),
                 ))
             }
