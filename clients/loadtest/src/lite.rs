@@ -127,3 +127,60 @@ pub async fn watch_pods(
         .await?;
     Ok(response.into_inner())
 }
+
+/// `ListPods` request (same fields as the API's).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteListRequest {
+    /// Namespace.
+    #[prost(string, tag = "1")]
+    pub namespace: String,
+    /// Resource version ("" consistent, "0" any).
+    #[prost(string, tag = "4")]
+    pub resource_version: String,
+    /// Page size (0: all).
+    #[prost(int32, tag = "5")]
+    pub page_size: i32,
+    /// Token of the page to read.
+    #[prost(string, tag = "6")]
+    pub page_token: String,
+}
+
+/// `ListPods` response with the items left encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteList {
+    /// Paging.
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<LiteListMeta>,
+    /// The pods, still encoded.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub items: Vec<bytes::Bytes>,
+}
+
+/// List metadata.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteListMeta {
+    /// Revision.
+    #[prost(string, tag = "1")]
+    pub resource_version: String,
+    /// Next page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: String,
+}
+
+/// Calls `ListPods`, leaving the items encoded (the client measures the
+/// server, not its own decoding).
+pub async fn list_pods(
+    transport: Transport,
+    request: LiteListRequest,
+) -> Result<LiteList, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(transport).max_decoding_message_size(usize::MAX);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    let codec = tonic_prost::ProstCodec::<LiteListRequest, LiteList>::default();
+    let path = PathAndQuery::from_static("/skiff.core.v1.PodService/ListPods");
+    Ok(grpc
+        .unary(tonic::Request::new(request), path, codec)
+        .await?
+        .into_inner())
+}

@@ -1,5 +1,6 @@
 //! `skiff-loadtest`: streaming load tests against a Skiff API server.
 
+mod list;
 mod lite;
 mod proxy;
 mod report;
@@ -25,6 +26,8 @@ enum Scenario {
     Watch(watch::Args),
     /// Write throughput and latency: create, update, delete (against Skiff or etcd).
     Write(write::Args),
+    /// Large lists from the watch cache, whole and paginated.
+    List(list::Args),
     /// Scheduler throughput: simulated nodes, pods created as fast as possible.
     Scheduler(scheduler::Args),
     /// The service proxy against direct connections: throughput, latency, connection rate.
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         match cli.scenario {
             Scenario::Watch(args) => watch::run(args).await,
             Scenario::Write(args) => write::run(args).await,
+            Scenario::List(args) => list::run(args).await,
             Scenario::Scheduler(args) => scheduler::run(args).await,
             Scenario::Proxy(args) => proxy::run(args).await,
         }
