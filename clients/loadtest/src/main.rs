@@ -1,5 +1,6 @@
 //! `skiff-loadtest`: streaming load tests against a Skiff API server.
 
+mod density;
 mod list;
 mod lite;
 mod proxy;
@@ -28,6 +29,8 @@ enum Scenario {
     Write(write::Args),
     /// Large lists from the watch cache, whole and paginated.
     List(list::Args),
+    /// Density on simulated nodes: create → scheduled → Running observed by watch.
+    Density(density::Args),
     /// Scheduler throughput: simulated nodes, pods created as fast as possible.
     Scheduler(scheduler::Args),
     /// The service proxy against direct connections: throughput, latency, connection rate.
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Watch(args) => watch::run(args).await,
             Scenario::Write(args) => write::run(args).await,
             Scenario::List(args) => list::run(args).await,
+            Scenario::Density(args) => density::run(args).await,
             Scenario::Scheduler(args) => scheduler::run(args).await,
             Scenario::Proxy(args) => proxy::run(args).await,
         }
