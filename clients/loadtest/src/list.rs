@@ -107,7 +107,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut items = 0;
         let mut bytes = 0;
         for res in results {
-            let (d, n, b) = res.with_context(|| format!("{mode}"))?;
+            let (d, n, b) = res.with_context(|| mode.to_string())?;
             anyhow::ensure!(
                 n >= args.objects,
                 "{mode} returned {n} of {} pods",
