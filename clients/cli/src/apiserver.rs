@@ -139,14 +139,15 @@ pub fn security_config(args: &SecurityArgs) -> anyhow::Result<SecurityConfig> {
     use skiff_apiserver::filters::{AuditLevel, LimitsConfig};
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let mut security = SecurityConfig {
-        limits: (args.max_requests_inflight > 0 || args.max_mutating_requests_inflight > 0).then(
-            || LimitsConfig {
+        limits: (args.max_requests_inflight > 0
+            || args.max_mutating_requests_inflight > 0
+            || args.max_watches_per_user > 0)
+            .then(|| LimitsConfig {
                 max_read_only: nonzero_or_max(args.max_requests_inflight),
                 max_mutating: nonzero_or_max(args.max_mutating_requests_inflight),
                 max_watches_per_user: nonzero_or_max(args.max_watches_per_user),
                 ..Default::default()
-            },
-        ),
+            }),
         audit: match (&args.audit_log_path, args.audit_level) {
             (Some(_), AuditLevelFlag::None) | (None, _) => None,
             (Some(p), AuditLevelFlag::Metadata) => Some((p.clone(), AuditLevel::Metadata)),
@@ -155,6 +156,11 @@ pub fn security_config(args: &SecurityArgs) -> anyhow::Result<SecurityConfig> {
         ..Default::default()
     };
     if args.insecure {
+        // Everyone is the same administrator: per-user shares mean nothing.
+        if let Some(l) = security.limits.as_mut() {
+            l.per_user_fraction = 1.0;
+            l.max_watches_per_user = nonzero_or_max(0);
+        }
         return Ok(security);
     }
     match (&args.tls_cert_file, &args.tls_key_file) {

@@ -62,6 +62,13 @@ impl ServerUnderTest {
             "127.0.0.1:0",
             "--compaction-interval",
             "1m",
+            // The load generator is one client: no in-flight or watch caps.
+            "--max-requests-inflight",
+            "0",
+            "--max-mutating-requests-inflight",
+            "0",
+            "--max-watches-per-user",
+            "0",
         ]);
         match args.storage.as_str() {
             "embedded" => {
