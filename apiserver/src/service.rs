@@ -286,7 +286,14 @@ impl<K: Strategy> ResourceServer<K> {
         if !K::INFO.namespaced {
             return Ok(());
         }
-        match self.ctx.namespaces.get("", ns, ReadVersion::Latest).await? {
+        // The watch cache answers the common case (an active namespace) at
+        // once; a miss or a terminating one is confirmed with a consistent read.
+        let cached = self.ctx.namespaces.get("", ns, ReadVersion::Any).await?;
+        let namespace = match cached {
+            Some(n) if n.meta().deletion_timestamp.is_none() => Some(n),
+            _ => self.ctx.namespaces.get("", ns, ReadVersion::Latest).await?,
+        };
+        match namespace {
             None => Err(ApiError::NotFound {
                 kind: "Namespace".into(),
                 name: ns.to_owned(),
