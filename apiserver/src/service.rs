@@ -123,6 +123,26 @@ impl<K: Strategy> ResourceServer<K> {
         K::INFO.kind
     }
 
+    /// Authorizes a list or watch of `(namespace, labels, fields, version)`
+    /// (the node restriction included) and records its selectors for the audit log.
+    async fn authorize_collection(
+        &self,
+        extensions: &http::Extensions,
+        verb: &'static str,
+        (namespace, labels, fields, version): (&str, &str, &str, &str),
+    ) -> Result<(), ApiError> {
+        let ns = if namespace.is_empty() {
+            String::new()
+        } else {
+            Self::namespace_of(namespace)
+        };
+        let user = self.authorize(extensions, verb, "", &ns, "").await?;
+        self.restrict_node(&user, verb, &ns, "", fields, None)
+            .await?;
+        self.audit_request(extensions, labels, fields, version);
+        Ok(())
+    }
+
     /// Checks that the caller may do `verb` (on `sub`resource) to `ns/name`,
     /// and records the target for the audit log; returns the caller.
     async fn authorize(
@@ -784,22 +804,14 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
 
     async fn list(&self, request: Request<ListParams>) -> Result<ListResponse<K>, Status> {
         let p = request.get_ref();
-        let ns = if p.namespace.is_empty() {
-            String::new()
-        } else {
-            Self::namespace_of(&p.namespace)
-        };
-        let user = self
-            .authorize(request.extensions(), "list", "", &ns, "")
-            .await?;
-        self.restrict_node(&user, "list", &ns, "", &p.field_selector, None)
-            .await?;
-        self.audit_request(
-            request.extensions(),
-            &p.label_selector,
-            &p.field_selector,
-            &p.resource_version,
+        let selectors = (
+            p.namespace.as_str(),
+            p.label_selector.as_str(),
+            p.field_selector.as_str(),
+            p.resource_version.as_str(),
         );
+        self.authorize_collection(request.extensions(), "list", selectors)
+            .await?;
         Ok(self.list_objects(request.into_inner()).await?)
     }
 
@@ -841,22 +853,14 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
 
     async fn watch(&self, request: Request<WatchParams>) -> Result<WatchStream<K>, Status> {
         let p = request.get_ref();
-        let ns = if p.namespace.is_empty() {
-            String::new()
-        } else {
-            Self::namespace_of(&p.namespace)
-        };
-        let user = self
-            .authorize(request.extensions(), "watch", "", &ns, "")
-            .await?;
-        self.restrict_node(&user, "watch", &ns, "", &p.field_selector, None)
-            .await?;
-        self.audit_request(
-            request.extensions(),
-            &p.label_selector,
-            &p.field_selector,
-            &p.resource_version,
+        let selectors = (
+            p.namespace.as_str(),
+            p.label_selector.as_str(),
+            p.field_selector.as_str(),
+            p.resource_version.as_str(),
         );
+        self.authorize_collection(request.extensions(), "watch", selectors)
+            .await?;
         Ok(self.watch_objects(request.into_inner()).await?)
     }
 }
