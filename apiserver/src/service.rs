@@ -971,7 +971,6 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         )
         .await?;
         let r = request.into_inner();
-        let ns = Self::namespace_of(&r.namespace);
         Self::require_name(&ns, &r.name)?;
         let (pod, container, node) = self.pod_container(&ns, &r.name, &r.container).await?;
         let mut kubelet = self.ctx.kubelets.client(&node).await?;
@@ -1011,7 +1010,6 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         )
         .await?;
         let r = request.into_inner();
-        let ns = Self::namespace_of(&r.namespace);
         Self::require_name(&ns, &r.name)?;
         if r.command.is_empty() {
             return Err(
@@ -1055,7 +1053,6 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         )
         .await?;
         let r = request.into_inner();
-        let ns = Self::namespace_of(&r.namespace);
         Self::require_name(&ns, &r.name)?;
         let key = object_key(&ns, &r.name);
         if let Err(e) = skiff::selector::validate_dns1123_subdomain(&r.node_name) {

@@ -261,15 +261,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     r.set("pod_startup_latency", startup.json());
     r.set("scheduling_latency", scheduling.json());
     r.set("create_latency", create_latency.json());
-    if let Some(rss) = rss {
-        r.set("server_rss_bytes", rss);
-    }
-    if let Some(peak) = peak {
-        r.set("server_peak_rss_bytes", peak);
-    }
-    if let Some(cpu) = cpu {
-        r.set("server_cpu_cores", cpu);
-    }
+    r.set_process("server", (rss, peak, cpu));
     r.print(args.json);
     for k in kubelets {
         let _ = tokio::time::timeout(Duration::from_secs(5), k).await;

@@ -125,15 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let (rss, peak, cpu) = sampler.finish();
-    if let Some(rss) = rss {
-        r.set("server_rss_bytes", rss);
-    }
-    if let Some(peak) = peak {
-        r.set("server_peak_rss_bytes", peak);
-    }
-    if let Some(cpu) = cpu {
-        r.set("server_cpu_cores", cpu);
-    }
+    r.set_process("server", (rss, peak, cpu));
     r.print(args.json);
     Ok(())
 }

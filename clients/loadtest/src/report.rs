@@ -60,6 +60,24 @@ impl Report {
         self.fields.insert(key.to_owned(), value.into());
     }
 
+    /// Sets `<who>_rss_bytes`, `<who>_peak_rss_bytes` and `<who>_cpu_cores`
+    /// from a [`crate::server::Sampler`]'s figures, where known.
+    pub fn set_process(
+        &mut self,
+        who: &str,
+        (rss, peak, cpu): (Option<u64>, Option<u64>, Option<f64>),
+    ) {
+        if let Some(v) = rss {
+            self.set(&format!("{who}_rss_bytes"), v);
+        }
+        if let Some(v) = peak {
+            self.set(&format!("{who}_peak_rss_bytes"), v);
+        }
+        if let Some(v) = cpu {
+            self.set(&format!("{who}_cpu_cores"), v);
+        }
+    }
+
     /// Prints the report as a table, or as one JSON object.
     pub fn print(&self, as_json: bool) {
         if as_json {

@@ -253,24 +253,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     r.set("duration_s", secs);
     r.set("pods_bound_per_sec", bound_total as f64 / secs);
     r.set("latency_create_to_bound", latency.json());
-    if let Some(v) = rss {
-        r.set("server_rss_bytes", v);
-    }
-    if let Some(v) = peak {
-        r.set("server_peak_rss_bytes", v);
-    }
-    if let Some(v) = cpu {
-        r.set("server_cpu_cores", v);
-    }
-    if let Some(v) = srss {
-        r.set("scheduler_rss_bytes", v);
-    }
-    if let Some(v) = speak {
-        r.set("scheduler_peak_rss_bytes", v);
-    }
-    if let Some(v) = scpu {
-        r.set("scheduler_cpu_cores", v);
-    }
+    r.set_process("server", (rss, peak, cpu));
+    r.set_process("scheduler", (srss, speak, scpu));
     r.print(args.json);
     drop(scheduler);
     Ok(())

@@ -413,15 +413,7 @@ async fn finish(
     r.set("events_expected", total_writes * args.watchers as u64);
     r.set("watch_errors", errors.load(Ordering::Relaxed));
     r.set("latency", latency.json());
-    if let Some(rss) = rss {
-        r.set("server_rss_bytes", rss);
-    }
-    if let Some(peak) = peak_rss {
-        r.set("server_peak_rss_bytes", peak);
-    }
-    if let Some(cpu) = cpu {
-        r.set("server_cpu_cores", cpu);
-    }
+    r.set_process("server", (rss, peak_rss, cpu));
     r.print(args.json);
     Ok(())
 }

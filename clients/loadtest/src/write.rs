@@ -296,15 +296,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         r.set(&format!("{op}s_per_sec"), l.count() as f64 / secs);
         r.set(&format!("{op}_latency"), l.json());
     }
-    if let Some(rss) = rss {
-        r.set("server_rss_bytes", rss);
-    }
-    if let Some(peak) = peak {
-        r.set("server_peak_rss_bytes", peak);
-    }
-    if let Some(cpu) = cpu {
-        r.set("server_cpu_cores", cpu);
-    }
+    r.set_process("server", (rss, peak, cpu));
     r.print(args.json);
     Ok(())
 }
