@@ -7,6 +7,15 @@ use skiff::KindInfo;
 /// Root of every object key.
 pub const ROOT: &str = "/registry/";
 
+/// The key the watch cache writes to prove its storage watch has caught up
+/// (see `cacher::feed`); no kind's plural starts with `_`.
+pub const PROGRESS_MARKER: &str = "/registry/_progress";
+
+/// The plural of the kind a key belongs to (`/registry/<plural>/…`).
+pub fn plural_of(key: &str) -> Option<&str> {
+    key.strip_prefix(ROOT)?.split('/').next()
+}
+
 /// Key of one object.
 pub fn object_key(info: &KindInfo, namespace: &str, name: &str) -> String {
     if info.namespaced {
@@ -43,5 +52,9 @@ mod tests {
         );
         assert_eq!(prefix(&Pod::INFO, None), "/registry/pods/");
         assert_eq!(prefix(&Node::INFO, Some("x")), "/registry/nodes/");
+        assert_eq!(plural_of("/registry/pods/default/web"), Some("pods"));
+        assert_eq!(plural_of("/registry/nodes/n1"), Some("nodes"));
+        assert_eq!(plural_of(PROGRESS_MARKER), Some("_progress"));
+        assert_eq!(plural_of("/elsewhere/pods/x"), None);
     }
 }

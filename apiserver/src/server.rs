@@ -23,6 +23,7 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
 use crate::allocator::ServiceAllocator;
+use crate::cacher::feed::{Feed, FeedStats};
 use crate::cacher::{Cacher, CacherConfig, CacherStats};
 use crate::error::ApiError;
 use crate::limits::RequestSizeLayer;
@@ -159,7 +160,7 @@ pub struct ApiServer {
     storage: Arc<dyn Storage>,
     shutdown: tokio::sync::watch::Sender<bool>,
     config: ServerConfig,
-    cache_stats: Vec<(&'static str, StatsFn)>,
+    cache_stats: CacheStatsHandle,
 }
 
 struct Registrar {
@@ -169,6 +170,8 @@ struct Registrar {
     config: ServerConfig,
     services: Vec<&'static str>,
     cache_stats: Vec<(&'static str, StatsFn)>,
+    /// The one storage watch every cacher is fed by.
+    feed: Option<Arc<Feed>>,
 }
 
 impl Registrar {
@@ -176,7 +179,11 @@ impl Registrar {
     fn store<K: Strategy>(&mut self) -> Arc<dyn ObjectStore<K>> {
         match self.config.watch_cache {
             Some(config) => {
-                let cacher = Arc::new(Cacher::<K>::new(self.storage.clone(), config));
+                let storage = &self.storage;
+                let feed = self
+                    .feed
+                    .get_or_insert_with(|| Feed::start(storage.clone(), config.feed));
+                let cacher = Arc::new(Cacher::<K>::new(feed, config));
                 let weak = Arc::downgrade(&cacher);
                 self.cache_stats.push((
                     K::INFO.kind,
@@ -251,6 +258,7 @@ impl ApiServer {
             config: config.clone(),
             services: Vec::new(),
             cache_stats: Vec::new(),
+            feed: None,
         };
         let namespaces = r.store::<Namespace>();
         let nodes = r.store::<Node>();
@@ -386,7 +394,11 @@ impl ApiServer {
 
         bootstrap_namespaces(&*namespaces, &ctx).await?;
         bootstrap_rbac(&cluster_roles, &cluster_role_bindings, &ctx).await?;
-        register_cache_metrics(CacheStatsHandle(r.cache_stats.clone()));
+        let cache_stats = CacheStatsHandle {
+            kinds: r.cache_stats,
+            feed: r.feed.as_ref().map(Arc::downgrade),
+        };
+        register_cache_metrics(cache_stats.clone());
         Ok(Self {
             routes,
             allocator,
@@ -395,18 +407,18 @@ impl ApiServer {
             storage,
             shutdown,
             config,
-            cache_stats: r.cache_stats,
+            cache_stats,
         })
     }
 
     /// Statistics of every kind's watch cache.
     pub fn cache_stats(&self) -> Vec<(&'static str, CacherStats)> {
-        self.cache_stats.iter().map(|(k, f)| (*k, f())).collect()
+        self.cache_stats.get()
     }
 
     /// A handle that reads the watch cache statistics while the server runs.
     pub fn cache_stats_handle(&self) -> CacheStatsHandle {
-        CacheStatsHandle(self.cache_stats.clone())
+        self.cache_stats.clone()
     }
 
     /// The storage the server writes to.
@@ -491,7 +503,7 @@ fn register_cache_metrics(handle: CacheStatsHandle) {
             };
             let stats = handle.get();
             type Field = fn(&CacherStats) -> f64;
-            let families: [(&str, &str, Field); 7] = [
+            let families: [(&str, &str, Field); 8] = [
                 (
                     "apiserver_registered_watchers",
                     "Open watches by kind.",
@@ -527,11 +539,40 @@ fn register_cache_metrics(handle: CacheStatsHandle) {
                     "Times a watch cache re-listed storage.",
                     |s| s.relists as f64,
                 ),
+                (
+                    "apiserver_watch_cache_fresh_waits_total",
+                    "Reads and watches that waited for the watch cache to catch up with storage.",
+                    |s| s.fresh_waits as f64,
+                ),
             ];
             for (name, help, field) in families {
                 e.gauge_header(name, help);
                 for (kind, s) in &stats {
                     e.sample(name, &[("kind", kind)], field(s));
+                }
+            }
+            if let Some(feed) = handle.feed() {
+                type FeedField = fn(&FeedStats) -> f64;
+                let families: [(&str, &str, FeedField); 3] = [
+                    (
+                        "apiserver_storage_watches_opened_total",
+                        "Storage watches the watch cache opened (one, plus one per resume or re-list).",
+                        |s| s.watches_opened as f64,
+                    ),
+                    (
+                        "apiserver_storage_watch_resumes_total",
+                        "Times the storage watch broke and resumed from its last revision.",
+                        |s| s.resumes as f64,
+                    ),
+                    (
+                        "apiserver_watch_cache_progress_markers_total",
+                        "Progress markers written to confirm the watch cache is fresh.",
+                        |s| s.markers as f64,
+                    ),
+                ];
+                for (name, help, field) in families {
+                    e.gauge_header(name, help);
+                    e.sample(name, &[], field(&feed));
                 }
             }
         }));
@@ -540,17 +581,28 @@ fn register_cache_metrics(handle: CacheStatsHandle) {
 
 /// Reads watch cache statistics of a running server.
 #[derive(Clone)]
-pub struct CacheStatsHandle(Vec<(&'static str, StatsFn)>);
+pub struct CacheStatsHandle {
+    kinds: Vec<(&'static str, StatsFn)>,
+    feed: Option<std::sync::Weak<Feed>>,
+}
 
 impl CacheStatsHandle {
     /// Statistics of every kind's watch cache.
     pub fn get(&self) -> Vec<(&'static str, CacherStats)> {
-        self.0.iter().map(|(k, f)| (*k, f())).collect()
+        self.kinds.iter().map(|(k, f)| (*k, f())).collect()
     }
 
     /// Statistics of one kind's watch cache.
     pub fn kind(&self, kind: &str) -> Option<CacherStats> {
-        self.0.iter().find(|(k, _)| *k == kind).map(|(_, f)| f())
+        self.kinds
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, f)| f())
+    }
+
+    /// Counters of the storage watch feeding the caches (while it runs).
+    pub fn feed(&self) -> Option<FeedStats> {
+        self.feed.as_ref()?.upgrade().map(|f| f.stats())
     }
 }
 

@@ -292,14 +292,31 @@ impl<K: Strategy> ResourceServer<K> {
         Ok(())
     }
 
-    async fn existing(&self, ns: &str, name: &str) -> Result<K, ApiError> {
+    /// The object a write starts from: the cached one (no wait, possibly
+    /// behind) or a consistent read.
+    async fn existing(&self, ns: &str, name: &str, origin: Origin) -> Result<K, ApiError> {
+        let version = match origin {
+            Origin::Cached => ReadVersion::Any,
+            Origin::Fresh => ReadVersion::Latest,
+        };
         self.store
-            .get(ns, name, ReadVersion::Latest)
+            .get(ns, name, version)
             .await?
             .ok_or_else(|| ApiError::NotFound {
                 kind: Self::kind().to_owned(),
                 name: object_key(ns, name),
             })
+    }
+
+    /// Where a write's first attempt reads its object: the cache, as
+    /// Kubernetes' `cachedExistingObject`, unless hooks act on the old
+    /// object before the compare-and-swap can tell it was stale.
+    fn first_origin(&self) -> Origin {
+        if self.hooks.is_none() {
+            Origin::Cached
+        } else {
+            Origin::Fresh
+        }
     }
 
     async fn check_namespace_for_create(&self, ns: &str) -> Result<(), ApiError> {
@@ -439,21 +456,27 @@ impl<K: Strategy> ResourceServer<K> {
 
     /// Reads, changes and writes an object until the write is not
     /// concurrent with another; `change` returning `None` means no change.
+    /// The first read may come from the cache; whatever it leads to short
+    /// of a successful write is tried again on a consistent read.
     pub async fn guaranteed_update(
         &self,
         ns: &str,
         name: &str,
         mut change: impl FnMut(&K) -> Result<Option<K>, ApiError> + Send,
     ) -> Result<K, ApiError> {
+        let mut origin = self.first_origin();
         loop {
-            let old = self.existing(ns, name).await?;
-            let Some(new) = change(&old)? else {
-                return Ok(old);
-            };
-            Self::check_size(&new)?;
-            match self.store.update(new, old.resource_version() as i64).await {
-                Err(ApiError::Conflict { .. }) => continue,
-                other => return other,
+            let attempt = async {
+                let old = self.existing(ns, name, origin).await?;
+                let Some(new) = change(&old)? else {
+                    return Ok(Attempt::Unchanged(old));
+                };
+                Self::check_size(&new)?;
+                written(self.store.update(new, old.resource_version() as i64).await)
+            }
+            .await;
+            if let Some(result) = settle(attempt, &mut origin, true) {
+                return result;
             }
         }
     }
@@ -474,76 +497,93 @@ impl<K: Strategy> ResourceServer<K> {
                 )
             })?),
         };
+        let mut origin = self.first_origin();
         loop {
-            let old = self.existing(&ns, &name).await?;
-            if let Some(rv) = requested
-                && rv != old.resource_version()
-            {
-                return Err(ApiError::Conflict {
-                    kind: Self::kind().to_owned(),
-                    name: object_key(&ns, &name),
-                    reason: format!(
-                        "the object has been modified (resource version {rv} is stale, current is {}); read it again and retry",
-                        old.resource_version()
-                    ),
-                });
+            let attempt = self
+                .update_attempt(&obj, &ns, &name, requested, status_only, origin)
+                .await;
+            // A lost compare-and-swap is retried only for unconditional updates.
+            if let Some(result) = settle(attempt, &mut origin, requested.is_none()) {
+                return result;
             }
-            let mut new = if status_only {
-                let mut n = old.clone();
-                n.copy_status_from(&obj);
-                Self::invalid_if_any(&n, n.validate_status())?;
-                n
-            } else {
-                let mut n = obj.clone();
-                n.meta_mut().namespace = ns.clone();
-                n.copy_status_from(&old);
-                let mut violations = Vec::new();
-                {
-                    let om = old.meta();
-                    let m = n.meta_mut();
-                    if !m.uid.is_empty() && m.uid != om.uid {
-                        violations.push(FieldViolation::new("metadata.uid", "field is immutable"));
-                    }
-                    m.uid = om.uid.clone();
-                    m.creation_timestamp = om.creation_timestamp;
-                    m.deletion_timestamp = om.deletion_timestamp;
-                    m.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
-                    m.generation = om.generation;
-                }
-                n.prepare_for_update(&old);
-                if !n.spec_eq(&old) {
-                    n.meta_mut().generation = old.meta().generation + 1;
-                }
-                validate_meta(n.meta(), K::NAME_RULE, &mut violations);
-                violations.extend(n.validate_update(&old));
-                Self::invalid_if_any(&n, violations)?;
-                n
-            };
-            new.meta_mut().resource_version = old.meta().resource_version.clone();
-            if new == old {
-                return Ok(old);
-            }
-            Self::check_size(&new)?;
-            let old_rv = old.resource_version() as i64;
-            let result = if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers()
+        }
+    }
+
+    /// One try of an update, from the object as `origin` holds it.
+    async fn update_attempt(
+        &self,
+        obj: &K,
+        ns: &str,
+        name: &str,
+        requested: Option<u64>,
+        status_only: bool,
+        origin: Origin,
+    ) -> Result<Attempt<K>, ApiError> {
+        let old = self.existing(ns, name, origin).await?;
+        if let Some(rv) = requested
+            && rv != old.resource_version()
+        {
+            return Err(ApiError::Conflict {
+                kind: Self::kind().to_owned(),
+                name: object_key(ns, name),
+                reason: format!(
+                    "the object has been modified (resource version {rv} is stale, current is {}); read it again and retry",
+                    old.resource_version()
+                ),
+            });
+        }
+        let mut new = if status_only {
+            let mut n = old.clone();
+            n.copy_status_from(obj);
+            Self::invalid_if_any(&n, n.validate_status())?;
+            n
+        } else {
+            let mut n = obj.clone();
+            n.meta_mut().namespace = ns.to_owned();
+            n.copy_status_from(&old);
+            let mut violations = Vec::new();
             {
-                // The last finalizer is gone: the object goes.
-                self.remove(&ns, &name, Some(old_rv)).await
-            } else if let (Some(h), false) = (&self.hooks, status_only) {
+                let om = old.meta();
+                let m = n.meta_mut();
+                if !m.uid.is_empty() && m.uid != om.uid {
+                    violations.push(FieldViolation::new("metadata.uid", "field is immutable"));
+                }
+                m.uid = om.uid.clone();
+                m.creation_timestamp = om.creation_timestamp;
+                m.deletion_timestamp = om.deletion_timestamp;
+                m.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
+                m.generation = om.generation;
+            }
+            n.prepare_for_update(&old);
+            if !n.spec_eq(&old) {
+                n.meta_mut().generation = old.meta().generation + 1;
+            }
+            validate_meta(n.meta(), K::NAME_RULE, &mut violations);
+            violations.extend(n.validate_update(&old));
+            Self::invalid_if_any(&n, violations)?;
+            n
+        };
+        new.meta_mut().resource_version = old.meta().resource_version.clone();
+        if new == old {
+            return Ok(Attempt::Unchanged(old));
+        }
+        Self::check_size(&new)?;
+        let old_rv = old.resource_version() as i64;
+        if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers() {
+            // The last finalizer is gone: the object goes.
+            return written(self.remove(ns, name, Some(old_rv)).await);
+        }
+        match (&self.hooks, status_only) {
+            (Some(h), false) => {
                 h.before_update(&mut new, &old).await?;
                 let result = self.store.update(new.clone(), old_rv).await;
                 match &result {
                     Ok(stored) => h.updated(stored, &old).await,
                     Err(_) => h.update_failed(&new, &old).await,
                 }
-                result
-            } else {
-                self.store.update(new, old_rv).await
-            };
-            match result {
-                Err(ApiError::Conflict { .. }) if requested.is_none() => continue,
-                other => return other,
+                written(result)
             }
+            _ => written(self.store.update(new, old_rv).await),
         }
     }
 
@@ -588,85 +628,96 @@ impl<K: Strategy> ResourceServer<K> {
                 )
             })?),
         };
+        let mut origin = self.first_origin();
         loop {
-            let old = self.existing(&ns, &p.name).await?;
-            if let Some(c) = &p.preconditions {
-                if !c.uid.is_empty() && c.uid != old.meta().uid {
-                    return Err(ApiError::Conflict {
-                        kind: Self::kind().to_owned(),
-                        name: key.clone(),
-                        reason: format!(
-                            "precondition failed: uid is {}, not {}",
-                            old.meta().uid,
-                            c.uid
-                        ),
-                    });
-                }
-                if let Some(rv) = precondition_rv
-                    && rv != old.resource_version()
-                {
-                    return Err(ApiError::Conflict {
-                        kind: Self::kind().to_owned(),
-                        name: key.clone(),
-                        reason: format!(
-                            "precondition failed: resource version is {}, not {rv}",
-                            old.resource_version()
-                        ),
-                    });
-                }
-            }
-            let old_rv = old.resource_version() as i64;
-            let grace = old.graceful_delete_seconds(p.grace_period_seconds);
-            // Foreground and Orphan propagation are carried out by the garbage
-            // collector, through these finalizers (as in Kubernetes).
-            let propagation = match p.propagation_policy.as_str() {
-                "Foreground" => Some(FOREGROUND_FINALIZER),
-                "Orphan" => Some(ORPHAN_FINALIZER),
-                _ => None,
-            };
-            if let Some(f) = propagation
-                && old.meta().deletion_timestamp.is_none()
-                && !old.meta().finalizers.iter().any(|x| x == f)
-            {
-                let mut new = old.clone();
-                new.meta_mut().finalizers.push(f.to_owned());
-                let grace = grace.unwrap_or(0);
-                {
-                    let m = new.meta_mut();
-                    m.deletion_timestamp = Some(timestamp_after(Duration::from_secs(grace as u64)));
-                    m.deletion_grace_period_seconds = Some(grace);
-                }
-                new.mark_deleting();
-                match self.store.update(new, old_rv).await {
-                    Err(ApiError::Conflict { .. }) if precondition_rv.is_none() => continue,
-                    other => return other,
-                }
-            }
-            let pending = old.has_pending_finalizers();
-            let result = if old.meta().deletion_timestamp.is_some() {
-                // Already being deleted: finish it if nothing remains to wait for.
-                if pending || grace.is_some() {
-                    return Ok(old);
-                }
-                self.remove(&ns, &p.name, Some(old_rv)).await
-            } else if pending || grace.is_some() {
-                let mut new = old.clone();
-                let grace = grace.unwrap_or(0);
-                {
-                    let m = new.meta_mut();
-                    m.deletion_timestamp = Some(timestamp_after(Duration::from_secs(grace as u64)));
-                    m.deletion_grace_period_seconds = Some(grace);
-                }
-                new.mark_deleting();
-                self.store.update(new, old_rv).await
-            } else {
-                self.remove(&ns, &p.name, Some(old_rv)).await
-            };
-            match result {
-                Err(ApiError::Conflict { .. }) if precondition_rv.is_none() => continue,
-                other => return other,
+            let attempt = self
+                .delete_attempt(&p, &ns, &key, precondition_rv, origin)
+                .await;
+            if let Some(result) = settle(attempt, &mut origin, precondition_rv.is_none()) {
+                return result;
             }
         }
+    }
+
+    /// One try of a delete, from the object as `origin` holds it.
+    async fn delete_attempt(
+        &self,
+        p: &DeleteParams,
+        ns: &str,
+        key: &str,
+        precondition_rv: Option<u64>,
+        origin: Origin,
+    ) -> Result<Attempt<K>, ApiError> {
+        let old = self.existing(ns, &p.name, origin).await?;
+        if let Some(c) = &p.preconditions {
+            if !c.uid.is_empty() && c.uid != old.meta().uid {
+                return Err(ApiError::Conflict {
+                    kind: Self::kind().to_owned(),
+                    name: key.to_owned(),
+                    reason: format!(
+                        "precondition failed: uid is {}, not {}",
+                        old.meta().uid,
+                        c.uid
+                    ),
+                });
+            }
+            if let Some(rv) = precondition_rv
+                && rv != old.resource_version()
+            {
+                return Err(ApiError::Conflict {
+                    kind: Self::kind().to_owned(),
+                    name: key.to_owned(),
+                    reason: format!(
+                        "precondition failed: resource version is {}, not {rv}",
+                        old.resource_version()
+                    ),
+                });
+            }
+        }
+        let old_rv = old.resource_version() as i64;
+        let grace = old.graceful_delete_seconds(p.grace_period_seconds);
+        // Foreground and Orphan propagation are carried out by the garbage
+        // collector, through these finalizers (as in Kubernetes).
+        let propagation = match p.propagation_policy.as_str() {
+            "Foreground" => Some(FOREGROUND_FINALIZER),
+            "Orphan" => Some(ORPHAN_FINALIZER),
+            _ => None,
+        };
+        if let Some(f) = propagation
+            && old.meta().deletion_timestamp.is_none()
+            && !old.meta().finalizers.iter().any(|x| x == f)
+        {
+            let mut new = old.clone();
+            new.meta_mut().finalizers.push(f.to_owned());
+            let grace = grace.unwrap_or(0);
+            {
+                let m = new.meta_mut();
+                m.deletion_timestamp = Some(timestamp_after(Duration::from_secs(grace as u64)));
+                m.deletion_grace_period_seconds = Some(grace);
+            }
+            new.mark_deleting();
+            return written(self.store.update(new, old_rv).await);
+        }
+        let pending = old.has_pending_finalizers();
+        if old.meta().deletion_timestamp.is_some() {
+            // Already being deleted: finish it if nothing remains to wait for.
+            if pending || grace.is_some() {
+                return Ok(Attempt::Unchanged(old));
+            }
+            return written(self.remove(ns, &p.name, Some(old_rv)).await);
+        }
+        if pending || grace.is_some() {
+            let mut new = old.clone();
+            let grace = grace.unwrap_or(0);
+            {
+                let m = new.meta_mut();
+                m.deletion_timestamp = Some(timestamp_after(Duration::from_secs(grace as u64)));
+                m.deletion_grace_period_seconds = Some(grace);
+            }
+            new.mark_deleting();
+            return written(self.store.update(new, old_rv).await);
+        }
+        written(self.remove(ns, &p.name, Some(old_rv)).await)
     }
 
     async fn list_objects(&self, p: ListParams) -> Result<ListResponse<K>, ApiError> {
@@ -708,8 +759,9 @@ impl<K: Strategy> ResourceServer<K> {
             ));
         }
         let start = match version {
+            ReadVersion::Any => WatchStart::AnyState,
             _ if p.send_initial_events => WatchStart::CurrentState,
-            ReadVersion::Latest | ReadVersion::Any => WatchStart::CurrentState,
+            ReadVersion::Latest => WatchStart::CurrentState,
             ReadVersion::AtLeast(n) | ReadVersion::Exact(n) => WatchStart::After(n),
         };
         let stream = self
@@ -908,7 +960,7 @@ impl ResourceServer<api::core::v1::Pod> {
         name: &str,
         container: &str,
     ) -> Result<(api::core::v1::Pod, String, String), ApiError> {
-        let pod = self.existing(ns, name).await?;
+        let pod = self.existing(ns, name, Origin::Fresh).await?;
         let key = object_key(ns, name);
         let spec = pod.spec.clone().unwrap_or_default();
         let names: Vec<&str> = spec
@@ -1096,6 +1148,55 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         Ok(Response::new(api::core::v1::BindPodResponse {
             pod: Some(pod),
         }))
+    }
+}
+
+/// Where a write reads the object it starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The watch cache, without waiting: cheap, possibly behind.
+    Cached,
+    /// A consistent read.
+    Fresh,
+}
+
+/// What one try of a write came to.
+enum Attempt<K> {
+    /// The write was stored.
+    Written(K),
+    /// Nothing needed writing; the object as it was read.
+    Unchanged(K),
+    /// The compare-and-swap lost to another write (its conflict error).
+    Stale(ApiError),
+}
+
+/// A store write's result as an attempt: a conflict means the start was stale.
+fn written<K>(result: Result<K, ApiError>) -> Result<Attempt<K>, ApiError> {
+    match result {
+        Ok(k) => Ok(Attempt::Written(k)),
+        Err(e @ ApiError::Conflict { .. }) => Ok(Attempt::Stale(e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a write is done after `attempt`: `Some(result)`, or `None` to try
+/// again from a consistent read. Whatever an attempt from the cache leads
+/// to short of a stored write may come from a stale object, so it is tried
+/// again; a lost compare-and-swap is retried when `retry_stale`.
+fn settle<K>(
+    attempt: Result<Attempt<K>, ApiError>,
+    origin: &mut Origin,
+    retry_stale: bool,
+) -> Option<Result<K, ApiError>> {
+    let from_cache = *origin == Origin::Cached;
+    *origin = Origin::Fresh;
+    match attempt {
+        Ok(Attempt::Written(k)) => Some(Ok(k)),
+        Ok(Attempt::Stale(_)) if retry_stale || from_cache => None,
+        Ok(Attempt::Stale(e)) => Some(Err(e)),
+        Ok(Attempt::Unchanged(_)) | Err(_) if from_cache => None,
+        Ok(Attempt::Unchanged(k)) => Some(Ok(k)),
+        Err(e) => Some(Err(e)),
     }
 }
 

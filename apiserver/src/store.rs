@@ -68,8 +68,10 @@ pub struct ListOptions {
 /// Where to start a watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchStart {
-    /// Send the current state as ADDED events, then changes.
+    /// Send the current state (a consistent read) as ADDED events, then changes.
     CurrentState,
+    /// Send any recent state the server holds ("0") as ADDED events, then changes.
+    AnyState,
     /// Send changes after this revision.
     After(Revision),
 }
@@ -236,6 +238,10 @@ pub fn bookmark_object<K: Resource>(revision: Revision, initial_events_end: bool
 /// Annotation on the BOOKMARK that ends a watch's initial state.
 pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
+/// Keys per storage read when a whole kind is read: lists stay within
+/// message limits however large the kind grows.
+pub const LIST_PAGE: usize = 1000;
+
 /// [`ObjectStore`] straight over [`Storage`].
 pub struct StorageStore<K> {
     storage: Arc<dyn Storage>,
@@ -273,28 +279,37 @@ impl<K: Resource> StorageStore<K> {
         ApiError::from_storage(K::INFO.kind, name, e)
     }
 
-    /// Reads every object of the kind at one revision (the latest when `None`).
+    /// Reads every object of the kind at one revision (the latest when
+    /// `None`), in pages of [`LIST_PAGE`].
     pub async fn list_all(
         &self,
         revision: Option<Revision>,
     ) -> Result<(Vec<K>, Revision), ApiError> {
         let prefix = keys::prefix(&K::INFO, None);
-        let resp = self
-            .storage
-            .range(RangeRequest {
-                prefix,
-                start_after: String::new(),
-                revision,
-                limit: 0,
-            })
-            .await
-            .map_err(|e| self.err("", e))?;
-        let items = resp
-            .kvs
-            .iter()
-            .map(|kv| decode_object(&kv.key, &kv.value, kv.mod_revision))
-            .collect::<Result<Vec<K>, _>>()?;
-        Ok((items, resp.revision))
+        let mut at = revision;
+        let mut start_after = String::new();
+        let mut items = Vec::new();
+        loop {
+            let resp = self
+                .storage
+                .range(RangeRequest {
+                    prefix: prefix.clone(),
+                    start_after: std::mem::take(&mut start_after),
+                    revision: at,
+                    limit: LIST_PAGE,
+                })
+                .await
+                .map_err(|e| self.err("", e))?;
+            at = Some(resp.revision);
+            for kv in &resp.kvs {
+                items.push(decode_object(&kv.key, &kv.value, kv.mod_revision)?);
+            }
+            match resp.kvs.last() {
+                Some(last) if resp.more => start_after = last.key.clone(),
+                _ => break,
+            }
+        }
+        Ok((items, at.unwrap_or(0)))
     }
 
     /// Streams every storage change of the kind from `start` (inclusive),
@@ -414,7 +429,11 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
             },
         };
         let limit = options.limit;
-        let chunk = if limit == 0 { 0 } else { limit.max(128) };
+        let chunk = if limit == 0 {
+            LIST_PAGE
+        } else {
+            limit.clamp(128, LIST_PAGE)
+        };
         let mut items: Vec<K> = Vec::new();
         let mut last_key = String::new();
         let mut more_after_last = false;
@@ -519,7 +538,7 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
 
     async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError> {
         let (initial, from) = match options.start {
-            WatchStart::CurrentState => {
+            WatchStart::CurrentState | WatchStart::AnyState => {
                 let (items, revision) = self.list_all(None).await?;
                 let initial: Vec<K> = items
                     .into_iter()
@@ -538,7 +557,7 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
             .into_iter()
             .map(|o| Ok(WatchEvent::new(EventType::Added, o)))
             .collect();
-        if options.initial_events_end_bookmark && options.start == WatchStart::CurrentState {
+        if options.initial_events_end_bookmark && !matches!(options.start, WatchStart::After(_)) {
             head.push(Ok(bookmark::<K>(from, true)));
         }
         let kind = K::INFO.kind;

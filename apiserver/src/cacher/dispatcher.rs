@@ -1,8 +1,11 @@
-//! Broadcast of each event to the watchers that can want it. An index of
-//! triggers (namespace, and for pods `spec.nodeName`) picks the candidate
-//! watchers; each gets a non-blocking send first, then the blocked ones
-//! share a small time budget, and whoever still cannot take the event is
-//! closed rather than allowed to stall everyone else.
+//! Broadcast of each event to the watchers that can want it. Each cacher
+//! has one dispatcher task ([`run`]) that follows its watch cache's ring:
+//! it sends every event after the last one it sent, so the feed that fills
+//! the cache never waits for watchers. An index of triggers (namespace, and
+//! for pods `spec.nodeName`) picks the candidate watchers; each gets a
+//! non-blocking send first, then the blocked ones share a small time
+//! budget, and whoever still cannot take the event is closed rather than
+//! allowed to stall everyone else.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +18,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
 use super::cache_watcher::{CacheWatcher, CloseReason};
-use super::watch_cache::CacheEvent;
+use super::watch_cache::{CacheEvent, CacheMiss};
+use super::{CacherConfig, Shared};
 use crate::storage::Revision;
 
 /// Where a watcher is registered.
@@ -224,6 +228,71 @@ pub async fn dispatch<K: Resource>(
         let mut index = index.lock().expect("watcher index lock");
         for id in gone {
             index.remove(id);
+        }
+    }
+}
+
+/// Follows the cache of `shared` and broadcasts its events, and bookmarks
+/// every `bookmark_interval`, until the cacher is dropped.
+pub(super) async fn run<K: Resource>(shared: Arc<Shared<K>>, config: CacherConfig) {
+    let mut budget = TimeBudget::new(config.dispatch_budget);
+    let mut ticker = tokio::time::interval(config.bookmark_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    // The listed state (epoch) and the revision of the last event sent.
+    let mut cursor: Option<(u64, Revision)> = None;
+    loop {
+        let bookmark_due = tokio::select! {
+            _ = shared.wake.notified() => false,
+            _ = ticker.tick() => true,
+        };
+        loop {
+            let (epoch, events, revision) = {
+                let cache = shared.lock();
+                if !cache.ready() {
+                    break;
+                }
+                let epoch = cache.epoch();
+                let after = match cursor {
+                    Some((e, r)) if e == epoch => r,
+                    // A new listed state: its watchers start from it.
+                    _ => cache.oldest(),
+                };
+                match cache.events_after(after) {
+                    Ok(events) => (epoch, events, cache.revision()),
+                    Err(CacheMiss::TooOld { .. }) => {
+                        // The ring moved past events not yet sent: nobody can
+                        // vouch for the watchers' streams any more.
+                        tracing::warn!(
+                            kind = K::INFO.kind,
+                            "watch cache: dispatch fell behind the event ring; ending every watch"
+                        );
+                        shared
+                            .watchers
+                            .lock()
+                            .expect("watcher index lock")
+                            .close_all(CloseReason::Relist);
+                        cursor = Some((epoch, cache.revision()));
+                        continue;
+                    }
+                    Err(CacheMiss::TooNew { .. }) => break,
+                }
+            };
+            let Some(last) = events.last().map(|e| e.revision) else {
+                if bookmark_due {
+                    let object = crate::store::bookmark_object::<K>(revision, false);
+                    let frame = skiff::wire::encode_watch_event(
+                        skiff::api::meta::v1::EventType::Bookmark,
+                        &prost::Message::encode_to_vec(&object),
+                    );
+                    bookmark(&shared.watchers, revision, &frame);
+                }
+                break;
+            };
+            for event in &events {
+                dispatch(&shared.watchers, &mut budget, &shared.stats, event).await;
+            }
+            cursor = Some((epoch, last));
         }
     }
 }

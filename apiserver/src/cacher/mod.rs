@@ -1,35 +1,42 @@
-//! The cacher: an [`ObjectStore`] decorator that serves every list and
+//! The cacher: an [`ObjectStore`] decorator that serves every list, get and
 //! watch of one kind from memory. Writes pass through to the storage-backed
-//! store; the cacher keeps one storage watch open and feeds its watch cache,
-//! then broadcasts each event to its cache watchers.
+//! store and come back through the API server's one storage watch, the
+//! [`feed::Feed`], which applies them to this kind's watch cache; the
+//! cacher's dispatcher task then broadcasts them to its cache watchers. The
+//! feed never waits for the dispatcher, so writes and reads never wait on
+//! fan-out.
 //!
 //! Reads say how fresh they must be: "0" is served at once; N waits
 //! (briefly) for the cache to reach N; unset is a consistent read — the
-//! cacher asks storage for its current revision and answers once the cache
-//! has caught up. Backends that report watch progress (embedded) let the
-//! cache catch up even when the last writes were to other kinds; on etcd
-//! 3.4, which cannot, a read the cache cannot confirm fresh goes to storage.
+//! cacher asks storage for its current revision and answers once the feed
+//! has caught up (see the feed for how that is proved on etcd 3.4). A read
+//! the cache cannot serve in time goes to storage, and is counted with its
+//! reason; a watch never does: it is refused with a retry hint instead, so
+//! the number of storage watches never depends on clients.
 
 pub mod cache_watcher;
 pub mod dispatcher;
+pub mod feed;
 pub mod watch_cache;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use skiff::Resource;
 use skiff::api::meta::v1::ListMeta;
+use skiff::metrics::CounterVec;
 use skiff::wire::{ListResponse, WatchEvent};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use self::cache_watcher::{CacheWatcher, CloseReason, OnDrop, watcher_stream};
-use self::dispatcher::{DispatchStats, TimeBudget, WatcherIndex, bookmark, dispatch};
+use self::dispatcher::{DispatchStats, WatcherIndex};
+use self::feed::{Feed, FeedConfig, KindCache};
 use self::watch_cache::{CacheMiss, Cached, RingConfig, WatchCache};
 use crate::error::ApiError;
 use crate::keys;
-use crate::storage::{EventKind, Revision, Storage, StorageError};
+use crate::storage::{Event, EventKind, RangeRequest, Revision, Storage, StorageError};
 use crate::store::{
     ContinueToken, EventStream, ListOptions, ObjectStore, ReadVersion, StorageStore, WatchOptions,
     WatchStart, decode_object,
@@ -47,11 +54,12 @@ pub struct CacherConfig {
     pub dispatch_budget: Duration,
     /// How often watchers that asked for them get bookmarks.
     pub bookmark_interval: Duration,
-    /// How long a read waits for the cache to reach a revision.
+    /// How long a read waits for the cache to be ready or to reach a revision.
     pub wait_timeout: Duration,
-    /// How long a consistent read waits for a backend without progress
-    /// reports before reading storage instead.
-    pub fresh_wait_without_progress: Duration,
+    /// Objects per page when a cache lists storage.
+    pub list_page: usize,
+    /// Tuning of the storage watch shared by every kind.
+    pub feed: FeedConfig,
 }
 
 impl Default for CacherConfig {
@@ -62,9 +70,54 @@ impl Default for CacherConfig {
             dispatch_budget: Duration::from_millis(100),
             bookmark_interval: Duration::from_secs(30),
             wait_timeout: Duration::from_secs(3),
-            fresh_wait_without_progress: Duration::from_millis(50),
+            list_page: 1000,
+            feed: FeedConfig::default(),
         }
     }
+}
+
+/// Why a read went to storage instead of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// The cache was (re)loading.
+    NotReady = 0,
+    /// The cache could not confirm it had reached storage's revision in time.
+    NotFresh = 1,
+    /// A page token's revision is older than the event ring.
+    PageOlderThanRing = 2,
+    /// A page token's revision is newer than the cache reached in time.
+    PageAheadOfCache = 3,
+}
+
+impl Fallback {
+    /// Every reason, in order.
+    pub const ALL: [Fallback; 4] = [
+        Fallback::NotReady,
+        Fallback::NotFresh,
+        Fallback::PageOlderThanRing,
+        Fallback::PageAheadOfCache,
+    ];
+
+    /// The reason's label in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::NotReady => "not_ready",
+            Fallback::NotFresh => "not_fresh",
+            Fallback::PageOlderThanRing => "page_older_than_ring",
+            Fallback::PageAheadOfCache => "page_ahead_of_cache",
+        }
+    }
+}
+
+fn fallback_metric() -> &'static Arc<CounterVec> {
+    static M: OnceLock<Arc<CounterVec>> = OnceLock::new();
+    M.get_or_init(|| {
+        skiff::metrics::global().counter(
+            "apiserver_watch_cache_fallbacks_total",
+            "Reads served from storage because the watch cache could not serve them, by reason.",
+            &["kind", "reason"],
+        )
+    })
 }
 
 /// Counters and gauges of one cacher.
@@ -86,71 +139,114 @@ pub struct CacherStats {
     pub considered: u64,
     /// Watchers closed for being slow.
     pub closed_slow: u64,
-    /// Times the cache re-listed storage.
+    /// Times the cache listed storage again after losing history.
     pub relists: u64,
-    /// Reads served from storage because the cache could not confirm freshness.
+    /// Reads served from storage instead of the cache, in all.
     pub storage_fallbacks: u64,
+    /// The same by reason, in the order of [`Fallback::ALL`].
+    pub fallbacks_by_reason: [u64; 4],
+    /// Reads and watches that had to wait for the cache to catch up.
+    pub fresh_waits: u64,
+}
+
+/// A test's hold on a watch between its freshness check and its
+/// registration: `arrived` is signalled there, and the watch goes on at `go`.
+#[cfg(test)]
+#[derive(Clone, Default)]
+struct Gate {
+    arrived: Arc<Notify>,
+    go: Arc<Notify>,
 }
 
 struct Shared<K: Resource> {
     cache: Mutex<WatchCache<K>>,
     watchers: Mutex<WatcherIndex>,
-    /// The cache's revision, published after each change (0 = not ready).
-    revision: watch::Sender<Revision>,
+    /// Whether the cache holds a listed state.
+    ready: watch::Sender<bool>,
+    /// The feed's progress: every event up to it has been applied.
+    progress: watch::Receiver<Revision>,
+    /// New events for the dispatcher.
+    wake: Notify,
+    list_page: usize,
     stats: DispatchStats,
     relists: AtomicU64,
-    fallbacks: AtomicU64,
+    fallbacks: [AtomicU64; 4],
+    fresh_waits: AtomicU64,
     next_id: AtomicU64,
+    #[cfg(test)]
+    gate: Mutex<Option<Gate>>,
+}
+
+impl<K: Resource> Shared<K> {
+    /// The cache, advanced to the feed's progress. The progress is read
+    /// before the lock: every event up to it is in the cache by then.
+    fn lock(&self) -> MutexGuard<'_, WatchCache<K>> {
+        let progress = *self.progress.borrow();
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.ready() {
+            cache.advance(progress);
+        }
+        cache
+    }
 }
 
 /// The cacher of kind `K`.
 pub struct Cacher<K: Resource> {
     inner: StorageStore<K>,
     shared: Arc<Shared<K>>,
+    feed: Arc<Feed>,
     config: CacherConfig,
-    task: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
 }
 
 impl<K: Resource> Drop for Cacher<K> {
     fn drop(&mut self) {
-        self.task.abort();
+        self.dispatcher.abort();
     }
 }
 
 enum Freshness {
     Cache,
-    Storage,
+    Storage(Fallback),
 }
 
 impl<K: Strategy> Cacher<K> {
-    /// Starts caching kind `K` from `storage`.
-    pub fn new(storage: Arc<dyn Storage>, config: CacherConfig) -> Self {
-        let (revision, _) = watch::channel(0);
+    /// Starts caching kind `K`, fed by `feed`.
+    pub fn new(feed: &Arc<Feed>, config: CacherConfig) -> Self {
         let shared = Arc::new(Shared {
             cache: Mutex::new(WatchCache::new(config.ring)),
             watchers: Mutex::new(WatcherIndex::new(K::TRIGGER_FIELD)),
-            revision,
+            ready: watch::channel(false).0,
+            progress: feed.progress(),
+            wake: Notify::new(),
+            list_page: config.list_page.max(1),
             stats: DispatchStats::default(),
             relists: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
+            fallbacks: Default::default(),
+            fresh_waits: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            #[cfg(test)]
+            gate: Mutex::new(None),
         });
-        let inner = StorageStore::<K>::new(storage);
-        let task = tokio::spawn(reflect(inner.clone(), shared.clone(), config));
+        feed.register(Arc::new(Fed(shared.clone())));
+        let dispatcher = tokio::spawn(dispatcher::run(shared.clone(), config));
         Self {
-            inner,
+            inner: StorageStore::<K>::new(feed.storage().clone()),
             shared,
+            feed: feed.clone(),
             config,
-            task,
+            dispatcher,
         }
     }
 
     /// Counters and gauges.
     pub fn stats(&self) -> CacherStats {
         let (objects, ring, revision) = {
-            let c = self.shared.cache.lock().expect("cache lock");
+            let c = self.shared.lock();
             (c.len(), c.ring_usage(), c.revision())
         };
+        let fallbacks_by_reason =
+            Fallback::ALL.map(|r| self.shared.fallbacks[r as usize].load(Ordering::Relaxed));
         CacherStats {
             watchers: self.shared.watchers.lock().expect("watcher lock").len(),
             objects,
@@ -161,17 +257,39 @@ impl<K: Strategy> Cacher<K> {
             considered: self.shared.stats.considered.load(Ordering::Relaxed),
             closed_slow: self.shared.stats.closed_slow.load(Ordering::Relaxed),
             relists: self.shared.relists.load(Ordering::Relaxed),
-            storage_fallbacks: self.shared.fallbacks.load(Ordering::Relaxed),
+            storage_fallbacks: fallbacks_by_reason.iter().sum(),
+            fallbacks_by_reason,
+            fresh_waits: self.shared.fresh_waits.load(Ordering::Relaxed),
         }
     }
 
-    /// Waits until the cache has reached `revision`, up to `within`.
-    async fn wait_for(&self, revision: Revision, within: Duration) -> bool {
-        let mut rx = self.shared.revision.subscribe();
-        matches!(
-            tokio::time::timeout(within, rx.wait_for(|r| *r > 0 && *r >= revision)).await,
-            Ok(Ok(_))
-        )
+    /// Waits up to `within` for the cache to hold a listed state.
+    async fn wait_ready(&self, within: Duration) -> bool {
+        let mut rx = self.shared.ready.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn reached(&self, revision: Revision) -> bool {
+        *self.shared.progress.borrow() >= revision
+    }
+
+    /// Waits for the feed to reach `revision` (counted when it must wait).
+    async fn wait_fresh(&self, revision: Revision, within: Duration) -> bool {
+        if self.reached(revision) {
+            return true;
+        }
+        self.shared.fresh_waits.fetch_add(1, Ordering::Relaxed);
+        self.feed.wait_fresh(revision, within).await
+    }
+
+    async fn storage_revision(&self) -> Result<Revision, ApiError> {
+        self.inner
+            .storage()
+            .current_revision()
+            .await
+            .map_err(|e| ApiError::from_storage(K::INFO.kind, "", e))
     }
 
     fn too_new(&self, n: Revision) -> ApiError {
@@ -179,351 +297,87 @@ impl<K: Strategy> Cacher<K> {
             message: format!(
                 "too large resource version: {n}, the {} cache has reached {}; retry",
                 K::INFO.kind,
-                *self.shared.revision.borrow()
+                *self.shared.progress.borrow()
             ),
             retry_after: Some(Duration::from_secs(1)),
         }
     }
 
+    /// Refuses `n` at once if storage has not reached it either.
+    async fn check_not_future(&self, n: Revision) -> Result<(), ApiError> {
+        if !self.reached(n) && self.storage_revision().await? < n {
+            return Err(self.too_new(n));
+        }
+        Ok(())
+    }
+
     /// Decides whether a read at `version` may be answered from the cache.
     async fn freshness(&self, version: ReadVersion) -> Result<Freshness, ApiError> {
-        let progress = self.inner.storage().reports_progress();
-        match version {
-            ReadVersion::Any => {
-                if self.wait_for(1, self.config.wait_timeout).await {
-                    Ok(Freshness::Cache)
-                } else {
-                    Ok(Freshness::Storage)
-                }
-            }
+        let target = match version {
+            ReadVersion::Any => None,
             ReadVersion::AtLeast(n) | ReadVersion::Exact(n) => {
-                if self.wait_for(n, self.config.wait_timeout).await {
-                    return Ok(Freshness::Cache);
-                }
-                let current = self
-                    .inner
-                    .storage()
-                    .current_revision()
-                    .await
-                    .map_err(|e| ApiError::from_storage(K::INFO.kind, "", e))?;
-                if current >= n && !progress {
-                    Ok(Freshness::Storage)
-                } else {
-                    Err(self.too_new(n))
-                }
+                self.check_not_future(n).await?;
+                Some(n)
             }
-            ReadVersion::Latest => {
-                let current = self
-                    .inner
-                    .storage()
-                    .current_revision()
-                    .await
-                    .map_err(|e| ApiError::from_storage(K::INFO.kind, "", e))?;
-                let within = if progress {
-                    self.config.wait_timeout
-                } else {
-                    self.config.fresh_wait_without_progress
-                };
-                if self.wait_for(current, within).await {
-                    Ok(Freshness::Cache)
-                } else {
-                    Ok(Freshness::Storage)
-                }
+            ReadVersion::Latest => Some(self.storage_revision().await?),
+        };
+        if !self.wait_ready(self.config.wait_timeout).await {
+            return Ok(Freshness::Storage(Fallback::NotReady));
+        }
+        match target {
+            Some(t) if !self.wait_fresh(t, self.config.wait_timeout).await => {
+                Ok(Freshness::Storage(Fallback::NotFresh))
             }
+            _ => Ok(Freshness::Cache),
         }
     }
 
-    fn fallback(&self) {
-        self.shared.fallbacks.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Feeds the cache from storage forever: list, watch, re-list when the
-/// watch breaks or its revision is compacted; dispatches events and
-/// bookmarks to watchers.
-async fn reflect<K: Strategy>(
-    inner: StorageStore<K>,
-    shared: Arc<Shared<K>>,
-    config: CacherConfig,
-) {
-    let prefix = keys::prefix(&K::INFO, None);
-    let mut backoff = Duration::from_millis(100);
-    let mut budget = TimeBudget::new(config.dispatch_budget);
-    let mut first = true;
-    loop {
-        if !first {
-            // Watchers resume from their last revision or re-list; the cache
-            // never hands them events it cannot vouch for.
-            shared
-                .watchers
-                .lock()
-                .expect("watcher lock")
-                .close_all(CloseReason::Relist);
-            shared.relists.fetch_add(1, Ordering::Relaxed);
-        }
-        first = false;
-        let listed = match inner.list_all(None).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(kind = K::INFO.kind, error = %e, "cache list failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let (items, revision) = listed;
-        let items = items
-            .into_iter()
-            .map(|o| (keys::object_key(&K::INFO, o.namespace(), o.name()), o))
-            .collect();
-        shared
-            .cache
-            .lock()
-            .expect("cache lock")
-            .replace(items, revision);
-        shared.revision.send_replace(revision);
-        let stream = match inner.storage().watch(&prefix, revision + 1).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(kind = K::INFO.kind, error = %e, "cache watch failed; re-listing");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        let mut stream = stream;
-        let mut ticker = tokio::time::interval(config.bookmark_interval);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                batch = stream.next() => {
-                    let batch = match batch {
-                        Some(Ok(b)) => b,
-                        Some(Err(StorageError::Compacted { .. })) => {
-                            tracing::info!(kind = K::INFO.kind, "cache watch compacted; re-listing");
-                            break;
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(kind = K::INFO.kind, error = %e, "cache watch failed; re-listing");
-                            break;
-                        }
-                        None => {
-                            tracing::warn!(kind = K::INFO.kind, "cache watch ended; re-listing");
-                            break;
-                        }
-                    };
-                    if !ingest(&shared, &mut budget, batch).await {
-                        break;
-                    }
-                }
-                _ = ticker.tick() => {
-                    let revision = *shared.revision.borrow();
-                    let object = crate::store::bookmark_object::<K>(revision, false);
-                    let frame = skiff::wire::encode_watch_event(
-                        skiff::api::meta::v1::EventType::Bookmark,
-                        &prost::Message::encode_to_vec(&object),
-                    );
-                    bookmark(&shared.watchers, revision, &frame);
-                }
-            }
-        }
-        shared.cache.lock().expect("cache lock").set_unready();
-        shared.revision.send_replace(0);
-    }
-}
-
-/// Applies a storage batch to the cache and dispatches its events; false if
-/// the batch could not be decoded (the cache then re-lists).
-async fn ingest<K: Strategy>(
-    shared: &Arc<Shared<K>>,
-    budget: &mut TimeBudget,
-    batch: crate::storage::WatchBatch,
-) -> bool {
-    let now = std::time::Instant::now();
-    // Decode and encode outside the lock.
-    let mut decoded = Vec::with_capacity(batch.events.len());
-    for e in batch.events {
-        let current = match e.kind {
-            EventKind::Put => match decode_object::<K>(&e.kv.key, &e.kv.value, e.kv.mod_revision) {
-                Ok(o) => Some(Arc::new(Cached::new(o))),
-                Err(err) => {
-                    tracing::error!(kind = K::INFO.kind, error = %err, "undecodable object in storage");
-                    return false;
-                }
-            },
-            EventKind::Delete => None,
-        };
-        let fallback_prev = e
-            .prev
-            .as_ref()
-            .and_then(|p| decode_object::<K>(&p.key, &p.value, p.mod_revision).ok());
-        decoded.push((e.kind, e.kv.key, e.kv.mod_revision, current, fallback_prev));
-    }
-    let (events, revision) = {
-        let mut cache = shared.cache.lock().expect("cache lock");
-        let events: Vec<_> = decoded
-            .into_iter()
-            .map(|(kind, key, rev, current, prev)| cache.apply(kind, key, rev, current, prev, now))
-            .collect();
-        cache.advance(batch.progress);
-        (events, cache.revision())
-    };
-    shared.revision.send_replace(revision);
-    for event in &events {
-        dispatch(&shared.watchers, budget, &shared.stats, event).await;
-    }
-    true
-}
-
-#[async_trait::async_trait]
-impl<K: Strategy> ObjectStore<K> for Cacher<K> {
-    async fn create(&self, obj: K) -> Result<K, ApiError> {
-        self.inner.create(obj).await
+    fn fallback(&self, reason: Fallback) {
+        self.shared.fallbacks[reason as usize].fetch_add(1, Ordering::Relaxed);
+        fallback_metric()
+            .with(&[K::INFO.kind, reason.as_str()])
+            .inc();
+        tracing::debug!(
+            kind = K::INFO.kind,
+            reason = reason.as_str(),
+            "watch cache: read served from storage"
+        );
     }
 
-    async fn get(
-        &self,
-        namespace: &str,
-        name: &str,
-        version: ReadVersion,
-    ) -> Result<Option<K>, ApiError> {
-        match self.freshness(version).await? {
-            Freshness::Storage => {
-                self.fallback();
-                self.inner.get(namespace, name, version).await
-            }
-            Freshness::Cache => {
-                let key = keys::object_key(&K::INFO, namespace, name);
-                let cache = self.shared.cache.lock().expect("cache lock");
-                Ok(cache.get(&key).map(|c| c.object.clone()))
-            }
+    /// Holds watches between freshness and registration (tests only).
+    #[cfg(test)]
+    fn hold_watches(&self) -> Gate {
+        let gate = Gate::default();
+        *self.shared.gate.lock().unwrap() = Some(gate.clone());
+        gate
+    }
+
+    #[cfg(test)]
+    async fn pass_gate(&self) {
+        let gate = self.shared.gate.lock().unwrap().take();
+        if let Some(g) = gate {
+            g.arrived.notify_one();
+            g.go.notified().await;
         }
     }
 
-    async fn list(&self, options: ListOptions) -> Result<ListResponse<K>, ApiError> {
-        let prefix = keys::prefix(&K::INFO, options.predicate.namespace.as_deref());
-        let (at, start_after) = match &options.continue_token {
-            Some(t) => (Some(t.revision), t.start_after.clone()),
-            None => {
-                if let Freshness::Storage = self.freshness(options.version).await? {
-                    self.fallback();
-                    return self.inner.list(options).await;
-                }
-                (None, String::new())
-            }
-        };
-        let page = {
-            let cache = self.shared.cache.lock().expect("cache lock");
-            if !cache.ready() {
-                Err(CacheMiss::TooNew { current: 0 })
-            } else {
-                cache.list(&prefix, &start_after, at, &options.predicate, options.limit)
-            }
-        };
-        let page = match page {
-            Ok(p) => p,
-            Err(CacheMiss::TooNew { .. }) if at.is_some() => {
-                // A page token from a revision the cache has not reached (another server's).
-                let n = at.unwrap_or(0);
-                if self.wait_for(n, self.config.wait_timeout).await {
-                    let cache = self.shared.cache.lock().expect("cache lock");
-                    cache
-                        .list(&prefix, &start_after, at, &options.predicate, options.limit)
-                        .map_err(|_| self.too_new(n))?
-                } else {
-                    self.fallback();
-                    return self.inner.list(options).await;
-                }
-            }
-            Err(_) => {
-                // Older than the ring, or not ready: storage can still serve it
-                // (or say the token expired).
-                self.fallback();
-                return self.inner.list(options).await;
-            }
-        };
-        let next_page_token = if page.more {
-            ContinueToken {
-                revision: page.revision,
-                start_after: page.last_key.clone(),
-            }
-            .encode()
-        } else {
-            String::new()
-        };
-        let encoded = page.items.iter().map(|c| c.encoded.clone()).collect();
-        Ok(ListResponse::pre_encoded(
-            ListMeta {
-                resource_version: page.revision.to_string(),
-                next_page_token,
-                remaining_item_count: None,
-            },
-            encoded,
-        ))
-    }
-
-    async fn update(&self, obj: K, expected: Revision) -> Result<K, ApiError> {
-        self.inner.update(obj, expected).await
-    }
-
-    async fn delete(
-        &self,
-        namespace: &str,
-        name: &str,
-        expected: Option<Revision>,
-    ) -> Result<K, ApiError> {
-        self.inner.delete(namespace, name, expected).await
-    }
-
-    async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError> {
-        // Make sure the cache can serve this start, or hand it to storage.
-        match options.start {
-            WatchStart::CurrentState => {
-                if let Freshness::Storage = self.freshness(ReadVersion::Latest).await? {
-                    self.fallback();
-                    return self.inner.watch(options).await;
-                }
-            }
-            WatchStart::After(n) => {
-                if !self.wait_for(n, Duration::ZERO).await {
-                    let progress = self.inner.storage().reports_progress();
-                    let within = if progress {
-                        self.config.wait_timeout
-                    } else {
-                        self.config.fresh_wait_without_progress
-                    };
-                    if !self.wait_for(n, within).await {
-                        let current = self
-                            .inner
-                            .storage()
-                            .current_revision()
-                            .await
-                            .map_err(|e| ApiError::from_storage(K::INFO.kind, "", e))?;
-                        if current < n {
-                            return Err(self.too_new(n));
-                        }
-                        self.fallback();
-                        return self.inner.watch(options).await;
-                    }
-                }
-            }
-        }
+    /// Registers a watcher on a ready cache; `None` if a re-list began since
+    /// the caller's checks (it must wait for the new state).
+    fn register(&self, options: &WatchOptions) -> Result<Option<EventStream<K>>, ApiError> {
         let prefix = keys::prefix(&K::INFO, options.predicate.namespace.as_deref());
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        // Registration and the initial events are taken under the cache lock,
-        // so that every later event reaches the watcher exactly once.
-        let (initial, rx, closed, snapshot_rev): (
-            Box<dyn Iterator<Item = bytes::Bytes> + Send>,
-            _,
-            _,
-            _,
-        ) = {
-            let cache = self.shared.cache.lock().expect("cache lock");
+        // The initial events and the registration are taken under the cache
+        // lock, so that every later event reaches the watcher exactly once.
+        type Frames = Box<dyn Iterator<Item = bytes::Bytes> + Send>;
+        let (initial, rx, closed, snapshot_rev): (Frames, _, _, _) = {
+            let cache = self.shared.lock();
+            if !cache.ready() {
+                return Ok(None);
+            }
             let revision = cache.revision();
             let predicate = options.predicate.clone();
-            let initial: Box<dyn Iterator<Item = bytes::Bytes> + Send> = match options.start {
-                WatchStart::CurrentState => {
+            let initial: Frames = match options.start {
+                WatchStart::CurrentState | WatchStart::AnyState => {
                     let objects = cache.snapshot(&prefix);
                     Box::new(
                         objects
@@ -562,15 +416,18 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
                 .insert(Arc::new(watcher));
             (initial, rx, closed, revision)
         };
-        let initial: Box<dyn Iterator<Item = bytes::Bytes> + Send> =
-            if options.initial_events_end_bookmark && options.start == WatchStart::CurrentState {
-                let end = bytes::Bytes::from(prost::Message::encode_to_vec(
-                    &crate::store::bookmark::<K>(snapshot_rev, true),
-                ));
-                Box::new(initial.chain(std::iter::once(end)))
-            } else {
-                initial
-            };
+        let initial: Frames = if options.initial_events_end_bookmark
+            && matches!(
+                options.start,
+                WatchStart::CurrentState | WatchStart::AnyState
+            ) {
+            let end = bytes::Bytes::from(prost::Message::encode_to_vec(
+                &crate::store::bookmark::<K>(snapshot_rev, true),
+            ));
+            Box::new(initial.chain(std::iter::once(end)))
+        } else {
+            initial
+        };
         let weak = Arc::downgrade(&self.shared);
         let guard = OnDrop::new(move || {
             if let Some(shared) = weak.upgrade() {
@@ -579,6 +436,257 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
         });
         let stream =
             watcher_stream(initial, rx, closed, guard).map(|r| r.map(WatchEvent::pre_encoded));
-        Ok(Box::pin(stream))
+        Ok(Some(Box::pin(stream)))
     }
 }
+
+/// The feed's handle on one kind's cache.
+struct Fed<K: Resource>(Arc<Shared<K>>);
+
+#[async_trait::async_trait]
+impl<K: Strategy> KindCache for Fed<K> {
+    fn kind(&self) -> &'static str {
+        K::INFO.kind
+    }
+
+    fn plural(&self) -> &'static str {
+        K::INFO.plural
+    }
+
+    async fn load(&self, storage: &dyn Storage, revision: Revision) -> Result<(), StorageError> {
+        let prefix = keys::prefix(&K::INFO, None);
+        let mut items = Vec::new();
+        let mut start_after = String::new();
+        loop {
+            let page = storage
+                .range(RangeRequest {
+                    prefix: prefix.clone(),
+                    start_after: std::mem::take(&mut start_after),
+                    revision: Some(revision),
+                    limit: self.0.list_page,
+                })
+                .await?;
+            for kv in &page.kvs {
+                match decode_object::<K>(&kv.key, &kv.value, kv.mod_revision) {
+                    Ok(o) => items.push((kv.key.clone(), Arc::new(Cached::new(o)))),
+                    Err(e) => {
+                        tracing::error!(kind = K::INFO.kind, error = %e, "watch cache: skipping an object that does not decode")
+                    }
+                }
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => start_after = last.key.clone(),
+                _ => break,
+            }
+        }
+        self.0
+            .cache
+            .lock()
+            .expect("cache lock")
+            .replace(items, revision);
+        self.0.ready.send_replace(true);
+        self.0.wake.notify_one();
+        Ok(())
+    }
+
+    fn apply(&self, events: Vec<Event>) {
+        let now = Instant::now();
+        // Decode and encode outside the lock; previous states come from the store.
+        let decoded: Vec<_> = events
+            .into_iter()
+            .filter_map(|e| {
+                let current = match e.kind {
+                    EventKind::Put => {
+                        match decode_object::<K>(&e.kv.key, &e.kv.value, e.kv.mod_revision) {
+                            Ok(o) => Some(Arc::new(Cached::new(o))),
+                            Err(err) => {
+                                tracing::error!(kind = K::INFO.kind, error = %err, "watch cache: skipping a change that does not decode");
+                                return None;
+                            }
+                        }
+                    }
+                    EventKind::Delete => None,
+                };
+                Some((e.kind, e.kv.key, e.kv.mod_revision, current))
+            })
+            .collect();
+        {
+            let mut cache = self.0.cache.lock().expect("cache lock");
+            for (kind, key, revision, current) in decoded {
+                cache.apply(kind, key, revision, current, now);
+            }
+        }
+        self.0.wake.notify_one();
+    }
+
+    fn invalidate(&self) {
+        {
+            // One critical section: no watch can register on the old state
+            // once its watchers have been told to go.
+            let mut cache = self.0.cache.lock().expect("cache lock");
+            cache.set_unready();
+            self.0
+                .watchers
+                .lock()
+                .expect("watcher lock")
+                .close_all(CloseReason::Relist);
+        }
+        self.0.ready.send_replace(false);
+        self.0.relists.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl<K: Strategy> ObjectStore<K> for Cacher<K> {
+    async fn create(&self, obj: K) -> Result<K, ApiError> {
+        self.inner.create(obj).await
+    }
+
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: ReadVersion,
+    ) -> Result<Option<K>, ApiError> {
+        match self.freshness(version).await? {
+            Freshness::Cache => {
+                let key = keys::object_key(&K::INFO, namespace, name);
+                let cache = self.shared.lock();
+                if cache.ready() {
+                    return Ok(cache.get(&key).map(|c| c.object.clone()));
+                }
+                drop(cache);
+                self.fallback(Fallback::NotReady);
+            }
+            Freshness::Storage(reason) => self.fallback(reason),
+        }
+        self.inner.get(namespace, name, version).await
+    }
+
+    async fn list(&self, options: ListOptions) -> Result<ListResponse<K>, ApiError> {
+        let prefix = keys::prefix(&K::INFO, options.predicate.namespace.as_deref());
+        let (at, start_after) = match &options.continue_token {
+            Some(t) => (Some(t.revision), t.start_after.clone()),
+            None => {
+                if let Freshness::Storage(reason) = self.freshness(options.version).await? {
+                    self.fallback(reason);
+                    return self.inner.list(options).await;
+                }
+                (None, String::new())
+            }
+        };
+        let page = {
+            let cache = self.shared.lock();
+            if !cache.ready() {
+                Err(CacheMiss::TooNew { current: 0 })
+            } else {
+                cache.list(&prefix, &start_after, at, &options.predicate, options.limit)
+            }
+        };
+        let page = match (page, at) {
+            (Ok(p), _) => p,
+            (Err(CacheMiss::TooNew { .. }), Some(n)) => {
+                // A page token from a revision the cache has not reached (another server's).
+                let retried = if self.wait_fresh(n, self.config.wait_timeout).await {
+                    let cache = self.shared.lock();
+                    cache
+                        .list(&prefix, &start_after, at, &options.predicate, options.limit)
+                        .ok()
+                } else {
+                    None
+                };
+                match retried {
+                    Some(p) => p,
+                    None => {
+                        self.fallback(Fallback::PageAheadOfCache);
+                        return self.inner.list(options).await;
+                    }
+                }
+            }
+            (Err(CacheMiss::TooOld { .. }), Some(_)) => {
+                // Storage can still serve it (or say the token expired).
+                self.fallback(Fallback::PageOlderThanRing);
+                return self.inner.list(options).await;
+            }
+            (Err(_), _) => {
+                self.fallback(Fallback::NotReady);
+                return self.inner.list(options).await;
+            }
+        };
+        let next_page_token = if page.more {
+            ContinueToken {
+                revision: page.revision,
+                start_after: page.last_key.clone(),
+            }
+            .encode()
+        } else {
+            String::new()
+        };
+        let encoded = page.items.iter().map(|c| c.encoded.clone()).collect();
+        Ok(ListResponse::pre_encoded(
+            ListMeta {
+                resource_version: page.revision.to_string(),
+                next_page_token,
+                remaining_item_count: None,
+            },
+            encoded,
+        ))
+    }
+
+    async fn update(&self, obj: K, expected: Revision) -> Result<K, ApiError> {
+        self.inner.update(obj, expected).await
+    }
+
+    async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        expected: Option<Revision>,
+    ) -> Result<K, ApiError> {
+        self.inner.delete(namespace, name, expected).await
+    }
+
+    async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError> {
+        let deadline = tokio::time::Instant::now() + self.config.wait_timeout;
+        let target = match options.start {
+            WatchStart::CurrentState => Some(self.storage_revision().await?),
+            WatchStart::AnyState => None,
+            WatchStart::After(n) => {
+                self.check_not_future(n).await?;
+                Some(n)
+            }
+        };
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !self.wait_ready(left).await {
+                return Err(ApiError::Unavailable {
+                    message: format!(
+                        "the {} watch cache is loading from storage; retry",
+                        K::INFO.kind
+                    ),
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
+            if let Some(t) = target
+                && !self.wait_fresh(t, left).await
+            {
+                return Err(ApiError::Unavailable {
+                    message: format!(
+                        "the {} watch cache has not caught up with storage revision {t}; retry",
+                        K::INFO.kind
+                    ),
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
+            #[cfg(test)]
+            self.pass_gate().await;
+            if let Some(stream) = self.register(&options)? {
+                return Ok(stream);
+            }
+            // A re-list began after the checks: wait for the new state.
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

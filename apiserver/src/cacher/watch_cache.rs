@@ -193,6 +193,7 @@ pub struct WatchCache<K> {
     revision: Revision,
     oldest: Revision,
     ready: bool,
+    epoch: u64,
 }
 
 impl<K: Resource> WatchCache<K> {
@@ -206,7 +207,14 @@ impl<K: Resource> WatchCache<K> {
             revision: 0,
             oldest: 0,
             ready: false,
+            epoch: 0,
         }
+    }
+
+    /// Counts the listed states the cache has held: events of one epoch
+    /// never follow those of another.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Whether the cache holds a listed state.
@@ -240,15 +248,13 @@ impl<K: Resource> WatchCache<K> {
     }
 
     /// Replaces everything with a fresh listing at `revision`.
-    pub fn replace(&mut self, items: Vec<(String, K)>, revision: Revision) {
+    pub fn replace(&mut self, items: Vec<(String, Arc<Cached<K>>)>, revision: Revision) {
         self.ring.clear();
-        self.store = items
-            .into_iter()
-            .map(|(k, o)| (k, Arc::new(Cached::new(o))))
-            .collect();
+        self.store = items.into_iter().collect();
         self.revision = revision;
         self.oldest = revision;
         self.ready = true;
+        self.epoch += 1;
     }
 
     /// Marks the cache as not serving (while re-listing).
@@ -256,23 +262,25 @@ impl<K: Resource> WatchCache<K> {
         self.ready = false;
     }
 
-    /// Applies one storage change. `current` is the new object for puts;
-    /// `fallback_prev` is storage's previous value, used only if the store
-    /// lacks the key.
+    /// Applies one storage change (`current` is the new object for puts);
+    /// the previous state comes from the store. A deletion of a key the
+    /// store does not hold changes nothing and yields no event.
     pub fn apply(
         &mut self,
         kind: EventKind,
         key: String,
         revision: Revision,
         current: Option<Arc<Cached<K>>>,
-        fallback_prev: Option<K>,
         now: Instant,
-    ) -> Arc<CacheEvent<K>> {
+    ) -> Option<Arc<CacheEvent<K>>> {
         let prev = match (&kind, &current) {
             (EventKind::Put, Some(c)) => self.store.insert(key.clone(), c.clone()),
             _ => self.store.remove(&key),
+        };
+        self.revision = self.revision.max(revision);
+        if kind == EventKind::Delete && prev.is_none() {
+            return None;
         }
-        .or_else(|| fallback_prev.map(|p| Arc::new(Cached::new(p))));
         let event = Arc::new(CacheEvent {
             revision,
             kind,
@@ -284,8 +292,7 @@ impl<K: Resource> WatchCache<K> {
             deleted: OnceLock::new(),
         });
         self.push(event.clone(), now);
-        self.revision = self.revision.max(revision);
-        event
+        Some(event)
     }
 
     /// Records that storage has delivered everything up to `revision`.
@@ -460,14 +467,15 @@ mod tests {
 
     fn put(c: &mut WatchCache<Pod>, name: &str, rev: Revision, app: &str) -> Arc<CacheEvent<Pod>> {
         let obj = Arc::new(Cached::new(pod(name, rev, app)));
-        c.apply(
-            EventKind::Put,
-            key(name),
-            rev,
-            Some(obj),
-            None,
-            Instant::now(),
-        )
+        c.apply(EventKind::Put, key(name), rev, Some(obj), Instant::now())
+            .unwrap()
+    }
+
+    fn cached(items: Vec<(String, Pod)>) -> Vec<(String, Arc<Cached<Pod>>)> {
+        items
+            .into_iter()
+            .map(|(k, o)| (k, Arc::new(Cached::new(o))))
+            .collect()
     }
 
     #[test]
@@ -554,15 +562,24 @@ mod tests {
     fn lists_read_the_past_from_the_ring() {
         let mut c = WatchCache::new(RingConfig::default());
         c.replace(
-            vec![
+            cached(vec![
                 (key("a"), pod("a", 5, "web")),
                 (key("b"), pod("b", 6, "web")),
-            ],
+            ]),
             10,
         );
         put(&mut c, "a", 11, "db");
         put(&mut c, "c", 12, "web");
-        c.apply(EventKind::Delete, key("b"), 13, None, None, Instant::now());
+        assert!(
+            c.apply(EventKind::Delete, key("b"), 13, None, Instant::now())
+                .is_some()
+        );
+        assert!(
+            c.apply(EventKind::Delete, key("zz"), 14, None, Instant::now())
+                .is_none(),
+            "deleting what the store lacks is no event"
+        );
+        assert_eq!(c.revision(), 14);
         let everything = Predicate::default();
         let now = c.list("/registry/pods/", "", None, &everything, 0).unwrap();
         let names: Vec<_> = now

@@ -127,6 +127,10 @@ enum Op {
         key: String,
         expected: Option<Revision>,
     },
+    Put {
+        key: String,
+        value: Bytes,
+    },
     Compact {
         revision: Revision,
     },
@@ -359,6 +363,25 @@ fn apply(
                 kind: EventKind::Put,
                 kv: new.clone(),
                 prev: Some(current),
+            };
+            Ok(Ok((OpResult::Put(new), Some(event))))
+        }
+        Op::Put { key, value } => {
+            let current = read_kv(kv, key)?;
+            let rev = *revision + 1;
+            let new = KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+                create_revision: current.as_ref().map_or(rev, |c| c.create_revision),
+                mod_revision: rev,
+                version: current.as_ref().map_or(1, |c| c.version + 1),
+            };
+            write_put(kv, log, &new, current.as_ref())?;
+            *revision = rev;
+            let event = Event {
+                kind: EventKind::Put,
+                kv: new.clone(),
+                prev: current,
             };
             Ok(Ok((OpResult::Put(new), Some(event))))
         }
@@ -651,6 +674,19 @@ impl Storage for EmbeddedStorage {
         {
             OpResult::Put(kv) => Ok(kv),
             _ => unreachable!("update yields a put"),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        match self
+            .submit(Op::Put {
+                key: key.to_owned(),
+                value,
+            })
+            .await?
+        {
+            OpResult::Put(kv) => Ok(kv),
+            _ => unreachable!("put yields a put"),
         }
     }
 

@@ -51,8 +51,14 @@ impl Storage for MeteredStorage {
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted> {
         timed("delete", self.0.delete(key, expected)).await
     }
+    async fn put(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        timed("put", self.0.put(key, value)).await
+    }
     async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream> {
         self.0.watch(prefix, start).await
+    }
+    async fn watch_without_prev(&self, prefix: &str, start: Revision) -> Result<WatchStream> {
+        self.0.watch_without_prev(prefix, start).await
     }
     async fn compact(&self, revision: Revision) -> Result<()> {
         timed("compact", self.0.compact(revision)).await

@@ -10,6 +10,8 @@ pub mod metered;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
+pub mod faults;
 
 use std::pin::Pin;
 
@@ -187,9 +189,17 @@ pub trait Storage: Send + Sync + 'static {
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue>;
     /// Deletes a key, if its mod_revision equals `expected` when given.
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted>;
+    /// Writes a key whatever it holds (etcd's plain put).
+    async fn put(&self, key: &str, value: Bytes) -> Result<KeyValue>;
     /// Streams every change under `prefix` with revision >= `start` (with
     /// previous values). `start` older than the compaction is `Compacted`.
     async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream>;
+    /// Like [`watch`](Self::watch), for a caller that keeps every key's
+    /// state itself: events may come without previous values, which spares
+    /// etcd a read per event.
+    async fn watch_without_prev(&self, prefix: &str, start: Revision) -> Result<WatchStream> {
+        self.watch(prefix, start).await
+    }
     /// Discards history before `revision`.
     async fn compact(&self, revision: Revision) -> Result<()>;
     /// The latest revision, read from the backend (a quorum read on etcd).
