@@ -2,8 +2,7 @@
 //! watch on demand, holds new watches or ranges until released, and counts
 //! the calls that reach storage (round trips per request).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -65,8 +64,18 @@ impl std::ops::Sub for Calls {
     }
 }
 
-#[derive(Default)]
-struct Counters([AtomicU64; 8]);
+/// The operations counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Get,
+    Range,
+    Create,
+    Update,
+    Delete,
+    Put,
+    Watch,
+    CurrentRevision,
+}
 
 /// The decorator; share it as `Arc<FaultyStorage>` (it is a `Storage`).
 pub struct FaultyStorage {
@@ -74,7 +83,7 @@ pub struct FaultyStorage {
     cut: watch::Sender<u64>,
     watches_held: watch::Sender<bool>,
     ranges_held: watch::Sender<bool>,
-    counters: Counters,
+    log: Mutex<Vec<(Op, String)>>,
     hide_progress: bool,
 }
 
@@ -91,7 +100,7 @@ impl FaultyStorage {
             cut: watch::channel(0).0,
             watches_held: watch::channel(false).0,
             ranges_held: watch::channel(false).0,
-            counters: Counters::default(),
+            log: Mutex::new(Vec::new()),
             hide_progress: false,
         })
     }
@@ -121,21 +130,41 @@ impl FaultyStorage {
 
     /// Calls so far.
     pub fn calls(&self) -> Calls {
-        let c = |i: usize| self.counters.0[i].load(Ordering::Relaxed);
-        Calls {
-            gets: c(0),
-            ranges: c(1),
-            creates: c(2),
-            updates: c(3),
-            deletes: c(4),
-            puts: c(5),
-            watches: c(6),
-            current_revisions: c(7),
-        }
+        self.calls_where(|_| true)
     }
 
-    fn count(&self, i: usize) {
-        self.counters.0[i].fetch_add(1, Ordering::Relaxed);
+    /// Calls so far on keys (or prefixes) under `prefix`, and every
+    /// `current_revision` (which names no key).
+    pub fn calls_under(&self, prefix: &str) -> Calls {
+        self.calls_where(|k| k.is_empty() || k.starts_with(prefix))
+    }
+
+    fn calls_where(&self, keep: impl Fn(&str) -> bool) -> Calls {
+        let mut c = Calls::default();
+        for (op, key) in self.log.lock().expect("log lock").iter() {
+            if !keep(key) {
+                continue;
+            }
+            let n = match op {
+                Op::Get => &mut c.gets,
+                Op::Range => &mut c.ranges,
+                Op::Create => &mut c.creates,
+                Op::Update => &mut c.updates,
+                Op::Delete => &mut c.deletes,
+                Op::Put => &mut c.puts,
+                Op::Watch => &mut c.watches,
+                Op::CurrentRevision => &mut c.current_revisions,
+            };
+            *n += 1;
+        }
+        c
+    }
+
+    fn count(&self, op: Op, key: &str) {
+        self.log
+            .lock()
+            .expect("log lock")
+            .push((op, key.to_owned()));
     }
 
     async fn released(gate: &watch::Sender<bool>) {
@@ -184,37 +213,37 @@ impl FaultyStorage {
 #[async_trait::async_trait]
 impl Storage for FaultyStorage {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.count(0);
+        self.count(Op::Get, key);
         self.inner.get(key).await
     }
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse> {
-        self.count(1);
+        self.count(Op::Range, &request.prefix);
         Self::released(&self.ranges_held).await;
         self.inner.range(request).await
     }
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
-        self.count(2);
+        self.count(Op::Create, key);
         self.inner.create(key, value).await
     }
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
-        self.count(3);
+        self.count(Op::Update, key);
         self.inner.update(key, value, expected).await
     }
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted> {
-        self.count(4);
+        self.count(Op::Delete, key);
         self.inner.delete(key, expected).await
     }
     async fn put(&self, key: &str, value: Bytes) -> Result<KeyValue> {
-        self.count(5);
+        self.count(Op::Put, key);
         self.inner.put(key, value).await
     }
     async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream> {
-        self.count(6);
+        self.count(Op::Watch, prefix);
         Self::released(&self.watches_held).await;
         Ok(self.cuttable(self.inner.watch(prefix, start).await?))
     }
     async fn watch_without_prev(&self, prefix: &str, start: Revision) -> Result<WatchStream> {
-        self.count(6);
+        self.count(Op::Watch, prefix);
         Self::released(&self.watches_held).await;
         Ok(self.cuttable(self.inner.watch_without_prev(prefix, start).await?))
     }
@@ -222,7 +251,7 @@ impl Storage for FaultyStorage {
         self.inner.compact(revision).await
     }
     async fn current_revision(&self) -> Result<Revision> {
-        self.count(7);
+        self.count(Op::CurrentRevision, "");
         self.inner.current_revision().await
     }
     fn reports_progress(&self) -> bool {
