@@ -244,6 +244,9 @@ async fn step<K: ResourceClient>(s: &mut State<K>) {
             stream: Some(mut stream),
             initial,
         } => match stream.next().await {
+            // The stream ended while the initial state was arriving: what
+            // came so far may miss deletions, so a fresh one starts.
+            None if initial => Phase::Empty,
             None => {
                 // The server ended the watch (timeout, restart): resume.
                 Phase::Watching {
@@ -321,7 +324,157 @@ fn fail<K: ResourceClient>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use tonic::{Request, Status};
+
     use super::*;
+    use crate::Resource;
+    use crate::api::core::v1::Secret;
+    use crate::api::meta::v1::ObjectMeta;
+    use crate::params::{DeleteParams, GetParams};
+    use crate::server::{MessageLimits, ResourceService, ServeWith, WatchStream};
+    use crate::wire::ListResponse;
+
+    fn secret(name: &str, rv: u64) -> Secret {
+        Secret {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                namespace: "default".into(),
+                resource_version: rv.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A server whose first watch ends in the middle of its initial state
+    /// (a, b); by the second, b has been deleted.
+    #[derive(Default)]
+    struct EndsMidInitialState {
+        watches: Mutex<Vec<WatchParams>>,
+    }
+
+    #[tonic::async_trait]
+    impl ResourceService<Secret> for EndsMidInitialState {
+        async fn create(&self, _: Request<Secret>) -> Result<Secret, Status> {
+            Err(Status::unimplemented("create"))
+        }
+        async fn get(&self, _: Request<GetParams>) -> Result<Secret, Status> {
+            Err(Status::unimplemented("get"))
+        }
+        async fn list(&self, _: Request<ListParams>) -> Result<ListResponse<Secret>, Status> {
+            Err(Status::unimplemented("list"))
+        }
+        async fn update(&self, _: Request<Secret>) -> Result<Secret, Status> {
+            Err(Status::unimplemented("update"))
+        }
+        async fn update_status(&self, _: Request<Secret>) -> Result<Secret, Status> {
+            Err(Status::unimplemented("update_status"))
+        }
+        async fn delete(&self, _: Request<DeleteParams>) -> Result<Secret, Status> {
+            Err(Status::unimplemented("delete"))
+        }
+        async fn watch(
+            &self,
+            request: Request<WatchParams>,
+        ) -> Result<WatchStream<Secret>, Status> {
+            let n = {
+                let mut w = self.watches.lock().unwrap();
+                w.push(request.into_inner());
+                w.len()
+            };
+            let events: Vec<Result<WatchEvent<Secret>, Status>> = if n == 1 {
+                vec![
+                    Ok(WatchEvent::new(EventType::Added, secret("a", 3))),
+                    Ok(WatchEvent::new(EventType::Added, secret("b", 7))),
+                ]
+            } else {
+                let mut end = secret("", 9);
+                end.meta_mut()
+                    .annotations
+                    .insert(INITIAL_EVENTS_END.into(), "true".into());
+                end.meta_mut().name.clear();
+                vec![
+                    Ok(WatchEvent::new(EventType::Added, secret("a", 3))),
+                    Ok(WatchEvent::new(EventType::Bookmark, end)),
+                ]
+            };
+            let stream = futures::stream::iter(events);
+            Ok(if n == 1 {
+                Box::pin(stream)
+            } else {
+                Box::pin(stream.chain(futures::stream::pending()))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_list_cut_short_starts_a_fresh_initial_state() {
+        let service = Arc::new(EndsMidInitialState::default());
+        let mut routes = tonic::service::RoutesBuilder::default();
+        <Secret as ServeWith<EndsMidInitialState>>::add_service(
+            &mut routes,
+            service.clone(),
+            MessageLimits {
+                max_decoding: usize::MAX,
+                max_encoding: usize::MAX,
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes.routes())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let transport =
+            crate::client::connect(&addr.to_string(), crate::client::Credentials::none())
+                .await
+                .unwrap();
+        let config = WatcherConfig {
+            watch_list: true,
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(10),
+            },
+            ..Default::default()
+        };
+        let events = watcher(Api::<Secret>::new(transport, "default"), config);
+        futures::pin_mut!(events);
+        // Fold the events as a store does: each Init starts a new state,
+        // InitDone swaps it in.
+        let mut building = BTreeSet::new();
+        let committed = loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("the watcher keeps going")
+                .expect("the stream never ends")
+            {
+                Ok(Event::Init) => building.clear(),
+                Ok(Event::InitApply(p)) => {
+                    building.insert(p.meta().name.clone());
+                }
+                Ok(Event::InitDone) => break std::mem::take(&mut building),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => {}
+            }
+        };
+        assert_eq!(
+            committed,
+            BTreeSet::from(["a".to_string()]),
+            "b was deleted while the first initial state was cut short"
+        );
+        let watches = service.watches.lock().unwrap().clone();
+        assert_eq!(watches.len(), 2);
+        assert!(watches[1].send_initial_events);
+        assert_eq!(
+            watches[1].resource_version, "",
+            "the second attempt asks for a fresh state, not a resume"
+        );
+        server.abort();
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
