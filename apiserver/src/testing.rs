@@ -131,6 +131,203 @@ impl Drop for EtcdServer {
     }
 }
 
+/// Reads one sample of etcd's own Prometheus metrics (`/metrics` on a client
+/// URL), e.g. `etcd_debugging_mvcc_watch_stream_total`.
+pub async fn etcd_metric(endpoint: &str, name: &str) -> f64 {
+    let addr = endpoint.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to etcd's metrics");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("ask etcd for its metrics");
+    let mut body = String::new();
+    stream
+        .read_to_string(&mut body)
+        .await
+        .expect("read etcd's metrics");
+    body.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            rest.starts_with(' ')
+                .then(|| rest.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("etcd reports no {name}"))
+}
+
+/// One member of an [`EtcdCluster`].
+pub struct EtcdMember {
+    /// Client URL.
+    pub endpoint: String,
+    child: Option<Child>,
+    args: Vec<std::ffi::OsString>,
+}
+
+/// A real etcd cluster of several members on free loopback ports (each with
+/// its own data directory), every member killed on drop.
+pub struct EtcdCluster {
+    /// The members, in start order.
+    pub members: Vec<EtcdMember>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers (up to 60 s).
+    pub async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        'attempt: for attempt in 0..5 {
+            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let initial: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+                .collect();
+            let mut members = Vec::new();
+            for (i, (client, peer)) in ports.iter().enumerate() {
+                let endpoint = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                let data = dir.path().join(format!("a{attempt}-m{i}"));
+                let mut cmd = Command::new(etcd_binary());
+                cmd.arg("--name")
+                    .arg(format!("m{i}"))
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .arg("--listen-client-urls")
+                    .arg(&endpoint)
+                    .arg("--advertise-client-urls")
+                    .arg(&endpoint)
+                    .arg("--listen-peer-urls")
+                    .arg(&peer_url)
+                    .arg("--initial-advertise-peer-urls")
+                    .arg(&peer_url)
+                    .arg("--initial-cluster")
+                    .arg(initial.join(","))
+                    .arg("--initial-cluster-state")
+                    .arg("new")
+                    .arg("--initial-cluster-token")
+                    .arg(format!("skiff-test-{attempt}"))
+                    .arg("--log-level")
+                    .arg("error")
+                    .arg("--logger")
+                    .arg("zap");
+                let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+                let child = cmd
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start etcd: install it with `apt-get install -y etcd-server`");
+                members.push(EtcdMember {
+                    endpoint,
+                    child: Some(child),
+                    args,
+                });
+            }
+            let mut cluster = EtcdCluster {
+                members,
+                _dir: tempfile::tempdir().expect("temp dir"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for i in 0..n {
+                if !cluster.wait_member(i, deadline).await {
+                    // A port taken between probe and bind, most likely.
+                    drop(cluster);
+                    continue 'attempt;
+                }
+            }
+            cluster._dir = dir;
+            return cluster;
+        }
+        panic!("an etcd cluster of {n} did not start on free ports");
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+
+    /// Kills member `i` (SIGKILL), keeping its data.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its ports and data and waits until it
+    /// serves quorum reads.
+    pub async fn restart(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        m.child = Some(
+            Command::new(etcd_binary())
+                .args(&m.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("restart etcd"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert!(
+            self.wait_member(i, deadline).await,
+            "etcd member {i} restarts"
+        );
+    }
+
+    /// The index of the current leader (waits up to 30 s for one).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if m.child.is_none() {
+                    continue;
+                }
+                if let Ok(mut c) = etcd_client::Client::connect([m.endpoint.as_str()], None).await
+                    && let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_secs(1), c.status()).await
+                    && s.header().map(|h| h.member_id()) == Some(s.leader())
+                {
+                    return i;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the etcd cluster elected no leader"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_member(&mut self, i: usize, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            let m = &mut self.members[i];
+            if let Some(c) = m.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return false;
+            }
+            // A quorum read: the member is in a cluster with a leader.
+            if let Ok(mut c) = etcd_client::Client::connect([m.endpoint.as_str()], None).await
+                && let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(2), c.get("health-probe", None)).await
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
 /// An API server running in this process on an ephemeral port, stopped on drop.
 pub struct TestServer {
     /// Address it listens on.
