@@ -96,6 +96,9 @@ struct Shared {
     storage: Arc<dyn Storage>,
     config: FeedConfig,
     progress: watch::Sender<Revision>,
+    /// False while the storage watch is known to be down (broken, not yet
+    /// open again): reads need not wait for what cannot arrive.
+    watching: watch::Sender<bool>,
     /// Highest revision a consistent read asked the feed to confirm.
     requested: watch::Sender<Revision>,
     pending: Mutex<Vec<Arc<dyn KindCache>>>,
@@ -125,6 +128,7 @@ impl Feed {
             storage,
             config,
             progress: watch::channel(0).0,
+            watching: watch::channel(true).0,
             requested: watch::channel(0).0,
             pending: Mutex::new(Vec::new()),
             registered: Notify::new(),
@@ -167,15 +171,34 @@ impl Feed {
         }
     }
 
+    /// Whether the storage watch is up (not known to be down).
+    pub fn watching(&self) -> bool {
+        *self.shared.watching.borrow()
+    }
+
     /// Waits up to `within` for the caches to reach `revision`, which
     /// storage has reached: on a backend without progress reports, a
     /// revision that does not arrive on its own soon is confirmed with a
-    /// progress marker. False if it did not arrive in time.
+    /// progress marker. False if it did not arrive in time, or at once when
+    /// the storage watch is down (nothing would arrive).
     pub async fn wait_fresh(&self, revision: Revision, within: Duration) -> bool {
         let mut rx = self.shared.progress.subscribe();
         if *rx.borrow() >= revision {
             return true;
         }
+        let mut watching = self.shared.watching.subscribe();
+        tokio::select! {
+            fresh = self.wait_progress(&mut rx, revision, within) => fresh,
+            _ = watching.wait_for(|w| !*w) => *rx.borrow() >= revision,
+        }
+    }
+
+    async fn wait_progress(
+        &self,
+        rx: &mut watch::Receiver<Revision>,
+        revision: Revision,
+        within: Duration,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         if !self.shared.storage.reports_progress() {
             let delay = self.shared.config.progress_request_delay.min(within);
@@ -242,7 +265,10 @@ async fn run(shared: Arc<Shared>) {
             .watches_opened
             .fetch_add(1, Ordering::Relaxed);
         let mut stream = match shared.storage.watch_without_prev(keys::ROOT, start).await {
-            Ok(s) => s,
+            Ok(s) => {
+                shared.watching.send_replace(true);
+                s
+            }
             Err(StorageError::Compacted { .. }) => {
                 tracing::info!(
                     revision = start,
@@ -253,6 +279,7 @@ async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, revision = start, "watch cache: cannot watch storage; retrying");
+                shared.watching.send_replace(false);
                 backoff.wait().await;
                 continue;
             }
@@ -275,12 +302,14 @@ async fn run(shared: Arc<Shared>) {
                     }
                     if failed {
                         from = None;
+                        shared.watching.send_replace(false);
                         break;
                     }
                 }
                 _ = shared.stalled.notified() => {
                     tracing::warn!(revision = from, "watch cache: storage watch is stuck; watching again");
                     shared.counters.resumes.fetch_add(1, Ordering::Relaxed);
+                    shared.watching.send_replace(false);
                     break;
                 }
                 batch = stream.next() => match batch {
@@ -298,17 +327,20 @@ async fn run(shared: Arc<Shared>) {
                     }
                     Some(Err(StorageError::Compacted { .. })) => {
                         tracing::info!(revision = from, "watch cache: history compacted past its revision; listing again");
+                        shared.watching.send_replace(false);
                         from = None;
                         break;
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, revision = from, "watch cache: storage watch broke; resuming");
+                        shared.watching.send_replace(false);
                         shared.counters.resumes.fetch_add(1, Ordering::Relaxed);
                         backoff.wait().await;
                         break;
                     }
                     None => {
                         tracing::warn!(revision = from, "watch cache: storage watch ended; resuming");
+                        shared.watching.send_replace(false);
                         shared.counters.resumes.fetch_add(1, Ordering::Relaxed);
                         backoff.wait().await;
                         break;
