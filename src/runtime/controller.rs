@@ -37,9 +37,12 @@ pub struct Request<K> {
 
 type Starter = Box<dyn FnOnce(WorkQueue<ObjectKey>) -> tokio::task::JoinHandle<()> + Send>;
 
-/// A source of keys to reconcile, other than the primary kind itself.
+/// A source of keys to reconcile, other than the primary kind itself. Its
+/// store counts as one the controller reads: no reconcile runs before it
+/// has synced.
 pub struct Trigger {
     start: Starter,
+    synced: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl Trigger {
@@ -49,7 +52,12 @@ impl Trigger {
         map: impl Fn(&C) -> Vec<ObjectKey> + Send + Sync + 'static,
     ) -> Self {
         let informer = informer.clone();
+        let synced = {
+            let store = informer.store();
+            Box::pin(async move { store.wait_until_ready().await })
+        };
         Self {
+            synced,
             start: Box::new(move |queue| {
                 let mut changes = informer.subscribe();
                 let store = informer.store();
@@ -151,7 +159,10 @@ impl<K: Resource> Controller<K> {
         self.queue.clone()
     }
 
-    /// Reconciles until `shutdown` completes; in-flight reconciles finish first.
+    /// Reconciles until `shutdown` completes; in-flight reconciles finish
+    /// first. The first reconcile waits until the primary store and every
+    /// trigger's store have synced (Kubernetes' `WaitForCacheSync`), so no
+    /// decision is taken on a partial view; `shutdown` is honoured meanwhile.
     pub async fn run<F, Fut, E>(self, reconcile: F, shutdown: impl Future<Output = ()>)
     where
         F: Fn(Request<K>) -> Fut + Send + Sync + 'static,
@@ -160,11 +171,25 @@ impl<K: Resource> Controller<K> {
     {
         let Controller { config, queue } = self;
         let store = config.primary.store();
-        store.wait_until_ready().await;
+        let mut triggers = config.triggers;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let synced = async {
+            store.wait_until_ready().await;
+            for t in &mut triggers {
+                (&mut t.synced).await;
+            }
+        };
+        tokio::select! {
+            _ = synced => {}
+            _ = &mut shutdown => {
+                queue.shut_down();
+                return;
+            }
+        }
         let mut tasks = Vec::new();
         let own = Trigger::mapped(&config.primary, |o: &K| vec![ObjectKey::of(o)]);
         tasks.push((own.start)(queue.clone()));
-        for t in config.triggers {
+        for t in triggers {
             tasks.push((t.start)(queue.clone()));
         }
         let reconcile = Arc::new(reconcile);
@@ -259,6 +284,66 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("condition not reached within 5 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_reconcile_runs_before_every_trigger_store_has_synced() {
+        let (pods, _pods_feed) = informer(vec![pod("a", "1")]);
+        // The secondary kind's initial state has begun but not ended.
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Ok(Event::Init)).unwrap();
+        let (replica_sets, _task) =
+            Informer::<ReplicaSet>::from_stream(UnboundedReceiverStream::new(rx));
+        let reconciled: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let secondary = replica_sets.store();
+        let controller = Controller::new(ControllerConfig {
+            triggers: vec![Trigger::mapped(&replica_sets, |_: &ReplicaSet| Vec::new())],
+            ..ControllerConfig::new(pods)
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let r = reconciled.clone();
+        let run = tokio::spawn(controller.run(
+            move |req: Request<Pod>| {
+                let (r, secondary) = (r.clone(), secondary.clone());
+                async move {
+                    r.lock()
+                        .unwrap()
+                        .push((req.key.name.clone(), secondary.is_ready()));
+                    Ok::<_, std::convert::Infallible>(Action::Done)
+                }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            reconciled.lock().unwrap().is_empty(),
+            "nothing reconciled on a partial view"
+        );
+        tx.send(Ok(Event::InitDone)).unwrap();
+        eventually(|| !reconciled.lock().unwrap().is_empty()).await;
+        assert_eq!(reconciled.lock().unwrap()[0], ("a".to_string(), true));
+        stop.send(()).unwrap();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_honoured_while_waiting_for_sync() {
+        let (tx, rx) = mpsc::unbounded_channel::<crate::client::Result<Event<Pod>>>();
+        tx.send(Ok(Event::Init)).unwrap();
+        let (pods, _task) = Informer::from_stream(UnboundedReceiverStream::new(rx));
+        let controller = Controller::new(ControllerConfig::new(pods));
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            controller.run(
+                |_req: Request<Pod>| async { Ok::<_, std::convert::Infallible>(Action::Done) },
+                async {},
+            ),
+        )
+        .await
+        .expect("run returns at shutdown though nothing has synced");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

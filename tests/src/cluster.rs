@@ -650,12 +650,73 @@ pub struct Up {
     /// The cluster's data directory.
     pub data_dir: PathBuf,
     process: Option<crate::SkiffProcess>,
+    _ranges: Ranges,
+}
+
+/// Pod and Service address ranges of one test cluster, held (by a file lock
+/// in the temp directory) against every other test cluster on the machine:
+/// clusters started by tests in parallel never hand out the same pod or
+/// cluster IP. A data directory keeps its ranges across restarts.
+struct Ranges {
+    _lock: std::fs::File,
+    cluster_cidr: String,
+    service_cidr: String,
+}
+
+/// Slots of ranges: 127.128+k.0.0/16 for pods, 127.96+k.0.0/16 for Services.
+const RANGE_SLOTS: u32 = 16;
+
+impl Ranges {
+    fn claim(data_dir: &Path) -> Self {
+        let saved = data_dir.join("test-address-ranges");
+        let preferred: Option<u32> = std::fs::read_to_string(&saved)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let first = preferred.unwrap_or(std::process::id() % RANGE_SLOTS);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let slots: Vec<u32> = match preferred {
+                // A restarted cluster must keep its addresses.
+                Some(k) => vec![k],
+                None => (0..RANGE_SLOTS)
+                    .map(|i| (first + i) % RANGE_SLOTS)
+                    .collect(),
+            };
+            for k in slots {
+                let path = std::env::temp_dir().join(format!("skiff-e2e-address-range-{k}.lock"));
+                let Ok(file) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                else {
+                    continue;
+                };
+                if file.try_lock().is_ok() {
+                    let _ = std::fs::create_dir_all(data_dir);
+                    std::fs::write(&saved, k.to_string())
+                        .expect("record the test cluster's ranges");
+                    return Self {
+                        _lock: file,
+                        cluster_cidr: format!("127.{}.0.0/16", 128 + k),
+                        service_cidr: format!("127.{}.0.0/16", 96 + k),
+                    };
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no free address range for a test cluster"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Up {
     /// Runs `skiff up` on `data_dir` with `extra` flags; waits until it serves.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let dir = data_dir.display().to_string();
+        let ranges = Ranges::claim(data_dir);
         let mut args = vec![
             "up",
             "--listen",
@@ -663,6 +724,10 @@ impl Up {
             "--data-dir",
             &dir,
             "--no-config",
+            "--cluster-cidr",
+            &ranges.cluster_cidr,
+            "--service-cluster-ip-range",
+            &ranges.service_cidr,
         ];
         args.extend_from_slice(extra);
         let process = crate::SkiffProcess::start_listening(&args).await;
@@ -680,6 +745,7 @@ impl Up {
             client,
             data_dir: data_dir.to_owned(),
             process: Some(process),
+            _ranges: ranges,
         }
     }
 

@@ -19,9 +19,14 @@ pub struct ServerArgs {
     /// Storage of the started server: embedded, or etcd at --etcd-endpoints.
     #[arg(long, default_value = "embedded")]
     pub storage: String,
-    /// etcd endpoints for `--storage etcd`.
+    /// etcd endpoints for `--storage etcd` (comma-separated for a cluster).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: String,
+    /// Pin the started server to these CPUs (`taskset -c LIST`), e.g. 0,
+    /// with the load generator itself under `taskset -c 1`: server is then
+    /// compared with server, not with the load generator.
+    #[arg(long)]
+    pub server_cpus: Option<String>,
 }
 
 /// A server to load.
@@ -54,7 +59,15 @@ impl ServerUnderTest {
         }
         let data = tempfile::tempdir()?;
         let bin = skiff_bin();
-        let mut cmd = Command::new(&bin);
+        // taskset execs the server in place: the pid sampled stays the server's.
+        let mut cmd = match &args.server_cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.args([
             "apiserver",
             "--insecure",

@@ -230,6 +230,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let size = args.object_size;
         writers.push(tokio::spawn(async move {
             let mut acks: Vec<(u64, Instant)> = Vec::new();
+            let mut latency = Latency::new();
             let mut ticker = per_writer_rate
                 .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001))));
             let mut i = 0u64;
@@ -239,20 +240,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 let name = format!("w{w}-{i}");
                 i += 1;
+                let sent = Instant::now();
                 let Ok(rv) = target.create(&name, size).await else {
                     continue;
                 };
+                latency.record(sent.elapsed());
                 acks.push((rv, Instant::now()));
                 writes.fetch_add(1, Ordering::Relaxed);
                 if let Some(t) = ticker.as_mut() {
                     t.tick().await;
                 }
+                let sent = Instant::now();
                 if let Ok(rv) = target.delete(&name).await {
+                    latency.record(sent.elapsed());
                     acks.push((rv, Instant::now()));
                     writes.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            acks
+            (acks, latency)
         }));
     }
     finish(
@@ -334,7 +339,7 @@ async fn finish(
     connections: usize,
     server: Option<ServerUnderTest>,
     started: Instant,
-    writers: Vec<tokio::task::JoinHandle<Vec<(u64, Instant)>>>,
+    writers: Vec<tokio::task::JoinHandle<(Vec<(u64, Instant)>, Latency)>>,
     writes: Arc<AtomicU64>,
     delivered: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
@@ -356,8 +361,11 @@ async fn finish(
     }
     stop.store(true, Ordering::Relaxed);
     let mut acks: HashMap<u64, Instant> = HashMap::new();
+    let mut write_latency = Latency::new();
     for w in writers {
-        acks.extend(w.await?);
+        let (a, l) = w.await?;
+        acks.extend(a);
+        write_latency.merge(&l);
     }
     let write_secs = started.elapsed().as_secs_f64();
     let total_writes = writes.load(Ordering::Relaxed);
@@ -413,6 +421,7 @@ async fn finish(
     r.set("events_expected", total_writes * args.watchers as u64);
     r.set("watch_errors", errors.load(Ordering::Relaxed));
     r.set("latency", latency.json());
+    r.set("write_latency", write_latency.json());
     r.set_process("server", (rss, peak_rss, cpu));
     r.print(args.json);
     Ok(())
