@@ -331,6 +331,10 @@ async fn skiff_watchers(
     Ok(out)
 }
 
+/// What a writer hands back: each acknowledgement (revision, when) and its
+/// writes' latency.
+type WriterResult = (Vec<(u64, Instant)>, Latency);
+
 /// Waits out the run, drains deliveries and prints the report.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
@@ -339,7 +343,7 @@ async fn finish(
     connections: usize,
     server: Option<ServerUnderTest>,
     started: Instant,
-    writers: Vec<tokio::task::JoinHandle<(Vec<(u64, Instant)>, Latency)>>,
+    writers: Vec<tokio::task::JoinHandle<WriterResult>>,
     writes: Arc<AtomicU64>,
     delivered: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
