@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod params;
 pub mod quantity;
 pub mod resource;
+pub mod rt;
 pub mod runtime;
 pub mod selector;
 pub mod server;

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod auth;
 pub mod cacher;
 pub mod compactor;
+pub mod connection;
 pub mod error;
 pub mod filters;
 pub mod keys;

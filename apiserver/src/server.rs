@@ -473,9 +473,12 @@ impl ApiServer {
             // Our own listener: tonic's tcp_nodelay only applies to listeners
             // it binds, so set it on the incoming stream (no Nagle delays).
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(60))),
+                tokio_stream::StreamExt::map(
+                    tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(Duration::from_secs(60))),
+                    |accepted| accepted.map(crate::connection::Connection),
+                ),
                 shutdown,
             )
             .await;

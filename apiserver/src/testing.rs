@@ -45,31 +45,14 @@ impl EtcdServer {
             let endpoint = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let data = dir.path().join(format!("data-{attempt}"));
-            let mut cmd = Command::new(etcd_binary());
-            cmd.arg("--name")
-                .arg("skiff-test")
-                .arg("--data-dir")
-                .arg(&data)
-                .arg("--listen-client-urls")
-                .arg(&endpoint)
-                .arg("--advertise-client-urls")
-                .arg(&endpoint)
-                .arg("--listen-peer-urls")
-                .arg(&peer_url)
-                .arg("--initial-advertise-peer-urls")
-                .arg(&peer_url)
-                .arg("--initial-cluster")
-                .arg(format!("skiff-test={peer_url}"))
-                .arg("--log-level")
-                .arg("error")
-                .arg("--logger")
-                .arg("zap");
-            let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
-            let child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start etcd: install it with `apt-get install -y etcd-server`");
+            let (child, args) = spawn_etcd(EtcdFlags {
+                name: "skiff-test",
+                data: &data,
+                endpoint: &endpoint,
+                peer_url: &peer_url,
+                initial_cluster: &format!("skiff-test={peer_url}"),
+                token: None,
+            });
             let mut server = EtcdServer {
                 child,
                 endpoint,
@@ -131,6 +114,47 @@ impl Drop for EtcdServer {
     }
 }
 
+/// The flags of one etcd member.
+struct EtcdFlags<'a> {
+    name: &'a str,
+    data: &'a std::path::Path,
+    endpoint: &'a str,
+    peer_url: &'a str,
+    initial_cluster: &'a str,
+    /// A token of its own for a new cluster of several members.
+    token: Option<&'a str>,
+}
+
+/// Starts an etcd member; returns it and its arguments (to restart it).
+fn spawn_etcd(f: EtcdFlags<'_>) -> (Child, Vec<std::ffi::OsString>) {
+    let mut cmd = Command::new(etcd_binary());
+    cmd.arg("--name")
+        .arg(f.name)
+        .arg("--data-dir")
+        .arg(f.data)
+        .args(["--listen-client-urls", f.endpoint])
+        .args(["--advertise-client-urls", f.endpoint])
+        .args(["--listen-peer-urls", f.peer_url])
+        .args(["--initial-advertise-peer-urls", f.peer_url])
+        .args(["--initial-cluster", f.initial_cluster])
+        .args(["--log-level", "error", "--logger", "zap"]);
+    if let Some(token) = f.token {
+        cmd.args([
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            token,
+        ]);
+    }
+    let args = cmd.get_args().map(|a| a.to_owned()).collect();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd: install it with `apt-get install -y etcd-server`");
+    (child, args)
+}
+
 /// Reads one sample of etcd's own Prometheus metrics (`/metrics` on a client
 /// URL), e.g. `etcd_debugging_mvcc_watch_stream_total`.
 pub async fn etcd_metric(endpoint: &str, name: &str) -> f64 {
@@ -190,35 +214,14 @@ impl EtcdCluster {
                 let endpoint = format!("http://127.0.0.1:{client}");
                 let peer_url = format!("http://127.0.0.1:{peer}");
                 let data = dir.path().join(format!("a{attempt}-m{i}"));
-                let mut cmd = Command::new(etcd_binary());
-                cmd.arg("--name")
-                    .arg(format!("m{i}"))
-                    .arg("--data-dir")
-                    .arg(&data)
-                    .arg("--listen-client-urls")
-                    .arg(&endpoint)
-                    .arg("--advertise-client-urls")
-                    .arg(&endpoint)
-                    .arg("--listen-peer-urls")
-                    .arg(&peer_url)
-                    .arg("--initial-advertise-peer-urls")
-                    .arg(&peer_url)
-                    .arg("--initial-cluster")
-                    .arg(initial.join(","))
-                    .arg("--initial-cluster-state")
-                    .arg("new")
-                    .arg("--initial-cluster-token")
-                    .arg(format!("skiff-test-{attempt}"))
-                    .arg("--log-level")
-                    .arg("error")
-                    .arg("--logger")
-                    .arg("zap");
-                let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
-                let child = cmd
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start etcd: install it with `apt-get install -y etcd-server`");
+                let (child, args) = spawn_etcd(EtcdFlags {
+                    name: &format!("m{i}"),
+                    data: &data,
+                    endpoint: &endpoint,
+                    peer_url: &peer_url,
+                    initial_cluster: &initial.join(","),
+                    token: Some(&format!("skiff-test-{attempt}")),
+                });
                 members.push(EtcdMember {
                     endpoint,
                     child: Some(child),

@@ -39,9 +39,7 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = skiff::rt::multi_thread()?;
     runtime.block_on(async move {
         match cli.scenario {
             Scenario::Watch(args) => watch::run(args).await,
@@ -52,6 +50,15 @@ fn main() -> anyhow::Result<()> {
             Scenario::Proxy(args) => proxy::run(args).await,
         }
     })
+}
+
+/// The ticker of writer `w` of `n` that each write `rate` times a second:
+/// the writers' ticks are spread evenly over the period, so that a total
+/// rate arrives as a steady stream, not as waves of `n` at once.
+pub(crate) fn paced(rate: f64, w: usize, n: usize) -> tokio::time::Interval {
+    let period = std::time::Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let offset = period.mul_f64(w as f64 / n.max(1) as f64);
+    tokio::time::interval_at(tokio::time::Instant::now() + offset, period)
 }
 
 /// A progress bar on standard error.

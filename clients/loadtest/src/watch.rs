@@ -223,6 +223,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let mut writers = Vec::new();
+    let writers_n = args.writers;
     for w in 0..args.writers {
         let mut target = targets[w % targets.len()].clone();
         let stop = stop.clone();
@@ -231,8 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         writers.push(tokio::spawn(async move {
             let mut acks: Vec<(u64, Instant)> = Vec::new();
             let mut latency = Latency::new();
-            let mut ticker = per_writer_rate
-                .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001))));
+            let mut ticker = per_writer_rate.map(|r| crate::paced(r, w, writers_n));
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if let Some(t) = ticker.as_mut() {

@@ -38,7 +38,9 @@ pub struct Args {
     /// (comma-separated; "create" alone leaves every object in place).
     #[arg(long, value_delimiter = ',', default_value = "create,update,delete")]
     pub ops: Vec<String>,
-    /// `skiff` (the API server) or `etcd://HOST:PORT` (etcd directly).
+    /// `skiff` (the API server), `etcd://HOST:PORT` (etcd directly, creates
+    /// as plain puts) or `etcd-txn://HOST:PORT` (creates as the transaction
+    /// a Skiff create asks of etcd: put if absent).
     #[arg(long, default_value = "skiff")]
     pub target: String,
     /// Print one JSON object instead of a table.
@@ -53,14 +55,22 @@ pub struct Args {
 pub enum Target {
     /// A Skiff API server.
     Skiff(skiff::client::Transport),
-    /// etcd, under a key prefix.
-    Etcd(Box<etcd_client::KvClient>, String),
+    /// etcd, under a key prefix; creates as transactions when `txn`.
+    Etcd(Box<etcd_client::KvClient>, String, bool),
 }
 
 impl Target {
     /// Connects to `target` ("skiff" uses `server`).
     pub async fn connect(target: &str, server: &str) -> anyhow::Result<Self> {
-        match target.strip_prefix("etcd://") {
+        let (etcd, txn) = match (
+            target.strip_prefix("etcd://"),
+            target.strip_prefix("etcd-txn://"),
+        ) {
+            (Some(h), _) => (Some(h), false),
+            (_, Some(h)) => (Some(h), true),
+            _ => (None, false),
+        };
+        match etcd {
             Some(hostport) => {
                 let client = etcd_client::Client::connect([format!("http://{hostport}")], None)
                     .await
@@ -68,12 +78,15 @@ impl Target {
                 Ok(Self::Etcd(
                     Box::new(client.kv_client()),
                     format!("/loadtest-{}/", std::process::id()),
+                    txn,
                 ))
             }
             None if target == "skiff" => {
                 Ok(Self::Skiff(connect(server, Credentials::none()).await?))
             }
-            None => anyhow::bail!("--target is skiff or etcd://HOST:PORT, not {target:?}"),
+            None => anyhow::bail!(
+                "--target is skiff, etcd://HOST:PORT or etcd-txn://HOST:PORT, not {target:?}"
+            ),
         }
     }
 
@@ -87,10 +100,21 @@ impl Target {
             Self::Skiff(t) => Ok(Pod::create_in(t.clone(), pod(name, size))
                 .await?
                 .resource_version()),
-            Self::Etcd(kv, prefix) => {
+            Self::Etcd(kv, prefix, false) => {
                 let r = kv
                     .put(format!("{prefix}{name}"), vec![b'x'; size], None)
                     .await?;
+                Ok(r.header().map(|h| h.revision() as u64).unwrap_or(0))
+            }
+            Self::Etcd(kv, prefix, true) => {
+                // What a Skiff create asks of etcd: put only if absent.
+                use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+                let key = format!("{prefix}{name}");
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, vec![b'x'; size], None)]);
+                let r = kv.txn(txn).await?;
+                anyhow::ensure!(r.succeeded(), "{name} exists already");
                 Ok(r.header().map(|h| h.revision() as u64).unwrap_or(0))
             }
         }
@@ -109,7 +133,7 @@ impl Target {
                 *last = Some(Pod::update_in(t.clone(), p).await?);
                 Ok(())
             }
-            Self::Etcd(kv, prefix) => {
+            Self::Etcd(kv, prefix, _) => {
                 kv.put(format!("{prefix}{name}"), vec![b'y'; size], None)
                     .await?;
                 Ok(())
@@ -131,7 +155,7 @@ impl Target {
             )
             .await?
             .resource_version()),
-            Self::Etcd(kv, prefix) => {
+            Self::Etcd(kv, prefix, _) => {
                 let r = kv.delete(format!("{prefix}{name}"), None).await?;
                 Ok(r.header().map(|h| h.revision() as u64).unwrap_or(0))
             }
@@ -171,7 +195,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.ops.first().is_some_and(|o| o == "create"),
         "--ops starts with create"
     );
-    let etcd = args.target.starts_with("etcd://");
+    let etcd = args.target.starts_with("etcd://") || args.target.starts_with("etcd-txn://");
     let server = if etcd {
         None
     } else {
@@ -198,6 +222,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let sampler = Sampler::start(server.as_ref().and_then(|s| s.pid()));
     let started = Instant::now();
     let mut writers = Vec::new();
+    let writers_n = args.writers;
     for w in 0..args.writers {
         let mut target = targets[w % targets.len()].clone();
         let (stop, done, ops, size) = (
@@ -208,8 +233,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         writers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
-            let mut ticker = per_writer_rate
-                .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001))));
+            let mut ticker = per_writer_rate.map(|r| crate::paced(r, w, writers_n));
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("w{w}-{i}");
