@@ -153,14 +153,23 @@ impl TimeBudget {
     }
 }
 
-/// Sends `event` to every interested watcher of `index`.
+/// Watchers an event is handed to before the dispatcher lets other tasks
+/// (requests) run.
+const DISPATCH_CHUNK: usize = 256;
+
+/// Sends `event` to every interested watcher of `index`. With `paced`, the
+/// watchers get it in chunks with other tasks (requests) let in between:
+/// the fan-out of a lone event then never holds a write back for long,
+/// while a run of queued events (sent unpaced) keeps batching.
 pub async fn dispatch<K: Resource>(
     index: &Mutex<WatcherIndex>,
     budget: &mut TimeBudget,
     stats: &DispatchStats,
     event: &CacheEvent<K>,
+    paced: bool,
 ) {
     stats.events.fetch_add(1, Ordering::Relaxed);
+    let mut targets: Vec<(Arc<CacheWatcher>, Bytes)> = Vec::new();
     let mut blocked: Vec<(Arc<CacheWatcher>, Bytes)> = Vec::new();
     let mut gone: Vec<u64> = Vec::new();
     let mut delivered = 0u64;
@@ -196,15 +205,24 @@ pub async fn dispatch<K: Resource>(
                 if event.revision < w.min_revision {
                     continue;
                 }
-                let Some(frame) = event.frame_for(w.everything, &w.predicate) else {
-                    continue;
-                };
-                match w.try_send(frame) {
-                    Ok(()) => delivered += 1,
-                    Err(TrySendError::Full(frame)) => blocked.push((w.clone(), frame)),
-                    Err(TrySendError::Closed(_)) => gone.push(w.id),
+                if let Some(frame) = event.frame_for(w.everything, &w.predicate) {
+                    targets.push((w.clone(), frame));
                 }
             }
+        }
+    }
+    let chunk = if paced { DISPATCH_CHUNK } else { usize::MAX };
+    let mut chunks = targets.chunks(chunk.max(1)).peekable();
+    while let Some(chunk) = chunks.next() {
+        for (w, frame) in chunk {
+            match w.try_send(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(TrySendError::Full(frame)) => blocked.push((w.clone(), frame)),
+                Err(TrySendError::Closed(_)) => gone.push(w.id),
+            }
+        }
+        if chunks.peek().is_some() {
+            tokio::task::yield_now().await;
         }
     }
     if !blocked.is_empty() {
@@ -289,8 +307,11 @@ pub(super) async fn run<K: Resource>(shared: Arc<Shared<K>>, config: CacherConfi
                 }
                 break;
             };
-            for event in &events {
-                dispatch(&shared.watchers, &mut budget, &shared.stats, event).await;
+            for (i, event) in events.iter().enumerate() {
+                // Only the last of what was waiting is paced: under a stream
+                // of events, watchers take several per wake-up.
+                let paced = i + 1 == events.len();
+                dispatch(&shared.watchers, &mut budget, &shared.stats, event, paced).await;
             }
             cursor = Some((epoch, last));
         }
