@@ -260,7 +260,8 @@ impl ApiServer {
             cache_stats: Vec::new(),
             feed: None,
         };
-        let namespaces = r.store::<Namespace>();
+        let namespaces: Arc<dyn ObjectStore<Namespace>> =
+            Arc::new(crate::store::ReadYourWrites::new(r.store::<Namespace>()));
         let nodes = r.store::<Node>();
         let pods = r.store::<Pod>();
         let accounts = r.store::<ServiceAccount>();

@@ -583,6 +583,80 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
     }
 }
 
+/// A decorator that lets "any state" reads see this server's own writes:
+/// a read at [`ReadVersion::Any`] waits for the revision of the last write
+/// made through it. The namespace lifecycle check reads namespaces so,
+/// cheaply from the cache, yet never misses a deletion this server just
+/// stored (Kubernetes' NamespaceLifecycle forces a live lookup then).
+pub struct ReadYourWrites<K: Resource> {
+    inner: Arc<dyn ObjectStore<K>>,
+    written: std::sync::atomic::AtomicI64,
+}
+
+impl<K: Resource> ReadYourWrites<K> {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn ObjectStore<K>>) -> Self {
+        Self {
+            inner,
+            written: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    fn record(&self, result: Result<K, ApiError>) -> Result<K, ApiError> {
+        if let Ok(obj) = &result
+            && let Ok(rev) = obj.meta().resource_version.parse::<Revision>()
+        {
+            self.written
+                .fetch_max(rev, std::sync::atomic::Ordering::AcqRel);
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl<K: Resource> ObjectStore<K> for ReadYourWrites<K> {
+    async fn create(&self, obj: K) -> Result<K, ApiError> {
+        self.record(self.inner.create(obj).await)
+    }
+
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: ReadVersion,
+    ) -> Result<Option<K>, ApiError> {
+        let version = match version {
+            ReadVersion::Any => match self.written.load(std::sync::atomic::Ordering::Acquire) {
+                0 => ReadVersion::Any,
+                rev => ReadVersion::AtLeast(rev),
+            },
+            v => v,
+        };
+        self.inner.get(namespace, name, version).await
+    }
+
+    async fn list(&self, options: ListOptions) -> Result<ListResponse<K>, ApiError> {
+        self.inner.list(options).await
+    }
+
+    async fn update(&self, obj: K, expected: Revision) -> Result<K, ApiError> {
+        self.record(self.inner.update(obj, expected).await)
+    }
+
+    async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        expected: Option<Revision>,
+    ) -> Result<K, ApiError> {
+        self.record(self.inner.delete(namespace, name, expected).await)
+    }
+
+    async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError> {
+        self.inner.watch(options).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -289,3 +289,23 @@ async fn a_kind_loaded_in_pages_holds_every_object() {
     assert_eq!(listed.len(), 25);
     assert_eq!(pods.stats().storage_fallbacks, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_through_read_your_writes_see_a_delete_the_cache_has_not_seen() {
+    let f = fixture(true).await;
+    let nodes = crate::store::ReadYourWrites::new(f.nodes.clone());
+    nodes.create(node("gone")).await.unwrap();
+    // A consistent read returns once the cache holds the node.
+    let cached = f.nodes.get("", "gone", ReadVersion::Latest).await.unwrap();
+    assert!(cached.is_some());
+    f.faulty.hold_watches(true);
+    f.faulty.cut_watches();
+    nodes.delete("", "gone", None).await.unwrap();
+    // The cache alone still answers with the node it last saw...
+    let stale = f.nodes.get("", "gone", ReadVersion::Any).await.unwrap();
+    assert!(stale.is_some(), "the cut cache has not seen the delete");
+    // ...while a read through the decorator waits for its own delete.
+    let seen = nodes.get("", "gone", ReadVersion::Any).await.unwrap();
+    assert!(seen.is_none(), "this server's delete is seen");
+    f.faulty.hold_watches(false);
+}
