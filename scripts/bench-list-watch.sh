@@ -74,6 +74,9 @@ for backend in raw1 on1 embedded raw3 on3; do
     run watch --watchers 1000 --connections 32 --writers 32 --rate 100 --duration "$D" $b
     run watch --watchers 0 --writers 32 --rate 100 --duration "$D" $b
     run write --writers 64 --ops create --duration "$D" $b
+    # A consistent read on an idle server: the quorum read plus the wait for
+    # the cache to reach that revision, next to an "any state" read.
+    case $backend in raw*) ;; *) run list --objects 10 --lists 2000 $b ;; esac
   }
 done
 # What a Skiff create asks of etcd (a put-if-absent transaction), straight on etcd.

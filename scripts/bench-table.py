@@ -21,6 +21,7 @@ def ms(r, key):
     return f"{v.get('p99_ms', 0):.1f}" if v.get("count") else "-"
 
 
+reads = []
 print("| scenario | target | watchers | writes/s | events/s | write→event p99 ms | write p99 ms | server cores | server RSS MB |")
 print("|---|---|---|---|---|---|---|---|---|")
 for line in open(sys.argv[1]):
@@ -30,6 +31,9 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     cores = r.get("server_cpu_cores")
     rss = r.get("server_peak_rss_bytes")
+    if r["scenario"] == "list":
+        reads.append(r)
+        continue
     if r["scenario"] == "write":
         rate = r.get("creates_per_sec", r.get("ops_per_sec", 0))
         lat = (r.get("create_latency") or {}).get("p99_ms", 0)
@@ -39,3 +43,12 @@ for line in open(sys.argv[1]):
     print(f"| watch | {target(r)} | {r['watchers']:,} | {r['writes_per_sec']:,.0f} | {r['events_per_sec']:,.0f} | "
           f"{ms(r, 'latency')} | {ms(r, 'write_latency')} | "
           f"{'-' if cores is None else f'{cores:.2f}'} | {'-' if rss is None else rss // 1_000_000} |")
+
+if reads:
+    print()
+    print("| reads of 10 pods, idle server | target | rv \"0\" p50 / p99 ms | consistent p50 / p99 ms |")
+    print("|---|---|---|---|")
+    for r in reads:
+        a, c = r.get("list_rv0_latency") or {}, r.get("list_consistent_latency") or {}
+        print(f"| list | {target(r)} | {a.get('p50_ms', 0):.2f} / {a.get('p99_ms', 0):.2f} | "
+              f"{c.get('p50_ms', 0):.2f} / {c.get('p99_ms', 0):.2f} |")
