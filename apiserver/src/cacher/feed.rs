@@ -407,6 +407,9 @@ async fn write_markers(shared: Arc<Shared>) {
         if wanted <= written || *progress.borrow() >= wanted {
             continue;
         }
+        // Counted before the put: a read the marker frees may look at the
+        // counter before this task runs again.
+        shared.counters.markers.fetch_add(1, Ordering::Relaxed);
         match shared
             .storage
             .put(keys::PROGRESS_MARKER, bytes::Bytes::new())
@@ -414,7 +417,6 @@ async fn write_markers(shared: Arc<Shared>) {
         {
             Ok(kv) => {
                 written = kv.mod_revision;
-                shared.counters.markers.fetch_add(1, Ordering::Relaxed);
                 let back = tokio::time::timeout(
                     shared.config.stall_timeout,
                     progress.wait_for(|p| *p >= written),
@@ -427,6 +429,7 @@ async fn write_markers(shared: Arc<Shared>) {
                 }
             }
             Err(e) => {
+                shared.counters.markers.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "watch cache: cannot write a progress marker");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
