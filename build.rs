@@ -426,6 +426,24 @@ fn generate_glue(kinds: &[KindSpec]) -> String {
     writeln!(w, "}}\n").unwrap();
     writeln!(
         w,
+        "/// Calls macro `$m` once with the path of every kind, comma-separated:\n\
+         /// for code that must name each kind as a type (a visitor cannot\n\
+         /// carry bounds beyond [`crate::client::ResourceClient`]).\n\
+         #[macro_export]\n\
+         macro_rules! for_each_kind {{\n    ($m:ident) => {{\n        $m!("
+    )
+    .unwrap();
+    for k in kinds {
+        writeln!(
+            w,
+            "            {},",
+            k.rust_type().replacen("crate::", "$crate::", 1)
+        )
+        .unwrap();
+    }
+    writeln!(w, "        );\n    }};\n}}\n").unwrap();
+    writeln!(
+        w,
         "/// Something done once per kind, with the kind as a type.\n\
          pub trait KindVisitor {{\n    /// Called for each kind.\n    fn visit<K: crate::client::ResourceClient>(&mut self);\n}}\n"
     )

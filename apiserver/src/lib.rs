@@ -1,27 +1,27 @@
-//! The Skiff API server: storage backends, the typed object store (and, in
-//! front of it, the cacher), the one generic gRPC service every kind is
-//! served by, validation, and the server assembly.
+//! The Skiff API server. A request passes the [`filters`] (request size,
+//! in-flight limits, audit), is authenticated ([`authn`]), authorized
+//! ([`authz`]: RBAC and the node restriction), admitted ([`admission`]) and
+//! served by the [`registry`]: one generic service per kind, with the kind's
+//! own rules in its [`registry::Strategy`]. The registry reads and writes
+//! through an [`object_store::ObjectStore`]: the [`cacher`] (the watch cache,
+//! fed by one storage watch) in front of raw [`storage`] (embedded or etcd).
+//! [`allocation`] hands out Service IPs and node ports; [`kubelet_client`]
+//! reaches nodes for logs and exec; [`server`] wires it all together.
+//! `ARCHITECTURE.md` at the repository root draws the map.
 
 pub mod admission;
-pub mod allocator;
-pub mod auth;
+pub mod allocation;
+pub mod authn;
+pub mod authz;
 pub mod cacher;
-pub mod compactor;
-pub mod connection;
 pub mod error;
 pub mod filters;
-pub mod keys;
-pub mod kubelets;
-pub mod limits;
+pub mod kubelet_client;
+pub mod object_store;
 pub mod pki;
-pub mod predicate;
-pub mod rbac;
+pub mod registry;
 pub mod server;
-pub mod service;
 pub mod storage;
-pub mod store;
-pub mod strategy;
-pub mod validation;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -235,7 +235,7 @@ mod tests {
         assert!(again.issue_client("alice", &["dev", "ops"]).is_err());
         let pair = again.issue_client("alice", &["dev"]).unwrap();
         let der = pem_der(&pair.cert_pem);
-        let user = crate::auth::user_of_certificate(&der).unwrap();
+        let user = crate::authn::user_of_certificate(&der).unwrap();
         assert_eq!(user.name, "alice");
         assert!(user.in_group("dev") && user.in_group("system:authenticated"));
         // Issued by the CA that was written first (TLS tests check signatures).

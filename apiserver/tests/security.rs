@@ -23,7 +23,7 @@ use skiff::client::dynamic::{DynamicClient, DynamicKind};
 use skiff::client::{Api, Credentials, Error, TlsOptions, Transport, connect_with};
 use skiff::params::{DeleteParams, ListParams, WatchParams};
 use skiff_apiserver::ServerConfig;
-use skiff_apiserver::auth::{AuthConfig, StaticTokens};
+use skiff_apiserver::authn::{AuthConfig, StaticTokens};
 use skiff_apiserver::filters::LimitsConfig;
 use skiff_apiserver::pki::{CertificateAuthority, CertifiedKey};
 use skiff_apiserver::server::{SecurityConfig, TlsPem};

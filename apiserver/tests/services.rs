@@ -275,7 +275,7 @@ async fn repair_frees_leaked_reservations_and_records_missing_ones(storage: Arc<
         .unwrap_or_else(|e| panic!("{e}"));
     let key = format!("/registry/ranges/serviceips/{}", ip_of(&a));
     storage.delete(&key, None).await.unwrap();
-    let allocator = skiff_apiserver::allocator::ServiceAllocator::new(
+    let allocator = skiff_apiserver::allocation::ServiceAllocator::new(
         storage.clone(),
         "127.99.0.0/28",
         30000..=30009,

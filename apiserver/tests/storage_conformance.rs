@@ -50,7 +50,7 @@ async fn embedded_storage_keeps_data_and_revision_across_reopen() {
 
 async fn periodic_compaction_discards_old_history(storage: Arc<dyn Storage>) {
     let first = storage.create("/compaction/a", "1".into()).await.unwrap();
-    let task = tokio::spawn(skiff_apiserver::compactor::run(
+    let task = tokio::spawn(skiff_apiserver::storage::compactor::run(
         storage.clone(),
         std::time::Duration::from_millis(100),
     ));

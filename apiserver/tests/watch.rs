@@ -16,7 +16,7 @@ use skiff::wire::WatchEvent;
 use skiff_apiserver::ServerConfig;
 use skiff_apiserver::cacher::CacherConfig;
 use skiff_apiserver::cacher::watch_cache::RingConfig;
-use skiff_apiserver::store::INITIAL_EVENTS_END;
+use skiff_apiserver::object_store::INITIAL_EVENTS_END;
 use skiff_apiserver::testing::TestServer;
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::error::ApiError;
-use crate::predicate::Predicate;
+use crate::object_store::predicate::Predicate;
 use crate::storage::Revision;
 
 /// Why a watcher stopped.

@@ -28,7 +28,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 
-use crate::keys;
+use crate::object_store::keys;
 use crate::storage::{Event, Revision, Storage, StorageError};
 
 /// What the feed needs of the cache of one kind.

@@ -35,13 +35,13 @@ use self::dispatcher::{DispatchStats, WatcherIndex};
 use self::feed::{Feed, FeedConfig, KindCache};
 use self::watch_cache::{CacheMiss, Cached, RingConfig, WatchCache};
 use crate::error::ApiError;
-use crate::keys;
-use crate::storage::{Event, EventKind, RangeRequest, Revision, Storage, StorageError};
-use crate::store::{
+use crate::object_store::keys;
+use crate::object_store::{
     ContinueToken, EventStream, ListOptions, ObjectStore, ReadVersion, StorageStore, WatchOptions,
     WatchStart, decode_object,
 };
-use crate::strategy::Strategy;
+use crate::registry::strategy::Strategy;
+use crate::storage::{Event, EventKind, RangeRequest, Revision, Storage, StorageError};
 
 /// Tuning of every cacher.
 #[derive(Debug, Clone, Copy)]
@@ -422,7 +422,7 @@ impl<K: Strategy> Cacher<K> {
                 WatchStart::CurrentState | WatchStart::AnyState
             ) {
             let end = bytes::Bytes::from(prost::Message::encode_to_vec(
-                &crate::store::bookmark::<K>(snapshot_rev, true),
+                &crate::object_store::bookmark::<K>(snapshot_rev, true),
             ));
             Box::new(initial.chain(std::iter::once(end)))
         } else {

@@ -12,7 +12,7 @@ use skiff::api::core::v1::{Node, Pod};
 use skiff::api::meta::v1::{EventType, ObjectMeta};
 
 use super::*;
-use crate::predicate::Predicate;
+use crate::object_store::predicate::Predicate;
 use crate::storage::embedded::EmbeddedStorage;
 use crate::storage::faults::FaultyStorage;
 
@@ -293,7 +293,7 @@ async fn a_kind_loaded_in_pages_holds_every_object() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_through_read_your_writes_see_a_delete_the_cache_has_not_seen() {
     let f = fixture(true).await;
-    let nodes = crate::store::ReadYourWrites::new(f.nodes.clone());
+    let nodes = crate::object_store::ReadYourWrites::new(f.nodes.clone());
     nodes.create(node("gone")).await.unwrap();
     // A consistent read returns once the cache holds the node.
     let cached = f.nodes.get("", "gone", ReadVersion::Latest).await.unwrap();

@@ -16,9 +16,9 @@ use skiff::Resource;
 use skiff::api::meta::v1::EventType;
 use skiff::wire::encode_watch_event;
 
-use crate::predicate::Predicate;
+use crate::object_store::classify;
+use crate::object_store::predicate::Predicate;
 use crate::storage::{EventKind, Revision};
-use crate::store::classify;
 
 /// One object as the cache holds it.
 #[derive(Debug)]

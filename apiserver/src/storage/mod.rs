@@ -4,6 +4,7 @@
 //! cacher decorates it one level up. This module knows bytes and revisions,
 //! never API objects.
 
+pub mod compactor;
 pub mod embedded;
 pub mod etcd;
 pub mod metered;

@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub bookmark_interval: Duration,
     /// Range Services' cluster IPs come from (inside 127.0.0.0/8, they answer on this machine).
-    #[arg(long, default_value = skiff_apiserver::allocator::DEFAULT_SERVICE_CIDR)]
+    #[arg(long, default_value = skiff_apiserver::allocation::DEFAULT_SERVICE_CIDR)]
     pub service_cluster_ip_range: String,
     /// Range of NodePort services' ports, e.g. 30000-32767.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
@@ -135,7 +135,7 @@ pub enum AuditLevelFlag {
 
 /// The server's security configuration from flags.
 pub fn security_config(args: &SecurityArgs) -> anyhow::Result<SecurityConfig> {
-    use skiff_apiserver::auth::{AuthConfig, StaticTokens};
+    use skiff_apiserver::authn::{AuthConfig, StaticTokens};
     use skiff_apiserver::filters::{AuditLevel, LimitsConfig};
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let mut security = SecurityConfig {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use skiff::client::Config;
-use skiff_apiserver::auth::{StaticTokens, UserInfo};
+use skiff_apiserver::authn::{StaticTokens, UserInfo};
 use skiff_apiserver::pki::{self, CertificateAuthority};
 use skiff_apiserver::server::TlsPem;
 
@@ -115,7 +115,7 @@ impl Credentials {
         let user = UserInfo::node(name);
         let pair = self
             .ca
-            .issue_client(&user.name, &[skiff_apiserver::auth::NODES])?;
+            .issue_client(&user.name, &[skiff_apiserver::authn::NODES])?;
         let (cert, key) = pki::write_pair(&self.dir, &format!("node-{name}"), &pair)?;
         Ok(Config {
             server: Some(server.to_owned()),

@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value = skiff_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: String,
     /// Range Services' cluster IPs come from.
-    #[arg(long, default_value = skiff_apiserver::allocator::DEFAULT_SERVICE_CIDR)]
+    #[arg(long, default_value = skiff_apiserver::allocation::DEFAULT_SERVICE_CIDR)]
     pub service_cluster_ip_range: String,
     /// Range of NodePort services' ports.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
@@ -150,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(c) = &credentials {
         security.tls = Some(c.tls.clone());
-        security.authentication = Some(skiff_apiserver::auth::AuthConfig {
+        security.authentication = Some(skiff_apiserver::authn::AuthConfig {
             tokens: c.tokens.clone(),
             service_account_key: Some(key.verifying_key()),
             anonymous: false,

@@ -10,25 +10,26 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use rand::Rng;
-use skiff::api::core::v1::{Namespace, PodCondition};
+use skiff::api::core::v1::Namespace;
 use skiff::params::{DeleteParams, GetParams, ListParams, WatchParams};
 use skiff::resource::object_key;
 use skiff::server::{ResourceService, WatchStream};
 use skiff::wire::ListResponse;
 use skiff::{Resource, api};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
-use crate::auth::UserInfo;
+use crate::admission::{Charge, Usage, UsageCounter};
+use crate::authn::UserInfo;
+use crate::authz::rbac::Attributes;
 use crate::error::{ApiError, FieldViolation};
 use crate::filters::{audit_target, caller};
-use crate::keys;
-use crate::predicate::Predicate;
-use crate::rbac::Attributes;
-use crate::store::{
-    ContinueToken, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart,
+use crate::object_store::keys;
+use crate::object_store::predicate::Predicate;
+use crate::object_store::{
+    ContinueToken, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart, decode_object,
 };
-use crate::strategy::Strategy;
-use crate::validation::{check_name, validate_meta};
+use crate::registry::strategy::Strategy;
+use crate::registry::validation::{check_name, validate_meta};
 
 /// Finalizer of an object deleted with `Foreground` propagation.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
@@ -45,13 +46,15 @@ pub struct ApiContext {
     /// Turns true when the server shuts down: long-running streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Connections to kubelets (logs, exec).
-    pub kubelets: Arc<crate::kubelets::KubeletConnector>,
+    pub kubelets: Arc<crate::kubelet_client::KubeletConnector>,
     /// RBAC; `None` allows every request (authorization off).
-    pub authorizer: Option<Arc<crate::rbac::RbacAuthorizer>>,
+    pub authorizer: Option<Arc<crate::authz::rbac::RbacAuthorizer>>,
     /// Pods, for what nodes may read (the secrets their pods use).
     pub pods: Option<Arc<dyn ObjectStore<api::core::v1::Pod>>>,
     /// Admission (service accounts, limit ranges, quotas); `None` for none.
     pub admission: Option<Arc<crate::admission::Admission>>,
+    /// Service IPs and node ports; `None` before it exists (bootstrap).
+    pub allocator: Option<Arc<crate::allocation::ServiceAllocator>>,
 }
 
 /// What a kind needs beyond its object (Kubernetes' registry hooks):
@@ -80,31 +83,16 @@ pub trait ObjectHooks<K>: Send + Sync {
 /// The generic service of kind `K`.
 pub struct ResourceServer<K: Resource> {
     store: Arc<dyn ObjectStore<K>>,
-    ctx: Arc<ApiContext>,
+    pub(crate) ctx: Arc<ApiContext>,
     hooks: Option<Arc<dyn ObjectHooks<K>>>,
 }
 
 impl<K: Strategy> ResourceServer<K> {
     /// A service over `store`.
+    /// A service over `store`, with the hooks the kind's strategy names.
     pub fn new(store: Arc<dyn ObjectStore<K>>, ctx: Arc<ApiContext>) -> Self {
-        Self {
-            store,
-            ctx,
-            hooks: None,
-        }
-    }
-
-    /// A service over `store` that calls `hooks` around writes.
-    pub fn with_hooks(
-        store: Arc<dyn ObjectStore<K>>,
-        ctx: Arc<ApiContext>,
-        hooks: Arc<dyn ObjectHooks<K>>,
-    ) -> Self {
-        Self {
-            store,
-            ctx,
-            hooks: Some(hooks),
-        }
+        let hooks = K::hooks(&ctx);
+        Self { store, ctx, hooks }
     }
 
     /// Removes an object from storage, then runs the deletion hook.
@@ -113,13 +101,15 @@ impl<K: Strategy> ResourceServer<K> {
         if let Some(h) = &self.hooks {
             h.deleted(&gone).await;
         }
-        if let Some(a) = &self.ctx.admission {
-            a.release(&gone).await;
+        if let Some(a) = &self.ctx.admission
+            && K::RELEASES_QUOTA
+        {
+            a.release(gone.namespace(), usage_of(&gone)).await;
         }
         Ok(gone)
     }
 
-    fn kind() -> &'static str {
+    pub(crate) fn kind() -> &'static str {
         K::INFO.kind
     }
 
@@ -145,7 +135,7 @@ impl<K: Strategy> ResourceServer<K> {
 
     /// Checks that the caller may do `verb` (on `sub`resource) to `ns/name`,
     /// and records the target for the audit log; returns the caller.
-    async fn authorize(
+    pub(crate) async fn authorize(
         &self,
         extensions: &http::Extensions,
         verb: &'static str,
@@ -171,9 +161,8 @@ impl<K: Strategy> ResourceServer<K> {
         Ok(user)
     }
 
-    /// Narrows what a kubelet may do to its own node: its Node, its Lease,
-    /// the pods bound to it and the secrets those pods use (Kubernetes'
-    /// node authorizer and NodeRestriction).
+    /// Narrows what a kubelet may do to its own node, by the kind's
+    /// [`NodeAccess`](crate::authz::node::NodeAccess) rule.
     async fn restrict_node(
         &self,
         user: &UserInfo,
@@ -189,93 +178,19 @@ impl<K: Strategy> ResourceServer<K> {
         if self.ctx.authorizer.is_none() {
             return Ok(());
         }
-        let forbid = |why: String| Err(ApiError::Forbidden(format!("node {node:?}: {why}")));
-        let pinned = |field: &str| {
-            field_selector.split(',').any(|term| {
-                term.trim() == format!("{field}={node}")
-                    || term.trim() == format!("{field}=={node}")
-            })
+        let request = crate::authz::node::NodeRequest {
+            node,
+            verb,
+            namespace: ns,
+            name,
+            field_selector,
         };
-        match (K::INFO.kind, verb) {
-            ("Pod", "list" | "watch") if !pinned("spec.nodeName") => forbid(
-                "may only list and watch pods bound to it (fieldSelector spec.nodeName=<node>)"
-                    .into(),
-            ),
-            ("Pod", "list" | "watch") => Ok(()),
-            ("Pod", "create" | "update") => forbid("may not create or change pods".into()),
-            ("Pod", _) => {
-                let bound = object
-                    .and_then(|o| o.field("spec.nodeName"))
-                    .is_some_and(|n| n == node);
-                if bound {
-                    Ok(())
-                } else {
-                    forbid(format!("pod {ns}/{name} is not bound to it"))
-                }
-            }
-            ("Node", "list" | "watch") if pinned("metadata.name") => Ok(()),
-            ("Node", _) if name == node => Ok(()),
-            ("Node", _) => forbid(format!("may only touch its own Node, not {name:?}")),
-            ("Lease", "list" | "watch") => forbid("may not list leases".into()),
-            ("Lease", _) if ns == crate::server::NODE_LEASE_NAMESPACE && name == node => Ok(()),
-            ("Lease", _) => forbid(format!("may only touch its own Lease, not {ns}/{name}")),
-            ("Secret", "get") => {
-                if self.node_uses_secret(node, ns, name).await? {
-                    Ok(())
-                } else {
-                    forbid(format!("no pod bound to it uses secret {ns}/{name}"))
-                }
-            }
-            ("Secret", _) => forbid("may only read secrets its pods use".into()),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether a pod bound to `node` in `ns` uses secret `name` (in an
-    /// environment variable, or as its service account's token).
-    async fn node_uses_secret(&self, node: &str, ns: &str, name: &str) -> Result<bool, ApiError> {
-        let Some(pods) = &self.ctx.pods else {
-            return Ok(false);
-        };
-        let predicate =
-            Predicate::parse::<api::core::v1::Pod>(ns, "", &format!("spec.nodeName={node}"))?;
-        let list = pods
-            .list(ListOptions {
-                predicate,
-                version: ReadVersion::Any,
-                limit: 0,
-                continue_token: None,
-            })
-            .await?
-            .into_objects()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let token_prefix = |sa: &str| format!("{sa}-token-");
-        Ok(list.iter().any(|p| {
-            let Some(spec) = &p.spec else { return false };
-            let account = if spec.service_account_name.is_empty() {
-                "default"
-            } else {
-                &spec.service_account_name
-            };
-            name.starts_with(&token_prefix(account))
-                || spec
-                    .containers
-                    .iter()
-                    .chain(&spec.init_containers)
-                    .any(|c| {
-                        c.env.iter().any(|e| {
-                            e.value_from
-                                .as_ref()
-                                .and_then(|v| v.secret_key_ref.as_ref())
-                                .is_some_and(|r| r.name == name)
-                        })
-                    })
-        }))
+        crate::authz::node::check(K::NODE_ACCESS, &request, object, self.ctx.pods.as_deref()).await
     }
 
     /// The namespace a request means: "default" when a namespaced kind's is
     /// empty, always empty for cluster-scoped kinds.
-    fn namespace_of(ns: &str) -> String {
+    pub(crate) fn namespace_of(ns: &str) -> String {
         if !K::INFO.namespaced {
             String::new()
         } else if ns.is_empty() {
@@ -285,7 +200,7 @@ impl<K: Strategy> ResourceServer<K> {
         }
     }
 
-    fn require_name(ns: &str, name: &str) -> Result<(), ApiError> {
+    pub(crate) fn require_name(ns: &str, name: &str) -> Result<(), ApiError> {
         if name.is_empty() {
             return Err(ApiError::invalid(Self::kind(), ns, "name", "required"));
         }
@@ -294,7 +209,12 @@ impl<K: Strategy> ResourceServer<K> {
 
     /// The object a write starts from: the cached one (no wait, possibly
     /// behind) or a consistent read.
-    async fn existing(&self, ns: &str, name: &str, origin: Origin) -> Result<K, ApiError> {
+    pub(crate) async fn existing(
+        &self,
+        ns: &str,
+        name: &str,
+        origin: Origin,
+    ) -> Result<K, ApiError> {
         let version = match origin {
             Origin::Cached => ReadVersion::Any,
             Origin::Fresh => ReadVersion::Latest,
@@ -323,26 +243,22 @@ impl<K: Strategy> ResourceServer<K> {
         if !K::INFO.namespaced {
             return Ok(());
         }
-        // The watch cache answers the common case (an active namespace) at
-        // once; a miss or a terminating one is confirmed with a consistent read.
-        let cached = self.ctx.namespaces.get("", ns, ReadVersion::Any).await?;
-        let namespace = match cached {
-            Some(n) if n.meta().deletion_timestamp.is_none() => Some(n),
-            _ => self.ctx.namespaces.get("", ns, ReadVersion::Latest).await?,
+        crate::admission::namespace_lifecycle::check_create(&*self.ctx.namespaces, Self::kind(), ns)
+            .await
+    }
+
+    /// Runs the kind's admission plugins, then charges the object to its
+    /// namespace's quotas; the charge is refunded if storing fails.
+    async fn admit(&self, obj: &mut K) -> Result<Option<Charge>, ApiError> {
+        let Some(a) = &self.ctx.admission else {
+            return Ok(None);
         };
-        match namespace {
-            None => Err(ApiError::NotFound {
-                kind: "Namespace".into(),
-                name: ns.to_owned(),
-            }),
-            Some(n) if n.meta().deletion_timestamp.is_some() => {
-                Err(ApiError::FailedPrecondition(format!(
-                    "unable to create {} in namespace {ns:?}: the namespace is being terminated",
-                    Self::kind()
-                )))
-            }
-            Some(_) => Ok(()),
+        obj.admit(a).await?;
+        let ns = obj.namespace().to_owned();
+        if ns.is_empty() {
+            return Ok(Some(Charge::default()));
         }
+        Ok(Some(a.charge(&ns, usage_of(obj)).await?))
     }
 
     fn check_size(obj: &K) -> Result<(), ApiError> {
@@ -408,10 +324,7 @@ impl<K: Strategy> ResourceServer<K> {
         Self::invalid_if_any(&obj, violations)?;
         Self::check_size(&obj)?;
         self.check_namespace_for_create(&ns).await?;
-        let charge = match &self.ctx.admission {
-            Some(a) => Some(a.admit_create(&mut obj).await?),
-            None => None,
-        };
+        let charge = self.admit(&mut obj).await?;
         if let Err(e) = self.run_before_create(&mut obj).await {
             if let (Some(a), Some(c)) = (&self.ctx.admission, charge) {
                 a.refund(c).await;
@@ -789,6 +702,26 @@ impl<K: Strategy> ResourceServer<K> {
     }
 }
 
+/// What `obj` counts against quotas: one of its kind, plus what its
+/// strategy adds.
+pub fn usage_of<K: Strategy>(obj: &K) -> Usage {
+    let mut usage = crate::admission::quota::count_usage(&K::INFO);
+    obj.quota_usage(&mut usage);
+    usage
+}
+
+/// How a new quota counts the stored objects of kind `K`.
+pub fn usage_counter<K: Strategy>() -> UsageCounter {
+    UsageCounter {
+        info: K::INFO,
+        resources: K::QUOTA_RESOURCES,
+        count: |kv| {
+            let obj = decode_object::<K>(&kv.key, &kv.value, kv.mod_revision)?;
+            Ok(usage_of(&obj))
+        },
+    }
+}
+
 /// The current time as a protobuf timestamp.
 pub fn now() -> prost_types::Timestamp {
     SystemTime::now().into()
@@ -952,208 +885,9 @@ impl<K: Strategy> ResourceServer<K> {
     }
 }
 
-impl ResourceServer<api::core::v1::Pod> {
-    /// The pod, its container name (defaulted when it has one), its node.
-    async fn pod_container(
-        &self,
-        ns: &str,
-        name: &str,
-        container: &str,
-    ) -> Result<(api::core::v1::Pod, String, String), ApiError> {
-        let pod = self.existing(ns, name, Origin::Fresh).await?;
-        let key = object_key(ns, name);
-        let spec = pod.spec.clone().unwrap_or_default();
-        let names: Vec<&str> = spec
-            .init_containers
-            .iter()
-            .chain(&spec.containers)
-            .map(|c| c.name.as_str())
-            .collect();
-        let container = if container.is_empty() {
-            match spec.containers.as_slice() {
-                [only] => only.name.clone(),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "Pod",
-                        &key,
-                        "container",
-                        format!("pod {key:?} has several containers; name one of {names:?}"),
-                    ));
-                }
-            }
-        } else if names.contains(&container) {
-            container.to_owned()
-        } else {
-            return Err(ApiError::invalid(
-                "Pod",
-                &key,
-                "container",
-                format!("pod {key:?} has no container {container:?}; it has {names:?}"),
-            ));
-        };
-        if spec.node_name.is_empty() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "pod {key:?} is not scheduled to a node yet"
-            )));
-        }
-        Ok((pod, container, spec.node_name))
-    }
-}
-
-#[tonic::async_trait]
-impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod> {
-    type GetPodLogsStream = std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<api::core::v1::GetPodLogsResponse, Status>> + Send>,
-    >;
-    type ExecPodStream = std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<api::core::v1::ExecPodResponse, Status>> + Send>,
-    >;
-
-    async fn get_pod_logs(
-        &self,
-        request: Request<api::core::v1::GetPodLogsRequest>,
-    ) -> Result<Response<Self::GetPodLogsStream>, Status> {
-        let ns = Self::namespace_of(&request.get_ref().namespace);
-        self.authorize(
-            request.extensions(),
-            "get",
-            "log",
-            &ns,
-            &request.get_ref().name,
-        )
-        .await?;
-        let r = request.into_inner();
-        Self::require_name(&ns, &r.name)?;
-        let (pod, container, node) = self.pod_container(&ns, &r.name, &r.container).await?;
-        let mut kubelet = self.ctx.kubelets.client(&node).await?;
-        let stream = kubelet
-            .get_container_logs(api::kubelet::v1::GetContainerLogsRequest {
-                namespace: ns,
-                pod: r.name,
-                pod_uid: pod.meta().uid.clone(),
-                container,
-                follow: r.follow,
-                tail_lines: r.tail_lines,
-                previous: r.previous,
-            })
-            .await
-            .map_err(|e| kubelet_error(&node, e))?
-            .into_inner();
-        let mut shutdown = self.ctx.shutdown.clone();
-        let stream = stream
-            .map(|chunk| chunk.map(|c| api::core::v1::GetPodLogsResponse { data: c.data }))
-            .take_until(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            });
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn exec_pod(
-        &self,
-        request: Request<api::core::v1::ExecPodRequest>,
-    ) -> Result<Response<Self::ExecPodStream>, Status> {
-        let ns = Self::namespace_of(&request.get_ref().namespace);
-        self.authorize(
-            request.extensions(),
-            "create",
-            "exec",
-            &ns,
-            &request.get_ref().name,
-        )
-        .await?;
-        let r = request.into_inner();
-        Self::require_name(&ns, &r.name)?;
-        if r.command.is_empty() {
-            return Err(
-                ApiError::invalid("Pod", &object_key(&ns, &r.name), "command", "required").into(),
-            );
-        }
-        let (pod, container, node) = self.pod_container(&ns, &r.name, &r.container).await?;
-        let mut kubelet = self.ctx.kubelets.client(&node).await?;
-        let stream = kubelet
-            .exec_container(api::kubelet::v1::ExecContainerRequest {
-                namespace: ns,
-                pod: r.name,
-                pod_uid: pod.meta().uid.clone(),
-                container,
-                command: r.command,
-            })
-            .await
-            .map_err(|e| kubelet_error(&node, e))?
-            .into_inner();
-        let stream = stream.map(|chunk| {
-            chunk.map(|c| api::core::v1::ExecPodResponse {
-                stdout: c.stdout,
-                stderr: c.stderr,
-                exit_code: c.exit_code,
-            })
-        });
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn bind_pod(
-        &self,
-        request: Request<api::core::v1::BindPodRequest>,
-    ) -> Result<Response<api::core::v1::BindPodResponse>, Status> {
-        let ns = Self::namespace_of(&request.get_ref().namespace);
-        self.authorize(
-            request.extensions(),
-            "create",
-            "binding",
-            &ns,
-            &request.get_ref().name,
-        )
-        .await?;
-        let r = request.into_inner();
-        Self::require_name(&ns, &r.name)?;
-        let key = object_key(&ns, &r.name);
-        if let Err(e) = skiff::selector::validate_dns1123_subdomain(&r.node_name) {
-            return Err(ApiError::invalid("Pod", &key, "node_name", e).into());
-        }
-        let pod = self
-            .guaranteed_update(&ns, &r.name, |old| {
-                if !r.uid.is_empty() && r.uid != old.meta().uid {
-                    return Err(ApiError::Conflict {
-                        kind: "Pod".into(),
-                        name: key.clone(),
-                        reason: format!(
-                            "precondition failed: uid is {}, not {}",
-                            old.meta().uid,
-                            r.uid
-                        ),
-                    });
-                }
-                if old.meta().deletion_timestamp.is_some() {
-                    return Err(ApiError::FailedPrecondition(format!(
-                        "pod {key:?} is being deleted and cannot be bound"
-                    )));
-                }
-                let current = old
-                    .spec
-                    .as_ref()
-                    .map(|s| s.node_name.as_str())
-                    .unwrap_or("");
-                if !current.is_empty() {
-                    return Err(ApiError::FailedPrecondition(format!(
-                        "pod {key:?} is already bound to node {current:?}"
-                    )));
-                }
-                let mut new = old.clone();
-                new.spec.get_or_insert_with(Default::default).node_name = r.node_name.clone();
-                let status = new.status.get_or_insert_with(Default::default);
-                set_pod_condition(&mut status.conditions, "PodScheduled", "True", "", "");
-                Ok(Some(new))
-            })
-            .await?;
-        Ok(Response::new(api::core::v1::BindPodResponse {
-            pod: Some(pod),
-        }))
-    }
-}
-
 /// Where a write reads the object it starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
+pub(crate) enum Origin {
     /// The watch cache, without waiting: cheap, possibly behind.
     Cached,
     /// A consistent read.
@@ -1199,128 +933,3 @@ fn settle<K>(
         Err(e) => Some(Err(e)),
     }
 }
-
-/// A kubelet's refusal passes through; a kubelet that cannot be reached is UNAVAILABLE.
-fn kubelet_error(node: &str, e: Status) -> Status {
-    match e.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
-            if e.message().contains("transport") =>
-        {
-            Status::unavailable(format!(
-                "cannot reach the kubelet of node {node:?}: {}",
-                e.message()
-            ))
-        }
-        _ => e,
-    }
-}
-
-/// Sets a pod condition, moving its transition time only when its status changes.
-pub fn set_pod_condition(
-    conditions: &mut Vec<PodCondition>,
-    kind: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-) {
-    let now = now();
-    match conditions.iter_mut().find(|c| c.r#type == kind) {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = Some(now);
-            }
-            c.status = status.to_owned();
-            c.reason = reason.to_owned();
-            c.message = message.to_owned();
-        }
-        None => conditions.push(PodCondition {
-            r#type: kind.to_owned(),
-            status: status.to_owned(),
-            last_probe_time: None,
-            last_transition_time: Some(now),
-            reason: reason.to_owned(),
-            message: message.to_owned(),
-        }),
-    }
-}
-
-macro_rules! scale_subresource {
-    ($kind:ty, $trait:ident, $method:ident, $req:ty, $resp:ty, $field:ident) => {
-        #[tonic::async_trait]
-        impl skiff::subresources::$trait for ResourceServer<$kind> {
-            async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
-                let ns = Self::namespace_of(&request.get_ref().namespace);
-                self.authorize(
-                    request.extensions(),
-                    "update",
-                    "scale",
-                    &ns,
-                    &request.get_ref().name,
-                )
-                .await?;
-                let r = request.into_inner();
-                let ns = Self::namespace_of(&r.namespace);
-                Self::require_name(&ns, &r.name)?;
-                if r.replicas < 0 {
-                    return Err(ApiError::invalid(
-                        Self::kind(),
-                        &object_key(&ns, &r.name),
-                        "replicas",
-                        "must not be negative",
-                    )
-                    .into());
-                }
-                let obj = self
-                    .guaranteed_update(&ns, &r.name, |old| {
-                        if old.spec.as_ref().and_then(|s| s.replicas) == Some(r.replicas) {
-                            return Ok(None);
-                        }
-                        let mut new = old.clone();
-                        new.spec.get_or_insert_with(Default::default).replicas = Some(r.replicas);
-                        new.meta_mut().generation += 1;
-                        Ok(Some(new))
-                    })
-                    .await?;
-                Ok(Response::new(<$resp>::from_object(obj)))
-            }
-        }
-    };
-}
-
-/// Builds a scale response from the scaled object.
-trait FromObject<K> {
-    fn from_object(obj: K) -> Self;
-}
-
-impl FromObject<api::apps::v1::ReplicaSet> for api::apps::v1::ScaleReplicaSetResponse {
-    fn from_object(obj: api::apps::v1::ReplicaSet) -> Self {
-        Self {
-            replica_set: Some(obj),
-        }
-    }
-}
-
-impl FromObject<api::apps::v1::Deployment> for api::apps::v1::ScaleDeploymentResponse {
-    fn from_object(obj: api::apps::v1::Deployment) -> Self {
-        Self {
-            deployment: Some(obj),
-        }
-    }
-}
-
-scale_subresource!(
-    api::apps::v1::ReplicaSet,
-    ReplicaSetSubresources,
-    scale_replica_set,
-    api::apps::v1::ScaleReplicaSetRequest,
-    api::apps::v1::ScaleReplicaSetResponse,
-    replica_set
-);
-scale_subresource!(
-    api::apps::v1::Deployment,
-    DeploymentSubresources,
-    scale_deployment,
-    api::apps::v1::ScaleDeploymentRequest,
-    api::apps::v1::ScaleDeploymentResponse,
-    deployment
-);

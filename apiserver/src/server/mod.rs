@@ -3,17 +3,18 @@
 //! status per service, request size limits, and the namespaces every
 //! cluster starts with.
 
+pub mod connection;
+
+use std::any::Any;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use skiff::Resource;
-use skiff::api::apps::v1::{Deployment, ReplicaSet};
-use skiff::api::coordination::v1::Lease;
 use skiff::api::core::v1::{
-    Endpoints, Event, LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, Service,
-    ServiceAccount,
+    LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, ServiceAccount,
 };
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -22,21 +23,21 @@ use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
-use crate::allocator::ServiceAllocator;
+use crate::admission::Admission;
+use crate::allocation::ServiceAllocator;
+use crate::authz::rbac::RbacAuthorizer;
 use crate::cacher::feed::{Feed, FeedStats};
 use crate::cacher::{Cacher, CacherConfig, CacherStats};
 use crate::error::ApiError;
-use crate::limits::RequestSizeLayer;
-use crate::rbac::RbacAuthorizer;
-use crate::service::{ApiContext, MAX_OBJECT_BYTES, ResourceServer};
+use crate::filters::request_size::RequestSizeLayer;
+use crate::object_store::{ObjectStore, ReadVersion, StorageStore};
+use crate::registry::strategy::Strategy;
+use crate::registry::{ApiContext, MAX_OBJECT_BYTES, ResourceServer, usage_counter};
 use crate::storage::Storage;
 use crate::storage::embedded::EmbeddedStorage;
 use crate::storage::etcd::EtcdStorage;
-use crate::store::{ObjectStore, ReadVersion, StorageStore};
-use crate::strategy::Strategy;
 
-/// Namespace of node leases.
-pub const NODE_LEASE_NAMESPACE: &str = "skiff-node-lease";
+pub use crate::authz::node::NODE_LEASE_NAMESPACE;
 
 /// Namespaces that exist from the first start.
 pub const BOOTSTRAP_NAMESPACES: &[&str] = &["default", "skiff-system", "skiff-node-lease"];
@@ -126,7 +127,7 @@ impl std::fmt::Debug for TlsPem {
 pub struct SecurityConfig {
     /// Credentials accepted; `None` turns authentication off, and every
     /// request acts as an administrator (tests, `skiff apiserver --insecure`).
-    pub authentication: Option<crate::auth::AuthConfig>,
+    pub authentication: Option<crate::authn::AuthConfig>,
     /// Authorize requests with RBAC (else everything is allowed).
     pub rbac: bool,
     /// Limits on requests in flight; `None` for none.
@@ -142,8 +143,8 @@ impl Default for ServerConfig {
         Self {
             watch_cache: Some(CacherConfig::default()),
             compaction_interval: Some(Duration::from_secs(300)),
-            service_cidr: crate::allocator::DEFAULT_SERVICE_CIDR.into(),
-            node_ports: crate::allocator::DEFAULT_NODE_PORTS,
+            service_cidr: crate::allocation::DEFAULT_SERVICE_CIDR.into(),
+            node_ports: crate::allocation::DEFAULT_NODE_PORTS,
             security: SecurityConfig::default(),
         }
     }
@@ -172,6 +173,11 @@ struct Registrar {
     cache_stats: Vec<(&'static str, StatsFn)>,
     /// The one storage watch every cacher is fed by.
     feed: Option<Arc<Feed>>,
+    /// Admission, told of every kind so quota can count it.
+    admission: Option<Arc<Admission>>,
+    /// Stores made before their kind is served (other parts of the server
+    /// read them too), by kind name: each holds an `Arc<dyn ObjectStore<K>>`.
+    shared: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
 }
 
 impl Registrar {
@@ -195,19 +201,26 @@ impl Registrar {
         }
     }
 
+    /// Serves kind `K` from `store` rather than a store of its own: for
+    /// kinds other parts of the server read too.
+    fn shared<K: Strategy>(&mut self, store: Arc<dyn ObjectStore<K>>) {
+        self.shared.insert(K::INFO.kind, Box::new(store));
+    }
+
     /// Serves kind `K`: the one line a new kind costs.
     fn add<K>(&mut self)
     where
         K: Strategy + ServeWith<ResourceServer<K>>,
     {
-        let store = self.store::<K>();
-        self.add_with_store(store);
-    }
-
-    fn add_with_store<K>(&mut self, store: Arc<dyn ObjectStore<K>>)
-    where
-        K: Strategy + ServeWith<ResourceServer<K>>,
-    {
+        let store = match self.shared.remove(K::INFO.kind) {
+            Some(store) => *store
+                .downcast::<Arc<dyn ObjectStore<K>>>()
+                .expect("a shared store is stored under its own kind"),
+            None => self.store::<K>(),
+        };
+        if let Some(admission) = &self.admission {
+            admission.count_kind(usage_counter::<K>());
+        }
         self.add_server(ResourceServer::new(store, self.ctx.clone()));
     }
 
@@ -248,20 +261,24 @@ impl ApiServer {
             ctx: Arc::new(ApiContext {
                 namespaces: Arc::new(StorageStore::<Namespace>::new(storage.clone())),
                 shutdown: shutdown_rx.clone(),
-                kubelets: Arc::new(crate::kubelets::KubeletConnector::new(Arc::new(
+                kubelets: Arc::new(crate::kubelet_client::KubeletConnector::new(Arc::new(
                     StorageStore::<Node>::new(storage.clone()),
                 ))),
                 authorizer: None,
                 pods: None,
                 admission: None,
+                allocator: None,
             }),
             config: config.clone(),
             services: Vec::new(),
             cache_stats: Vec::new(),
             feed: None,
+            admission: None,
+            shared: HashMap::new(),
         };
-        let namespaces: Arc<dyn ObjectStore<Namespace>> =
-            Arc::new(crate::store::ReadYourWrites::new(r.store::<Namespace>()));
+        let namespaces: Arc<dyn ObjectStore<Namespace>> = Arc::new(
+            crate::object_store::ReadYourWrites::new(r.store::<Namespace>()),
+        );
         let nodes = r.store::<Node>();
         let pods = r.store::<Pod>();
         let accounts = r.store::<ServiceAccount>();
@@ -289,7 +306,7 @@ impl ApiServer {
         });
         let filters = crate::filters::FilterConfig {
             authenticator: security.authentication.clone().map(|a| {
-                Arc::new(crate::auth::Authenticator::new(
+                Arc::new(crate::authn::Authenticator::new(
                     a,
                     accounts.clone(),
                     secrets.clone(),
@@ -308,18 +325,6 @@ impl ApiServer {
                 None => None,
             },
         };
-        let ctx = Arc::new(ApiContext {
-            namespaces: namespaces.clone(),
-            shutdown: shutdown_rx,
-            kubelets: Arc::new(crate::kubelets::KubeletConnector::new(nodes.clone())),
-            authorizer: authorizer.clone(),
-            pods: Some(pods.clone()),
-            admission: Some(admission),
-        });
-        r.ctx = ctx.clone();
-        r.add_with_store::<Namespace>(namespaces.clone());
-        r.add_with_store::<Node>(nodes);
-        r.add_with_store::<Pod>(pods);
         let allocator = Arc::new(
             ServiceAllocator::new(
                 storage.clone(),
@@ -328,43 +333,34 @@ impl ApiServer {
             )
             .map_err(ServerError::Config)?,
         );
-        let services = r.store::<Service>();
-        r.add_server(ResourceServer::with_hooks(
-            services,
-            ctx.clone(),
-            allocator.clone(),
-        ));
-        r.add::<Endpoints>();
-        r.add_with_store::<ServiceAccount>(accounts);
-        r.add_with_store::<Secret>(secrets);
-        r.add::<Event>();
-        r.add_with_store::<ResourceQuota>(quotas);
-        r.add_with_store::<LimitRange>(limit_ranges);
-        r.add::<ReplicaSet>();
-        r.add::<Deployment>();
-        r.add::<Lease>();
-        let invalidate = Arc::new(InvalidateRbac(authorizer.clone()));
-        r.add_server(ResourceServer::with_hooks(
-            roles,
-            ctx.clone(),
-            invalidate.clone(),
-        ));
-        r.add_server(ResourceServer::with_hooks(
-            cluster_roles.clone(),
-            ctx.clone(),
-            invalidate.clone(),
-        ));
-        r.add_server(ResourceServer::with_hooks(
-            role_bindings,
-            ctx.clone(),
-            invalidate.clone(),
-        ));
-        r.add_server(ResourceServer::with_hooks(
-            cluster_role_bindings.clone(),
-            ctx.clone(),
-            invalidate,
-        ));
-        debug_assert_eq!(r.services.len(), skiff::KINDS.len(), "every kind is served");
+        let ctx = Arc::new(ApiContext {
+            namespaces: namespaces.clone(),
+            shutdown: shutdown_rx,
+            kubelets: Arc::new(crate::kubelet_client::KubeletConnector::new(nodes.clone())),
+            authorizer: authorizer.clone(),
+            pods: Some(pods.clone()),
+            admission: Some(admission.clone()),
+            allocator: Some(allocator.clone()),
+        });
+        r.ctx = ctx.clone();
+        r.admission = Some(admission);
+        r.shared(namespaces.clone());
+        r.shared(nodes);
+        r.shared(pods);
+        r.shared(accounts);
+        r.shared(secrets);
+        r.shared(roles);
+        r.shared(cluster_roles.clone());
+        r.shared(role_bindings);
+        r.shared(cluster_role_bindings.clone());
+        r.shared(limit_ranges);
+        r.shared(quotas);
+        // Every kind the API defines, each through its Strategy: a kind
+        // without one, or left out here, does not build.
+        macro_rules! serve_every_kind {
+            ($($kind:ty),* $(,)?) => { $( r.add::<$kind>(); )* };
+        }
+        skiff::for_each_kind!(serve_every_kind);
 
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
@@ -436,7 +432,7 @@ impl ApiServer {
         let compactor = self
             .config
             .compaction_interval
-            .map(|every| tokio::spawn(crate::compactor::run(self.storage.clone(), every)));
+            .map(|every| tokio::spawn(crate::storage::compactor::run(self.storage.clone(), every)));
         let rbac_refresh = self
             .authorizer
             .clone()
@@ -478,7 +474,7 @@ impl ApiServer {
                     tonic::transport::server::TcpIncoming::from(listener)
                         .with_nodelay(Some(true))
                         .with_keepalive(Some(Duration::from_secs(60))),
-                    |accepted| accepted.map(crate::connection::Connection),
+                    |accepted| accepted.map(crate::server::connection::Connection),
                 ),
                 shutdown,
             )
@@ -639,38 +635,6 @@ async fn bootstrap_namespaces(
     Ok(())
 }
 
-/// Rebuilds the RBAC index when an RBAC object changes.
-struct InvalidateRbac(Option<Arc<RbacAuthorizer>>);
-
-impl InvalidateRbac {
-    fn invalidate(&self) {
-        if let Some(a) = &self.0 {
-            a.invalidate();
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl<K: Send + Sync + 'static> crate::service::ObjectHooks<K> for InvalidateRbac {
-    async fn before_create(&self, _: &mut K) -> Result<(), ApiError> {
-        Ok(())
-    }
-    async fn create_failed(&self, _: &K) {}
-    async fn before_update(&self, _: &mut K, _: &K) -> Result<(), ApiError> {
-        Ok(())
-    }
-    async fn update_failed(&self, _: &K, _: &K) {}
-    async fn updated(&self, _: &K, _: &K) {
-        self.invalidate();
-    }
-    async fn deleted(&self, _: &K) {
-        self.invalidate();
-    }
-    async fn created(&self, _: &K) {
-        self.invalidate();
-    }
-}
-
 /// Writes the bootstrap roles and bindings that are missing or changed.
 async fn bootstrap_rbac(
     roles: &Arc<dyn ObjectStore<ClusterRole>>,
@@ -678,7 +642,7 @@ async fn bootstrap_rbac(
     ctx: &Arc<ApiContext>,
 ) -> Result<(), ServerError> {
     let role_server = ResourceServer::<ClusterRole>::new(roles.clone(), ctx.clone());
-    for role in crate::rbac::bootstrap_cluster_roles() {
+    for role in crate::authz::rbac::bootstrap_cluster_roles() {
         match roles
             .get("", role.name(), ReadVersion::Latest)
             .await
@@ -699,7 +663,7 @@ async fn bootstrap_rbac(
         }
     }
     let binding_server = ResourceServer::<ClusterRoleBinding>::new(bindings.clone(), ctx.clone());
-    for binding in crate::rbac::bootstrap_cluster_role_bindings() {
+    for binding in crate::authz::rbac::bootstrap_cluster_role_bindings() {
         let existing = bindings
             .get("", binding.name(), ReadVersion::Latest)
             .await

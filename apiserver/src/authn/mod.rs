@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 use skiff::api::core::v1::{Secret, ServiceAccount};
 
-use crate::store::{ObjectStore, ReadVersion};
+use crate::object_store::{ObjectStore, ReadVersion};
 
 /// Group of every authenticated user.
 pub const AUTHENTICATED: &str = "system:authenticated";

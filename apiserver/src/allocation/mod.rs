@@ -24,9 +24,9 @@ use skiff::api::core::v1::Service;
 use skiff::resource::object_key;
 
 use crate::error::ApiError;
-use crate::service::ObjectHooks;
+use crate::object_store::decode_object;
+use crate::registry::ObjectHooks;
 use crate::storage::{RangeRequest, Storage, StorageError};
-use crate::store::decode_object;
 
 /// Default range of cluster IPs: inside 127.0.0.0/8, so services answer on
 /// this machine with no set-up, and apart from pod ranges (127.128.0.0/9).

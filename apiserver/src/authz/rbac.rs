@@ -21,9 +21,9 @@ use skiff::api::rbac::v1::{
 };
 use tokio::sync::RwLock;
 
-use crate::auth::{MASTERS, NODES, UserInfo};
+use crate::authn::{MASTERS, NODES, UserInfo};
 use crate::error::ApiError;
-use crate::store::{ListOptions, ObjectStore, ReadVersion};
+use crate::object_store::{ListOptions, ObjectStore, ReadVersion};
 
 /// What a request does, for authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +145,7 @@ impl RbacAuthorizer {
 
     async fn list<K: Resource>(store: &Arc<dyn ObjectStore<K>>) -> Result<Vec<K>, ApiError> {
         let options = ListOptions {
-            predicate: crate::predicate::Predicate::everything(),
+            predicate: crate::object_store::predicate::Predicate::everything(),
             version: ReadVersion::Latest,
             limit: 0,
             continue_token: None,
@@ -465,6 +465,38 @@ pub fn bootstrap_cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:kube-proxy",
         ),
     ]
+}
+
+/// Rebuilds the RBAC index when an RBAC object changes.
+pub struct InvalidateRbac(pub Option<Arc<RbacAuthorizer>>);
+
+impl InvalidateRbac {
+    fn invalidate(&self) {
+        if let Some(a) = &self.0 {
+            a.invalidate();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<K: Send + Sync + 'static> crate::registry::ObjectHooks<K> for InvalidateRbac {
+    async fn before_create(&self, _: &mut K) -> Result<(), ApiError> {
+        Ok(())
+    }
+    async fn create_failed(&self, _: &K) {}
+    async fn before_update(&self, _: &mut K, _: &K) -> Result<(), ApiError> {
+        Ok(())
+    }
+    async fn update_failed(&self, _: &K, _: &K) {}
+    async fn updated(&self, _: &K, _: &K) {
+        self.invalidate();
+    }
+    async fn deleted(&self, _: &K) {
+        self.invalidate();
+    }
+    async fn created(&self, _: &K) {
+        self.invalidate();
+    }
 }
 
 #[cfg(test)]

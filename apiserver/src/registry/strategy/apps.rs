@@ -5,7 +5,9 @@ use skiff::api::apps::v1::{Deployment, ReplicaSet};
 
 use super::Strategy;
 use crate::error::FieldViolation;
-use crate::validation::{validate_int_or_percent, validate_label_selector, validate_template};
+use crate::registry::validation::{
+    validate_int_or_percent, validate_label_selector, validate_template,
+};
 
 impl Strategy for ReplicaSet {
     fn validate(&self) -> Vec<FieldViolation> {

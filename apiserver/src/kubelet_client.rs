@@ -12,7 +12,7 @@ use skiff::api::kubelet::v1::kubelet_service_client::KubeletServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ApiError;
-use crate::store::{ObjectStore, ReadVersion};
+use crate::object_store::{ObjectStore, ReadVersion};
 
 /// Finds and connects to the kubelet of a node.
 pub struct KubeletConnector {

@@ -6,6 +6,8 @@
 //! Authorization happens in the handlers, which know the namespace and
 //! name; they record both in the request's [`AuditTarget`].
 
+pub mod request_size;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
@@ -22,7 +24,7 @@ use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
-use crate::auth::{Authenticator, UserInfo};
+use crate::authn::{Authenticator, UserInfo};
 
 /// How much of the request the audit log records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,7 +379,7 @@ where
                         .and_then(|c| c.first().map(|c| c.to_vec()));
                     match authn.authenticate(token.as_deref(), cert.as_deref()).await {
                         Ok(u) => u,
-                        Err(crate::auth::AuthError::Unavailable(m)) => {
+                        Err(crate::authn::AuthError::Unavailable(m)) => {
                             return Ok(refuse(Status::unavailable(m)));
                         }
                         Err(e) => {

@@ -6,6 +6,9 @@
 //! Objects are stored without `resource_version`; reads set it from the
 //! key's mod revision, as Kubernetes does with etcd.
 
+pub mod keys;
+pub mod predicate;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +20,8 @@ use skiff::wire::{ListResponse, WatchEvent};
 use skiff::{Resource, resource::object_key};
 
 use crate::error::ApiError;
-use crate::keys;
-use crate::predicate::Predicate;
 use crate::storage::{self, EventKind, RangeRequest, Revision, Storage, StorageError};
+use predicate::Predicate;
 
 /// How fresh a read must be (Kubernetes' resourceVersion semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

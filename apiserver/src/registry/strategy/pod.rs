@@ -2,17 +2,33 @@
 //! (as in Kubernetes), and deleting a pod that runs on a node is graceful —
 //! its kubelet stops the containers and then removes the object.
 
+use futures::future::BoxFuture;
 use skiff::api::core::v1::{Pod, PodSpec, PodStatus};
 
 use super::Strategy;
-use crate::error::FieldViolation;
-use crate::validation::validate_pod_spec;
+use crate::admission::{Admission, Usage, quota};
+use crate::authz::node::NodeAccess;
+use crate::error::{ApiError, FieldViolation};
+use crate::registry::validation::validate_pod_spec;
 
 /// Default grace period of a pod deletion, in seconds.
 pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 impl Strategy for Pod {
     const TRIGGER_FIELD: Option<&'static str> = Some("spec.nodeName");
+    const NODE_ACCESS: NodeAccess = NodeAccess::BoundPods;
+    const QUOTA_RESOURCES: &'static [&'static str] = quota::POD_RESOURCES;
+
+    fn admit<'a>(&'a mut self, admission: &'a Admission) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            admission.default_service_account(self).await?;
+            admission.apply_limit_ranges(self).await
+        })
+    }
+
+    fn quota_usage(&self, usage: &mut Usage) {
+        quota::add_pod_usage(self, usage);
+    }
 
     fn prepare_for_create(&mut self) {
         self.status = Some(PodStatus {
@@ -75,10 +91,14 @@ impl Strategy for Pod {
                 }
             }
             for (i, ip) in s.pod_ips.iter().enumerate() {
-                crate::validation::validate_ip(&format!("status.podIPs[{i}].ip"), &ip.ip, &mut v);
+                crate::registry::validation::validate_ip(
+                    &format!("status.podIPs[{i}].ip"),
+                    &ip.ip,
+                    &mut v,
+                );
             }
             if !s.pod_ip.is_empty() {
-                crate::validation::validate_ip("status.podIP", &s.pod_ip, &mut v);
+                crate::registry::validation::validate_ip("status.podIP", &s.pod_ip, &mut v);
             }
         }
         v

@@ -6,9 +6,16 @@ use skiff::api::core::v1::{
     Service,
 };
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
 use super::Strategy;
-use crate::error::FieldViolation;
-use crate::validation::{
+use crate::admission::{Admission, Usage, quota};
+use crate::authz::node::NodeAccess;
+use crate::error::{ApiError, FieldViolation};
+use crate::registry::service::{ApiContext, ObjectHooks};
+use crate::registry::validation::{
     NameRule, validate_ip, validate_labels, validate_port, validate_port_ref, validate_protocol,
     validate_resource_list, validate_taint_effect,
 };
@@ -68,6 +75,8 @@ impl Strategy for Namespace {
 }
 
 impl Strategy for Node {
+    const NODE_ACCESS: NodeAccess = NodeAccess::OwnNode;
+
     fn validate(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
         if let Some(spec) = &self.spec {
@@ -137,6 +146,18 @@ pub fn valid_cidr(s: &str) -> bool {
 }
 
 impl Strategy for Service {
+    const QUOTA_RESOURCES: &'static [&'static str] = quota::SERVICE_RESOURCES;
+
+    fn hooks(ctx: &ApiContext) -> Option<Arc<dyn ObjectHooks<Self>>> {
+        ctx.allocator
+            .clone()
+            .map(|a| a as Arc<dyn ObjectHooks<Self>>)
+    }
+
+    fn quota_usage(&self, usage: &mut Usage) {
+        quota::add_service_usage(self, usage);
+    }
+
     const NAME_RULE: NameRule = NameRule::Dns1035Label;
 
     fn validate(&self) -> Vec<FieldViolation> {
@@ -309,6 +330,8 @@ impl Strategy for Endpoints {
 }
 
 impl Strategy for Secret {
+    const NODE_ACCESS: NodeAccess = NodeAccess::SecretsOfItsPods;
+
     fn prepare_for_create(&mut self) {
         merge_string_data(self);
     }
@@ -372,6 +395,12 @@ fn merge_string_data(s: &mut Secret) {
 }
 
 impl Strategy for ResourceQuota {
+    const RELEASES_QUOTA: bool = false;
+
+    fn admit<'a>(&'a mut self, admission: &'a Admission) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(admission.initial_quota_status(self))
+    }
+
     fn validate(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
         if let Some(spec) = &self.spec {

@@ -5,9 +5,13 @@ use skiff::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 
+use std::sync::Arc;
+
 use super::Strategy;
+use crate::authz::rbac::InvalidateRbac;
 use crate::error::FieldViolation;
-use crate::validation::NameRule;
+use crate::registry::service::{ApiContext, ObjectHooks};
+use crate::registry::validation::NameRule;
 
 fn validate_rules(rules: &[PolicyRule], v: &mut Vec<FieldViolation>) {
     for (i, r) in rules.iter().enumerate() {
@@ -84,6 +88,9 @@ fn validate_binding(
 
 impl Strategy for Role {
     const NAME_RULE: NameRule = NameRule::PathSegment;
+    fn hooks(ctx: &ApiContext) -> Option<Arc<dyn ObjectHooks<Self>>> {
+        Some(Arc::new(InvalidateRbac(ctx.authorizer.clone())))
+    }
     fn validate(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
         validate_rules(&self.rules, &mut v);
@@ -93,6 +100,9 @@ impl Strategy for Role {
 
 impl Strategy for ClusterRole {
     const NAME_RULE: NameRule = NameRule::PathSegment;
+    fn hooks(ctx: &ApiContext) -> Option<Arc<dyn ObjectHooks<Self>>> {
+        Some(Arc::new(InvalidateRbac(ctx.authorizer.clone())))
+    }
     fn validate(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
         validate_rules(&self.rules, &mut v);
@@ -102,6 +112,9 @@ impl Strategy for ClusterRole {
 
 impl Strategy for RoleBinding {
     const NAME_RULE: NameRule = NameRule::PathSegment;
+    fn hooks(ctx: &ApiContext) -> Option<Arc<dyn ObjectHooks<Self>>> {
+        Some(Arc::new(InvalidateRbac(ctx.authorizer.clone())))
+    }
     fn validate(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
         validate_binding(self.role_ref.as_ref(), &self.subjects, false, &mut v);
@@ -118,6 +131,9 @@ impl Strategy for RoleBinding {
 
 impl Strategy for ClusterRoleBinding {
     const NAME_RULE: NameRule = NameRule::PathSegment;
+    fn hooks(ctx: &ApiContext) -> Option<Arc<dyn ObjectHooks<Self>>> {
+        Some(Arc::new(InvalidateRbac(ctx.authorizer.clone())))
+    }
     fn validate(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
         validate_binding(self.role_ref.as_ref(), &self.subjects, true, &mut v);
