@@ -105,6 +105,17 @@ pub enum ApiError {
         /// When to retry.
         retry_after: Option<Duration>,
     },
+    /// Another component's answer (a kubelet's), relayed as it came.
+    #[error("{message}")]
+    Relayed {
+        /// Its status code.
+        code: Code,
+        /// Its message.
+        message: String,
+    },
+    /// The caller's credentials were missing or refused.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The caller may not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -203,6 +214,8 @@ impl From<ApiError> for Status {
             ApiError::Unavailable { retry_after, .. } => {
                 with_retry(Code::Unavailable, message, retry_after)
             }
+            ApiError::Relayed { code, .. } => Status::new(code, message),
+            ApiError::Unauthenticated(_) => Status::new(Code::Unauthenticated, message),
             ApiError::Forbidden(_) => Status::new(Code::PermissionDenied, message),
             ApiError::Unimplemented(_) => Status::new(Code::Unimplemented, message),
             ApiError::Internal(_) => Status::new(Code::Internal, message),
@@ -276,6 +289,10 @@ mod tests {
                 Code::Aborted,
             ),
             (ApiError::Expired("old".into()), Code::OutOfRange),
+            (
+                ApiError::Unauthenticated("no credentials".into()),
+                Code::Unauthenticated,
+            ),
             (
                 ApiError::FailedPrecondition("terminating".into()),
                 Code::FailedPrecondition,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use skiff::api::core::v1::Node;
 use skiff::api::kubelet::v1::kubelet_service_client::KubeletServiceClient;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ApiError;
@@ -74,5 +75,83 @@ impl KubeletConnector {
             }
         };
         Ok(KubeletServiceClient::new(channel).max_decoding_message_size(usize::MAX))
+    }
+}
+
+/// What a kubelet call's failure means to the API server's caller: a
+/// kubelet that cannot be reached is UNAVAILABLE naming the node; a
+/// kubelet's own refusal passes through with its code and message.
+pub fn relay_error(node: &str, status: Status) -> ApiError {
+    if is_transport_failure(&status) {
+        return ApiError::Unavailable {
+            message: format!(
+                "cannot reach the kubelet of node {node:?}: {}",
+                status.message()
+            ),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+    }
+    ApiError::Relayed {
+        code: status.code(),
+        message: status.message().to_owned(),
+    }
+}
+
+/// Whether `status` was made by the client's transport (connect, I/O)
+/// rather than sent by the kubelet.
+fn is_transport_failure(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::api::kubelet::v1::GetContainerLogsRequest;
+
+    #[tokio::test]
+    async fn an_unreachable_kubelet_is_unavailable_naming_its_node() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let status = KubeletServiceClient::new(channel)
+            .get_container_logs(GetContainerLogsRequest::default())
+            .await
+            .unwrap_err();
+        let e = relay_error("n1", status);
+        assert!(
+            matches!(&e, ApiError::Unavailable { message, .. }
+                if message.starts_with("cannot reach the kubelet of node \"n1\"")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_kubelet_refusal_passes_through_with_its_code_and_message() {
+        let e = relay_error("n1", Status::not_found("container \"c\" not found"));
+        let status = Status::from(e);
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert_eq!(status.message(), "container \"c\" not found");
+        // A kubelet's own UNAVAILABLE (not a transport failure) too.
+        let e = relay_error(
+            "n1",
+            Status::unavailable("transport of the runtime is busy"),
+        );
+        assert_eq!(
+            Status::from(e).message(),
+            "transport of the runtime is busy"
+        );
     }
 }

@@ -9,6 +9,14 @@
 //!
 //! Values are picked at random in the range (as Kubernetes does), so that
 //! clusters sharing a machine rarely pick the same address.
+//!
+//! This module owns the reservations and their repair; [`service_ips`] and
+//! [`node_ports`] own what is reserved. It runs as the Service kind's
+//! [`ObjectHooks`], around the registry's writes; it must not store or
+//! change Services itself beyond filling in what it allocated.
+
+pub mod node_ports;
+pub mod service_ips;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -21,12 +29,15 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use skiff::Resource;
 use skiff::api::core::v1::Service;
+use skiff::net::Ipv4Cidr;
 use skiff::resource::object_key;
 
 use crate::error::ApiError;
 use crate::object_store::decode_object;
 use crate::registry::ObjectHooks;
 use crate::storage::{RangeRequest, Storage, StorageError};
+use node_ports::{PORT_PREFIX, node_ports, port_key};
+use service_ips::{IP_PREFIX, has_cluster_ip, ip_key};
 
 /// Default range of cluster IPs: inside 127.0.0.0/8, so services answer on
 /// this machine with no set-up, and apart from pod ranges (127.128.0.0/9).
@@ -34,8 +45,6 @@ pub const DEFAULT_SERVICE_CIDR: &str = "127.96.0.0/12";
 /// Default range of node ports (Kubernetes').
 pub const DEFAULT_NODE_PORTS: RangeInclusive<u16> = 30000..=32767;
 
-const IP_PREFIX: &str = "/registry/ranges/serviceips/";
-const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 /// A reservation younger than this may belong to a create in flight: repair leaves it.
 const REPAIR_GRACE: Duration = Duration::from_secs(60);
 
@@ -50,57 +59,10 @@ struct Reservation {
     at: u64,
 }
 
-/// An IPv4 range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Range {
-    base: u32,
-    bits: u8,
-}
-
-impl Ipv4Range {
-    /// Parses "a.b.c.d/n" (n from 8 to 30).
-    pub fn parse(cidr: &str) -> Result<Self, String> {
-        let bad = || format!("{cidr:?} is not an IPv4 CIDR such as 127.96.0.0/12");
-        let (ip, bits) = cidr.split_once('/').ok_or_else(bad)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-        let bits: u8 = bits.parse().map_err(|_| bad())?;
-        if !(8..=30).contains(&bits) {
-            return Err(format!(
-                "{cidr:?}: the prefix length must be between 8 and 30"
-            ));
-        }
-        let mask = u32::MAX << (32 - bits);
-        Ok(Self {
-            base: u32::from(ip) & mask,
-            bits,
-        })
-    }
-
-    fn size(&self) -> u32 {
-        1 << (32 - self.bits)
-    }
-
-    /// Whether `ip` is a usable address of the range (not its network or broadcast address).
-    pub fn holds(&self, ip: Ipv4Addr) -> bool {
-        let offset = u32::from(ip).wrapping_sub(self.base);
-        offset >= 1 && offset < self.size() - 1
-    }
-
-    fn at(&self, offset: u32) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + offset)
-    }
-}
-
-impl std::fmt::Display for Ipv4Range {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.bits)
-    }
-}
-
 /// Allocates Services' cluster IPs and node ports.
 pub struct ServiceAllocator {
     storage: Arc<dyn Storage>,
-    ips: Ipv4Range,
+    ips: Ipv4Cidr,
     ports: RangeInclusive<u16>,
 }
 
@@ -115,32 +77,6 @@ fn storage_error(e: StorageError) -> ApiError {
     ApiError::from_storage("Service", "", e)
 }
 
-fn ip_key(ip: Ipv4Addr) -> String {
-    format!("{IP_PREFIX}{ip}")
-}
-
-fn port_key(port: i32, protocol: &str) -> String {
-    let protocol = if protocol.is_empty() { "TCP" } else { protocol };
-    format!("{PORT_PREFIX}{port}-{protocol}")
-}
-
-fn node_ports(svc: &Service) -> Vec<(usize, i32, String)> {
-    let Some(spec) = &svc.spec else { return vec![] };
-    if !matches!(spec.r#type.as_str(), "NodePort" | "LoadBalancer") {
-        return vec![];
-    }
-    spec.ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i, p.node_port, p.protocol.clone()))
-        .collect()
-}
-
-fn has_cluster_ip(svc: &Service) -> Option<&str> {
-    let ip = svc.spec.as_ref()?.cluster_ip.as_str();
-    (!ip.is_empty() && ip != "None").then_some(ip)
-}
-
 impl ServiceAllocator {
     /// Allocates cluster IPs from `service_cidr` and node ports from `ports`.
     pub fn new(
@@ -153,13 +89,13 @@ impl ServiceAllocator {
         }
         Ok(Self {
             storage,
-            ips: Ipv4Range::parse(service_cidr)?,
+            ips: service_ips::parse_range(service_cidr)?,
             ports,
         })
     }
 
     /// The cluster IP range.
-    pub fn range(&self) -> Ipv4Range {
+    pub fn range(&self) -> Ipv4Cidr {
         self.ips
     }
 
@@ -252,152 +188,6 @@ impl ServiceAllocator {
             }
         }
         Ok(None)
-    }
-
-    async fn allocate_ip(&self, svc: &Service) -> Result<String, ApiError> {
-        let range = self.ips;
-        let ip = self
-            .pick(
-                svc,
-                IP_PREFIX,
-                range.size() - 2,
-                |o| range.at(o + 1),
-                ip_key,
-            )
-            .await?
-            .ok_or_else(|| ApiError::ResourceExhausted {
-                message: format!("no cluster IP is free in the service range {range}"),
-                retry_after: None,
-            })?;
-        Ok(ip.to_string())
-    }
-
-    async fn reserve_ip(&self, svc: &Service, ip: &str) -> Result<(), ApiError> {
-        let key = object_key(svc.namespace(), svc.name());
-        let addr: Ipv4Addr = ip.parse().map_err(|_| {
-            ApiError::invalid(
-                "Service",
-                &key,
-                "spec.clusterIP",
-                format!("{ip:?} is not an IPv4 address"),
-            )
-        })?;
-        if !self.ips.holds(addr) {
-            return Err(ApiError::invalid(
-                "Service",
-                &key,
-                "spec.clusterIP",
-                format!(
-                    "{ip} is not in the service range {}; leave it empty to get one",
-                    self.ips
-                ),
-            ));
-        }
-        if !self.reserve(&ip_key(addr), svc).await? {
-            let owner = self
-                .holder(&ip_key(addr))
-                .await?
-                .map(|r| r.owner)
-                .unwrap_or_default();
-            return Err(ApiError::Allocated {
-                kind: "Service".into(),
-                name: key,
-                field: "spec.clusterIP".into(),
-                message: format!("{ip} is already allocated to service {owner:?}"),
-            });
-        }
-        Ok(())
-    }
-
-    async fn reserve_port(
-        &self,
-        svc: &Service,
-        index: usize,
-        port: i32,
-        protocol: &str,
-    ) -> Result<i32, ApiError> {
-        let key = object_key(svc.namespace(), svc.name());
-        let field = format!("spec.ports[{index}].nodePort");
-        if port == 0 {
-            let (lo, hi) = (*self.ports.start(), *self.ports.end());
-            let proto = protocol.to_owned();
-            return self
-                .pick(
-                    svc,
-                    PORT_PREFIX,
-                    u32::from(hi - lo) + 1,
-                    |o| i32::from(lo) + o as i32,
-                    move |p| port_key(p, &proto),
-                )
-                .await?
-                .ok_or_else(|| ApiError::ResourceExhausted {
-                    message: format!("no node port is free in {lo}-{hi}"),
-                    retry_after: None,
-                });
-        }
-        if !u16::try_from(port).is_ok_and(|p| self.ports.contains(&p)) {
-            return Err(ApiError::invalid(
-                "Service",
-                &key,
-                &field,
-                format!(
-                    "{port} is not in the node port range {}-{}",
-                    self.ports.start(),
-                    self.ports.end()
-                ),
-            ));
-        }
-        if !self.reserve(&port_key(port, protocol), svc).await? {
-            let owner = self
-                .holder(&port_key(port, protocol))
-                .await?
-                .map(|r| r.owner)
-                .unwrap_or_default();
-            return Err(ApiError::Allocated {
-                kind: "Service".into(),
-                name: key,
-                field,
-                message: format!("node port {port} is already allocated to service {owner:?}"),
-            });
-        }
-        Ok(port)
-    }
-
-    /// Reserves the node ports `svc` has that `old` had not; returns the keys taken.
-    async fn reserve_ports(
-        &self,
-        svc: &mut Service,
-        old: Option<&Service>,
-    ) -> Result<Vec<String>, ApiError> {
-        let had: HashSet<String> = old
-            .map(|o| {
-                node_ports(o)
-                    .into_iter()
-                    .map(|(_, p, proto)| port_key(p, &proto))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut taken = Vec::new();
-        for (i, port, protocol) in node_ports(svc) {
-            if port != 0 && had.contains(&port_key(port, &protocol)) {
-                continue;
-            }
-            match self.reserve_port(svc, i, port, &protocol).await {
-                Ok(p) => {
-                    if let Some(spec) = svc.spec.as_mut() {
-                        spec.ports[i].node_port = p;
-                    }
-                    taken.push(port_key(p, &protocol));
-                }
-                Err(e) => {
-                    for k in &taken {
-                        self.release(k, &svc.meta().uid).await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(taken)
     }
 
     fn keys_of(svc: &Service) -> Vec<String> {
@@ -562,26 +352,5 @@ impl ObjectHooks<Service> for ServiceAllocator {
         for key in Self::keys_of(svc) {
             self.release(&key, &svc.meta().uid).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_exclude_network_and_broadcast() {
-        let r = Ipv4Range::parse("10.0.0.0/30").unwrap();
-        assert!(!r.holds("10.0.0.0".parse().unwrap()));
-        assert!(r.holds("10.0.0.1".parse().unwrap()));
-        assert!(r.holds("10.0.0.2".parse().unwrap()));
-        assert!(!r.holds("10.0.0.3".parse().unwrap()));
-        assert!(!r.holds("10.0.0.9".parse().unwrap()));
-        assert_eq!(
-            Ipv4Range::parse("127.96.7.1/12").unwrap().to_string(),
-            "127.96.0.0/12"
-        );
-        assert!(Ipv4Range::parse("127.0.0.0/31").is_err());
-        assert!(Ipv4Range::parse("nope").is_err());
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 use skiff::api::core::v1::{Secret, ServiceAccount};
 
+use crate::error::ApiError;
 use crate::object_store::{ObjectStore, ReadVersion};
 
 /// Group of every authenticated user.
@@ -101,6 +102,18 @@ pub enum AuthError {
     /// Token lookups failed.
     #[error("cannot check the token now: {0}")]
     Unavailable(String),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unavailable(_) => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            },
+            e => ApiError::Unauthenticated(e.to_string()),
+        }
+    }
 }
 
 /// Users of a static token file.
@@ -243,7 +256,7 @@ impl Authenticator {
         };
         let claims =
             skiff::token::verify(token, key).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
-        let unavailable = |e: crate::error::ApiError| AuthError::Unavailable(e.to_string());
+        let unavailable = |e: ApiError| AuthError::Unavailable(e.to_string());
         let account = self
             .accounts
             .get(&claims.namespace, &claims.name, ReadVersion::Any)

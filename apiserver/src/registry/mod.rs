@@ -15,6 +15,6 @@ pub mod validation;
 pub use pod::set_pod_condition;
 pub use service::{
     ApiContext, FOREGROUND_FINALIZER, MAX_OBJECT_BYTES, ORPHAN_FINALIZER, ObjectHooks,
-    ResourceServer, now, usage_counter, usage_of,
+    ResourceServer, now, streaming_paths, usage_counter, usage_of,
 };
 pub use strategy::Strategy;

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::service::{Origin, ResourceServer, now};
 use crate::error::ApiError;
+use crate::kubelet_client::relay_error;
 
 /// gRPC methods of this module that stream for as long as the client
 /// wants (exempt from in-flight limits, like watches).
@@ -100,7 +101,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
                 previous: r.previous,
             })
             .await
-            .map_err(|e| kubelet_error(&node, e))?
+            .map_err(|e| relay_error(&node, e))?
             .into_inner();
         let mut shutdown = self.ctx.shutdown.clone();
         let stream = stream
@@ -142,7 +143,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
                 command: r.command,
             })
             .await
-            .map_err(|e| kubelet_error(&node, e))?
+            .map_err(|e| relay_error(&node, e))?
             .into_inner();
         let stream = stream.map(|chunk| {
             chunk.map(|c| api::core::v1::ExecPodResponse {
@@ -211,21 +212,6 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         Ok(Response::new(api::core::v1::BindPodResponse {
             pod: Some(pod),
         }))
-    }
-}
-
-/// A kubelet's refusal passes through; a kubelet that cannot be reached is UNAVAILABLE.
-fn kubelet_error(node: &str, e: Status) -> Status {
-    match e.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
-            if e.message().contains("transport") =>
-        {
-            Status::unavailable(format!(
-                "cannot reach the kubelet of node {node:?}: {}",
-                e.message()
-            ))
-        }
-        _ => e,
     }
 }
 

@@ -710,6 +710,14 @@ pub fn usage_of<K: Strategy>(obj: &K) -> Usage {
     usage
 }
 
+/// The gRPC paths (`/package.KindService/Method`) of kind `K`'s streaming
+/// methods, for the filters.
+pub fn streaming_paths<K: Strategy>() -> impl Iterator<Item = String> {
+    K::STREAMING_METHODS
+        .iter()
+        .map(|m| format!("/{}/{m}", K::INFO.service_name))
+}
+
 /// How a new quota counts the stored objects of kind `K`.
 pub fn usage_counter<K: Strategy>() -> UsageCounter {
     UsageCounter {

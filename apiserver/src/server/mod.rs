@@ -6,7 +6,7 @@
 pub mod connection;
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +32,9 @@ use crate::error::ApiError;
 use crate::filters::request_size::RequestSizeLayer;
 use crate::object_store::{ObjectStore, ReadVersion, StorageStore};
 use crate::registry::strategy::Strategy;
-use crate::registry::{ApiContext, MAX_OBJECT_BYTES, ResourceServer, usage_counter};
+use crate::registry::{
+    ApiContext, MAX_OBJECT_BYTES, ResourceServer, streaming_paths, usage_counter,
+};
 use crate::storage::Storage;
 use crate::storage::embedded::EmbeddedStorage;
 use crate::storage::etcd::EtcdStorage;
@@ -178,6 +180,8 @@ struct Registrar {
     /// Stores made before their kind is served (other parts of the server
     /// read them too), by kind name: each holds an `Arc<dyn ObjectStore<K>>`.
     shared: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    /// Paths of the streaming methods of the kinds served, for the filters.
+    streaming: HashSet<String>,
 }
 
 impl Registrar {
@@ -221,6 +225,7 @@ impl Registrar {
         if let Some(admission) = &self.admission {
             admission.count_kind(usage_counter::<K>());
         }
+        self.streaming.extend(streaming_paths::<K>());
         self.add_server(ResourceServer::new(store, self.ctx.clone()));
     }
 
@@ -275,6 +280,7 @@ impl ApiServer {
             feed: None,
             admission: None,
             shared: HashMap::new(),
+            streaming: HashSet::new(),
         };
         let namespaces: Arc<dyn ObjectStore<Namespace>> = Arc::new(
             crate::object_store::ReadYourWrites::new(r.store::<Namespace>()),
@@ -304,7 +310,7 @@ impl ApiServer {
                 cluster_role_bindings.clone(),
             ))
         });
-        let filters = crate::filters::FilterConfig {
+        let mut filters = crate::filters::FilterConfig {
             authenticator: security.authentication.clone().map(|a| {
                 Arc::new(crate::authn::Authenticator::new(
                     a,
@@ -324,6 +330,7 @@ impl ApiServer {
                 )),
                 None => None,
             },
+            streaming: Default::default(),
         };
         let allocator = Arc::new(
             ServiceAllocator::new(
@@ -361,6 +368,7 @@ impl ApiServer {
             ($($kind:ty),* $(,)?) => { $( r.add::<$kind>(); )* };
         }
         skiff::for_each_kind!(serve_every_kind);
+        filters.streaming = Arc::new(std::mem::take(&mut r.streaming));
 
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter

@@ -3,12 +3,12 @@
 //! loopback addresses reachable on one machine with no set-up.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use skiff::Resource;
 use skiff::api::core::v1::Node;
 use skiff::client::Error;
+use skiff::net::Ipv4Cidr;
 use skiff::runtime::{Action, Controller, ControllerConfig, Request, Store};
 
 use crate::Context;
@@ -26,8 +26,7 @@ pub struct CidrError(pub String);
 /// An IPv4 range split into per-node blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CidrAllocator {
-    base: u32,
-    prefix: u8,
+    range: Ipv4Cidr,
     node_prefix: u8,
 }
 
@@ -35,33 +34,24 @@ impl CidrAllocator {
     /// Blocks of `/node_prefix` from `cidr`.
     pub fn new(cidr: &str, node_prefix: u8) -> Result<Self, CidrError> {
         let err = || CidrError(cidr.to_owned());
-        let (ip, bits) = cidr.split_once('/').ok_or_else(err)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| err())?;
-        let prefix: u8 = bits.parse().map_err(|_| err())?;
-        if prefix > node_prefix || node_prefix > 30 {
+        let range: Ipv4Cidr = cidr.parse().map_err(|_| err())?;
+        if range.prefix() > node_prefix || node_prefix > 30 {
             return Err(err());
         }
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        Ok(Self {
-            base: u32::from(ip) & mask,
-            prefix,
-            node_prefix,
-        })
+        Ok(Self { range, node_prefix })
     }
 
     /// Number of node blocks.
     pub fn capacity(&self) -> u32 {
-        1 << (self.node_prefix - self.prefix)
+        1 << (self.node_prefix - self.range.prefix())
     }
 
     /// The `i`-th block as text.
     pub fn block(&self, i: u32) -> String {
-        let ip = Ipv4Addr::from(self.base + (i << (32 - self.node_prefix)));
-        format!("{ip}/{}", self.node_prefix)
+        self.range
+            .subnet(self.node_prefix, u64::from(i))
+            .expect("a block within capacity")
+            .to_string()
     }
 
     /// The first block not in `used`.

@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use skiff::net::Ipv4Cidr;
+
 /// Why an allocation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -32,14 +34,12 @@ impl PodIps {
     /// Addresses of `cidr`, remembered in `state`.
     pub fn new(cidr: &str, state: PathBuf) -> Result<Self, IpamError> {
         let err = || IpamError::Cidr(cidr.to_owned());
-        let (ip, bits) = cidr.split_once('/').ok_or_else(err)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| err())?;
-        let bits: u32 = bits.parse().map_err(|_| err())?;
-        if !(8..=30).contains(&bits) {
+        let range: Ipv4Cidr = cidr.parse().map_err(|_| err())?;
+        if !(8..=30).contains(&range.prefix()) {
             return Err(err());
         }
-        let size = 1u32 << (32 - bits);
-        let base = u32::from(ip) & !(size - 1);
+        let size = range.size() as u32;
+        let base = u32::from(range.network());
         let used: BTreeMap<String, u32> = std::fs::read_to_string(&state)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())

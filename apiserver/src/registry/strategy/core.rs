@@ -135,14 +135,13 @@ impl Strategy for Node {
 
 /// Whether `s` is an IPv4 or IPv6 CIDR.
 pub fn valid_cidr(s: &str) -> bool {
+    if s.parse::<skiff::net::Ipv4Cidr>().is_ok() {
+        return true;
+    }
     let Some((ip, bits)) = s.split_once('/') else {
         return false;
     };
-    match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
-        (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
-        (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
-        _ => false,
-    }
+    ip.parse::<std::net::Ipv6Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128)
 }
 
 impl Strategy for Service {

@@ -45,6 +45,11 @@ pub trait Strategy: Resource {
     /// (pods: `requests.cpu`, …), so a new quota knows what to count.
     const QUOTA_RESOURCES: &'static [&'static str] = &[];
 
+    /// Methods of this kind's service that stream for as long as the
+    /// caller likes (a pod's logs and exec), beyond its watch: the filters
+    /// count them as watches, not as requests in flight.
+    const STREAMING_METHODS: &'static [&'static str] = &[];
+
     /// Hooks around this kind's writes (a Service's allocations); `None`
     /// for none.
     fn hooks(ctx: &ApiContext) -> Option<Arc<dyn ObjectHooks<Self>>> {

@@ -15,6 +15,7 @@ use crate::registry::validation::validate_pod_spec;
 pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 impl Strategy for Pod {
+    const STREAMING_METHODS: &'static [&'static str] = crate::registry::pod::STREAMING_METHODS;
     const TRIGGER_FIELD: Option<&'static str> = Some("spec.nodeName");
     const NODE_ACCESS: NodeAccess = NodeAccess::BoundPods;
     const QUOTA_RESOURCES: &'static [&'static str] = quota::POD_RESOURCES;

@@ -13,7 +13,6 @@
 //! `skiff.io/attempt`) by which a restarted kubelet finds its pods again.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
@@ -31,6 +30,7 @@ use bollard::query_parameters::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
+use skiff::net::Ipv4Cidr;
 
 use super::{
     ContainerConfig, ContainerRecord, ContainerState, ExecOutput, ExecStream, LogStream, Runtime,
@@ -103,34 +103,24 @@ fn time(s: Option<&String>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
-    let (ip, bits) = cidr.split_once('/')?;
-    Some((ip.parse().ok()?, bits.parse().ok().filter(|b| *b <= 32)?))
-}
-
 /// Whether `inner` lies inside `outer`.
 fn cidr_contains(outer: &str, inner: &str) -> bool {
-    let (Some((o, ob)), Some((i, ib))) = (parse_cidr(outer), parse_cidr(inner)) else {
-        return false;
-    };
-    if ib < ob {
-        return false;
+    match (outer.parse::<Ipv4Cidr>(), inner.parse::<Ipv4Cidr>()) {
+        (Ok(o), Ok(i)) => o.contains(&i),
+        _ => false,
     }
-    let mask = if ob == 0 { 0 } else { u32::MAX << (32 - ob) };
-    u32::from(o) & mask == u32::from(i) & mask
 }
 
 /// The part of a pod network Docker hands out itself (to containers joined
 /// to it that are not pods, like a kubelet in a container): its last /24,
 /// which node pod CIDRs, allocated from the start, reach last.
 fn dynamic_range(cidr: &str) -> Option<String> {
-    let (ip, bits) = parse_cidr(cidr)?;
-    if bits > 23 {
+    let range: Ipv4Cidr = cidr.parse().ok()?;
+    if range.prefix() > 23 {
         return None;
     }
-    let host_mask = u32::MAX >> bits;
-    let last = (u32::from(ip) & !host_mask) | (host_mask & !0xff);
-    Some(format!("{}/24", Ipv4Addr::from(last)))
+    let blocks = 1u64 << (24 - range.prefix());
+    Some(range.subnet(24, blocks - 1)?.to_string())
 }
 
 /// A tar archive of regular files, enough for a build context.
