@@ -11,6 +11,7 @@ pub mod client;
 pub mod descriptor;
 pub mod manifest;
 pub mod metrics;
+pub mod names;
 pub mod net;
 pub mod params;
 pub mod quantity;

@@ -105,6 +105,7 @@ async fn etcd_server() -> (TestServer, EtcdServer) {
 on_both_backends!(
     create_sets_server_metadata_and_get_reads_it_back,
     generate_name_gives_unique_names,
+    a_long_multibyte_generate_name_is_cut_on_a_character_boundary,
     update_is_compare_and_swap_and_bumps_generation_on_spec_change,
     update_leaves_status_alone_and_update_status_leaves_spec_alone,
     bad_input_gets_its_code_and_changes_nothing,
@@ -160,6 +161,77 @@ async fn generate_name_gives_unique_names(s: &TestServer) {
         names.insert(created.name().to_owned());
     }
     assert_eq!(names.len(), 5);
+}
+
+/// A `generateName` of 57 ASCII letters and one two-byte letter: 59 bytes,
+/// so the 58-byte cut falls inside the letter. The RBAC kinds allow such
+/// names (any character but '/' and '%').
+async fn a_long_multibyte_generate_name_is_cut_on_a_character_boundary(s: &TestServer) {
+    use skiff::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    let t = s.transport().await;
+    let prefix = format!("{}é", "a".repeat(57));
+    assert_eq!(prefix.len(), 59);
+    let named = |ns: &str| {
+        Some(ObjectMeta {
+            namespace: ns.into(),
+            generate_name: prefix.clone(),
+            ..Default::default()
+        })
+    };
+    let rules = vec![PolicyRule {
+        verbs: vec!["get".into()],
+        resources: vec!["pods".into()],
+        ..Default::default()
+    }];
+    let check = |name: &str| {
+        assert!(name.len() <= 63, "{name:?} is {} bytes", name.len());
+        assert!(name.starts_with(&"a".repeat(57)), "{name:?}");
+        assert_eq!(name.chars().count(), 57 + 5, "{name:?}");
+    };
+    let role = ClusterRole::create_in(
+        t.clone(),
+        ClusterRole {
+            metadata: named(""),
+            rules: rules.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    check(role.name());
+    let role = Role::create_in(
+        t.clone(),
+        Role {
+            metadata: named("default"),
+            rules,
+        },
+    )
+    .await
+    .unwrap();
+    check(role.name());
+    let binding = RoleBinding::create_in(
+        t.clone(),
+        RoleBinding {
+            metadata: named("default"),
+            subjects: vec![Subject {
+                kind: "User".into(),
+                name: "alice".into(),
+                ..Default::default()
+            }],
+            role_ref: Some(RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: role.name().to_owned(),
+            }),
+        },
+    )
+    .await
+    .unwrap();
+    check(binding.name());
+    // Read back by the name the server chose.
+    let got = RoleBinding::get_in(t, get("default", binding.name()))
+        .await
+        .unwrap();
+    assert_eq!(got, binding);
 }
 
 async fn update_is_compare_and_swap_and_bumps_generation_on_spec_change(s: &TestServer) {

@@ -868,7 +868,7 @@ async fn fifty_concurrent_creates_never_exceed_a_quota_and_used_matches_reality(
     for t in tasks {
         match t.await.unwrap() {
             Ok(_) => admitted += 1,
-            Err(Error::ResourceExhausted(m)) => {
+            Err(Error::ResourceExhausted { message: m, .. }) => {
                 assert!(m.contains("exceeded quota: pods"), "{m}");
                 exhausted += 1;
             }
@@ -910,7 +910,7 @@ async fn fifty_concurrent_creates_never_exceed_a_quota_and_used_matches_reality(
     pods.create(&pod("q", "again")).await.unwrap();
     assert!(matches!(
         pods.create(&pod("q", "over")).await,
-        Err(Error::ResourceExhausted(_))
+        Err(Error::ResourceExhausted { .. })
     ));
     // A failed create (name taken) is refunded.
     let before = quotas.get("pods").await.unwrap().status.unwrap().used["pods"].clone();
@@ -1035,7 +1035,7 @@ async fn a_flood_from_one_client_leaves_another_served_and_memory_bounded() {
             .await
         {
             Ok(w) => watches.push(w),
-            Err(Error::ResourceExhausted(_)) => watch_refused += 1,
+            Err(Error::ResourceExhausted { .. }) => watch_refused += 1,
             Err(e) => panic!("unexpected watch error: {e}"),
         }
     }
@@ -1053,7 +1053,7 @@ async fn a_flood_from_one_client_leaves_another_served_and_memory_bounded() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     match noisy.list(&ListParams::default()).await {
                         Ok(_) => served.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                        Err(Error::ResourceExhausted(_)) => {
+                        Err(Error::ResourceExhausted { .. }) => {
                             refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                         }
                         Err(e) => panic!("unexpected flood error: {e}"),

@@ -119,7 +119,9 @@ async fn cluster_ips_are_unique_in_range_and_freed_on_delete(storage: Arc<dyn St
     }
     // The range is full.
     match api.create(&service("one-too-many", "")).await {
-        Err(Error::ResourceExhausted(m)) => assert!(m.contains("127.99.0.0/28"), "{m}"),
+        Err(Error::ResourceExhausted { message: m, .. }) => {
+            assert!(m.contains("127.99.0.0/28"), "{m}")
+        }
         other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
     }
     assert!(api.get_opt("one-too-many").await.unwrap().is_none());

@@ -156,9 +156,10 @@ impl DynamicClient {
     ) -> Result<DynamicMessage> {
         let mut grpc =
             tonic::client::Grpc::new(self.transport.clone()).max_decoding_message_size(usize::MAX);
-        grpc.ready()
-            .await
-            .map_err(|e| Error::Unavailable(format!("connection not ready: {e}")))?;
+        grpc.ready().await.map_err(|e| Error::Unavailable {
+            message: format!("connection not ready: {e}"),
+            retry_after: None,
+        })?;
         let codec = DynamicCodec {
             response: method.output(),
         };
@@ -353,9 +354,10 @@ impl DynamicClient {
         );
         let mut grpc =
             tonic::client::Grpc::new(self.transport.clone()).max_decoding_message_size(usize::MAX);
-        grpc.ready()
-            .await
-            .map_err(|e| Error::Unavailable(format!("connection not ready: {e}")))?;
+        grpc.ready().await.map_err(|e| Error::Unavailable {
+            message: format!("connection not ready: {e}"),
+            retry_after: None,
+        })?;
         let codec = DynamicCodec {
             response: method.output(),
         };

@@ -123,6 +123,8 @@ struct State<K: ResourceClient> {
     phase: Phase<K>,
     pending: VecDeque<Result<Event<K>>>,
     failures: u32,
+    /// How long the server asked to wait after the last failure.
+    retry_after: Option<Duration>,
 }
 
 /// Watches kind `K` through `api` forever (see the module docs).
@@ -136,6 +138,7 @@ pub fn watcher<K: ResourceClient>(
         phase: Phase::Empty,
         pending: VecDeque::new(),
         failures: 0,
+        retry_after: None,
     };
     futures::stream::unfold(state, |mut s| async move {
         loop {
@@ -149,7 +152,9 @@ pub fn watcher<K: ResourceClient>(
 
 async fn step<K: ResourceClient>(s: &mut State<K>) {
     if s.failures > 0 {
-        tokio::time::sleep(s.config.backoff.delay(s.failures)).await;
+        // The back-off, or longer if the server asked for longer.
+        let delay = s.config.backoff.delay(s.failures);
+        tokio::time::sleep(delay.max(s.retry_after.take().unwrap_or_default())).await;
     }
     let phase = std::mem::replace(&mut s.phase, Phase::Empty);
     s.phase = match phase {
@@ -202,6 +207,7 @@ async fn step<K: ResourceClient>(s: &mut State<K>) {
                 }
                 Err(e) => {
                     s.failures += 1;
+                    s.retry_after = e.retry_after();
                     // An expired page token means starting the list again.
                     let next = if e.is_expired() {
                         s.pending.push_back(Ok(Event::Init));
@@ -309,6 +315,7 @@ fn fail<K: ResourceClient>(
         return Phase::Empty;
     }
     s.failures += 1;
+    s.retry_after = e.retry_after();
     s.pending.push_back(Err(e));
     if initial {
         // An interrupted initial state starts over.
@@ -354,6 +361,11 @@ mod tests {
     #[derive(Default)]
     struct EndsMidInitialState {
         watches: Mutex<Vec<WatchParams>>,
+        /// When set, the first watch is refused as RESOURCE_EXHAUSTED with
+        /// this RetryInfo (and not counted in `watches`).
+        refuse_first: Option<Duration>,
+        /// When each watch call arrived.
+        calls: Mutex<Vec<std::time::Instant>>,
     }
 
     #[tonic::async_trait]
@@ -380,6 +392,19 @@ mod tests {
             &self,
             request: Request<WatchParams>,
         ) -> Result<WatchStream<Secret>, Status> {
+            let first_call = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(std::time::Instant::now());
+                calls.len() == 1
+            };
+            if let (Some(delay), true) = (self.refuse_first, first_call) {
+                use tonic_types::StatusExt;
+                return Err(Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    "too many watches; retry later",
+                    tonic_types::ErrorDetails::with_retry_info(Some(delay)),
+                ));
+            }
             let n = {
                 let mut w = self.watches.lock().unwrap();
                 w.push(request.into_inner());
@@ -410,13 +435,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_watch_list_cut_short_starts_a_fresh_initial_state() {
-        let service = Arc::new(EndsMidInitialState::default());
+    /// Serves `service` on a free port; a transport to it and the server task.
+    async fn serve(
+        service: Arc<EndsMidInitialState>,
+    ) -> (crate::client::Transport, tokio::task::JoinHandle<()>) {
         let mut routes = tonic::service::RoutesBuilder::default();
         <Secret as ServeWith<EndsMidInitialState>>::add_service(
             &mut routes,
-            service.clone(),
+            service,
             MessageLimits {
                 max_decoding: usize::MAX,
                 max_encoding: usize::MAX,
@@ -424,15 +450,63 @@ mod tests {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
                 .add_routes(routes.routes())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
         let transport =
             crate::client::connect(&addr.to_string(), crate::client::Credentials::none())
                 .await
                 .unwrap();
+        (transport, server)
+    }
+
+    #[tokio::test]
+    async fn a_refused_watch_waits_as_long_as_the_server_asks_not_just_its_backoff() {
+        let asked = Duration::from_millis(400);
+        let service = Arc::new(EndsMidInitialState {
+            refuse_first: Some(asked),
+            ..Default::default()
+        });
+        let (transport, server) = serve(service.clone()).await;
+        let config = WatcherConfig {
+            watch_list: true,
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(10),
+            },
+            ..Default::default()
+        };
+        let events = watcher(Api::<Secret>::new(transport, "default"), config);
+        futures::pin_mut!(events);
+        let mut refused = None;
+        while service.calls.lock().unwrap().len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("the watcher keeps going")
+                .expect("the stream never ends")
+            {
+                Err(e) => refused = Some(e),
+                Ok(_) => {}
+            }
+        }
+        let refused = refused.expect("the first watch was refused");
+        assert_eq!(refused.retry_after(), Some(asked), "{refused}");
+        let calls = service.calls.lock().unwrap().clone();
+        let waited = calls[1] - calls[0];
+        assert!(
+            waited >= asked,
+            "retried after {waited:?}; the server asked for {asked:?} (backoff 1 ms)"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_watch_list_cut_short_starts_a_fresh_initial_state() {
+        let service = Arc::new(EndsMidInitialState::default());
+        let (transport, server) = serve(service.clone()).await;
         let config = WatcherConfig {
             watch_list: true,
             backoff: Backoff {

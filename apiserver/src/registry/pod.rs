@@ -171,7 +171,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         let r = request.into_inner();
         Self::require_name(&ns, &r.name)?;
         let key = object_key(&ns, &r.name);
-        if let Err(e) = skiff::selector::validate_dns1123_subdomain(&r.node_name) {
+        if let Err(e) = skiff::names::validate_dns1123_subdomain(&r.node_name) {
             return Err(ApiError::invalid("Pod", &key, "node_name", e).into());
         }
         let pod = self

@@ -746,13 +746,13 @@ fn generated_name(prefix: &str) -> String {
     let suffix: String = (0..5)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
-    let max_prefix = 63 - 5;
-    let prefix = if prefix.len() > max_prefix {
-        &prefix[..max_prefix]
-    } else {
-        prefix
-    };
-    format!("{prefix}{suffix}")
+    // At most 58 bytes of the prefix, cut where a character starts (names
+    // of RBAC kinds may hold any character but '/' and '%').
+    let mut cut = prefix.len().min(63 - 5);
+    while !prefix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &prefix[..cut])
 }
 
 #[tonic::async_trait]

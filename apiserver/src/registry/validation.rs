@@ -6,11 +6,11 @@ use std::net::IpAddr;
 
 use skiff::api::core::v1 as core;
 use skiff::api::meta::v1 as meta;
-use skiff::quantity::Quantity;
-use skiff::selector::{
-    LabelSelector, validate_dns1123_label, validate_dns1123_subdomain, validate_label_key,
-    validate_label_value,
+use skiff::names::{
+    validate_dns1123_label, validate_dns1123_subdomain, validate_label_key, validate_label_value,
 };
+use skiff::quantity::Quantity;
+use skiff::selector::LabelSelector;
 
 use crate::error::FieldViolation;
 
