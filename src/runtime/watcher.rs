@@ -483,13 +483,12 @@ mod tests {
         futures::pin_mut!(events);
         let mut refused = None;
         while service.calls.lock().unwrap().len() < 2 {
-            match tokio::time::timeout(Duration::from_secs(10), events.next())
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(10), events.next())
                 .await
                 .expect("the watcher keeps going")
                 .expect("the stream never ends")
             {
-                Err(e) => refused = Some(e),
-                Ok(_) => {}
+                refused = Some(e);
             }
         }
         let refused = refused.expect("the first watch was refused");
