@@ -5,6 +5,12 @@
 //! or startup probe fails or their spec changes. On deletion it stops every
 //! container (SIGTERM, then SIGKILL after the grace period), removes the
 //! sandbox and deletes the pod object.
+//!
+//! The decisions live beside it as pure functions and reads: [`restart`]
+//! (restart policy and back-off), `status` (what to report), `env` (a
+//! container's environment). This module owns the container lifecycle of
+//! one pod; it must not touch other pods' containers (the kubelet's sync
+//! loop owns which workers exist).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -14,15 +20,19 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use skiff::Resource;
-use skiff::api::core::v1::{
-    Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIp, PodStatus,
-};
+use skiff::api::core::v1::{Container, Pod, PodStatus};
 use skiff::client::{Client, Error};
 use skiff::params::DeleteParams;
 use skiff::quantity::Quantity;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+
+mod env;
+pub mod restart;
+mod status;
+
+pub use restart::{AfterExit, Backoff, after_exit, crash_loop_delay};
+pub use status::qos_class;
 
 use crate::Shared;
 use crate::probe::{self, Probers, Target};
@@ -30,24 +40,6 @@ use crate::runtime::{
     ContainerConfig, ContainerRecord, ContainerState, Runtime, RuntimeError, Sandbox, SandboxConfig,
 };
 use skiff::runtime::events::{NORMAL, WARNING};
-
-/// Timing of restarts.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// First delay (Kubernetes: 10 s).
-    pub initial: Duration,
-    /// Largest delay (Kubernetes: 300 s).
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-        }
-    }
-}
 
 /// A container instance that has ended.
 #[derive(Debug, Clone)]
@@ -413,32 +405,21 @@ impl Worker {
                         self.changed.notify_one();
                         return;
                     }
-                    let restart = match (init, policy) {
-                        (true, _) if exit_code == 0 => {
+                    match after_exit(init, policy, exit_code) {
+                        AfterExit::Restart => {}
+                        AfterExit::Completed => {
                             slot.done = true;
-                            false
+                            return;
                         }
-                        (true, "Never") => {
+                        AfterExit::InitFailed => {
                             slot.done = false;
-                            false
+                            return;
                         }
-                        (true, _) => true,
-                        (false, "Always") => true,
-                        (false, "OnFailure") => exit_code != 0,
-                        (false, _) => false,
-                    };
-                    if !restart {
-                        if !init {
-                            slot.done = true;
-                        }
-                        return;
                     }
-                    if ran > Duration::from_secs(600) {
-                        slot.backoff = self.shared.config.backoff.initial;
-                    }
-                    let delay = slot.backoff;
+                    let (delay, next) =
+                        crash_loop_delay(slot.backoff, ran, self.shared.config.backoff);
                     slot.not_before = Some(Instant::now() + delay);
-                    slot.backoff = (slot.backoff * 2).min(self.shared.config.backoff.max);
+                    slot.backoff = next;
                     slot.waiting = Some((
                         "CrashLoopBackOff".into(),
                         format!(
@@ -578,85 +559,12 @@ impl Worker {
             Err(e) => {
                 emit(&self.shared, pod, WARNING, "Failed", format!("Error: {e}"));
                 slot.waiting = Some(("RunContainerError".into(), e.to_string()));
-                let delay = slot.backoff;
+                let (delay, next) =
+                    crash_loop_delay(slot.backoff, Duration::ZERO, self.shared.config.backoff);
                 slot.not_before = Some(Instant::now() + delay);
-                slot.backoff = (slot.backoff * 2).min(self.shared.config.backoff.max);
+                slot.backoff = next;
             }
         }
-    }
-
-    /// The environment of a container: the downward-API variables, then its own.
-    async fn env(&self, pod: &Pod, c: &Container) -> Result<Vec<(String, String)>, String> {
-        let ip = self
-            .sandbox
-            .as_ref()
-            .map(|s| s.ip.clone())
-            .unwrap_or_default();
-        let spec = pod.spec.clone().unwrap_or_default();
-        let mut env = vec![
-            ("POD_NAME".to_owned(), pod.name().to_owned()),
-            ("POD_NAMESPACE".to_owned(), pod.namespace().to_owned()),
-            ("POD_IP".to_owned(), ip.clone()),
-            ("NODE_NAME".to_owned(), self.shared.config.node_name.clone()),
-        ];
-        for e in &c.env {
-            let value = match &e.value_from {
-                None => e.value.clone(),
-                Some(from) => {
-                    if let Some(f) = &from.field_ref {
-                        let m = pod.meta();
-                        let path = f.field_path.as_str();
-                        if let Some(k) = path
-                            .strip_prefix("metadata.labels['")
-                            .and_then(|s| s.strip_suffix("']"))
-                        {
-                            m.labels.get(k).cloned().unwrap_or_default()
-                        } else if let Some(k) = path
-                            .strip_prefix("metadata.annotations['")
-                            .and_then(|s| s.strip_suffix("']"))
-                        {
-                            m.annotations.get(k).cloned().unwrap_or_default()
-                        } else {
-                            match path {
-                                "metadata.name" => m.name.clone(),
-                                "metadata.namespace" => m.namespace.clone(),
-                                "metadata.uid" => m.uid.clone(),
-                                "spec.nodeName" => spec.node_name.clone(),
-                                "spec.serviceAccountName" => spec.service_account_name.clone(),
-                                "status.podIP" => ip.clone(),
-                                "status.hostIP" => self.shared.config.node_ip.clone(),
-                                other => return Err(format!("unsupported fieldRef {other:?}")),
-                            }
-                        }
-                    } else if let Some(s) = &from.secret_key_ref {
-                        match self
-                            .client()
-                            .secrets(pod.namespace())
-                            .get_opt(&s.name)
-                            .await
-                        {
-                            Ok(Some(secret)) => match secret.data.get(&s.key) {
-                                Some(v) => String::from_utf8_lossy(v).into_owned(),
-                                None if s.optional == Some(true) => continue,
-                                None => {
-                                    return Err(format!(
-                                        "secret {:?} has no key {:?}",
-                                        s.name, s.key
-                                    ));
-                                }
-                            },
-                            Ok(None) if s.optional == Some(true) => continue,
-                            Ok(None) => return Err(format!("secret {:?} not found", s.name)),
-                            Err(e) => return Err(format!("reading secret {:?}: {e}", s.name)),
-                        }
-                    } else {
-                        continue;
-                    }
-                }
-            };
-            env.push((e.name.clone(), value));
-        }
-        Ok(env)
     }
 
     /// Stops everything of the pod (SIGTERM, SIGKILL after `grace`), removes its sandbox.
@@ -690,198 +598,6 @@ impl Worker {
         }
         if let Some(pod) = pod {
             let _ = std::fs::remove_dir_all(self.shared.pod_log_dir(pod));
-        }
-    }
-
-    fn status(&self, pod: &Pod) -> PodStatus {
-        let spec = pod.spec.clone().unwrap_or_default();
-        let previous = pod.status.clone().unwrap_or_default();
-        let statuses = |list: &[Container]| -> Vec<ContainerStatus> {
-            list.iter()
-                .map(|c| {
-                    let slot = self.slots.get(&c.name);
-                    let probes = slot.and_then(|s| s.probers.as_ref()).map(|p| &p.state);
-                    let running = slot.and_then(|s| s.current.as_ref());
-                    let state = match (slot, running) {
-                        (_, Some((_, _, started, _))) => ApiState {
-                            running: Some(ContainerStateRunning {
-                                started_at: ts(*started),
-                            }),
-                            ..Default::default()
-                        },
-                        (Some(s), None) if s.waiting.is_some() => {
-                            let (reason, message) = s.waiting.clone().unwrap_or_default();
-                            ApiState {
-                                waiting: Some(ContainerStateWaiting { reason, message }),
-                                ..Default::default()
-                            }
-                        }
-                        (Some(s), None)
-                            if s.done || (s.last.is_some() && s.not_before.is_none()) =>
-                        {
-                            let e = s.last.clone().expect("ended");
-                            ApiState {
-                                terminated: Some(terminated(&e, &self.runtime().version())),
-                                ..Default::default()
-                            }
-                        }
-                        _ => ApiState {
-                            waiting: Some(ContainerStateWaiting {
-                                reason: if slot.is_some_and(|s| s.init) {
-                                    "PodInitializing"
-                                } else {
-                                    "ContainerCreating"
-                                }
-                                .into(),
-                                message: self.sandbox_error.clone().unwrap_or_default(),
-                            }),
-                            ..Default::default()
-                        },
-                    };
-                    let last_state = slot.and_then(|s| {
-                        // The previous instance, once a newer one exists or waits.
-                        if s.current.is_some() || s.not_before.is_some() {
-                            s.last.as_ref().map(|e| ApiState {
-                                terminated: Some(terminated(e, &self.runtime().version())),
-                                ..Default::default()
-                            })
-                        } else {
-                            None
-                        }
-                    });
-                    let started = running.is_some()
-                        && probes.is_none_or(|p| p.started.load(Ordering::SeqCst));
-                    let ready = started
-                        && probes.is_none_or(|p| p.ready.load(Ordering::SeqCst))
-                        && !slot.is_some_and(|s| s.init);
-                    let scheme = self
-                        .runtime()
-                        .version()
-                        .split("://")
-                        .next()
-                        .unwrap_or("")
-                        .to_owned();
-                    ContainerStatus {
-                        name: c.name.clone(),
-                        state: Some(state),
-                        last_state,
-                        ready: ready || (slot.is_some_and(|s| s.init && s.done)),
-                        restart_count: slot.map(|s| s.restarts as i32).unwrap_or(0),
-                        image: c.image.clone(),
-                        image_id: String::new(),
-                        container_id: running
-                            .map(|(id, ..)| format!("{scheme}://{id}"))
-                            .unwrap_or_default(),
-                        started: Some(started),
-                    }
-                })
-                .collect()
-        };
-        let init_statuses = statuses(&spec.init_containers);
-        let container_statuses = statuses(&spec.containers);
-        let initialized = spec
-            .init_containers
-            .iter()
-            .all(|c| self.slots.get(&c.name).is_some_and(|s| s.done));
-        let init_failed = spec.init_containers.iter().any(|c| {
-            self.slots.get(&c.name).is_some_and(|s| {
-                !s.done
-                    && s.current.is_none()
-                    && s.last.as_ref().is_some_and(|e| e.exit_code != 0)
-                    && s.not_before.is_none()
-            })
-        });
-        let all_ready =
-            !container_statuses.is_empty() && container_statuses.iter().all(|s| s.ready);
-        let ended: Vec<&Ended> = spec
-            .containers
-            .iter()
-            .filter_map(|c| {
-                self.slots
-                    .get(&c.name)
-                    .filter(|s| s.done)
-                    .and_then(|s| s.last.as_ref())
-            })
-            .collect();
-        let any_running = container_statuses
-            .iter()
-            .any(|s| s.state.as_ref().is_some_and(|x| x.running.is_some()));
-        let phase = if init_failed {
-            "Failed"
-        } else if !spec.containers.is_empty() && ended.len() == spec.containers.len() {
-            if ended.iter().all(|e| e.exit_code == 0) {
-                "Succeeded"
-            } else {
-                "Failed"
-            }
-        } else if initialized
-            && (any_running || container_statuses.iter().any(|s| s.restart_count > 0))
-        {
-            "Running"
-        } else {
-            "Pending"
-        };
-        let mut conditions = Vec::new();
-        let cond = |kind: &str, ok: bool| {
-            let status = if ok { "True" } else { "False" };
-            let prev = previous.conditions.iter().find(|c| c.r#type == kind);
-            PodCondition {
-                r#type: kind.into(),
-                status: status.into(),
-                last_probe_time: None,
-                last_transition_time: match prev {
-                    Some(p) if p.status == status => p.last_transition_time,
-                    _ => ts(SystemTime::now()),
-                },
-                reason: match (kind, ok) {
-                    ("ContainersReady" | "Ready", false)
-                        if phase == "Succeeded" || phase == "Failed" =>
-                    {
-                        "PodCompleted".into()
-                    }
-                    ("ContainersReady" | "Ready", false) => "ContainersNotReady".into(),
-                    ("Initialized", false) => "ContainersNotInitialized".into(),
-                    _ => String::new(),
-                },
-                message: String::new(),
-            }
-        };
-        if let Some(s) = previous
-            .conditions
-            .iter()
-            .find(|c| c.r#type == "PodScheduled")
-        {
-            conditions.push(s.clone());
-        }
-        conditions.push(cond("Initialized", initialized));
-        conditions.push(cond("ContainersReady", all_ready));
-        conditions.push(cond("Ready", all_ready));
-        let ip = self
-            .sandbox
-            .as_ref()
-            .map(|s| s.ip.clone())
-            .unwrap_or_default();
-        PodStatus {
-            phase: phase.into(),
-            conditions,
-            message: self
-                .sandbox_error
-                .clone()
-                .map(|e| format!("pod sandbox: {e}"))
-                .unwrap_or_default(),
-            reason: String::new(),
-            nominated_node_name: previous.nominated_node_name.clone(),
-            host_ip: self.shared.config.node_ip.clone(),
-            pod_ip: ip.clone(),
-            pod_ips: if ip.is_empty() {
-                vec![]
-            } else {
-                vec![PodIp { ip }]
-            },
-            start_time: self.start_time.and_then(ts),
-            init_container_statuses: init_statuses,
-            container_statuses,
-            qos_class: qos_class(&spec),
         }
     }
 
@@ -942,52 +658,5 @@ fn observe_pod_start(pod: &Pod) {
         && let Ok(d) = SystemTime::now().duration_since(created)
     {
         h.with(&[]).observe_duration(d);
-    }
-}
-
-fn terminated(e: &Ended, runtime: &str) -> ContainerStateTerminated {
-    let scheme = runtime.split("://").next().unwrap_or("");
-    ContainerStateTerminated {
-        exit_code: e.exit_code,
-        signal: if e.exit_code > 128 {
-            e.exit_code - 128
-        } else {
-            0
-        },
-        reason: e.reason.clone(),
-        message: String::new(),
-        started_at: ts(e.started_at),
-        finished_at: ts(e.finished_at),
-        container_id: format!("{scheme}://{}", e.id),
-    }
-}
-
-/// Kubernetes' QoS class of a pod spec.
-pub fn qos_class(spec: &skiff::api::core::v1::PodSpec) -> String {
-    let containers: Vec<&Container> = spec
-        .containers
-        .iter()
-        .chain(&spec.init_containers)
-        .collect();
-    let has = |c: &Container| {
-        c.resources
-            .as_ref()
-            .is_some_and(|r| !r.requests.is_empty() || !r.limits.is_empty())
-    };
-    if !containers.iter().any(|c| has(c)) {
-        return "BestEffort".into();
-    }
-    let guaranteed = containers.iter().all(|c| {
-        c.resources.as_ref().is_some_and(|r| {
-            ["cpu", "memory"].iter().all(|k| {
-                let limit = r.limits.get(*k);
-                limit.is_some() && r.requests.get(*k).is_none_or(|req| Some(req) == limit)
-            })
-        })
-    });
-    if guaranteed {
-        "Guaranteed".into()
-    } else {
-        "Burstable".into()
     }
 }

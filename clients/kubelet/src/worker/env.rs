@@ -1,0 +1,88 @@
+//! A container's environment: the downward-API variables every container
+//! gets, then its own `env`, with `fieldRef` and `secretKeyRef` resolved.
+//! Reads the pod and its Secrets; must not change anything.
+
+use skiff::Resource;
+use skiff::api::core::v1::{Container, Pod};
+
+use super::Worker;
+
+impl Worker {
+    /// The environment of a container: the downward-API variables, then its own.
+    pub(super) async fn env(
+        &self,
+        pod: &Pod,
+        c: &Container,
+    ) -> Result<Vec<(String, String)>, String> {
+        let ip = self
+            .sandbox
+            .as_ref()
+            .map(|s| s.ip.clone())
+            .unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut env = vec![
+            ("POD_NAME".to_owned(), pod.name().to_owned()),
+            ("POD_NAMESPACE".to_owned(), pod.namespace().to_owned()),
+            ("POD_IP".to_owned(), ip.clone()),
+            ("NODE_NAME".to_owned(), self.shared.config.node_name.clone()),
+        ];
+        for e in &c.env {
+            let value = match &e.value_from {
+                None => e.value.clone(),
+                Some(from) => {
+                    if let Some(f) = &from.field_ref {
+                        let m = pod.meta();
+                        let path = f.field_path.as_str();
+                        if let Some(k) = path
+                            .strip_prefix("metadata.labels['")
+                            .and_then(|s| s.strip_suffix("']"))
+                        {
+                            m.labels.get(k).cloned().unwrap_or_default()
+                        } else if let Some(k) = path
+                            .strip_prefix("metadata.annotations['")
+                            .and_then(|s| s.strip_suffix("']"))
+                        {
+                            m.annotations.get(k).cloned().unwrap_or_default()
+                        } else {
+                            match path {
+                                "metadata.name" => m.name.clone(),
+                                "metadata.namespace" => m.namespace.clone(),
+                                "metadata.uid" => m.uid.clone(),
+                                "spec.nodeName" => spec.node_name.clone(),
+                                "spec.serviceAccountName" => spec.service_account_name.clone(),
+                                "status.podIP" => ip.clone(),
+                                "status.hostIP" => self.shared.config.node_ip.clone(),
+                                other => return Err(format!("unsupported fieldRef {other:?}")),
+                            }
+                        }
+                    } else if let Some(s) = &from.secret_key_ref {
+                        match self
+                            .client()
+                            .secrets(pod.namespace())
+                            .get_opt(&s.name)
+                            .await
+                        {
+                            Ok(Some(secret)) => match secret.data.get(&s.key) {
+                                Some(v) => String::from_utf8_lossy(v).into_owned(),
+                                None if s.optional == Some(true) => continue,
+                                None => {
+                                    return Err(format!(
+                                        "secret {:?} has no key {:?}",
+                                        s.name, s.key
+                                    ));
+                                }
+                            },
+                            Ok(None) if s.optional == Some(true) => continue,
+                            Ok(None) => return Err(format!("secret {:?} not found", s.name)),
+                            Err(e) => return Err(format!("reading secret {:?}: {e}", s.name)),
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            env.push((e.name.clone(), value));
+        }
+        Ok(env)
+    }
+}
