@@ -18,12 +18,12 @@ use skiff::runtime::events::{NORMAL, WARNING};
 use skiff::runtime::{
     Change, InformerFactory, LeaderElectionConfig, LeaderElector, ObjectKey, Recorder, Store,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use crate::cache::{Cache, is_terminal, pod_key};
-use crate::framework::{PodInfo, Weights, failure_message, search};
+use crate::framework::{PodInfo, Reason, Weights, failure_message, search};
 use crate::preemption::select_victims;
-use crate::queue::{QueueConfig, SchedulingQueue};
+use crate::queue::{QueueConfig, QueuedPod, SchedulingQueue};
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
@@ -174,71 +174,35 @@ pub async fn schedule(
     let pods = factory.all::<Pod>();
     let cache = Arc::new(Mutex::new(Cache::new()));
     let queue = SchedulingQueue::new(config.queue);
-    let mut node_changes = nodes.subscribe();
-    let mut pod_changes = pods.subscribe();
+    let node_changes = nodes.subscribe();
+    let pod_changes = pods.subscribe();
     nodes.store().wait_until_ready().await;
     pods.store().wait_until_ready().await;
     rebuild(&cache, &queue, &config, &nodes.store(), &pods.store());
-
-    let handlers = {
-        let (c, q, node_store) = (cache.clone(), queue.clone(), nodes.store());
-        let (pod_store, config2) = (pods.store(), config.clone());
-        let node_task = tokio::spawn(async move {
-            loop {
-                match node_changes.recv().await {
-                    Ok(Change::Applied(n)) => c.lock().expect("cache").upsert_node(n),
-                    Ok(Change::Deleted(n)) => c.lock().expect("cache").remove_node(n.name()),
-                    Ok(Change::Resynced)
-                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        rebuild(&c, &q, &config2, &node_store, &pod_store)
-                    }
-                    Err(_) => return,
-                }
-                q.move_all();
-            }
-        });
-        let (cache, queue, node_store) = (cache.clone(), queue.clone(), nodes.store());
-        let (pod_store, config2) = (pods.store(), config.clone());
-        let pod_task = tokio::spawn(async move {
-            loop {
-                match pod_changes.recv().await {
-                    Ok(Change::Applied(p)) => {
-                        if wants(&config2, &p) {
-                            queue.add(p);
-                        } else {
-                            queue.remove(&pod_key(&p));
-                            let freed = is_terminal(&p) || p.meta().deletion_timestamp.is_some();
-                            cache.lock().expect("cache").upsert_pod(p);
-                            if freed {
-                                queue.move_all();
-                            }
-                        }
-                    }
-                    Ok(Change::Deleted(p)) => {
-                        let key = pod_key(&p);
-                        queue.remove(&key);
-                        cache.lock().expect("cache").remove_pod(&key);
-                        queue.move_all();
-                    }
-                    Ok(Change::Resynced)
-                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        rebuild(&cache, &queue, &config2, &node_store, &pod_store)
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-        [node_task, pod_task]
-    };
+    let handlers = follow_changes(
+        &cache,
+        &queue,
+        &config,
+        (nodes.store(), node_changes),
+        (pods.store(), pod_changes),
+    );
 
     let events = EventSink::start(Recorder::new(
         client.clone(),
         &config.scheduler_name,
         &config.identity,
     ));
-    let binds = Arc::new(Semaphore::new(config.bind_concurrency.max(1)));
-    let pod_store = pods.store();
-    let mut next_start = 0usize;
+    let mut scheduling = Scheduling {
+        binds: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
+        client,
+        config,
+        stats,
+        cache,
+        queue: queue.clone(),
+        events,
+        pods: pods.store(),
+        next_start: 0,
+    };
     tokio::pin!(shutdown);
     loop {
         let q = tokio::select! {
@@ -246,34 +210,123 @@ pub async fn schedule(
             _ = &mut shutdown => break,
         };
         let Some(q) = q else { break };
-        let key = pod_key(&q.pod);
-        let Some(latest) = pod_store.get(&ObjectKey::new(q.pod.namespace(), q.pod.name())) else {
-            queue.done(&key);
-            continue;
-        };
-        if !wants(&config, &latest) || cache.lock().expect("cache").is_placed(&key) {
-            queue.done(&key);
-            continue;
+        scheduling.schedule_one(q).await;
+    }
+    queue.close();
+    for h in handlers {
+        h.abort();
+    }
+}
+
+/// Keeps the cache and queue current with node and pod changes; returns
+/// the two tasks doing it.
+fn follow_changes(
+    cache: &Arc<Mutex<Cache>>,
+    queue: &SchedulingQueue,
+    config: &SchedulerConfig,
+    (node_store, mut node_changes): (Store<Node>, broadcast::Receiver<Change<Node>>),
+    (pod_store, mut pod_changes): (Store<Pod>, broadcast::Receiver<Change<Pod>>),
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let (c, q, config2) = (cache.clone(), queue.clone(), config.clone());
+    let (nodes, pods) = (node_store.clone(), pod_store.clone());
+    let node_task = tokio::spawn(async move {
+        loop {
+            match node_changes.recv().await {
+                Ok(Change::Applied(n)) => c.lock().expect("cache").upsert_node(n),
+                Ok(Change::Deleted(n)) => c.lock().expect("cache").remove_node(n.name()),
+                Ok(Change::Resynced) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    rebuild(&c, &q, &config2, &nodes, &pods)
+                }
+                Err(_) => return,
+            }
+            q.move_all();
         }
-        stats.attempts.fetch_add(1, Ordering::Relaxed);
+    });
+    let (cache, queue, config) = (cache.clone(), queue.clone(), config.clone());
+    let pod_task = tokio::spawn(async move {
+        loop {
+            match pod_changes.recv().await {
+                Ok(Change::Applied(p)) => {
+                    if wants(&config, &p) {
+                        queue.add(p);
+                    } else {
+                        queue.remove(&pod_key(&p));
+                        let freed = is_terminal(&p) || p.meta().deletion_timestamp.is_some();
+                        cache.lock().expect("cache").upsert_pod(p);
+                        if freed {
+                            queue.move_all();
+                        }
+                    }
+                }
+                Ok(Change::Deleted(p)) => {
+                    let key = pod_key(&p);
+                    queue.remove(&key);
+                    cache.lock().expect("cache").remove_pod(&key);
+                    queue.move_all();
+                }
+                Ok(Change::Resynced) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    rebuild(&cache, &queue, &config, &node_store, &pod_store)
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    [node_task, pod_task]
+}
+
+/// Why each node was ruled out, by node name.
+type Failures = std::collections::BTreeMap<String, Vec<Reason>>;
+
+/// The scheduling loop's state: what one attempt reads and writes.
+struct Scheduling {
+    client: Client,
+    config: SchedulerConfig,
+    stats: Arc<SchedulerStats>,
+    cache: Arc<Mutex<Cache>>,
+    queue: SchedulingQueue,
+    events: EventSink,
+    /// Bindings in flight at once.
+    binds: Arc<Semaphore>,
+    pods: Store<Pod>,
+    /// Where the next node search starts (searches rotate over the nodes).
+    next_start: usize,
+}
+
+impl Scheduling {
+    /// One attempt for one queued pod: filter and score, then bind it to
+    /// the best node, or preempt and report it unschedulable.
+    async fn schedule_one(&mut self, q: QueuedPod) {
+        let key = pod_key(&q.pod);
+        let Some(latest) = self
+            .pods
+            .get(&ObjectKey::new(q.pod.namespace(), q.pod.name()))
+        else {
+            self.queue.done(&key);
+            return;
+        };
+        if !wants(&self.config, &latest) || self.cache.lock().expect("cache").is_placed(&key) {
+            self.queue.done(&key);
+            return;
+        }
+        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let attempt_started = std::time::Instant::now();
         let info = PodInfo::new(latest.clone());
         let (result, total) = {
-            let cache = cache.lock().expect("cache");
+            let cache = self.cache.lock().expect("cache");
             let total = cache.node_count();
             let s = search(
                 &cache,
                 &info,
-                next_start,
-                config.weights,
-                config.percentage_of_nodes_to_score,
+                self.next_start,
+                self.config.weights,
+                self.config.percentage_of_nodes_to_score,
             );
             (s, total)
         };
-        next_start = if total == 0 {
+        self.next_start = if total == 0 {
             0
         } else {
-            (next_start + result.tried) % total
+            (self.next_start + result.tried) % total
         };
         let m = metrics();
         let outcome = if result.feasible.is_empty() {
@@ -285,96 +338,124 @@ pub async fn schedule(
         m.duration
             .with(&[outcome])
             .observe_duration(attempt_started.elapsed());
-        if !result.feasible.is_empty() {
-            let best = result.feasible.iter().map(|(_, s)| *s).max().unwrap_or(0);
-            let ties: Vec<&String> = result
-                .feasible
-                .iter()
-                .filter(|(_, s)| *s == best)
-                .map(|(n, _)| n)
-                .collect();
-            let node = ties[rand::rng().random_range(0..ties.len())].clone();
-            cache.lock().expect("cache").assume(latest.clone(), &node);
-            let permit = binds.clone().acquire_owned().await.expect("semaphore open");
-            let (client, cache, queue, stats, events) = (
-                client.clone(),
-                cache.clone(),
-                queue.clone(),
-                stats.clone(),
-                events.clone(),
-            );
-            tokio::spawn(async move {
-                let result = client
-                    .pods(latest.namespace())
-                    .bind(latest.name(), &node)
-                    .await;
-                drop(permit);
-                match result {
-                    Ok(bound) => {
-                        stats.bound.fetch_add(1, Ordering::Relaxed);
-                        metrics().bound.with(&[]).inc();
-                        queue.done(&key);
-                        let message = format!("Successfully assigned {key} to {node}");
-                        events.send(Arc::new(bound), NORMAL, "Scheduled", message);
-                    }
-                    Err(e) => {
-                        stats.bind_errors.fetch_add(1, Ordering::Relaxed);
-                        metrics().attempts.with(&["error"]).inc();
-                        cache.lock().expect("cache").forget(&key);
-                        match e {
-                            // Bound by someone else, or gone: nothing to retry.
-                            Error::FailedPrecondition(_) | Error::NotFound(_) => queue.done(&key),
-                            _ => {
-                                tracing::warn!(pod = %key, node, error = %e, "binding failed; retrying");
-                                queue.retry(q);
-                            }
+        if result.feasible.is_empty() {
+            let message = failure_message(total, &result.failures);
+            self.unschedulable(q, latest, &info, &result.failures, message);
+            return;
+        }
+        let best = result.feasible.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        let ties: Vec<&String> = result
+            .feasible
+            .iter()
+            .filter(|(_, s)| *s == best)
+            .map(|(n, _)| n)
+            .collect();
+        let node = ties[rand::rng().random_range(0..ties.len())].clone();
+        self.cache
+            .lock()
+            .expect("cache")
+            .assume(latest.clone(), &node);
+        self.bind(q, latest, key, node).await;
+    }
+
+    /// Binds `pod` (assumed onto `node`) in the background, once a binding
+    /// slot is free; a failed binding forgets the assumption and retries.
+    async fn bind(&self, q: QueuedPod, pod: Arc<Pod>, key: String, node: String) {
+        let permit = self
+            .binds
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let (client, cache, queue, stats, events) = (
+            self.client.clone(),
+            self.cache.clone(),
+            self.queue.clone(),
+            self.stats.clone(),
+            self.events.clone(),
+        );
+        tokio::spawn(async move {
+            let result = client.pods(pod.namespace()).bind(pod.name(), &node).await;
+            drop(permit);
+            match result {
+                Ok(bound) => {
+                    stats.bound.fetch_add(1, Ordering::Relaxed);
+                    metrics().bound.with(&[]).inc();
+                    queue.done(&key);
+                    let message = format!("Successfully assigned {key} to {node}");
+                    events.send(Arc::new(bound), NORMAL, "Scheduled", message);
+                }
+                Err(e) => {
+                    stats.bind_errors.fetch_add(1, Ordering::Relaxed);
+                    metrics().attempts.with(&["error"]).inc();
+                    cache.lock().expect("cache").forget(&key);
+                    match e {
+                        // Bound by someone else, or gone: nothing to retry.
+                        Error::FailedPrecondition(_) | Error::NotFound(_) => queue.done(&key),
+                        _ => {
+                            tracing::warn!(pod = %key, node, error = %e, "binding failed; retrying");
+                            queue.retry(q);
                         }
                     }
                 }
-            });
-            continue;
-        }
-        // Nowhere fits: try preemption, then report.
-        stats.unschedulable.fetch_add(1, Ordering::Relaxed);
-        let message = failure_message(total, &result.failures);
-        let victims = {
-            let cache = cache.lock().expect("cache");
-            select_victims(&cache, &info, &result.failures)
-        };
-        let nominated = victims.as_ref().map(|v| v.node.clone());
-        if let Some(v) = victims {
-            stats.preemptions.fetch_add(1, Ordering::Relaxed);
-            cache.lock().expect("cache").nominate(&latest, &v.node);
-            for victim in v.pods {
-                let api = client.pods(victim.namespace());
-                let name = victim.name().to_owned();
-                let preempted = format!("Preempted by {key} on node {}", v.node);
-                let events = events.clone();
-                tokio::spawn(async move {
-                    match api.delete(&name, &DeleteParams::default()).await {
-                        Ok(_) | Err(Error::NotFound(_)) => {
-                            events.send(victim, NORMAL, "Preempted", preempted)
-                        }
-                        Err(e) => {
-                            tracing::warn!(pod = %name, error = %e, "could not evict a preemption victim")
-                        }
-                    }
-                });
             }
-        }
-        tracing::debug!(pod = %key, %message, "unschedulable");
-        events.send(latest.clone(), WARNING, "FailedScheduling", message.clone());
+        });
+    }
+
+    /// A pod that fits nowhere: preempt lower-priority pods if that makes
+    /// room, record why it did not fit, and park it until the cluster changes.
+    fn unschedulable(
+        &self,
+        q: QueuedPod,
+        pod: Arc<Pod>,
+        info: &PodInfo,
+        failures: &Failures,
+        message: String,
+    ) {
+        self.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
+        let nominated = self.preempt(&pod, info, failures);
+        tracing::debug!(pod = %pod_key(&pod), %message, "unschedulable");
+        self.events
+            .send(pod.clone(), WARNING, "FailedScheduling", message.clone());
         tokio::spawn(mark_unschedulable(
-            client.clone(),
-            latest,
+            self.client.clone(),
+            pod,
             message,
             nominated,
         ));
-        queue.unschedulable(q);
+        self.queue.unschedulable(q);
     }
-    queue.close();
-    for h in handlers {
-        h.abort();
+
+    /// Evicts the victims that make room for `pod`, if any; returns the node
+    /// it is nominated to.
+    fn preempt(&self, pod: &Arc<Pod>, info: &PodInfo, failures: &Failures) -> Option<String> {
+        let victims = {
+            let cache = self.cache.lock().expect("cache");
+            select_victims(&cache, info, failures)
+        }?;
+        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        self.cache
+            .lock()
+            .expect("cache")
+            .nominate(pod, &victims.node);
+        let key = pod_key(pod);
+        for victim in victims.pods {
+            let api = self.client.pods(victim.namespace());
+            let name = victim.name().to_owned();
+            let preempted = format!("Preempted by {key} on node {}", victims.node);
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) | Err(Error::NotFound(_)) => {
+                        events.send(victim, NORMAL, "Preempted", preempted)
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %name, error = %e, "could not evict a preemption victim")
+                    }
+                }
+            });
+        }
+        Some(victims.node)
     }
 }
 
