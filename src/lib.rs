@@ -20,6 +20,7 @@ pub mod rt;
 pub mod runtime;
 pub mod selector;
 pub mod server;
+pub mod testing;
 pub mod token;
 pub mod wire;
 

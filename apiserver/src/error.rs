@@ -4,6 +4,9 @@
 //! boundary turns it into the status code DESIGN.md fixes, with
 //! `google.rpc.BadRequest` naming each bad field, `ResourceInfo` naming the
 //! object, and `RetryInfo` when trying again later can help.
+//!
+//! Owns the mapping to status codes; nothing else builds a `tonic::Status`
+//! from an error.
 
 use std::time::Duration;
 

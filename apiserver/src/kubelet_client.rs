@@ -2,6 +2,9 @@
 //! can serve (container logs, exec). A node publishes where its kubelet
 //! listens in `status.daemonEndpoints.kubeletEndpoint.port` and its
 //! addresses; connections are made lazily and reused.
+//!
+//! Owns the connections and the meaning of a kubelet's failures; must not
+//! read pods or authorize (the registry does both first).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,9 @@
 //! A small certificate authority: the cluster CA, the API server's serving
 //! certificate and client certificates (CN = user, O = groups), as
 //! `kubeadm init` makes them, so that `skiff up` serves TLS from the start.
+//!
+//! Owns certificate issuance; must not decide who is trusted at request time
+//! (that is [`crate::authn`]).
 
 use std::path::{Path, PathBuf};
 

@@ -13,6 +13,7 @@ use skiff::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, Secret, Ser
 use skiff::api::meta::v1::{EventType, ObjectMeta};
 use skiff::client::{ResourceClient, Transport};
 use skiff::params::{GetParams, ListParams, WatchParams};
+use skiff::testing::until;
 use skiff_apiserver::ServerConfig;
 use skiff_apiserver::storage::etcd::EtcdStorage;
 use skiff_apiserver::testing::{EtcdCluster, EtcdServer, TestServer, etcd_metric};
@@ -45,14 +46,6 @@ fn pod(ns: &str, name: &str) -> Pod {
 async fn on_etcd(endpoints: &[String], prefix: &str) -> TestServer {
     let storage = EtcdStorage::connect(endpoints, prefix).await.unwrap();
     TestServer::start_with(Arc::new(storage), ServerConfig::default()).await
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn fallbacks(server: &TestServer) -> u64 {
@@ -149,9 +142,11 @@ async fn an_api_server_holds_one_etcd_watch_stream_however_many_clients_watch_an
         .unwrap();
     }
     let stats = server.stats.clone();
-    wait_until("every client watch is registered", || {
-        stats.get().iter().map(|(_, s)| s.watchers).sum::<usize>() == 300
-    })
+    until(
+        "every client watch is registered",
+        Duration::from_secs(30),
+        || stats.get().iter().map(|(_, s)| s.watchers).sum::<usize>() == 300,
+    )
     .await;
     let streams_after = etcd_metric(&etcd.endpoint, "etcd_debugging_mvcc_watch_stream_total").await;
     let watchers = etcd_metric(&etcd.endpoint, "etcd_debugging_mvcc_watcher_total").await;

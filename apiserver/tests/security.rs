@@ -22,12 +22,16 @@ use skiff::api::rbac::v1::{
 use skiff::client::dynamic::{DynamicClient, DynamicKind};
 use skiff::client::{Api, Credentials, Error, TlsOptions, Transport, connect_with};
 use skiff::params::{DeleteParams, ListParams, WatchParams};
+use skiff::testing::eventually;
 use skiff_apiserver::ServerConfig;
 use skiff_apiserver::authn::{AuthConfig, StaticTokens};
 use skiff_apiserver::filters::LimitsConfig;
 use skiff_apiserver::pki::{CertificateAuthority, CertifiedKey};
 use skiff_apiserver::server::{SecurityConfig, TlsPem};
 use skiff_apiserver::testing::TestServer;
+
+/// How long a change of credentials or limits may take to apply.
+const TEN_SECONDS: Duration = Duration::from_secs(10);
 
 const TOKENS: &str = "\
 admin-token,skiff-admin,1,\"system:masters\"
@@ -707,14 +711,21 @@ async fn expired_forged_revoked_and_malformed_credentials_are_refused() {
         .delete("robot-token-x", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(|| async {
-        matches!(
-            pods(s.as_token(&robot).await)
-                .list(&ListParams::default())
-                .await,
-            Err(Error::Unauthenticated(_))
-        )
-    })
+    eventually(
+        "the token whose secret was deleted to be refused",
+        TEN_SECONDS,
+        async || {
+            let ok = {
+                matches!(
+                    pods(s.as_token(&robot).await)
+                        .list(&ListParams::default())
+                        .await,
+                    Err(Error::Unauthenticated(_))
+                )
+            };
+            ok.then_some(())
+        },
+    )
     .await;
     let no_secret = skiff::token::sign(
         &skiff::token::Claims::new("a", "robot", &uid, ""),
@@ -728,14 +739,21 @@ async fn expired_forged_revoked_and_malformed_credentials_are_refused() {
         .delete("robot", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(|| async {
-        matches!(
-            pods(s.as_token(&no_secret).await)
-                .list(&ListParams::default())
-                .await,
-            Err(Error::Unauthenticated(_))
-        )
-    })
+    eventually(
+        "the deleted account's token to be refused",
+        TEN_SECONDS,
+        async || {
+            let ok = {
+                matches!(
+                    pods(s.as_token(&no_secret).await)
+                        .list(&ListParams::default())
+                        .await,
+                    Err(Error::Unauthenticated(_))
+                )
+            };
+            ok.then_some(())
+        },
+    )
     .await;
 
     // Certificates: expired, from another CA, without a user name.
@@ -777,18 +795,6 @@ async fn refused(s: &Secure, pair: &CertifiedKey) -> bool {
     }
 }
 
-async fn eventually<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "condition not reached in 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_requests_are_allowed_only_when_enabled_and_then_only_as_rbac_says() {
     let s = Secure::start(None, true).await;
@@ -803,7 +809,10 @@ async fn anonymous_requests_are_allowed_only_when_enabled_and_then_only_as_rbac_
         })
         .await
         .unwrap();
-    eventually(|| async { anon.list(&ListParams::default()).await.is_ok() }).await;
+    eventually("anonymous lists to be allowed", TEN_SECONDS, async || {
+        anon.list(&ListParams::default()).await.ok().map(drop)
+    })
+    .await;
     assert!(is_denied(&anon.create(&pod("default", "p")).await));
 }
 
@@ -1113,14 +1122,17 @@ async fn a_flood_from_one_client_leaves_another_served_and_memory_bounded() {
     );
     drop(watches);
     // With its watches closed, the noisy client may watch again.
-    eventually(|| async {
-        noisy
-            .watch(&WatchParams {
-                timeout_seconds: 1,
-                ..Default::default()
-            })
-            .await
-            .is_ok()
+    eventually("the noisy client to watch again", TEN_SECONDS, async || {
+        let ok = {
+            noisy
+                .watch(&WatchParams {
+                    timeout_seconds: 1,
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+        };
+        ok.then_some(())
     })
     .await;
 }

@@ -12,6 +12,7 @@ use skiff::api::core::v1::{
 use skiff::api::meta::v1::{EventType, ObjectMeta};
 use skiff::client::{ResourceClient, Transport};
 use skiff::params::{DeleteParams, ListParams, WatchParams};
+use skiff::testing::until;
 use skiff::wire::WatchEvent;
 use skiff_apiserver::ServerConfig;
 use skiff_apiserver::cacher::CacherConfig;
@@ -67,17 +68,6 @@ fn from(rv: &str) -> WatchParams {
     WatchParams {
         resource_version: rv.into(),
         ..Default::default()
-    }
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -140,9 +130,11 @@ async fn a_watcher_that_never_reads_is_closed_while_a_fast_one_sees_every_event(
     }
     let seen = collector.await.unwrap();
     assert_eq!(seen, written, "the fast watcher saw every event, in order");
-    wait_until("the slow watcher to be closed", || {
-        server.stats.kind("Pod").unwrap().closed_slow == 1
-    })
+    until(
+        "the slow watcher to be closed",
+        Duration::from_secs(20),
+        || server.stats.kind("Pod").unwrap().closed_slow == 1,
+    )
     .await;
     // When the slow client finally reads, its stream ends with an error saying why.
     let mut got = 0;
@@ -435,7 +427,7 @@ async fn the_trigger_index_only_considers_watchers_that_can_want_the_event() {
         .unwrap();
         other_ns.push(w);
     }
-    wait_until("watchers registered", || {
+    until("watchers registered", Duration::from_secs(20), || {
         server.stats.kind("Pod").unwrap().watchers == 70
     })
     .await;

@@ -13,6 +13,7 @@ use skiff::api::core::v1::{Container, Pod, PodSpec};
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::client::ResourceClient;
 use skiff::params::{DeleteParams, WatchParams};
+use skiff::testing::until;
 use skiff_apiserver::ServerConfig;
 use skiff_apiserver::storage::Storage;
 use skiff_apiserver::storage::embedded::EmbeddedStorage;
@@ -38,14 +39,6 @@ fn pod(name: &str) -> Pod {
             ..Default::default()
         }),
         status: None,
-    }
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -82,14 +75,14 @@ async fn costs(storage: Arc<dyn Storage>, watchers: usize) -> Vec<Cost> {
         ));
     }
     let stats = server.stats.clone();
-    wait_until("every watcher registered", || {
+    until("every watcher registered", Duration::from_secs(30), || {
         stats.kind("Pod").unwrap().watchers == watchers
     })
     .await;
     let cached = |rv: u64| {
         let stats = stats.clone();
         async move {
-            wait_until("the cache to catch up", || {
+            until("the cache to catch up", Duration::from_secs(30), || {
                 stats.kind("Pod").unwrap().revision >= rv as i64
             })
             .await

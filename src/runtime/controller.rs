@@ -276,16 +276,6 @@ mod tests {
         (informer, tx)
     }
 
-    async fn eventually(mut cond: impl FnMut() -> bool) {
-        for _ in 0..1000 {
-            if cond() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("condition not reached within 5 s");
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_reconcile_runs_before_every_trigger_store_has_synced() {
         let (pods, _pods_feed) = informer(vec![pod("a", "1")]);
@@ -323,7 +313,10 @@ mod tests {
             "nothing reconciled on a partial view"
         );
         tx.send(Ok(Event::InitDone)).unwrap();
-        eventually(|| !reconciled.lock().unwrap().is_empty()).await;
+        crate::testing::until("the condition", Duration::from_secs(5), || {
+            !reconciled.lock().unwrap().is_empty()
+        })
+        .await;
         assert_eq!(reconciled.lock().unwrap()[0], ("a".to_string(), true));
         stop.send(()).unwrap();
         run.await.unwrap();
@@ -388,13 +381,16 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        eventually(|| counts.lock().unwrap().get("a") == Some(&1)).await;
+        crate::testing::until("the condition", Duration::from_secs(5), || {
+            counts.lock().unwrap().get("a") == Some(&1)
+        })
+        .await;
         // Five changes to "a" while its first reconcile is still running.
         for v in 2..7 {
             feed.send(Ok(Event::Apply(pod("a", &v.to_string()))))
                 .unwrap();
         }
-        eventually(|| {
+        crate::testing::until("the condition", Duration::from_secs(5), || {
             informer
                 .store()
                 .get(&ObjectKey::new("ns", "a"))
@@ -402,7 +398,10 @@ mod tests {
         })
         .await;
         gate.notify_one();
-        eventually(|| counts.lock().unwrap().get("a") == Some(&2)).await;
+        crate::testing::until("the condition", Duration::from_secs(5), || {
+            counts.lock().unwrap().get("a") == Some(&2)
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             counts.lock().unwrap()["a"],
@@ -454,7 +453,10 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        eventually(|| calls.lock().unwrap().len() == 3).await;
+        crate::testing::until("the condition", Duration::from_secs(5), || {
+            calls.lock().unwrap().len() == 3
+        })
+        .await;
         let mut owned = pod("rs1-x", "1");
         owned.meta_mut().owner_references.push(OwnerReference {
             api_version: "apps/v1".into(),
@@ -466,7 +468,10 @@ mod tests {
         });
         pod_feed.send(Ok(Event::Apply(owned))).unwrap();
         pod_feed.send(Ok(Event::Apply(pod("orphan", "1")))).unwrap();
-        eventually(|| calls.lock().unwrap().len() == 4).await;
+        crate::testing::until("the condition", Duration::from_secs(5), || {
+            calls.lock().unwrap().len() == 4
+        })
+        .await;
         assert!(calls.lock().unwrap().iter().all(|n| n == "rs1"));
         let _ = stop.send(());
         run.await.unwrap();

@@ -3,6 +3,9 @@
 //! token Secret is gone), and users from client certificates (CN is the
 //! name, O the groups). Requests with no credentials are anonymous only
 //! when that is allowed.
+//!
+//! Owns the mapping from credentials to a user; must not decide what the user
+//! may do (that is [`crate::authz`]).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -8,6 +8,9 @@
 //! The bootstrap policy — `cluster-admin`, `admin`, `edit`, `view` and the
 //! roles of the scheduler, controller manager, kubelets and proxy, with
 //! their bindings — is written at startup when missing or changed.
+//!
+//! Owns RBAC decisions and their cache of roles and bindings; must not read
+//! or change the object a request acts on.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Broadcast of each event to the watchers that can want it. Each cacher
-//! has one dispatcher task ([`run`]) that follows its watch cache's ring:
+//! has one dispatcher task (`run`) that follows its watch cache's ring:
 //! it sends every event after the last one it sent, so the feed that fills
 //! the cache never waits for watchers. An index of triggers (namespace, and
 //! for pods `spec.nodeName`) picks the candidate watchers; each gets a

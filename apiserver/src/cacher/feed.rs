@@ -19,6 +19,9 @@
 //! watch is stuck (a member cut off), and the feed watches again.
 //!
 //! The feed owns no watchers: each cache dispatches its own events.
+//!
+//! Owns the storage watch and the progress markers; must not filter or send
+//! to client watches (the dispatchers do).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use prost::Message;
 use skiff::api::core::v1::{Node, Pod};
 use skiff::api::meta::v1::{EventType, ObjectMeta};
+use skiff::testing::until;
 
 use super::*;
 use crate::object_store::predicate::Predicate;
@@ -102,14 +103,6 @@ async fn names(stream: &mut EventStream<Pod>, want: usize, within: Duration) -> 
     seen
 }
 
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -160,7 +153,10 @@ async fn a_cut_storage_watch_resumes_and_client_watches_see_only_a_pause() {
     f.faulty.cut_watches();
     // Written while the cache is cut off: it must arrive after the resume.
     f.pods.create(pod("during")).await.unwrap();
-    wait_until("the feed noticed the cut", || f.feed.stats().resumes >= 1).await;
+    until("the feed noticed the cut", Duration::from_secs(20), || {
+        f.feed.stats().resumes >= 1
+    })
+    .await;
     f.faulty.hold_watches(false);
     f.pods.create(pod("after")).await.unwrap();
     assert_eq!(
@@ -187,7 +183,10 @@ async fn a_watch_that_passed_its_checks_before_a_relist_misses_nothing() {
     f.faulty.hold_watches(true);
     f.faulty.hold_ranges(true);
     f.faulty.cut_watches();
-    wait_until("the feed noticed the cut", || f.feed.stats().resumes >= 1).await;
+    until("the feed noticed the cut", Duration::from_secs(20), || {
+        f.feed.stats().resumes >= 1
+    })
+    .await;
     f.pods.create(pod("b")).await.unwrap();
     f.pods.create(pod("c")).await.unwrap();
     let now = f.embedded.current_revision().await.unwrap();
@@ -195,9 +194,11 @@ async fn a_watch_that_passed_its_checks_before_a_relist_misses_nothing() {
     f.faulty.hold_watches(false);
     // The feed finds its revision compacted: the cache ends its watchers and
     // lists again (held here, mid-way).
-    wait_until("the cache began its re-list", || {
-        f.pods.stats().relists >= 1
-    })
+    until(
+        "the cache began its re-list",
+        Duration::from_secs(20),
+        || f.pods.stats().relists >= 1,
+    )
     .await;
     gate.go.notify_one();
     // While the re-list is held, the watch must not be handed the old state.

@@ -2,6 +2,8 @@
 //! before reading it, but reports OUT_OF_RANGE; DESIGN.md says a request
 //! that is too large is RESOURCE_EXHAUSTED. This layer rewrites exactly that
 //! refusal (tonic's trailers-only response) and nothing else.
+//!
+//! Owns only that rewrite; must not look inside messages.
 
 use std::future::Future;
 use std::pin::Pin;

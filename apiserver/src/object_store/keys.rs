@@ -1,6 +1,8 @@
 //! Where objects live in storage: `/registry/<plural>/<namespace>/<name>`
 //! for namespaced kinds and `/registry/<plural>/<name>` for cluster-scoped
 //! ones, as Kubernetes lays out etcd.
+//!
+//! Owns the key layout; nothing else builds a storage key of an object.
 
 use skiff::KindInfo;
 

@@ -5,6 +5,9 @@
 //!
 //! Objects are stored without `resource_version`; reads set it from the
 //! key's mod revision, as Kubernetes does with etcd.
+//!
+//! Owns encoding, key layout and selector evaluation on reads; must not apply
+//! request semantics (metadata, validation, admission are the registry's).
 
 pub mod keys;
 pub mod predicate;

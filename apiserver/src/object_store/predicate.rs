@@ -1,5 +1,7 @@
 //! Which objects a list or watch wants: a namespace, a label selector and a
 //! field selector, checked the same way by storage reads and the cache.
+//!
+//! Owns matching only; must not fetch anything.
 
 use skiff::Resource;
 use skiff::selector::{FieldSelector, LabelSelector};

@@ -1,6 +1,9 @@
 //! A pod's subresources: its logs and exec (streams relayed from the
 //! kubelet of its node) and its binding to a node (the scheduler's write).
 //! The long-running ones are named in [`STREAMING_METHODS`] for the filters.
+//!
+//! Owns those three methods; must not start or reach containers itself (the
+//! kubelet does, through [`crate::kubelet_client`]).
 
 use futures::StreamExt;
 use skiff::api::core::v1::PodCondition;

@@ -1,5 +1,8 @@
 //! The scale subresource of replica sets and deployments: a write of
 //! `spec.replicas` alone, as `kubectl scale` makes it.
+//!
+//! Owns the scale methods; the replica count's validation stays in the kinds'
+//! strategies.
 
 use skiff::resource::object_key;
 use skiff::{Resource, api};

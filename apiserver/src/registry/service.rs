@@ -4,6 +4,10 @@
 //! graceful deletion, namespace existence), over an [`ObjectStore`].
 //! Errors are [`ApiError`] until the gRPC boundary, where they become
 //! `Status` through its one conversion.
+//!
+//! Owns the order of a request (authorize, admit, validate, store, hooks);
+//! must not hold per-kind rules (they are in [`super::strategy`]) or touch
+//! raw storage.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,6 +1,8 @@
 //! Validation shared by every kind: object metadata, names, quantities,
 //! ports, selectors and pod specs. Each check appends [`FieldViolation`]s
 //! with the JSON path of the field, so one response names every problem.
+//!
+//! Pure checks; no I/O and no defaulting.
 
 use std::net::IpAddr;
 

@@ -2,6 +2,9 @@
 //! server reflection (v1 and v1alpha, for grpcurl 1.8), gRPC health with a
 //! status per service, request size limits, and the namespaces every
 //! cluster starts with.
+//!
+//! Owns wiring and start-up; must not hold request logic (each part above
+//! owns its own).
 
 pub mod connection;
 

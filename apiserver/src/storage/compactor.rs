@@ -1,6 +1,8 @@
 //! Periodic compaction of storage, as Kubernetes does every five minutes:
 //! each round compacts to the revision seen at the previous round, so one
 //! interval of history is always kept for watchers that resume.
+//!
+//! Owns the schedule only; how a backend compacts is its own.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The conformance suite every [`Storage`] backend must pass. Each check
 //! works under its own key prefix, so checks can share one backend.
+//!
+//! Owns the contract's tests; must not depend on a backend's internals.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,6 +9,9 @@
 //! in its queue and commits them in one transaction (one fsync for the
 //! batch), then publishes the batch's events to watchers. An acknowledged
 //! write has been committed with `Durability::Immediate`.
+//!
+//! Owns its files and its writer thread; must not know about objects or kinds
+//! (keys and bytes only).
 
 use std::collections::BTreeMap;
 use std::path::Path;

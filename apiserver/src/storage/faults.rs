@@ -1,6 +1,8 @@
 //! A storage decorator for tests that injects faults: it ends every open
 //! watch on demand, holds new watches or ranges until released, and counts
 //! the calls that reach storage (round trips per request).
+//!
+//! For tests only; must not be used by the server's own assembly.
 
 use std::sync::{Arc, Mutex};
 

@@ -1,6 +1,8 @@
 //! A storage decorator that times every call into
 //! `skiff_storage_request_duration_seconds{operation}` (Kubernetes'
 //! `etcd_request_duration_seconds`, for either backend).
+//!
+//! Owns the storage metrics; must not change what passes through.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;

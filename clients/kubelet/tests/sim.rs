@@ -10,22 +10,9 @@ use skiff::api::core::v1::{Container, Pod, PodSpec};
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::client::Client;
 use skiff::params::{DeleteParams, ListParams};
+use skiff::testing::eventually;
 use skiff_apiserver::testing::TestServer;
 use skiff_kubelet::{KubeletConfig, RuntimeKind};
-
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_hosts_many_simulated_nodes_whose_pods_run() {
@@ -54,7 +41,7 @@ async fn one_process_hosts_many_simulated_nodes_whose_pods_run() {
         )));
     }
     let nodes = client.nodes();
-    eventually("every node Ready", async || {
+    eventually("every node Ready", Duration::from_secs(60), async || {
         let list = nodes.list(&ListParams::default()).await.ok()?;
         let ready = list
             .items
@@ -90,22 +77,26 @@ async fn one_process_hosts_many_simulated_nodes_whose_pods_run() {
         };
         pods.create(&pod).await.unwrap();
     }
-    let running = eventually("every pod Running and Ready", async || {
-        let list = pods.list(&ListParams::default()).await.ok()?;
-        let ok: Vec<Pod> = list
-            .items
-            .into_iter()
-            .filter(|p| {
-                p.status.as_ref().is_some_and(|s| {
-                    s.phase == "Running"
-                        && s.conditions
-                            .iter()
-                            .any(|c| c.r#type == "Ready" && c.status == "True")
+    let running = eventually(
+        "every pod Running and Ready",
+        Duration::from_secs(60),
+        async || {
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            let ok: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.status.as_ref().is_some_and(|s| {
+                        s.phase == "Running"
+                            && s.conditions
+                                .iter()
+                                .any(|c| c.r#type == "Ready" && c.status == "True")
+                    })
                 })
-            })
-            .collect();
-        (ok.len() == PODS).then_some(ok)
-    })
+                .collect();
+            (ok.len() == PODS).then_some(ok)
+        },
+    )
     .await;
     let ips: HashSet<String> = running
         .iter()
@@ -135,7 +126,7 @@ async fn one_process_hosts_many_simulated_nodes_whose_pods_run() {
             .await
             .unwrap();
     }
-    eventually("every pod gone", async || {
+    eventually("every pod gone", Duration::from_secs(60), async || {
         pods.list(&ListParams::default())
             .await
             .ok()?

@@ -13,6 +13,7 @@ use skiff::api::core::v1::{
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::client::Client;
 use skiff::params::DeleteParams;
+use skiff::testing::eventually;
 use skiff_apiserver::testing::TestServer;
 use skiff_proxy::ProxyConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,20 +43,6 @@ async fn start() -> Harness {
         _stop: stop,
         _server: server,
         _dir: dir,
-    }
-}
-
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -204,7 +191,12 @@ async fn connections_are_spread_round_robin_over_ready_endpoints() {
         named_server("c").await,
     ];
     let addr = create_service(&h, service("rr", ""), &backends).await;
-    eventually("the service to answer", async || fetch(addr, None).await).await;
+    eventually(
+        "the service to answer",
+        Duration::from_secs(30),
+        async || fetch(addr, None).await,
+    )
+    .await;
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..30 {
         *counts.entry(fetch(addr, None).await.unwrap()).or_default() += 1;
@@ -222,12 +214,16 @@ async fn a_service_without_ready_endpoints_refuses_connections_at_once() {
     let backend = named_server("x").await;
     set_endpoints(&h, "empty", &[backend]).await;
     assert_eq!(
-        eventually("the first endpoint", async || fetch(addr, None).await).await,
+        eventually("the first endpoint", Duration::from_secs(30), async || {
+            fetch(addr, None).await
+        })
+        .await,
         "x"
     );
     set_endpoints(&h, "empty", &[]).await;
     eventually(
         "refusal once the endpoint goes",
+        Duration::from_secs(30),
         async || match TcpStream::connect(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
             _ => None,
@@ -241,9 +237,11 @@ async fn endpoint_changes_apply_to_new_connections_and_spare_open_ones() {
     let h = start().await;
     let (a, b) = (echo_server("a").await, echo_server("b").await);
     let addr = create_service(&h, service("moving", ""), &[a]).await;
-    let mut open = eventually("the service to answer", async || {
-        TcpStream::connect(addr).await.ok()
-    })
+    let mut open = eventually(
+        "the service to answer",
+        Duration::from_secs(30),
+        async || TcpStream::connect(addr).await.ok(),
+    )
     .await;
     open.write_all(b"1").await.unwrap();
     let mut buf = [0u8; 16];
@@ -251,13 +249,17 @@ async fn endpoint_changes_apply_to_new_connections_and_spare_open_ones() {
     assert_eq!(&buf[..n], b"a:1");
     let changed = tokio::time::Instant::now();
     set_endpoints(&h, "moving", &[b]).await;
-    eventually("new connections to reach b", async || {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"2").await.ok()?;
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf).await.ok()?;
-        (&buf[..n] == b"b:2").then_some(())
-    })
+    eventually(
+        "new connections to reach b",
+        Duration::from_secs(30),
+        async || {
+            let mut s = TcpStream::connect(addr).await.ok()?;
+            s.write_all(b"2").await.ok()?;
+            let mut buf = [0u8; 16];
+            let n = s.read(&mut buf).await.ok()?;
+            (&buf[..n] == b"b:2").then_some(())
+        },
+    )
     .await;
     eprintln!("endpoint change applied after {:?}", changed.elapsed());
     // The connection opened before the change still talks to a.
@@ -270,9 +272,11 @@ async fn endpoint_changes_apply_to_new_connections_and_spare_open_ones() {
 async fn half_closes_pass_through_both_ways() {
     let h = start().await;
     let addr = create_service(&h, service("half", ""), &[echo_server("e").await]).await;
-    let mut s = eventually("the service to answer", async || {
-        TcpStream::connect(addr).await.ok()
-    })
+    let mut s = eventually(
+        "the service to answer",
+        Duration::from_secs(30),
+        async || TcpStream::connect(addr).await.ok(),
+    )
     .await;
     s.write_all(b"hello").await.unwrap();
     // Close our sending side; the server sees EOF, answers, and closes.
@@ -299,9 +303,11 @@ async fn client_ip_affinity_keeps_a_client_on_one_endpoint() {
     });
     let addr = create_service(&h, svc, &backends).await;
     let client = IpAddr::from([127, 0, 0, 1]);
-    let first = eventually("the service to answer", async || {
-        fetch(addr, Some(client)).await
-    })
+    let first = eventually(
+        "the service to answer",
+        Duration::from_secs(30),
+        async || fetch(addr, Some(client)).await,
+    )
     .await;
     for _ in 0..20 {
         assert_eq!(fetch(addr, Some(client)).await.unwrap(), first);
@@ -339,7 +345,7 @@ async fn udp_datagrams_are_forwarded_per_client() {
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         client.connect(addr).await.unwrap();
         let mut buf = [0u8; 1024];
-        let reply = eventually("a UDP reply", async || {
+        let reply = eventually("a UDP reply", Duration::from_secs(30), async || {
             client.send(format!("q{c}").as_bytes()).await.ok()?;
             let n = tokio::time::timeout(Duration::from_millis(200), client.recv(&mut buf))
                 .await
@@ -382,7 +388,11 @@ async fn node_ports_listen_on_the_node_address() {
         .node_port;
     let node = SocketAddr::from(([127, 0, 0, 1], node_port as u16));
     assert_eq!(
-        eventually("the node port", async || fetch(node, None).await).await,
+        eventually("the node port", Duration::from_secs(30), async || fetch(
+            node, None
+        )
+        .await)
+        .await,
         "n"
     );
     assert_eq!(fetch(cluster, None).await.unwrap(), "n");
@@ -392,7 +402,12 @@ async fn node_ports_listen_on_the_node_address() {
 async fn listeners_go_with_their_service() {
     let h = start().await;
     let addr = create_service(&h, service("gone", ""), &[named_server("g").await]).await;
-    eventually("the service to answer", async || fetch(addr, None).await).await;
+    eventually(
+        "the service to answer",
+        Duration::from_secs(30),
+        async || fetch(addr, None).await,
+    )
+    .await;
     h.client
         .services("default")
         .delete("gone", &DeleteParams::default())
@@ -400,6 +415,7 @@ async fn listeners_go_with_their_service() {
         .unwrap();
     eventually(
         "the listener to close",
+        Duration::from_secs(30),
         async || match TcpStream::connect(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
             _ => None,

@@ -1,5 +1,7 @@
 //! Strategies of replica sets and deployments: a selector is required and
 //! immutable, the template must match it, replicas are not negative.
+//!
+//! Pure rules on the objects; no I/O.
 
 use skiff::api::apps::v1::{Deployment, ReplicaSet};
 

@@ -1,4 +1,7 @@
 //! Strategies of the core kinds other than pods.
+//!
+//! Pure rules on the objects; no I/O (a Service's allocations are its hooks,
+//! in [`crate::allocation`]).
 
 use skiff::Resource;
 use skiff::api::core::v1::{

@@ -6,6 +6,9 @@
 //! the node rule a kubelet is held to. A kind with no special rules
 //! implements [`Strategy`] with an empty block; the server serves every kind
 //! the API defines through it, so a kind without one does not build.
+//!
+//! Strategies state rules; they must not do I/O themselves beyond the
+//! admission and hooks they name.
 
 mod apps;
 mod core;

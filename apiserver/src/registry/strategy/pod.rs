@@ -1,6 +1,8 @@
 //! The pod strategy: status starts Pending, the spec is nearly immutable
 //! (as in Kubernetes), and deleting a pod that runs on a node is graceful —
 //! its kubelet stops the containers and then removes the object.
+//!
+//! Pure rules on the object; no I/O (admission reads what pods need).
 
 use futures::future::BoxFuture;
 use skiff::api::core::v1::{Pod, PodSpec, PodStatus};

@@ -1,5 +1,8 @@
 //! Strategies of RBAC kinds: names may contain ':' ("system:node"), rules
 //! need verbs and resources, bindings need a valid, immutable role reference.
+//!
+//! Pure rules on the objects; no I/O (writes of these kinds invalidate the
+//! RBAC cache through their hooks).
 
 use skiff::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,

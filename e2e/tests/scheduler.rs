@@ -15,10 +15,14 @@ use skiff::api::meta::v1::{ObjectMeta, OwnerReference};
 use skiff::client::Client;
 use skiff::params::ListParams;
 use skiff::runtime::LeaderElectionConfig;
+use skiff::testing::eventually;
 use skiff_apiserver::testing::TestServer;
 use skiff_e2e::sim::{PodReaper, node};
 use skiff_scheduler::queue::QueueConfig;
 use skiff_scheduler::{SchedulerConfig, SchedulerStats};
+
+/// How long scheduling may take in these tests.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn pod(name: &str, cpu: &str) -> Pod {
     Pod {
@@ -93,49 +97,36 @@ impl Cluster {
     }
 
     async fn node_of(&self, name: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(&format!("{name} to be scheduled"), WAIT, async || {
             let p = self.client.pods("default").get(name).await.unwrap();
-            let n = p.spec.unwrap().node_name;
-            if !n.is_empty() {
-                return n;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} was not scheduled"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Some(p.spec.unwrap().node_name).filter(|n| !n.is_empty())
+        })
+        .await
     }
 
     async fn unschedulable_message(&self, name: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("{name} to be marked unschedulable");
+        eventually(&what, WAIT, async || {
             let p = self.client.pods("default").get(name).await.unwrap();
             assert!(
                 p.spec.as_ref().unwrap().node_name.is_empty(),
                 "{name} must not be bound"
             );
-            if let Some(c) = p.status.as_ref().and_then(|s| {
+            let c = p.status.as_ref().and_then(|s| {
                 s.conditions
                     .iter()
                     .find(|c| c.r#type == "PodScheduled" && c.status == "False")
-            }) {
-                assert_eq!(c.reason, "Unschedulable");
-                return c.message.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} was never marked unschedulable"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            })?;
+            assert_eq!(c.reason, "Unschedulable");
+            Some(c.message.clone())
+        })
+        .await
     }
 
     /// Events matching a field selector, once there are some (they are written asynchronously).
     async fn events(&self, selector: &str) -> Vec<skiff::api::core::v1::Event> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("an event matching {selector}");
+        eventually(&what, WAIT, async || {
             let list = self
                 .client
                 .events("default")
@@ -145,15 +136,9 @@ impl Cluster {
                 })
                 .await
                 .unwrap();
-            if !list.items.is_empty() {
-                return list.items;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no event matching {selector}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Some(list.items).filter(|items| !items.is_empty())
+        })
+        .await
     }
 
     async fn stop(mut self) {
@@ -398,8 +383,7 @@ async fn of_two_scheduler_replicas_only_the_leader_binds() {
     for i in 0..30 {
         api.create(&pod(&format!("p{i}"), "100m")).await.unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("all 30 pods to be bound", WAIT, async || {
         let bound = api
             .list(&ListParams::default())
             .await
@@ -408,15 +392,9 @@ async fn of_two_scheduler_replicas_only_the_leader_binds() {
             .iter()
             .filter(|p| !p.spec.as_ref().unwrap().node_name.is_empty())
             .count();
-        if bound == 30 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {bound} of 30 bound"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (bound == 30).then_some(())
+    })
+    .await;
     let bound: Vec<u64> = replicas
         .iter()
         .map(|(s, _)| s.bound.load(Ordering::Relaxed))

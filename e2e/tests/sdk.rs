@@ -17,6 +17,7 @@ use skiff::runtime::{
     Backoff, Event, InformerFactory, LeaderElectionConfig, LeaderElector, WatcherConfig, Writer,
     reflector, watcher,
 };
+use skiff::testing::until;
 use skiff_apiserver::ServerConfig;
 use skiff_apiserver::cacher::CacherConfig;
 use skiff_apiserver::cacher::watch_cache::RingConfig;
@@ -53,17 +54,6 @@ fn tiny_ring() -> ServerConfig {
         }),
         compaction_interval: None,
         ..Default::default()
-    }
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -134,9 +124,11 @@ async fn a_watcher_survives_a_server_restart_and_a_forced_out_of_range() {
             .iter()
             .map(|p| p.name().to_owned()),
     );
-    wait_until("the store to match the server", || {
-        names(store.list().iter().map(|p| p.name().to_owned())) == expected
-    })
+    until(
+        "the store to match the server",
+        Duration::from_secs(30),
+        || names(store.list().iter().map(|p| p.name().to_owned())) == expected,
+    )
     .await;
     assert!(
         inits.load(Ordering::SeqCst) >= 2,
@@ -144,7 +136,7 @@ async fn a_watcher_survives_a_server_restart_and_a_forced_out_of_range() {
     );
     // And it keeps following live changes.
     wpods.create(&pod("live")).await.unwrap();
-    wait_until("the live change", || {
+    until("the live change", Duration::from_secs(30), || {
         store
             .get(&skiff::runtime::ObjectKey::new("default", "live"))
             .is_some()
@@ -167,11 +159,14 @@ async fn informers_are_shared_one_watch_per_kind_and_selector() {
     client.pods("default").create(&pod("p")).await.unwrap();
     for store in [a.store(), b.store()] {
         store.wait_until_ready().await;
-        wait_until("the pod in the store", || store.len() == 1).await;
+        until("the pod in the store", Duration::from_secs(30), || {
+            store.len() == 1
+        })
+        .await;
     }
     c.store().wait_until_ready().await;
     assert!(c.store().is_empty());
-    wait_until("two watches at the server", || {
+    until("two watches at the server", Duration::from_secs(30), || {
         server.stats.kind("Pod").unwrap().watchers == 2
     })
     .await;
@@ -210,7 +205,10 @@ async fn leader_election_has_one_leader_and_hands_over_when_it_stops_renewing() 
             }),
         );
     }
-    wait_until("a leader", || leaders.lock().unwrap().len() == 1).await;
+    until("a leader", Duration::from_secs(30), || {
+        leaders.lock().unwrap().len() == 1
+    })
+    .await;
     // Only one, for a while (several renewals).
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -221,9 +219,11 @@ async fn leader_election_has_one_leader_and_hands_over_when_it_stops_renewing() 
     tasks.remove(first.as_str()).unwrap().abort();
     leaders.lock().unwrap().clear();
     let stopped = tokio::time::Instant::now();
-    wait_until("the other replica to take over", || {
-        leaders.lock().unwrap().len() == 1
-    })
+    until(
+        "the other replica to take over",
+        Duration::from_secs(30),
+        || leaders.lock().unwrap().len() == 1,
+    )
     .await;
     let took = stopped.elapsed();
     let second = leaders.lock().unwrap().keys().next().unwrap().clone();

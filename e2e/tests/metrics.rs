@@ -2,11 +2,12 @@
 //! Prometheus exposition format and the figures move when work is done.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skiff::api::core::v1::{Container, Pod, PodSpec, Service, ServicePort, ServiceSpec};
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::client::Client;
+use skiff::testing::eventually;
 use skiff_e2e::SkiffProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -130,18 +131,11 @@ fn total(samples: &BTreeMap<String, f64>, name: &str, having: &[&str]) -> f64 {
 }
 
 async fn until_metric(addr: &str, name: &str, having: &[&str], above: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = total(&scrape(addr).await, name, having);
-        if v > above {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{having:?} stayed at {v} on {addr} for 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{name}{having:?} on {addr} to pass {above}");
+    eventually(&what, Duration::from_secs(60), async || {
+        Some(total(&scrape(addr).await, name, having)).filter(|v| *v > above)
+    })
+    .await
 }
 
 fn pod(name: &str) -> Pod {
@@ -329,23 +323,17 @@ async fn every_component_serves_prometheus_metrics_that_move_with_work() {
     // run nothing, so connections find no endpoint — and are counted.
     let svc = client.services("default").get("m").await.unwrap();
     let ip = svc.spec.unwrap().cluster_ip;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("the proxy to count a connection to {ip}:8080");
+    eventually(&what, Duration::from_secs(60), async || {
         let _ = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await;
         let seen = total(
             &scrape(&proxy_metrics).await,
             "proxy_tcp_connections_total",
             &[],
         );
-        if seen > 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the proxy counted no connection to {ip}:8080"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (seen > 0.0).then_some(())
+    })
+    .await;
     // Watches are counted by kind on the server.
     let api = scrape(&api_metrics).await;
     assert!(

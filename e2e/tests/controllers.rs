@@ -118,18 +118,9 @@ impl Cluster {
         }
     }
 
-    async fn eventually<T>(&self, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// Waits up to a minute for `f` to give a value.
+    async fn eventually<T>(&self, what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+        skiff::testing::eventually(what, Duration::from_secs(60), f).await
     }
 
     async fn pods(&self, ns: &str, selector: &str) -> Vec<Pod> {

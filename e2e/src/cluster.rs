@@ -18,27 +18,10 @@ use tokio::sync::oneshot;
 
 use crate::skiff_bin;
 
+pub use skiff::testing::eventually;
+
 /// Image the Docker tests run: busybox-static `FROM scratch`, applets installed.
 pub const TEST_IMAGE: &str = "skiff-test/busybox:latest";
-
-/// Waits for `f` to return `Some`, failing the test after `timeout`.
-pub async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A random name suffix, so that parallel tests never share Docker objects.
 pub fn unique(prefix: &str) -> String {
