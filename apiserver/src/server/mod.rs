@@ -8,8 +8,7 @@
 
 pub mod connection;
 
-use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -181,8 +180,8 @@ struct Registrar {
     /// Admission, told of every kind so quota can count it.
     admission: Option<Arc<Admission>>,
     /// Stores made before their kind is served (other parts of the server
-    /// read them too), by kind name: each holds an `Arc<dyn ObjectStore<K>>`.
-    shared: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    /// read them too), by type: `Arc<dyn ObjectStore<K>>` for each such `K`.
+    shared: http::Extensions,
     /// Paths of the streaming methods of the kinds served, for the filters.
     streaming: HashSet<String>,
 }
@@ -211,7 +210,7 @@ impl Registrar {
     /// Serves kind `K` from `store` rather than a store of its own: for
     /// kinds other parts of the server read too.
     fn shared<K: Strategy>(&mut self, store: Arc<dyn ObjectStore<K>>) {
-        self.shared.insert(K::INFO.kind, Box::new(store));
+        self.shared.insert(store);
     }
 
     /// Serves kind `K`: the one line a new kind costs.
@@ -219,10 +218,8 @@ impl Registrar {
     where
         K: Strategy + ServeWith<ResourceServer<K>>,
     {
-        let store = match self.shared.remove(K::INFO.kind) {
-            Some(store) => *store
-                .downcast::<Arc<dyn ObjectStore<K>>>()
-                .expect("a shared store is stored under its own kind"),
+        let store = match self.shared.remove::<Arc<dyn ObjectStore<K>>>() {
+            Some(store) => store,
             None => self.store::<K>(),
         };
         if let Some(admission) = &self.admission {
@@ -282,7 +279,7 @@ impl ApiServer {
             cache_stats: Vec::new(),
             feed: None,
             admission: None,
-            shared: HashMap::new(),
+            shared: http::Extensions::new(),
             streaming: HashSet::new(),
         };
         let namespaces: Arc<dyn ObjectStore<Namespace>> = Arc::new(
