@@ -114,6 +114,25 @@ fn enqueue_all<C: Resource>(
     }
 }
 
+/// An error a reconcile may fail with: shown in the log, and perhaps
+/// saying how long to wait before trying again.
+pub trait ReconcileError: Display {
+    /// How long the server asked to wait (`google.rpc.RetryInfo`), if it did;
+    /// the retry comes no sooner.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl ReconcileError for crate::client::Error {
+    fn retry_after(&self) -> Option<Duration> {
+        crate::client::Error::retry_after(self)
+    }
+}
+impl ReconcileError for std::convert::Infallible {}
+impl ReconcileError for String {}
+impl ReconcileError for &str {}
+
 /// How a controller runs.
 pub struct ControllerConfig<K> {
     /// The kind reconciled.
@@ -167,7 +186,7 @@ impl<K: Resource> Controller<K> {
     where
         F: Fn(Request<K>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, E>> + Send,
-        E: Display,
+        E: ReconcileError,
     {
         let Controller { config, queue } = self;
         let store = config.primary.store();
@@ -214,7 +233,8 @@ impl<K: Resource> Controller<K> {
                         }
                         Err(e) => {
                             tracing::warn!(kind = K::INFO.kind, key = %key, error = %e, "reconcile failed; retrying");
-                            queue.add_rate_limited(key.clone());
+                            let floor = e.retry_after().unwrap_or_default();
+                            queue.add_rate_limited_at_least(key.clone(), floor);
                         }
                     }
                     queue.done(&key);
@@ -412,6 +432,57 @@ mod tests {
         assert!(
             !overlap.load(Ordering::SeqCst),
             "never two reconciles of one key at once"
+        );
+        let _ = stop.send(());
+        run.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_reconcile_retries_no_sooner_than_the_server_asked() {
+        let asked = Duration::from_millis(300);
+        let (primary, _feed) = informer(vec![pod("a", "1")]);
+        let controller = Controller::new(ControllerConfig {
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(10),
+            },
+            ..ControllerConfig::new(primary)
+        });
+        let calls = Arc::new(Mutex::new(Vec::<std::time::Instant>::new()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let c = calls.clone();
+        let run = tokio::spawn(controller.run(
+            move |_req: Request<Pod>| {
+                let c = c.clone();
+                async move {
+                    let n = {
+                        let mut c = c.lock().unwrap();
+                        c.push(std::time::Instant::now());
+                        c.len()
+                    };
+                    if n == 1 {
+                        Err(crate::client::Error::ResourceExhausted {
+                            message: "busy".into(),
+                            retry_after: Some(asked),
+                        })
+                    } else {
+                        Ok(Action::Done)
+                    }
+                }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        crate::testing::until("a retry", Duration::from_secs(5), || {
+            calls.lock().unwrap().len() == 2
+        })
+        .await;
+        let calls = calls.lock().unwrap().clone();
+        assert!(
+            calls[1] - calls[0] >= asked,
+            "retried after {:?}; the server asked for {asked:?} (backoff 1 ms)",
+            calls[1] - calls[0]
         );
         let _ = stop.send(());
         run.await.unwrap();

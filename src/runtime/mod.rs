@@ -11,7 +11,7 @@ pub mod queue;
 pub mod store;
 pub mod watcher;
 
-pub use controller::{Action, Controller, ControllerConfig, Request, Trigger};
+pub use controller::{Action, Controller, ControllerConfig, ReconcileError, Request, Trigger};
 pub use events::Recorder;
 pub use informer::{Informer, InformerFactory};
 pub use leader::{LeaderElectionConfig, LeaderElector};

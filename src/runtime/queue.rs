@@ -143,13 +143,19 @@ impl<T: Clone + Eq + Hash + Send + 'static> WorkQueue<T> {
 
     /// Adds a key after its backoff, which doubles with each failure.
     pub fn add_rate_limited(&self, item: T) {
+        self.add_rate_limited_at_least(item, Duration::ZERO);
+    }
+
+    /// Adds a key after its backoff or after `floor`, whichever is longer
+    /// (the wait a server asked for with `RetryInfo`).
+    pub fn add_rate_limited_at_least(&self, item: T, floor: Duration) {
         let failures = {
             let mut s = self.state.lock().expect("queue lock");
             let n = s.failures.entry(item.clone()).or_insert(0);
             *n += 1;
             *n
         };
-        self.add_after(item, self.backoff.delay(failures));
+        self.add_after(item, self.backoff.delay(failures).max(floor));
     }
 
     /// Forgets a key's failures (after it succeeded).
