@@ -333,9 +333,11 @@ mod tests {
             "nothing reconciled on a partial view"
         );
         tx.send(Ok(Event::InitDone)).unwrap();
-        crate::testing::until("the condition", Duration::from_secs(5), || {
-            !reconciled.lock().unwrap().is_empty()
-        })
+        crate::testing::until(
+            "a reconcile once every store synced",
+            Duration::from_secs(5),
+            || !reconciled.lock().unwrap().is_empty(),
+        )
         .await;
         assert_eq!(reconciled.lock().unwrap()[0], ("a".to_string(), true));
         stop.send(()).unwrap();
@@ -401,7 +403,7 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        crate::testing::until("the condition", Duration::from_secs(5), || {
+        crate::testing::until("the first reconcile of a", Duration::from_secs(5), || {
             counts.lock().unwrap().get("a") == Some(&1)
         })
         .await;
@@ -410,15 +412,19 @@ mod tests {
             feed.send(Ok(Event::Apply(pod("a", &v.to_string()))))
                 .unwrap();
         }
-        crate::testing::until("the condition", Duration::from_secs(5), || {
-            informer
-                .store()
-                .get(&ObjectKey::new("ns", "a"))
-                .is_some_and(|p| p.meta().resource_version == "6")
-        })
+        crate::testing::until(
+            "the store to hold the change",
+            Duration::from_secs(5),
+            || {
+                informer
+                    .store()
+                    .get(&ObjectKey::new("ns", "a"))
+                    .is_some_and(|p| p.meta().resource_version == "6")
+            },
+        )
         .await;
         gate.notify_one();
-        crate::testing::until("the condition", Duration::from_secs(5), || {
+        crate::testing::until("a second reconcile of a", Duration::from_secs(5), || {
             counts.lock().unwrap().get("a") == Some(&2)
         })
         .await;
@@ -524,7 +530,7 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        crate::testing::until("the condition", Duration::from_secs(5), || {
+        crate::testing::until("two failures and a success", Duration::from_secs(5), || {
             calls.lock().unwrap().len() == 3
         })
         .await;
@@ -539,9 +545,11 @@ mod tests {
         });
         pod_feed.send(Ok(Event::Apply(owned))).unwrap();
         pod_feed.send(Ok(Event::Apply(pod("orphan", "1")))).unwrap();
-        crate::testing::until("the condition", Duration::from_secs(5), || {
-            calls.lock().unwrap().len() == 4
-        })
+        crate::testing::until(
+            "the owned pod to trigger its owner",
+            Duration::from_secs(5),
+            || calls.lock().unwrap().len() == 4,
+        )
         .await;
         assert!(calls.lock().unwrap().iter().all(|n| n == "rs1"));
         let _ = stop.send(());
