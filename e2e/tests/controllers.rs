@@ -380,6 +380,68 @@ async fn a_silent_nodes_pods_are_replaced_elsewhere() {
     .await;
 }
 
+/// Kubernetes' full-disruption mode: when every node goes silent at once,
+/// the fault is taken to be the control plane's side, and no pod is evicted
+/// until a node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_node_goes_silent_no_pod_is_evicted_until_one_returns() {
+    let mut c = Cluster::start(3).await;
+    c.client
+        .deployments("default")
+        .create(&deployment("web", 3, "v1"))
+        .await
+        .unwrap();
+    c.wait_rolled_out("default", "web").await;
+    for n in &c.nodes {
+        n.stop();
+    }
+    c.eventually("every node to be marked unreachable", async || {
+        let nodes = c.client.nodes().list(&ListParams::default()).await.ok()?;
+        nodes
+            .items
+            .iter()
+            .all(|n| {
+                n.spec.as_ref().is_some_and(|s| {
+                    s.taints
+                        .iter()
+                        .any(|t| t.key == "node.kubernetes.io/unreachable")
+                })
+            })
+            .then_some(())
+    })
+    .await;
+    // The pods tolerate the taint for 1 s and nodes are checked every
+    // 200 ms: for 3 s, a deletion would have come many times over.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        let deleted: Vec<String> = c
+            .pods("default", "app=web")
+            .await
+            .iter()
+            .filter(|p| p.meta().deletion_timestamp.is_some())
+            .map(|p| p.name().to_owned())
+            .collect();
+        assert!(
+            deleted.is_empty(),
+            "evicted in full disruption: {deleted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One node returns: two of three silent is no longer a disruption, the
+    // others' pods are evicted (one node every 10 s) and replaced on n0.
+    let client = c.client.clone();
+    c.nodes[0] = SimNode::start(client, "n0", 0, Duration::from_millis(300)).await;
+    c.eventually("three ready pods on the node that came back", async || {
+        let pods = c.pods("default", "app=web").await;
+        let good = pods
+            .iter()
+            .filter(|p| active(p) && ready(p) && p.spec.as_ref().unwrap().node_name == "n0")
+            .count();
+        (good == 3).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_services_endpoints_follow_its_pods_readiness() {
     let c = Cluster::start(2).await;

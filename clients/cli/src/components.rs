@@ -81,6 +81,18 @@ pub struct ControllerManagerArgs {
     /// How long pods stay on an unreachable node before they are evicted.
     #[arg(long, default_value = "300s", value_parser = apiserver::parse_duration)]
     pub pod_eviction_timeout: std::time::Duration,
+    /// Nodes per second whose pods may start to be evicted, in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+    /// The same in a large zone where more than --unhealthy-zone-threshold of the nodes are unhealthy.
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+    /// Share of unhealthy nodes (more than two) that slows a zone's evictions, or stops them in a small zone.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
+    /// Zones of at most this many nodes stop evicting when partly disrupted.
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
     /// Pod address range nodes get blocks of (inside 127.0.0.0/8: pods are reachable on this machine).
     #[arg(long, default_value = skiff_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: String,
@@ -113,6 +125,19 @@ pub fn controllers_config(
     config.node_monitor_grace = args.node_monitor_grace_period;
     config.node_monitor_period = args.node_monitor_period;
     config.pod_eviction_timeout = args.pod_eviction_timeout;
+    let rates = [args.node_eviction_rate, args.secondary_node_eviction_rate];
+    if rates.iter().any(|r| !r.is_finite() || *r < 0.0) {
+        anyhow::bail!("--node-eviction-rate and --secondary-node-eviction-rate must be 0 or more");
+    }
+    if !(0.0..=1.0).contains(&args.unhealthy_zone_threshold) {
+        anyhow::bail!("--unhealthy-zone-threshold is a share of nodes: between 0 and 1, e.g. 0.55");
+    }
+    config.eviction_pacing = skiff_controllers::nodelifecycle::EvictionPacing {
+        rate: args.node_eviction_rate,
+        secondary_rate: args.secondary_node_eviction_rate,
+        unhealthy_zone_threshold: args.unhealthy_zone_threshold,
+        large_cluster_size_threshold: args.large_cluster_size_threshold,
+    };
     config.cluster_cidr = args.cluster_cidr.clone();
     config.node_cidr_mask = args.node_cidr_mask_size;
     skiff_controllers::nodeipam::CidrAllocator::new(&config.cluster_cidr, config.node_cidr_mask)?;
@@ -134,12 +159,13 @@ pub async fn controller_manager(
     args: ControllerManagerArgs,
     server: Option<&str>,
 ) -> anyhow::Result<()> {
-    let client = ctx::client(server).await?;
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| default_identity("controller-manager"));
+    // Bad flags are refused before anything is contacted.
     let config = controllers_config(&args, &identity)?;
+    let client = ctx::client(server).await?;
     tracing::info!(server = client.server(), %identity, controllers = ?config.controllers, "controller manager starting");
     skiff_controllers::run(client, config, apiserver::shutdown_signal()).await?;
     Ok(())

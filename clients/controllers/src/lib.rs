@@ -53,6 +53,8 @@ pub struct ControllersConfig {
     pub node_monitor_period: Duration,
     /// How long pods stay on an unreachable or not-ready node (Kubernetes: 300 s).
     pub pod_eviction_timeout: Duration,
+    /// How evictions are paced per zone, and when they stop.
+    pub eviction_pacing: nodelifecycle::EvictionPacing,
     /// Pod address range nodes get blocks of.
     pub cluster_cidr: String,
     /// Size of each node's block.
@@ -74,6 +76,7 @@ impl ControllersConfig {
             node_monitor_grace: Duration::from_secs(40),
             node_monitor_period: Duration::from_secs(5),
             pod_eviction_timeout: Duration::from_secs(300),
+            eviction_pacing: nodelifecycle::EvictionPacing::default(),
             cluster_cidr: nodeipam::DEFAULT_CLUSTER_CIDR.to_owned(),
             node_cidr_mask: 24,
             service_account_key: None,

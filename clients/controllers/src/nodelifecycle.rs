@@ -5,6 +5,15 @@
 //! there that do not tolerate the taint are deleted once their toleration
 //! time (300 s by default) has passed, so their replica sets replace them
 //! elsewhere; the taint goes when the node comes back.
+//!
+//! Evictions are paced per zone (nodes grouped by
+//! `topology.kubernetes.io/zone`), as Kubernetes' disruption modes: in a
+//! healthy zone the pods of 0.1 nodes per second start to go; in a zone
+//! where more than 55 % of the nodes (and more than two) are unhealthy,
+//! 0.01 per second if the zone is large (over 50 nodes), else none; and
+//! when every node of every zone is unhealthy at once, the fault is taken
+//! to be this side's (the network, the control plane), not the nodes', and
+//! no pod is evicted until some node is back.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,6 +36,174 @@ pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 /// Index of pods by node name.
 pub const BY_NODE: &str = "node-name";
+/// Label of a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// How eviction is paced (Kubernetes' node lifecycle defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvictionPacing {
+    /// Nodes per second whose pods may start to go in a healthy zone (0.1).
+    pub rate: f64,
+    /// The same in a partly disrupted large zone (0.01).
+    pub secondary_rate: f64,
+    /// Share of unhealthy nodes that makes a zone partly disrupted (0.55).
+    pub unhealthy_zone_threshold: f64,
+    /// Zones up to this many nodes stop evicting when partly disrupted (50).
+    pub large_cluster_size_threshold: usize,
+}
+
+impl Default for EvictionPacing {
+    fn default() -> Self {
+        Self {
+            rate: 0.1,
+            secondary_rate: 0.01,
+            unhealthy_zone_threshold: 0.55,
+            large_cluster_size_threshold: 50,
+        }
+    }
+}
+
+/// The health of a zone, as Kubernetes names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZoneState {
+    /// Few nodes unhealthy: evict at the normal rate.
+    Normal,
+    /// More than the threshold (and more than two) unhealthy.
+    PartialDisruption,
+    /// Every node unhealthy.
+    FullDisruption,
+}
+
+/// The state of a zone of `total` nodes, `unhealthy` of them not ready or
+/// unreachable.
+pub fn zone_state(total: usize, unhealthy: usize, threshold: f64) -> ZoneState {
+    if unhealthy > 0 && unhealthy >= total {
+        ZoneState::FullDisruption
+    } else if unhealthy > 2 && unhealthy as f64 / total as f64 >= threshold {
+        ZoneState::PartialDisruption
+    } else {
+        ZoneState::Normal
+    }
+}
+
+/// Nodes per second whose pods may start to go in a zone of `size` nodes in
+/// `state`; none at all when every zone is fully disrupted.
+pub fn eviction_rate(
+    state: ZoneState,
+    size: usize,
+    all_fully_disrupted: bool,
+    pacing: &EvictionPacing,
+) -> f64 {
+    if all_fully_disrupted {
+        return 0.0;
+    }
+    match state {
+        ZoneState::Normal | ZoneState::FullDisruption => pacing.rate,
+        ZoneState::PartialDisruption if size > pacing.large_cluster_size_threshold => {
+            pacing.secondary_rate
+        }
+        ZoneState::PartialDisruption => 0.0,
+    }
+}
+
+/// A token bucket of one token: lets a node start evicting at `rate` per
+/// second.
+#[derive(Debug, Clone)]
+struct Limiter {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Limiter {
+    fn new(now: Instant) -> Self {
+        Self {
+            rate: 0.0,
+            tokens: 1.0,
+            last: now,
+        }
+    }
+
+    fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(1.0);
+        if self.rate > 0.0 && self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Eviction pacing across ticks: which nodes may evict, per zone.
+struct Pacer {
+    pacing: EvictionPacing,
+    limiters: HashMap<String, Limiter>,
+    /// Nodes let in to evict; they stay in until healthy again.
+    evicting: std::collections::HashSet<String>,
+    /// Whether every zone was fully disrupted at the last tick.
+    all_down: bool,
+}
+
+impl Pacer {
+    /// Updates zone rates from `health` (node, zone, unhealthy); returns
+    /// whether every zone is fully disrupted.
+    fn observe(&mut self, health: &[(String, String, bool)], now: Instant) -> bool {
+        let mut zones: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (_, zone, unhealthy) in health {
+            let z = zones.entry(zone.as_str()).or_default();
+            z.0 += 1;
+            z.1 += usize::from(*unhealthy);
+        }
+        let states: HashMap<&str, (ZoneState, usize)> = zones
+            .iter()
+            .map(|(z, (total, bad))| {
+                let state = zone_state(*total, *bad, self.pacing.unhealthy_zone_threshold);
+                (*z, (state, *total))
+            })
+            .collect();
+        let all_down = !states.is_empty()
+            && states
+                .values()
+                .all(|(s, _)| *s == ZoneState::FullDisruption);
+        for (zone, (state, size)) in &states {
+            let limiter = self
+                .limiters
+                .entry((*zone).to_owned())
+                .or_insert_with(|| Limiter::new(now));
+            limiter.rate = eviction_rate(*state, *size, all_down, &self.pacing);
+        }
+        self.limiters.retain(|z, _| states.contains_key(z.as_str()));
+        if all_down {
+            // Nothing is evicted; once nodes return, each starts over.
+            self.evicting.clear();
+        }
+        for (node, _, unhealthy) in health {
+            if !unhealthy {
+                self.evicting.remove(node);
+            }
+        }
+        self.all_down = all_down;
+        all_down
+    }
+
+    /// Whether `node` (in `zone`) may evict its pods now.
+    fn may_evict(&mut self, node: &str, zone: &str, now: Instant) -> bool {
+        if self.all_down {
+            return false;
+        }
+        if self.evicting.contains(node) {
+            return true;
+        }
+        let allowed = self.limiters.get_mut(zone).is_some_and(|l| l.try_take(now));
+        if allowed {
+            self.evicting.insert(node.to_owned());
+        }
+        allowed
+    }
+}
 
 /// What the controller last saw of a node's heartbeats, and when.
 struct Seen {
@@ -56,6 +233,12 @@ pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) 
     leases.store().wait_until_ready().await;
     pods.store().wait_until_ready().await;
     let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut pacer = Pacer {
+        pacing: ctx.config.eviction_pacing,
+        limiters: HashMap::new(),
+        evicting: Default::default(),
+        all_down: false,
+    };
     let mut ticker = tokio::time::interval(ctx.config.node_monitor_period);
     tokio::pin!(shutdown);
     loop {
@@ -64,9 +247,37 @@ pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) 
             _ = &mut shutdown => return,
         }
         let (node_store, lease_store, pod_store) = (nodes.store(), leases.store(), pods.store());
+        let mut checked = Vec::new();
         for node in node_store.list() {
-            if let Err(e) = monitor(&ctx, &node, &lease_store, &pod_store, &mut seen).await {
-                tracing::warn!(node = node.name(), error = %e, "node lifecycle check failed");
+            match monitor(&ctx, &node, &lease_store, &mut seen).await {
+                Ok(c) => checked.push(c),
+                Err(e) => {
+                    tracing::warn!(node = node.name(), error = %e, "node lifecycle check failed")
+                }
+            }
+        }
+        let health: Vec<(String, String, bool)> = checked
+            .iter()
+            .map(|(n, taints)| (n.name().to_owned(), zone_of(n), unhealthy(taints)))
+            .collect();
+        let now = Instant::now();
+        let was_down = pacer.all_down;
+        let all_down = pacer.observe(&health, now);
+        if all_down != was_down {
+            if all_down {
+                tracing::warn!(
+                    "every node is unhealthy: entering full disruption mode, no evictions"
+                );
+            } else {
+                tracing::info!("some nodes are healthy again: leaving full disruption mode");
+            }
+        }
+        for (node, taints) in &checked {
+            if !unhealthy(taints) || !pacer.may_evict(node.name(), &zone_of(node), now) {
+                continue;
+            }
+            if let Err(e) = evict(&ctx, node, taints, &pod_store).await {
+                tracing::warn!(node = node.name(), error = %e, "evicting pods failed");
             }
         }
         seen.retain(|name, _| node_store.get(&ObjectKey::new("", name)).is_some());
@@ -81,13 +292,30 @@ fn ready_condition(node: &Node) -> Option<&NodeCondition> {
         .find(|c| c.r#type == "Ready")
 }
 
+/// A node's zone (empty when it has none).
+fn zone_of(node: &Node) -> String {
+    node.meta()
+        .labels
+        .get(ZONE_LABEL)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Whether a node's taints say it is unreachable or not ready.
+fn unhealthy(taints: &[Taint]) -> bool {
+    taints
+        .iter()
+        .any(|t| t.key == UNREACHABLE || t.key == NOT_READY)
+}
+
+/// Brings a node's conditions and taints in line with its heartbeats;
+/// returns the node as written and its taints.
 async fn monitor(
     ctx: &Context,
     node: &Node,
     leases: &Store<Lease>,
-    pods: &Store<Pod>,
     seen: &mut HashMap<String, Seen>,
-) -> Result<(), Error> {
+) -> Result<(Node, Vec<Taint>), Error> {
     let name = node.name().to_owned();
     let renew = leases
         .get(&ObjectKey::new(NODE_LEASE_NAMESPACE, &name))
@@ -184,7 +412,7 @@ async fn monitor(
         };
         ctx.recorder.record(&node, NORMAL, reason, &message).await;
     }
-    evict(ctx, &node, &next, pods).await
+    Ok((node, next))
 }
 
 /// When a pod on a node with `taint` must go: `None` if it tolerates the
@@ -276,6 +504,141 @@ mod tests {
             effect: "NoExecute".into(),
             time_added: None,
         }
+    }
+
+    #[test]
+    fn zone_states_follow_the_share_of_unhealthy_nodes() {
+        use ZoneState::*;
+        // (nodes, unhealthy, state) at the default threshold of 0.55
+        let table = [
+            (10, 0, Normal),
+            (1, 1, FullDisruption),
+            (2, 1, Normal),
+            (3, 2, Normal),
+            (4, 3, PartialDisruption),
+            (10, 5, Normal),
+            (10, 6, PartialDisruption),
+            (10, 10, FullDisruption),
+            (0, 0, Normal),
+        ];
+        for (total, bad, want) in table {
+            assert_eq!(zone_state(total, bad, 0.55), want, "{bad} of {total}");
+        }
+    }
+
+    #[test]
+    fn eviction_rates_by_zone_state() {
+        let p = EvictionPacing::default();
+        use ZoneState::*;
+        assert_eq!(eviction_rate(Normal, 10, false, &p), 0.1);
+        assert_eq!(eviction_rate(FullDisruption, 10, false, &p), 0.1);
+        assert_eq!(eviction_rate(PartialDisruption, 10, false, &p), 0.0);
+        assert_eq!(eviction_rate(PartialDisruption, 51, false, &p), 0.01);
+        assert_eq!(eviction_rate(Normal, 10, true, &p), 0.0);
+    }
+
+    fn health(nodes: &[(&str, &str, bool)]) -> Vec<(String, String, bool)> {
+        nodes
+            .iter()
+            .map(|(n, z, bad)| (n.to_string(), z.to_string(), *bad))
+            .collect()
+    }
+
+    #[test]
+    fn one_dead_node_is_evicted_at_once_and_the_next_waits_its_turn() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer {
+            pacing: EvictionPacing::default(),
+            limiters: HashMap::new(),
+            evicting: Default::default(),
+            all_down: false,
+        };
+        let h = health(&[
+            ("a", "", true),
+            ("b", "", true),
+            ("c", "", false),
+            ("d", "", false),
+        ]);
+        assert!(!pacer.observe(&h, t0));
+        assert!(pacer.may_evict("a", "", t0), "the first node goes at once");
+        assert!(!pacer.may_evict("b", "", t0), "0.1 nodes per second");
+        assert!(pacer.may_evict("a", "", t0), "a node let in stays in");
+        let later = t0 + Duration::from_secs(10);
+        pacer.observe(&h, later);
+        assert!(
+            pacer.may_evict("b", "", later),
+            "ten seconds later, the next"
+        );
+    }
+
+    #[test]
+    fn when_every_node_is_down_nothing_is_evicted_until_some_return() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer {
+            pacing: EvictionPacing::default(),
+            limiters: HashMap::new(),
+            evicting: Default::default(),
+            all_down: false,
+        };
+        let all_down = health(&[("a", "z1", true), ("b", "z1", true), ("c", "z2", true)]);
+        assert!(pacer.observe(&all_down, t0));
+        let later = t0 + Duration::from_secs(600);
+        pacer.observe(&all_down, later);
+        for n in ["a", "b"] {
+            assert!(
+                !pacer.may_evict(n, "z1", later),
+                "full disruption: {n} stays"
+            );
+        }
+        // z2 comes back: z1 alone is fully disrupted and evicts at the
+        // normal rate (its nodes, not the control plane, are at fault).
+        let z2_back = health(&[("a", "z1", true), ("b", "z1", true), ("c", "z2", false)]);
+        assert!(!pacer.observe(&z2_back, later));
+        assert!(pacer.may_evict("a", "z1", later));
+        assert!(!pacer.may_evict("b", "z1", later));
+    }
+
+    #[test]
+    fn a_small_zone_mostly_down_stops_evicting_and_a_large_one_slows_down() {
+        let t0 = Instant::now();
+        let pacing = EvictionPacing {
+            large_cluster_size_threshold: 5,
+            ..Default::default()
+        };
+        let mut pacer = Pacer {
+            pacing,
+            limiters: HashMap::new(),
+            evicting: Default::default(),
+            all_down: false,
+        };
+        // 3 of 4 down in a small zone: partial disruption, no evictions.
+        let small = health(&[
+            ("a", "", true),
+            ("b", "", true),
+            ("c", "", true),
+            ("d", "", false),
+        ]);
+        pacer.observe(&small, t0);
+        assert!(!pacer.may_evict("a", "", t0));
+        // 6 of 8 down in a large zone: the secondary rate, one per 100 s.
+        let mut nodes: Vec<(String, String, bool)> = (0..8)
+            .map(|i| (format!("n{i}"), "big".into(), i < 6))
+            .collect();
+        nodes.push(("x".into(), "other".into(), false));
+        let mut pacer = Pacer {
+            pacing,
+            limiters: HashMap::new(),
+            evicting: Default::default(),
+            all_down: false,
+        };
+        pacer.observe(&nodes, t0);
+        assert!(pacer.may_evict("n0", "big", t0), "the bucket starts full");
+        let t1 = t0 + Duration::from_secs(50);
+        pacer.observe(&nodes, t1);
+        assert!(!pacer.may_evict("n1", "big", t1), "not within 100 s");
+        let t2 = t0 + Duration::from_secs(101);
+        pacer.observe(&nodes, t2);
+        assert!(pacer.may_evict("n1", "big", t2));
     }
 
     #[test]
