@@ -239,3 +239,85 @@ async fn leader_election_has_one_leader_and_hands_over_when_it_stops_renewing() 
     let lease = client.leases("default").get("test-lock").await.unwrap();
     assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
 }
+
+/// A leader whose lease writes fail past the renew deadline stops leading
+/// (its work is told to stop), campaigns again in the same process, and
+/// leads again once writes work; on shutdown it releases the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_steps_down_and_campaigns_again_in_process() {
+    use skiff_apiserver::storage::faults::FaultyStorage;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultyStorage::new(Arc::new(reopen_embedded(dir.path()).await));
+    let server = TestServer::start(storage.clone()).await;
+    let client = Client::connect_to(&server.addr.to_string()).await.unwrap();
+    let config = LeaderElectionConfig {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(200),
+        ..LeaderElectionConfig::new("default", "resilient-lock", "a")
+    };
+    let elector = LeaderElector::new(client.leases("default"), config);
+    // Each term: (started, ended).
+    let terms: Arc<Mutex<Vec<(bool, bool)>>> = Arc::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let t = terms.clone();
+    let task = tokio::spawn(async move {
+        elector
+            .lead_until(
+                |stop| {
+                    let t = t.clone();
+                    async move {
+                        let i = {
+                            let mut t = t.lock().unwrap();
+                            t.push((true, false));
+                            t.len() - 1
+                        };
+                        stop.await;
+                        t.lock().unwrap()[i].1 = true;
+                    }
+                },
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await;
+    });
+    until("a first term", Duration::from_secs(30), || {
+        terms.lock().unwrap().len() == 1
+    })
+    .await;
+    // Storage loses its quorum for writes: renewals fail.
+    storage.refuse_writes(true);
+    until("the leader to step down", Duration::from_secs(30), || {
+        terms.lock().unwrap()[0].1
+    })
+    .await;
+    assert!(
+        !task.is_finished(),
+        "a lost lease never ends the process's campaign"
+    );
+    storage.refuse_writes(false);
+    until(
+        "a second term in the same process",
+        Duration::from_secs(30),
+        || terms.lock().unwrap().len() == 2,
+    )
+    .await;
+    // Shutdown: the term ends, the campaign returns, the lease is released.
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("shutdown ends the campaign")
+        .unwrap();
+    assert_eq!(*terms.lock().unwrap(), [(true, true), (true, true)]);
+    let lease = client
+        .leases("default")
+        .get("resilient-lock")
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity,
+        None,
+        "released on shutdown"
+    );
+}

@@ -147,7 +147,80 @@ impl LeaderElector {
         F: FnOnce(watch::Receiver<bool>) -> Fut,
         Fut: Future<Output = ()>,
     {
+        // Never stopped: the sender lives as long as the call.
+        let (_never, stop) = watch::channel(false);
+        self.run_unless(lead, stop).await
+    }
+
+    /// Leads whenever elected until `shutdown`, as a resilient loop: `lead`
+    /// gets a future that completes when it must stop (leadership lost, or
+    /// shutdown); after a lost lease this replica campaigns again in-process,
+    /// never giving up. On shutdown the lease is released, so another
+    /// replica takes over at once.
+    pub async fn lead_until<F, Fut>(&self, mut lead: F, shutdown: impl Future<Output = ()>)
+    where
+        F: FnMut(futures::future::BoxFuture<'static, ()>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let campaign = async {
+            loop {
+                let stop = stop_rx.clone();
+                let result = self
+                    .run_unless(
+                        |mut lost| {
+                            let mut stop = stop.clone();
+                            lead(Box::pin(async move {
+                                tokio::select! {
+                                    _ = lost.wait_for(|l| *l) => {}
+                                    _ = stop.wait_for(|s| *s) => {}
+                                }
+                            }))
+                        },
+                        stop_rx.clone(),
+                    )
+                    .await;
+                if *stop_rx.borrow() {
+                    return;
+                }
+                match result {
+                    // `lead` ended by itself.
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(lease = %self.config.name, error = %e, "stepped down; campaigning again")
+                    }
+                }
+            }
+        };
+        tokio::pin!(campaign);
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut campaign => {}
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                campaign.await;
+            }
+        }
+        if let Err(e) = self.release().await {
+            tracing::warn!(lease = %self.config.name, error = %e, "could not release the lease");
+        }
+    }
+
+    /// [`run`](Self::run), giving up the campaign (Ok) once `stop` turns true
+    /// while not leading; while leading, `lead` is expected to watch `stop`.
+    async fn run_unless<F, Fut>(
+        &self,
+        lead: F,
+        mut stop: watch::Receiver<bool>,
+    ) -> std::result::Result<(), LeaderError>
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
         loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
             match self.try_acquire_or_renew().await {
                 Ok(true) => break,
                 Ok(false) => {}
@@ -155,7 +228,10 @@ impl LeaderElector {
                     tracing::warn!(lease = %self.config.name, error = %e, "leader election attempt failed")
                 }
             }
-            tokio::time::sleep(self.config.retry_period).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.retry_period) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
         }
         tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
         let (lost_tx, lost_rx) = watch::channel(false);

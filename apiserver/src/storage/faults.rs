@@ -87,7 +87,13 @@ pub struct FaultyStorage {
     ranges_held: watch::Sender<bool>,
     log: Mutex<Vec<(Op, String)>>,
     hide_progress: bool,
+    writes_refused: std::sync::atomic::AtomicBool,
 }
+
+/// The error a refused write fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the test refused this storage write")]
+pub struct Refused;
 
 /// The error a cut watch ends with.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,7 @@ impl FaultyStorage {
             ranges_held: watch::channel(false).0,
             log: Mutex::new(Vec::new()),
             hide_progress: false,
+            writes_refused: Default::default(),
         })
     }
 
@@ -118,6 +125,23 @@ impl FaultyStorage {
     /// Ends every open watch with an `Unavailable` error.
     pub fn cut_watches(&self) {
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Refuses every write (create, update, delete, put) as storage that
+    /// has lost its quorum does, until told otherwise; reads still work.
+    pub fn refuse_writes(&self, refuse: bool) {
+        self.writes_refused
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self
+            .writes_refused
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StorageError::unavailable(Refused));
+        }
+        Ok(())
     }
 
     /// Holds new watches (they start once released).
@@ -225,18 +249,22 @@ impl Storage for FaultyStorage {
     }
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
         self.count(Op::Create, key);
+        self.writable()?;
         self.inner.create(key, value).await
     }
     async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
         self.count(Op::Update, key);
+        self.writable()?;
         self.inner.update(key, value, expected).await
     }
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted> {
         self.count(Op::Delete, key);
+        self.writable()?;
         self.inner.delete(key, expected).await
     }
     async fn put(&self, key: &str, value: Bytes) -> Result<KeyValue> {
         self.count(Op::Put, key);
+        self.writable()?;
         self.inner.put(key, value).await
     }
     async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream> {

@@ -50,7 +50,7 @@ pub async fn scheduler(args: SchedulerArgs, server: Option<&str>) -> anyhow::Res
     }
     tracing::info!(server = client.server(), %identity, "scheduler starting");
     let stats = Arc::new(skiff_scheduler::SchedulerStats::default());
-    skiff_scheduler::run(client, config, stats, apiserver::shutdown_signal()).await?;
+    skiff_scheduler::run(client, config, stats, apiserver::shutdown_signal()).await;
     Ok(())
 }
 
@@ -167,7 +167,7 @@ pub async fn controller_manager(
     let config = controllers_config(&args, &identity)?;
     let client = ctx::client(server).await?;
     tracing::info!(server = client.server(), %identity, controllers = ?config.controllers, "controller manager starting");
-    skiff_controllers::run(client, config, apiserver::shutdown_signal()).await?;
+    skiff_controllers::run(client, config, apiserver::shutdown_signal()).await;
     Ok(())
 }
 

@@ -100,31 +100,24 @@ pub struct Context {
 }
 
 /// Runs the configured controllers (under leader election if configured) until `shutdown`.
+/// A replica that loses its lease stops every controller, campaigns again
+/// and starts them afresh (new informers, synced before any reconcile) once
+/// it leads again; it never exits because of a lost lease.
 pub async fn run(
     client: Client,
     config: ControllersConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), skiff::runtime::leader::LeaderError> {
+) {
     match config.leader_election.clone() {
-        None => {
-            run_controllers(client, config, shutdown).await;
-            Ok(())
-        }
+        None => run_controllers(client, config, shutdown).await,
         Some(election) => {
             let elector = LeaderElector::new(client.leases(&election.namespace), election);
-            tokio::pin!(shutdown);
-            let result = elector
-                .run(|mut lost| {
-                    run_controllers(client, config, async move {
-                        tokio::select! {
-                            _ = lost.wait_for(|l| *l) => {}
-                            _ = &mut shutdown => {}
-                        }
-                    })
-                })
+            elector
+                .lead_until(
+                    |stop| run_controllers(client.clone(), config.clone(), stop),
+                    shutdown,
+                )
                 .await;
-            let _ = elector.release().await;
-            result
         }
     }
 }

@@ -133,31 +133,25 @@ fn wants(config: &SchedulerConfig, p: &Pod) -> bool {
 }
 
 /// Runs the scheduler (with leader election if configured) until `shutdown`.
+/// A replica that loses its lease stops scheduling, campaigns again and
+/// starts afresh (new informers and cache) once it leads again; it never
+/// exits because of a lost lease.
 pub async fn run(
     client: Client,
     config: SchedulerConfig,
     stats: Arc<SchedulerStats>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), skiff::runtime::leader::LeaderError> {
+) {
     match config.leader_election.clone() {
-        None => {
-            schedule(client, config, stats, shutdown).await;
-            Ok(())
-        }
+        None => schedule(client, config, stats, shutdown).await,
         Some(election) => {
             let elector = LeaderElector::new(client.leases(&election.namespace), election);
-            tokio::pin!(shutdown);
-            let lead = |mut lost: tokio::sync::watch::Receiver<bool>| {
-                schedule(client, config, stats, async move {
-                    tokio::select! {
-                        _ = lost.wait_for(|l| *l) => {}
-                        _ = &mut shutdown => {}
-                    }
-                })
-            };
-            let result = elector.run(lead).await;
-            let _ = elector.release().await;
-            result
+            elector
+                .lead_until(
+                    |stop| schedule(client.clone(), config.clone(), stats.clone(), stop),
+                    shutdown,
+                )
+                .await;
         }
     }
 }
