@@ -359,13 +359,7 @@ async fn a_silent_nodes_pods_are_replaced_elsewhere() {
                 .conditions
                 .iter()
                 .any(|c| c.r#type == "Ready" && c.status == "Unknown");
-            let tainted = n
-                .spec
-                .as_ref()?
-                .taints
-                .iter()
-                .any(|t| t.key == "node.kubernetes.io/unreachable");
-            (unknown && tainted).then_some(n)
+            (unknown && unreachable(&n)).then_some(n)
         })
         .await;
     assert_eq!(node.spec.unwrap().taints[0].effect, "NoExecute");
@@ -378,6 +372,15 @@ async fn a_silent_nodes_pods_are_replaced_elsewhere() {
         (good == 6).then_some(())
     })
     .await;
+}
+
+/// Whether the node lifecycle controller tainted `n` unreachable.
+fn unreachable(n: &skiff::api::core::v1::Node) -> bool {
+    n.spec.as_ref().is_some_and(|s| {
+        s.taints
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable")
+    })
 }
 
 /// Kubernetes' full-disruption mode: when every node goes silent at once,
@@ -397,17 +400,7 @@ async fn when_every_node_goes_silent_no_pod_is_evicted_until_one_returns() {
     }
     c.eventually("every node to be marked unreachable", async || {
         let nodes = c.client.nodes().list(&ListParams::default()).await.ok()?;
-        nodes
-            .items
-            .iter()
-            .all(|n| {
-                n.spec.as_ref().is_some_and(|s| {
-                    s.taints
-                        .iter()
-                        .any(|t| t.key == "node.kubernetes.io/unreachable")
-                })
-            })
-            .then_some(())
+        nodes.items.iter().all(unreachable).then_some(())
     })
     .await;
     // The pods tolerate the taint for 1 s and nodes are checked every

@@ -148,6 +148,15 @@ struct Pacer {
 }
 
 impl Pacer {
+    fn new(pacing: EvictionPacing) -> Self {
+        Self {
+            pacing,
+            limiters: HashMap::new(),
+            evicting: Default::default(),
+            all_down: false,
+        }
+    }
+
     /// Updates zone rates from `health` (node, zone, unhealthy); returns
     /// whether every zone is fully disrupted.
     fn observe(&mut self, health: &[(String, String, bool)], now: Instant) -> bool {
@@ -233,12 +242,7 @@ pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) 
     leases.store().wait_until_ready().await;
     pods.store().wait_until_ready().await;
     let mut seen: HashMap<String, Seen> = HashMap::new();
-    let mut pacer = Pacer {
-        pacing: ctx.config.eviction_pacing,
-        limiters: HashMap::new(),
-        evicting: Default::default(),
-        all_down: false,
-    };
+    let mut pacer = Pacer::new(ctx.config.eviction_pacing);
     let mut ticker = tokio::time::interval(ctx.config.node_monitor_period);
     tokio::pin!(shutdown);
     loop {
@@ -272,8 +276,8 @@ pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) 
                 tracing::info!("some nodes are healthy again: leaving full disruption mode");
             }
         }
-        for (node, taints) in &checked {
-            if !unhealthy(taints) || !pacer.may_evict(node.name(), &zone_of(node), now) {
+        for ((node, taints), (name, zone, bad)) in checked.iter().zip(&health) {
+            if !bad || !pacer.may_evict(name, zone, now) {
                 continue;
             }
             if let Err(e) = evict(&ctx, node, taints, &pod_store).await {
@@ -547,12 +551,7 @@ mod tests {
     #[test]
     fn one_dead_node_is_evicted_at_once_and_the_next_waits_its_turn() {
         let t0 = Instant::now();
-        let mut pacer = Pacer {
-            pacing: EvictionPacing::default(),
-            limiters: HashMap::new(),
-            evicting: Default::default(),
-            all_down: false,
-        };
+        let mut pacer = Pacer::new(EvictionPacing::default());
         let h = health(&[
             ("a", "", true),
             ("b", "", true),
@@ -574,12 +573,7 @@ mod tests {
     #[test]
     fn when_every_node_is_down_nothing_is_evicted_until_some_return() {
         let t0 = Instant::now();
-        let mut pacer = Pacer {
-            pacing: EvictionPacing::default(),
-            limiters: HashMap::new(),
-            evicting: Default::default(),
-            all_down: false,
-        };
+        let mut pacer = Pacer::new(EvictionPacing::default());
         let all_down = health(&[("a", "z1", true), ("b", "z1", true), ("c", "z2", true)]);
         assert!(pacer.observe(&all_down, t0));
         let later = t0 + Duration::from_secs(600);
@@ -605,12 +599,7 @@ mod tests {
             large_cluster_size_threshold: 5,
             ..Default::default()
         };
-        let mut pacer = Pacer {
-            pacing,
-            limiters: HashMap::new(),
-            evicting: Default::default(),
-            all_down: false,
-        };
+        let mut pacer = Pacer::new(pacing);
         // 3 of 4 down in a small zone: partial disruption, no evictions.
         let small = health(&[
             ("a", "", true),
@@ -625,12 +614,7 @@ mod tests {
             .map(|i| (format!("n{i}"), "big".into(), i < 6))
             .collect();
         nodes.push(("x".into(), "other".into(), false));
-        let mut pacer = Pacer {
-            pacing,
-            limiters: HashMap::new(),
-            evicting: Default::default(),
-            all_down: false,
-        };
+        let mut pacer = Pacer::new(pacing);
         pacer.observe(&nodes, t0);
         assert!(pacer.may_evict("n0", "big", t0), "the bucket starts full");
         let t1 = t0 + Duration::from_secs(50);
