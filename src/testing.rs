@@ -1,8 +1,31 @@
 //! Helpers for tests of code built on Skiff (this workspace's own tests
 //! use them too): waiting for a condition with a deadline instead of
-//! sleeping and hoping.
+//! sleeping and hoping, and the smallest valid objects.
 
 use std::time::Duration;
+
+use crate::api::core::v1::{Container, Pod, PodSpec};
+use crate::api::meta::v1::ObjectMeta;
+
+/// The smallest valid pod: one container `c` of image `busybox`.
+pub fn pod(namespace: &str, name: &str) -> Pod {
+    Pod {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: namespace.into(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: "busybox".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
 
 /// Polls `f` until it returns `Some`, and returns that value; panics naming
 /// `what` once `timeout` has passed. Polls quickly at first (5 ms) and

@@ -380,3 +380,26 @@ async fn on_three_members_the_cache_and_its_watchers_survive_the_leader_killed_a
     }
     assert_eq!(server.stats.kind("Pod").unwrap().relists, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_starts_and_serves_with_one_of_three_etcd_members_down() {
+    let mut cluster = EtcdCluster::start(3).await;
+    // Whatever the order of endpoints, the dead one first included.
+    cluster.kill(0);
+    let server = on_etcd(&cluster.endpoints(), "/one-down").await;
+    let t = server.transport().await;
+    create_through_election(&t, "first").await;
+    for i in 0..30 {
+        Pod::create_in(t.clone(), pod("default", &format!("p{i}")))
+            .await
+            .expect("no steady error with a member down");
+        Pod::list_in(t.clone(), ListParams::default())
+            .await
+            .expect("no steady error with a member down");
+    }
+    cluster.restart(0).await;
+    let listed = Pod::list_in(t.clone(), ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 31);
+}

@@ -98,10 +98,7 @@ async fn a_watcher_that_never_reads_is_closed_while_a_fast_one_sees_every_event(
         .connect()
         .await
         .unwrap();
-    let slow_t = tonic::service::interceptor::InterceptedService::new(
-        slow_channel,
-        skiff::client::Credentials::none(),
-    );
+    let slow_t = Transport::from_channel(slow_channel, skiff::client::Credentials::none());
     let fast_t = server.transport().await;
     let mut slow = watch(&slow_t, from(&start)).await;
     let mut fast = watch(&fast_t, from(&start)).await;

@@ -53,7 +53,12 @@ struct Cost {
 
 async fn costs(storage: Arc<dyn Storage>, watchers: usize) -> Vec<Cost> {
     let faulty = FaultyStorage::new(storage);
-    let server = TestServer::start_with(faulty.clone(), ServerConfig::default()).await;
+    // Only the writes measured touch storage: no health probe in between.
+    let config = ServerConfig {
+        storage_health_interval: None,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(faulty.clone(), config).await;
     let mut connections = Vec::new();
     for _ in 0..4 {
         connections.push(server.transport().await);

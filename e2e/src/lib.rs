@@ -194,6 +194,47 @@ pub fn is_subset(expected: &serde_json::Value, actual: &serde_json::Value) -> bo
 /// Simulated cluster pieces for tests that need nodes but not real machines.
 pub mod cluster;
 
+/// A Deployment `name` in `default` of `replicas` pods labelled
+/// `app=<name>`, one container `web` of `image`.
+pub fn deployment(name: &str, replicas: i32, image: &str) -> skiff::api::apps::v1::Deployment {
+    let labels: std::collections::BTreeMap<String, String> =
+        [("app".to_string(), name.to_string())].into();
+    skiff::api::apps::v1::Deployment {
+        metadata: Some(skiff::api::meta::v1::ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(skiff::api::apps::v1::DeploymentSpec {
+            replicas: Some(replicas),
+            selector: Some(skiff::api::meta::v1::LabelSelector {
+                match_labels: labels.clone(),
+                match_expressions: vec![],
+            }),
+            template: Some(skiff::api::core::v1::PodTemplateSpec {
+                metadata: Some(skiff::api::meta::v1::ObjectMeta {
+                    labels,
+                    ..Default::default()
+                }),
+                spec: Some(skiff::api::core::v1::PodSpec {
+                    containers: vec![skiff::api::core::v1::Container {
+                        name: "web".into(),
+                        image: image.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub mod ha;
+pub mod history;
+pub mod relay;
+
 pub mod sim {
     use std::collections::BTreeMap;
 

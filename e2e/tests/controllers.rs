@@ -10,18 +10,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use skiff::Resource;
-use skiff::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
-};
-use skiff::api::core::v1::{
-    Container, Namespace, Pod, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
-};
-use skiff::api::meta::v1::{LabelSelector, ObjectMeta};
+use skiff::api::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
+use skiff::api::core::v1::{Namespace, Pod, Service, ServicePort, ServiceSpec};
+use skiff::api::meta::v1::ObjectMeta;
 use skiff::client::Client;
 use skiff::params::{DeleteParams, ListParams};
 use skiff::runtime::{Event, WatcherConfig, watcher};
 use skiff_apiserver::testing::TestServer;
 use skiff_controllers::ControllersConfig;
+use skiff_e2e::deployment;
 use skiff_e2e::sim::SimNode;
 use skiff_scheduler::SchedulerConfig;
 use skiff_scheduler::queue::QueueConfig;
@@ -148,40 +145,6 @@ impl Cluster {
                 .then_some(d)
         })
         .await
-    }
-}
-
-fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
-    let labels: BTreeMap<String, String> = [("app".to_string(), name.to_string())].into();
-    Deployment {
-        metadata: Some(ObjectMeta {
-            name: name.into(),
-            namespace: "default".into(),
-            ..Default::default()
-        }),
-        spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
-            selector: Some(LabelSelector {
-                match_labels: labels.clone(),
-                match_expressions: vec![],
-            }),
-            template: Some(PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels,
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "web".into(),
-                        image: image.into(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-        status: None,
     }
 }
 

@@ -50,10 +50,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The API server's address.
+    /// The API server's address (or several, comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-    /// Further addresses, tried in order after `server`.
+    /// Further API servers of the same cluster; calls use every one that answers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<String>,
     /// Bearer token sent with every request.
@@ -162,9 +162,18 @@ impl Config {
         }))
     }
 
-    /// Every address to try, in order.
+    /// Every API server's address: `server` then `servers`, each of which
+    /// may itself be a comma-separated list ("a:6443,b:6443").
     pub fn servers(&self) -> Vec<String> {
-        self.server.iter().chain(&self.servers).cloned().collect()
+        let mut out: Vec<String> = Vec::new();
+        for entry in self.server.iter().chain(&self.servers) {
+            for address in entry.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                if !out.iter().any(|a| a == address) {
+                    out.push(address.to_owned());
+                }
+            }
+        }
+        out
     }
 }
 

@@ -7,14 +7,15 @@ mod api;
 mod config;
 pub mod dynamic;
 mod error;
+mod failover;
 mod transport;
 
 pub use api::{Api, ExecStream, LogParams, LogStream, ObjectList};
 pub use config::{Config, ConfigError};
 pub use error::{Error, Result};
 pub use transport::{
-    ConnectError, Credentials, ResourceClient, TlsOptions, Transport, connect, connect_with,
-    missing_in_response,
+    ConnectError, Credentials, ResourceClient, TlsOptions, Transport, connect, connect_all,
+    connect_with, missing_in_response,
 };
 
 use skiff_types::*;
@@ -44,23 +45,23 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects as `config` says: the first of its servers that answers.
+    /// Connects as `config` says: to all of its servers, succeeding if one
+    /// answers. Calls go to the servers that answer and move off one that
+    /// stops, open watches included; it rejoins when it answers again.
     pub async fn connect(config: &Config) -> Result<Self> {
         let credentials = match &config.token {
             Some(t) => Credentials::bearer(t)?,
             None => Credentials::none(),
         };
         let tls = config.tls_options()?;
-        let mut last = None;
-        for server in config.servers() {
-            match connect_with(&server, credentials.clone(), tls.as_ref()).await {
-                Ok(transport) => return Ok(Self { transport, server }),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(match last {
-            Some(e) => Error::Connect(e),
-            None => Error::Config(ConfigError::NoServer),
+        let servers = config.servers();
+        let Some(first) = servers.first().cloned() else {
+            return Err(Error::Config(ConfigError::NoServer));
+        };
+        let transport = connect_all(&servers, credentials, tls.as_ref()).await?;
+        Ok(Self {
+            transport,
+            server: first,
         })
     }
 
@@ -74,9 +75,14 @@ impl Client {
         Self::connect(&Config::for_server(server)).await
     }
 
-    /// The address connected to.
+    /// The first address configured.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// Every server's address and whether calls go to it now.
+    pub fn server_health(&self) -> Vec<(String, bool)> {
+        self.transport.health()
     }
 
     /// The underlying transport, for generated clients.

@@ -7,14 +7,13 @@ use tonic::Status;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+pub use super::failover::Transport;
 
 use crate::params::{DeleteParams, GetParams, ListParams, WatchParams};
 use crate::resource::Resource;
 use crate::wire::{ListResponse, WatchEvent};
-
-/// The channel every typed call goes through: a gRPC connection plus credentials.
-pub type Transport = InterceptedService<Channel, Credentials>;
 
 /// Adds the bearer token, if any, to every request.
 #[derive(Clone, Default)]
@@ -108,6 +107,9 @@ pub enum ConnectError {
     /// The address is not a valid URI.
     #[error("invalid server address {0:?}: expected host:port or http(s)://host:port")]
     InvalidAddress(String),
+    /// No address was given.
+    #[error("no API server address given: pass --server HOST:PORT[,HOST:PORT...]")]
+    NoServer,
     /// The server did not accept the connection.
     #[error(
         "cannot connect to the API server at {address} (is it running? start one with `skiff up` or `skiff apiserver`)"
@@ -149,16 +151,67 @@ pub async fn connect_with(
     credentials: Credentials,
     tls: Option<&TlsOptions>,
 ) -> Result<Transport, ConnectError> {
+    connect_all(&[endpoint.to_owned()], credentials, tls).await
+}
+
+/// How long opening one connection may take before that server counts as down.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens connections to every server in `endpoints` (one cluster's API
+/// servers); succeeds if at least one answers. Calls then go to the ones
+/// that answer and move off any that stops (see [`Transport`]).
+pub async fn connect_all(
+    endpoints: &[String],
+    credentials: Credentials,
+    tls: Option<&TlsOptions>,
+) -> Result<Transport, ConnectError> {
+    let built = endpoints
+        .iter()
+        .map(|e| endpoint(e, tls))
+        .collect::<Result<Vec<_>, _>>()?;
+    let attempts = built.iter().map(|(_, ep)| ep.connect());
+    let results = futures::future::join_all(attempts).await;
+    let mut connections = Vec::with_capacity(built.len());
+    let mut first_error = None;
+    for ((url, ep), result) in built.into_iter().zip(results) {
+        let (channel, up) = match result {
+            Ok(channel) => (channel, true),
+            Err(source) => {
+                first_error.get_or_insert(ConnectError::Connect {
+                    address: url.clone(),
+                    source,
+                });
+                (ep.connect_lazy(), false)
+            }
+        };
+        connections.push((
+            url,
+            InterceptedService::new(channel, credentials.clone()),
+            up,
+        ));
+    }
+    if connections.iter().all(|(_, _, up)| !up) {
+        return Err(first_error.unwrap_or(ConnectError::NoServer));
+    }
+    Ok(Transport::from_connections(connections))
+}
+
+/// The URL and channel settings of one server.
+fn endpoint(address: &str, tls: Option<&TlsOptions>) -> Result<(String, Endpoint), ConnectError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let url = if endpoint.contains("://") {
-        endpoint.to_owned()
+    let url = if address.contains("://") {
+        address.to_owned()
     } else {
-        format!("{scheme}://{endpoint}")
+        format!("{scheme}://{address}")
     };
-    let mut builder = Channel::from_shared(url.clone())
-        .map_err(|_| ConnectError::InvalidAddress(endpoint.to_owned()))?
+    let mut builder = Endpoint::from_shared(url.clone())
+        .map_err(|_| ConnectError::InvalidAddress(address.to_owned()))?
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A server that vanishes without closing its connections (a cut
+        // network) is noticed within ~20 s, and its watches move elsewhere.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
         .keep_alive_while_idle(true);
     if let Some(tls) = tls {
         let mut config = tonic::transport::ClientTlsConfig::new()
@@ -173,12 +226,5 @@ pub async fn connect_with(
                 source,
             })?;
     }
-    let channel = builder
-        .connect()
-        .await
-        .map_err(|source| ConnectError::Connect {
-            address: url,
-            source,
-        })?;
-    Ok(InterceptedService::new(channel, credentials))
+    Ok((url, builder))
 }

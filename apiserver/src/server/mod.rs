@@ -105,6 +105,9 @@ pub struct ServerConfig {
     pub node_ports: std::ops::RangeInclusive<u16>,
     /// Authentication, authorization, limits, audit and TLS.
     pub security: SecurityConfig,
+    /// How often the health status follows whether storage answers; `None`
+    /// keeps it SERVING.
+    pub storage_health_interval: Option<Duration>,
 }
 
 /// PEM files of the server's TLS identity.
@@ -150,6 +153,7 @@ impl Default for ServerConfig {
             service_cidr: crate::allocation::DEFAULT_SERVICE_CIDR.into(),
             node_ports: crate::allocation::DEFAULT_NODE_PORTS,
             security: SecurityConfig::default(),
+            storage_health_interval: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -166,6 +170,7 @@ pub struct ApiServer {
     shutdown: tokio::sync::watch::Sender<bool>,
     config: ServerConfig,
     cache_stats: CacheStatsHandle,
+    health: tonic_health::server::HealthReporter,
 }
 
 struct Registrar {
@@ -413,6 +418,7 @@ impl ApiServer {
             shutdown,
             config,
             cache_stats,
+            health: reporter,
         })
     }
 
@@ -450,6 +456,13 @@ impl ApiServer {
                 .clone()
                 .run_repairs(Duration::from_secs(180), self.shutdown.subscribe()),
         );
+        let health = self.config.storage_health_interval.map(|every| {
+            tokio::spawn(report_storage_health(
+                self.storage.clone(),
+                self.health.clone(),
+                every,
+            ))
+        });
         let streams = self.shutdown;
         let shutdown = async move {
             shutdown.await;
@@ -491,11 +504,44 @@ impl ApiServer {
             c.abort();
         }
         repairs.abort();
+        if let Some(h) = health {
+            h.abort();
+        }
         if let Some(r) = rbac_refresh {
             r.abort();
         }
         result?;
         Ok(())
+    }
+}
+
+/// Keeps the gRPC health status ("" service) at SERVING while storage
+/// answers a consistent read and NOT_SERVING while it does not (an API
+/// server cut off from etcd), so that clients of several API servers move
+/// to the others.
+async fn report_storage_health(
+    storage: Arc<dyn Storage>,
+    reporter: tonic_health::server::HealthReporter,
+    every: Duration,
+) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(every).await;
+        let answers = matches!(
+            tokio::time::timeout(every * 3, storage.current_revision()).await,
+            Ok(Ok(_))
+        );
+        if answers != serving {
+            serving = answers;
+            let status = if serving {
+                tracing::info!("storage answers again: health is SERVING");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("storage does not answer: health is NOT_SERVING");
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+        }
     }
 }
 

@@ -14,15 +14,61 @@ use crate::{apiserver, ctx};
     skiff scheduler                          # against ~/.skiff/config's server\n  \
     skiff scheduler --server 127.0.0.1:6443 --leader-elect=false")]
 pub struct SchedulerArgs {
-    /// Elect one active replica through a Lease in skiff-system.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_elect: bool,
+    #[command(flatten)]
+    pub election: LeaderElectionFlags,
     /// This replica's identity (default: hostname and process id).
     #[arg(long)]
     pub identity: Option<String>,
     /// Percentage of nodes to evaluate on big clusters (default: adaptive).
     #[arg(long)]
     pub percentage_of_nodes_to_score: Option<u32>,
+}
+
+/// Leader election flags, as kube-scheduler's and kube-controller-manager's.
+#[derive(Debug, ClapArgs)]
+pub struct LeaderElectionFlags {
+    /// Elect one active replica through a Lease in skiff-system.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long standbys wait after the last renewal before taking over.
+    #[arg(long, default_value = "15s", value_parser = apiserver::parse_duration)]
+    pub leader_elect_lease_duration: std::time::Duration,
+    /// A leader that cannot renew for this long stops acting and campaigns again.
+    #[arg(long, default_value = "10s", value_parser = apiserver::parse_duration)]
+    pub leader_elect_renew_deadline: std::time::Duration,
+    /// How often to try to acquire or renew the lease.
+    #[arg(long, default_value = "2s", value_parser = apiserver::parse_duration)]
+    pub leader_elect_retry_period: std::time::Duration,
+}
+
+impl LeaderElectionFlags {
+    /// The election of lease `name`, if enabled; refuses inconsistent durations.
+    pub fn config(
+        &self,
+        name: &str,
+        identity: &str,
+    ) -> anyhow::Result<Option<LeaderElectionConfig>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        if self.leader_elect_renew_deadline >= self.leader_elect_lease_duration {
+            anyhow::bail!(
+                "--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration (a leader must step down before a standby may take over)"
+            );
+        }
+        if self.leader_elect_retry_period.is_zero()
+            || self.leader_elect_retry_period >= self.leader_elect_renew_deadline
+        {
+            anyhow::bail!(
+                "--leader-elect-retry-period must be above 0 and shorter than --leader-elect-renew-deadline"
+            );
+        }
+        let mut config = LeaderElectionConfig::new("skiff-system", name, identity);
+        config.lease_duration = self.leader_elect_lease_duration;
+        config.renew_deadline = self.leader_elect_renew_deadline;
+        config.retry_period = self.leader_elect_retry_period;
+        Ok(Some(config))
+    }
 }
 
 /// A default identity: host name and process id.
@@ -35,19 +81,13 @@ pub fn default_identity(component: &str) -> String {
 
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
 pub async fn scheduler(args: SchedulerArgs, server: Option<&str>) -> anyhow::Result<()> {
-    let client = ctx::client(server).await?;
     let identity = args
         .identity
         .unwrap_or_else(|| default_identity("scheduler"));
     let mut config = skiff_scheduler::SchedulerConfig::new(&identity);
     config.percentage_of_nodes_to_score = args.percentage_of_nodes_to_score;
-    if args.leader_elect {
-        config.leader_election = Some(LeaderElectionConfig::new(
-            "skiff-system",
-            "skiff-scheduler",
-            &identity,
-        ));
-    }
+    config.leader_election = args.election.config("skiff-scheduler", &identity)?;
+    let client = ctx::client(server).await?;
     tracing::info!(server = client.server(), %identity, "scheduler starting");
     let stats = Arc::new(skiff_scheduler::SchedulerStats::default());
     skiff_scheduler::run(client, config, stats, apiserver::shutdown_signal()).await;
@@ -60,9 +100,8 @@ pub async fn scheduler(args: SchedulerArgs, server: Option<&str>) -> anyhow::Res
     skiff controller-manager\n  \
     skiff controller-manager --controllers replicaset,deployment --leader-elect=false")]
 pub struct ControllerManagerArgs {
-    /// Elect one active replica through a Lease in skiff-system.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_elect: bool,
+    #[command(flatten)]
+    pub election: LeaderElectionFlags,
     /// This replica's identity (default: hostname and process id).
     #[arg(long)]
     pub identity: Option<String>,
@@ -144,13 +183,7 @@ pub fn controllers_config(
     if let Some(path) = &args.service_account_key_file {
         config.service_account_key = Some(Arc::new(skiff::token::load_or_create_key(path)?));
     }
-    if args.leader_elect {
-        config.leader_election = Some(LeaderElectionConfig::new(
-            "skiff-system",
-            "skiff-controller-manager",
-            identity,
-        ));
-    }
+    config.leader_election = args.election.config("skiff-controller-manager", identity)?;
     Ok(config)
 }
 

@@ -23,7 +23,9 @@ struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// API server address (default: from ~/.skiff/config or SKIFF_CONFIG, else 127.0.0.1:6443).
+    /// API server address, or several of one cluster comma-separated
+    /// ("a:6443,b:6443": calls go to every one that answers). Default: from
+    /// ~/.skiff/config or SKIFF_CONFIG, else 127.0.0.1:6443.
     #[arg(long, global = true, env = "SKIFF_SERVER")]
     server: Option<String>,
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9090;
