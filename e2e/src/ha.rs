@@ -1,5 +1,5 @@
-//! A highly available cluster of real processes on loopback: 3 etcd
-//! members, 3 API servers (each reaching every member through a [`Relay`]
+//! A highly available cluster of real processes: 3 etcd members (on
+//! loopback, or in Docker on a private network), 3 API servers (each reaching every member through a [`Relay`]
 //! the test can cut), 2 schedulers and 2 controller managers under leader
 //! election, and N kubelets (process runtime). Each process can be killed,
 //! paused and started again with the same flags and ports; all are killed
@@ -11,10 +11,63 @@ use std::time::Duration;
 
 use skiff::client::{Client, Config};
 use skiff_apiserver::testing::{EtcdCluster, free_port};
+
 use tokio::process::{Child, Command};
 
+use crate::docker_etcd::DockerEtcd;
 use crate::relay::Relay;
 use crate::skiff_bin;
+
+/// The etcd cluster under the API servers: members as local processes, or
+/// in Docker containers on a private network (which can be partitioned).
+pub enum Etcd {
+    /// Members on loopback ports.
+    Local(EtcdCluster),
+    /// Members in Docker.
+    Docker(DockerEtcd),
+}
+
+impl Etcd {
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        match self {
+            Self::Local(c) => c.endpoints(),
+            Self::Docker(c) => c.endpoints(),
+        }
+    }
+
+    /// The index of the current leader.
+    pub async fn leader(&self) -> usize {
+        match self {
+            Self::Local(c) => c.leader().await,
+            Self::Docker(c) => c.leader().await,
+        }
+    }
+
+    /// Kills member `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        match self {
+            Self::Local(c) => c.kill(i),
+            Self::Docker(c) => c.kill(i),
+        }
+    }
+
+    /// Starts member `i` again and waits until it serves.
+    pub async fn restart(&mut self, i: usize) {
+        match self {
+            Self::Local(c) => c.restart(i).await,
+            Self::Docker(c) => c.restart(i).await,
+        }
+    }
+
+    /// Cuts member `i` off its peers and clients (Docker only), or heals it.
+    pub async fn partition(&self, i: usize, cut: bool) {
+        match self {
+            Self::Local(_) => panic!("partitioning an etcd member needs the Docker cluster"),
+            Self::Docker(c) => c.partition(i, cut).await,
+        }
+    }
+}
 
 /// Leader election timings of the schedulers and controller managers (short, for tests).
 pub const LEASE_DURATION: Duration = Duration::from_secs(4);
@@ -118,7 +171,7 @@ impl ApiServer {
 /// The whole cluster.
 pub struct HaCluster {
     /// The etcd members.
-    pub etcd: EtcdCluster,
+    pub etcd: Etcd,
     /// The API servers.
     pub apiservers: Vec<ApiServer>,
     /// The schedulers (identities "scheduler-0", "scheduler-1").
@@ -133,10 +186,10 @@ pub struct HaCluster {
 }
 
 impl HaCluster {
-    /// Starts every process and waits until each API server serves and every node is Ready.
-    pub async fn start(nodes: usize) -> Self {
+    /// Starts every process over `etcd` and waits until each API server
+    /// serves and every node is Ready.
+    pub async fn start(nodes: usize, etcd: Etcd) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the HA cluster");
-        let etcd = EtcdCluster::start(3).await;
         let mut apiservers = Vec::new();
         for i in 0..3 {
             let mut relays = Vec::new();
@@ -307,6 +360,22 @@ impl HaCluster {
             .spec
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty())
+    }
+}
+
+impl Drop for HaCluster {
+    fn drop(&mut self) {
+        // Kubelets first, then what they ran: the pods' processes outlive a
+        // killed kubelet.
+        for k in &mut self.kubelets {
+            k.pause(false);
+            if let Some(c) = k.child.as_mut() {
+                let _ = c.start_kill();
+            }
+        }
+        for k in &self.kubelets {
+            crate::cluster::kill_process_pods(&self.dir.path().join(&k.name));
+        }
     }
 }
 

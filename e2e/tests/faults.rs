@@ -1,5 +1,6 @@
-//! The fault suite: an HA cluster (3 etcd members, 3 API servers, 2
-//! schedulers, 2 controller managers, 3 kubelets, all real processes) runs
+//! The fault suite: an HA cluster (3 etcd members in Docker containers on a
+//! network the test creates, 3 API servers, 2 schedulers, 2 controller
+//! managers, 3 kubelets, all real processes) runs
 //! a Deployment of 50 replicas while two writers make creates and
 //! compare-and-swap updates through a client of every API server, logging
 //! every operation, and watchers (one per API server, one over all) check
@@ -25,7 +26,8 @@ use skiff::api::meta::v1::ObjectMeta;
 use skiff::client::{Client, Error};
 use skiff::runtime::watcher::{Event, WatcherConfig, watcher};
 use skiff::testing::eventually;
-use skiff_e2e::ha::{HaCluster, LEASE_DURATION, NODE_GRACE, RETRY_PERIOD};
+use skiff_e2e::docker_etcd::DockerEtcd;
+use skiff_e2e::ha::{Etcd, HaCluster, LEASE_DURATION, NODE_GRACE, RETRY_PERIOD};
 use skiff_e2e::history::{Entry, Op, WriteOutcome, check};
 
 const NS: &str = "faults";
@@ -340,7 +342,8 @@ async fn takeover(cluster: &HaCluster, client: &Client, name: &str, old: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_ha_cluster_loses_no_write_or_event_and_keeps_fifty_pods_through_each_fault() {
     let started = Instant::now();
-    let mut cluster = HaCluster::start(3).await;
+    let etcd = Etcd::Docker(DockerEtcd::start().await);
+    let mut cluster = HaCluster::start(3, etcd).await;
     let client = cluster.client().await;
     client
         .namespaces()
@@ -381,9 +384,10 @@ async fn the_ha_cluster_loses_no_write_or_event_and_keeps_fifty_pods_through_eac
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let faults: [&'static str; 8] = [
+    let faults: [&'static str; 9] = [
         "etcd follower killed",
         "etcd leader killed",
+        "etcd leader partitioned",
         "API server SIGKILL",
         "API server partitioned from etcd",
         "controller-manager leader SIGKILL",
@@ -407,6 +411,12 @@ async fn the_ha_cluster_loses_no_write_or_event_and_keeps_fifty_pods_through_eac
                 cluster.etcd.kill(victim);
                 tokio::time::sleep(Duration::from_secs(4)).await;
                 cluster.etcd.restart(victim).await;
+            }
+            "etcd leader partitioned" => {
+                let leader = cluster.etcd.leader().await;
+                cluster.etcd.partition(leader, true).await;
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                cluster.etcd.partition(leader, false).await;
             }
             "API server SIGKILL" => {
                 cluster.apiservers[0].proc.kill().await;

@@ -39,6 +39,12 @@ pub const MAX_MESSAGE_BYTES: usize = i32::MAX as usize;
 /// How long one request to one member may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request may wait on a member already set aside (tried only
+/// when no member is believed healthy): as long as a probe, so that a
+/// server cut off from every member fails fast instead of waiting out
+/// [`REQUEST_TIMEOUT`] once per member.
+const SET_ASIDE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How often members that were set aside are probed again.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -141,7 +147,7 @@ enum Retry {
 
 /// The request did not finish in time.
 #[derive(Debug, thiserror::Error)]
-#[error("etcd member {0} did not answer within {REQUEST_TIMEOUT:?}")]
+#[error("etcd member(s) {0} did not answer in time")]
 struct TimedOut(String);
 
 /// No member could serve a request.
@@ -286,7 +292,12 @@ impl EtcdStorage {
         for i in self.order() {
             let member = &self.inner.members[i];
             tried.push(member.url.as_str());
-            let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, f(member)).await {
+            let limit = if member.healthy.load(Ordering::Relaxed) {
+                REQUEST_TIMEOUT
+            } else {
+                SET_ASIDE_TIMEOUT
+            };
+            let outcome = match tokio::time::timeout(limit, f(member)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     let failure = classify(&e);

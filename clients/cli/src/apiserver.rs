@@ -43,6 +43,9 @@ pub struct Args {
     /// Prefix of every key in etcd (several clusters can share one etcd).
     #[arg(long, default_value = "/skiff")]
     pub etcd_prefix: String,
+    /// How long to wait at start for an etcd quorum to answer before giving up.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub etcd_wait: Duration,
     /// Serve lists and watches from the watch cache (false: from storage).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_cache: bool,
@@ -283,6 +286,32 @@ pub fn storage_config(args: &Args) -> StorageConfig {
     }
 }
 
+/// Opens storage; etcd is waited for up to `wait` (members started at the
+/// same time as the API server, or a quorum still forming).
+async fn open_storage_waiting(
+    config: &StorageConfig,
+    wait: Duration,
+) -> Result<std::sync::Arc<dyn skiff_apiserver::storage::Storage>, skiff_apiserver::ServerError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match open_storage(config).await {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if matches!(config, StorageConfig::Etcd { .. })
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    tracing::warn!(error = %e, "no etcd member answers yet; waiting up to {wait:?} (--etcd-wait)");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Runs the API server until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let server_config = server_config(&args)?;
@@ -293,7 +322,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let tls = server_config.security.tls.is_some();
     let config = storage_config(&args);
-    let storage = open_storage(&config)
+    let storage = open_storage_waiting(&config, args.etcd_wait)
         .await
         .with_context(|| format!("opening {config:?}"))?;
     let server = ApiServer::with_config(storage, server_config).await?;
