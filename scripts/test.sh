@@ -15,9 +15,13 @@ echo "== build" >&2
 cargo build --workspace --bins --tests
 
 echo "== test" >&2
+# The fault suite (e2e/tests/faults.rs) starts a whole HA cluster and loads
+# both cores for about a minute: it runs on its own after the rest.
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast -E 'not binary(faults)' "$@"
+  cargo nextest run -p skiff-e2e --test faults --no-fail-fast "$@"
   cargo test --workspace --doc
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" -- --skip the_ha_cluster
+  cargo test -p skiff-e2e --test faults "$@"
 fi

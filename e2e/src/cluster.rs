@@ -646,17 +646,17 @@ pub struct Up {
 /// in the temp directory) against every other test cluster on the machine:
 /// clusters started by tests in parallel never hand out the same pod or
 /// cluster IP. A data directory keeps its ranges across restarts.
-struct Ranges {
+pub(crate) struct Ranges {
     _lock: std::fs::File,
-    cluster_cidr: String,
-    service_cidr: String,
+    pub(crate) cluster_cidr: String,
+    pub(crate) service_cidr: String,
 }
 
 /// Slots of ranges: 127.128+k.0.0/16 for pods, 127.96+k.0.0/16 for Services.
 const RANGE_SLOTS: u32 = 16;
 
 impl Ranges {
-    fn claim(data_dir: &Path) -> Self {
+    pub(crate) fn claim(data_dir: &Path) -> Self {
         let saved = data_dir.join("test-address-ranges");
         let preferred: Option<u32> = std::fs::read_to_string(&saved)
             .ok()

@@ -183,6 +183,7 @@ pub struct HaCluster {
     /// Every API server, comma-separated, as `--server` takes them.
     pub servers: String,
     dir: tempfile::TempDir,
+    _ranges: crate::cluster::Ranges,
 }
 
 impl HaCluster {
@@ -190,6 +191,8 @@ impl HaCluster {
     /// serves and every node is Ready.
     pub async fn start(nodes: usize, etcd: Etcd) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the HA cluster");
+        // Pod and Service ranges no other test cluster on this machine uses.
+        let ranges = crate::cluster::Ranges::claim(dir.path());
         let mut apiservers = Vec::new();
         for i in 0..3 {
             let mut relays = Vec::new();
@@ -214,6 +217,8 @@ impl HaCluster {
                 "etcd",
                 "--etcd-endpoints",
                 &endpoints.join(","),
+                "--service-cluster-ip-range",
+                &ranges.service_cidr,
             ]
             .map(String::from)
             .to_vec();
@@ -234,6 +239,7 @@ impl HaCluster {
             kubelets: Vec::new(),
             servers,
             dir,
+            _ranges: ranges,
         };
         for i in 0..3 {
             cluster.wait_serving(i).await;
@@ -273,6 +279,8 @@ impl HaCluster {
                 "1s".into(),
                 "--pod-eviction-timeout".into(),
                 "5s".into(),
+                "--cluster-cidr".into(),
+                cluster._ranges.cluster_cidr.clone(),
             ];
             args.extend(election(&identity));
             let mut p = Proc::new(&identity, args, cluster.dir.path());

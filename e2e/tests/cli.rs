@@ -208,3 +208,33 @@ async fn bad_manifests_name_the_document_and_field_and_exit_non_zero() {
         "{pods:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_takes_several_servers_and_uses_one_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let both = format!("{dead_addr},{}", server.addr);
+    for _ in 0..5 {
+        let out = skiff(&both, &["get", "namespaces"]).await;
+        assert!(out.ok, "{out:?}");
+        assert!(out.stdout.contains("default"), "{out:?}");
+    }
+    let none = skiff(&dead_addr, &["get", "namespaces"]).await;
+    assert!(!none.ok);
+    assert!(
+        none.stderr.contains("cannot connect to the API server"),
+        "{none:?}"
+    );
+}

@@ -11,6 +11,7 @@
 //!
 //! Figures per fault are printed (run with `--no-capture`) and, when
 //! `SKIFF_FAULT_REPORT` names a file, written to it as JSON lines.
+//! `SKIFF_FAULT_ROUNDS=N` runs the whole list N times (the longer variant).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -396,7 +397,13 @@ async fn the_ha_cluster_loses_no_write_or_event_and_keeps_fifty_pods_through_eac
         "all nodes cut off",
     ];
     let mut figures = Vec::new();
-    for (n, fault) in faults.into_iter().enumerate() {
+    // CI runs each fault once; `SKIFF_FAULT_ROUNDS=N` runs the list N times.
+    let rounds: usize = std::env::var("SKIFF_FAULT_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let schedule = (0..rounds).flat_map(|_| faults);
+    for (n, fault) in schedule.enumerate() {
         phase.store(n + 1, Ordering::Relaxed);
         let injected = Instant::now();
         let mut took = None;
