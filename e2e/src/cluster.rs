@@ -317,7 +317,6 @@ impl Kubelet {
         process_records(self.data_dir.path())
             .into_iter()
             .filter(|(pod, _, _)| pod == uid)
-            .filter(|(_, pid, _)| Path::new(&format!("/proc/{pid}")).exists() && !zombie(*pid))
             .map(|(_, pid, _)| pid.to_string())
             .collect()
     }
@@ -332,7 +331,9 @@ fn zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-/// (pod uid, pid, path) of the process runtime's container records.
+/// (pod uid, pid, path) of the process runtime's container records whose
+/// process still runs — the very process recorded (same start time), so a
+/// pid the system has since given to another process is never taken for it.
 fn process_records(data_dir: &Path) -> Vec<(String, u32, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(data_dir.join("process/containers")) else {
         return Vec::new();
@@ -342,13 +343,24 @@ fn process_records(data_dir: &Path) -> Vec<(String, u32, PathBuf)> {
             let path = e.ok()?.path();
             let v: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-            Some((
-                v["pod_uid"].as_str()?.to_owned(),
-                v["pid"].as_u64()? as u32,
-                path,
-            ))
+            let pid = v["pid"].as_u64()? as u32;
+            let ticks = v["start_ticks"].as_u64()?;
+            let uid = v["pod_uid"].as_str()?.to_owned();
+            let runs = v["exit"].is_null() && started_at(pid) == Some(ticks) && !zombie(pid);
+            runs.then_some((uid, pid, path))
         })
         .collect()
+}
+
+/// A process's start time in clock ticks since boot (field 22 of /proc/pid/stat).
+fn started_at(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// Removes every Docker container labelled as node `node`'s.

@@ -28,8 +28,8 @@ fn docker(args: &[&str]) -> (bool, String) {
         .stderr(Stdio::piped())
         .output()
         .expect("run docker");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -145,7 +145,10 @@ impl DockerEtcd {
 
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
-        self.ips.iter().map(|ip| format!("http://{ip}:2379")).collect()
+        self.ips
+            .iter()
+            .map(|ip| format!("http://{ip}:2379"))
+            .collect()
     }
 
     /// Kills member `i` (SIGKILL), keeping its data.
@@ -165,7 +168,13 @@ impl DockerEtcd {
     /// or puts it back on its address.
     pub async fn partition(&self, i: usize, cut: bool) {
         let (ok, out) = if cut {
-            docker(&["network", "disconnect", "-f", &self.network, &self.containers[i]])
+            docker(&[
+                "network",
+                "disconnect",
+                "-f",
+                &self.network,
+                &self.containers[i],
+            ])
         } else {
             docker(&[
                 "network",
@@ -199,7 +208,10 @@ impl DockerEtcd {
                     return i;
                 }
             }
-            assert!(Instant::now() < deadline, "the etcd cluster elected no leader");
+            assert!(
+                Instant::now() < deadline,
+                "the etcd cluster elected no leader"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
