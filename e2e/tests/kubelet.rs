@@ -306,14 +306,16 @@ async fn deletion_stops_the_pod_within_its_grace_period(runtime: &str) {
     let id = uid(&p);
     assert!(!k.running(&id).is_empty());
     let start = Instant::now();
-    pods.delete("stubborn", &DeleteParams::default())
+    let deleted = pods
+        .delete("stubborn", &DeleteParams::default())
         .await
         .unwrap();
     cluster.pod_gone("stubborn", Duration::from_secs(60)).await;
     let took = start.elapsed();
     assert!(
         took >= Duration::from_millis(2500),
-        "SIGKILL came before the grace period: {took:?}"
+        "SIGKILL came before the grace period: {took:?}; the pod when deleted: {:?}",
+        deleted.status
     );
     assert!(
         k.running(&id).is_empty(),
