@@ -68,7 +68,8 @@ for i in 0 1 2; do
   start "etcd-$i" etcd --name "m$i" --data-dir "$dir/etcd-$i" \
     --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
     --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-    --initial-cluster "$initial" --initial-cluster-token skiff-ha --initial-cluster-state new
+    --initial-cluster "$initial" --initial-cluster-token skiff-ha --initial-cluster-state new \
+    --pre-vote  # etcd 3.5's default: a member that was cut off does not force an election
 done
 
 servers=""

@@ -73,8 +73,10 @@ impl Etcd {
 pub const LEASE_DURATION: Duration = Duration::from_secs(4);
 /// See [`LEASE_DURATION`].
 pub const RETRY_PERIOD: Duration = Duration::from_millis(500);
-/// A node with no heartbeat for this long is unreachable.
-pub const NODE_GRACE: Duration = Duration::from_secs(8);
+/// A node with no heartbeat for this long is unreachable: longer than a
+/// kubelet's call may hang on an API server just cut off from etcd (~9 s,
+/// etcd's keepalive), as Kubernetes' 40 s default is.
+pub const NODE_GRACE: Duration = Duration::from_secs(20);
 
 /// One `skiff` process, restartable with the same arguments.
 pub struct Proc {
