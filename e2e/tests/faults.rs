@@ -435,7 +435,8 @@ async fn the_ha_cluster_loses_no_write_or_event_and_keeps_fifty_pods_through_eac
                 let cut = &cluster.apiservers[1];
                 cut.partition_from_etcd(true);
                 let alone = cluster.client_of(1).await;
-                // It refuses consistent reads rather than answer from its cache.
+                // It refuses consistent reads rather than answer from its
+                // cache, and writes, while the others serve.
                 eventually(
                     "the cut-off API server refuses consistent reads",
                     Duration::from_secs(30),
@@ -445,6 +446,16 @@ async fn the_ha_cluster_loses_no_write_or_event_and_keeps_fifty_pods_through_eac
                     },
                 )
                 .await;
+                let write = alone.leases(NS).create(&lease("cut-off-write", "x")).await;
+                assert!(
+                    matches!(write, Err(Error::Unavailable { .. })),
+                    "a write to the cut-off server: {write:?}"
+                );
+                client
+                    .leases(NS)
+                    .get_opt("p1-k0")
+                    .await
+                    .expect("the other API servers serve meanwhile");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 cut.partition_from_etcd(false);
                 cluster.wait_serving(1).await;
