@@ -10,8 +10,8 @@ use skiff::api::apps::v1::{
     replica_set_service_client::ReplicaSetServiceClient,
 };
 use skiff::api::core::v1::{
-    BindPodRequest, Container, Namespace, Node, Pod, PodSpec, PodStatus, PodTemplateSpec,
-    pod_service_client::PodServiceClient,
+    BindPodRequest, ConfigMap, Container, Namespace, Node, Pod, PodSpec, PodStatus,
+    PodTemplateSpec, pod_service_client::PodServiceClient,
 };
 use skiff::api::meta::v1::{EventType, LabelSelector, ObjectMeta, Preconditions};
 use skiff::client::{ResourceClient, Transport};
@@ -117,6 +117,7 @@ on_both_backends!(
     namespaces_terminate_and_refuse_new_objects,
     watch_from_a_resource_version_streams_changes,
     scale_sets_replicas,
+    config_maps_validate_keys_and_immutable_ones_refuse_changes,
 );
 
 async fn revision(s: &TestServer) -> i64 {
@@ -798,7 +799,18 @@ async fn namespaces_terminate_and_refuse_new_objects(s: &TestServer) {
         .await
         .unwrap();
     let names: Vec<_> = all.items.iter().map(|n| n.name().to_owned()).collect();
-    assert!(names.contains(&"default".to_owned()) && names.contains(&"skiff-system".to_owned()));
+    for expected in [
+        "default",
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "skiff-system",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} exists from the first start: {names:?}"
+        );
+    }
     let ns = Namespace::create_in(
         t.clone(),
         Namespace {
@@ -965,4 +977,80 @@ async fn cluster_scoped_objects_ignore_namespaces() {
     assert_eq!(node.meta().namespace, "");
     let listed = Node::list_in(t, ListParams::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
+}
+
+fn config_map(name: &str, data: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        metadata: meta("default", name),
+        data: data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn config_maps_validate_keys_and_immutable_ones_refuse_changes(s: &TestServer) {
+    let t = s.transport().await;
+    let mut cm = config_map("app", &[("game.properties", "lives=3"), ("ui.json", "{}")]);
+    cm.binary_data
+        .insert("logo.png".into(), vec![0x89, b'P', b'N', b'G']);
+    let stored = ConfigMap::create_in(t.clone(), cm).await.unwrap();
+    assert_eq!(stored.data["game.properties"], "lives=3");
+    assert_eq!(stored.binary_data["logo.png"], [0x89, b'P', b'N', b'G']);
+
+    let before = revision(s).await;
+    let mut dup = config_map("dup", &[("k", "v")]);
+    dup.binary_data.insert("k".into(), vec![1]);
+    for (bad, field) in [
+        (config_map("slash", &[("a/b", "x")]), "data[a/b]"),
+        (config_map("dots", &[("..hidden", "x")]), "data[..hidden]"),
+        (config_map("dot", &[(".", "x")]), "data[.]"),
+        (dup, "binaryData[k]"),
+    ] {
+        let name = bad.name().to_owned();
+        let err = ConfigMap::create_in(t.clone(), bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let br = err
+            .get_details_bad_request()
+            .expect("BadRequest names the field");
+        assert!(
+            br.field_violations.iter().any(|v| v.field == field),
+            "{name}: {br:?}"
+        );
+        assert_eq!(
+            ConfigMap::get_in(t.clone(), get("default", &name))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound,
+            "nothing stored"
+        );
+    }
+    assert_eq!(revision(s).await, before, "storage unchanged");
+
+    let mut frozen = config_map("frozen", &[("k", "v")]);
+    frozen.immutable = Some(true);
+    let frozen = ConfigMap::create_in(t.clone(), frozen).await.unwrap();
+    let mut changed = frozen.clone();
+    changed.data.insert("k".into(), "w".into());
+    let err = ConfigMap::update_in(t.clone(), changed).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("data"), "{}", err.message());
+    let mut thawed = frozen.clone();
+    thawed.immutable = Some(false);
+    let err = ConfigMap::update_in(t.clone(), thawed).await.unwrap_err();
+    assert!(err.message().contains("immutable"), "{}", err.message());
+    let mut relabelled = frozen.clone();
+    relabelled
+        .meta_mut()
+        .labels
+        .insert("tier".into(), "web".into());
+    ConfigMap::update_in(t.clone(), relabelled)
+        .await
+        .expect("metadata of an immutable ConfigMap may change");
+    let kept = ConfigMap::get_in(t.clone(), get("default", "frozen"))
+        .await
+        .unwrap();
+    assert_eq!(kept.data["k"], "v");
 }

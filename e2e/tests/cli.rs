@@ -238,3 +238,68 @@ async fn the_command_line_takes_several_servers_and_uses_one_that_answers() {
         "{none:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_map_manifest_applies_and_lists_with_its_data_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    let addr = server.addr.as_str();
+    // As the Kubernetes documentation writes it.
+    let file = dir.path().join("cm.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: game-demo\n  namespace: kube-system\ndata:\n  player_initial_lives: \"3\"\n  ui_properties_file_name: \"user-interface.properties\"\n  game.properties: |\n    enemy.types=aliens,monsters\n    player.maximum-lives=5\nbinaryData:\n  logo: iVBORw0K\nimmutable: true\n",
+    )
+    .unwrap();
+    let out = skiff(addr, &["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.stdout.trim(), "configmap/game-demo created");
+    let out = skiff(addr, &["get", "cm", "-n", "kube-system"]).await;
+    assert!(out.ok, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("DATA") && lines[0].contains("AGE"),
+        "{out:?}"
+    );
+    assert!(
+        lines[1].starts_with("game-demo") && lines[1].split_whitespace().nth(1) == Some("4"),
+        "{out:?}"
+    );
+    let out = skiff(
+        addr,
+        &[
+            "get",
+            "configmap",
+            "game-demo",
+            "-n",
+            "kube-system",
+            "-o",
+            "yaml",
+        ],
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("enemy.types=aliens,monsters"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("logo: iVBORw0K"), "{}", out.stdout);
+    // A change to an immutable ConfigMap is refused, naming the field.
+    let changed = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"3\"", "\"4\"");
+    std::fs::write(&file, changed).unwrap();
+    let out = skiff(addr, &["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(!out.ok, "{out:?}");
+    assert!(out.stderr.contains("data"), "{out:?}");
+}

@@ -44,7 +44,18 @@ use crate::storage::etcd::EtcdStorage;
 pub use crate::authz::node::NODE_LEASE_NAMESPACE;
 
 /// Namespaces that exist from the first start.
-pub const BOOTSTRAP_NAMESPACES: &[&str] = &["default", "skiff-system", "skiff-node-lease"];
+pub const BOOTSTRAP_NAMESPACES: &[&str] = &[
+    "default",
+    // Kubernetes' own: add-ons' manifests name kube-system; kube-public is
+    // readable by all; kube-node-lease is where Kubernetes keeps node leases.
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    // Skiff's components' leases and keys, and its node leases (kept, so
+    // that clusters made before the kube-* namespaces keep working).
+    "skiff-system",
+    "skiff-node-lease",
+];
 
 /// Which storage backend to use.
 #[derive(Debug, Clone)]

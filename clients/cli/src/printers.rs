@@ -344,6 +344,18 @@ pub fn columns(kind: &str) -> Vec<Column> {
             cols.push(c("HOLDER", false, |v| s(v, "/spec/holderIdentity")));
             cols.push(c("AGE", false, age));
         }
+        "ConfigMap" => {
+            cols.push(c("DATA", false, |v| {
+                let count = |field: &str| {
+                    v.get(field)
+                        .and_then(Value::as_object)
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                };
+                (count("data") + count("binaryData")).to_string()
+            }));
+            cols.push(c("AGE", false, age));
+        }
         "Secret" => {
             cols.push(c("TYPE", false, |v| or_none(s(v, "/type"))));
             cols.push(c("DATA", false, |v| {

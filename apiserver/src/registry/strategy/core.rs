@@ -5,8 +5,8 @@
 
 use skiff::Resource;
 use skiff::api::core::v1::{
-    Endpoints, LimitRange, Namespace, NamespaceSpec, NamespaceStatus, Node, ResourceQuota, Secret,
-    Service,
+    ConfigMap, Endpoints, LimitRange, Namespace, NamespaceSpec, NamespaceStatus, Node,
+    ResourceQuota, Secret, Service,
 };
 
 use std::sync::Arc;
@@ -385,6 +385,87 @@ impl Strategy for Secret {
         }
         if !old.r#type.is_empty() && self.r#type != old.r#type {
             v.push(FieldViolation::new("type", "field is immutable"));
+        }
+        v
+    }
+}
+
+/// Kubernetes' rule for a ConfigMap key, which pods see as a file name.
+fn config_key_violation(key: &str) -> Option<&'static str> {
+    if key.is_empty() || key.len() > 253 {
+        return Some("a valid config key must be 1 to 253 characters");
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Some(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name')",
+        );
+    }
+    if key == "." || key == ".." || key.starts_with("..") {
+        return Some("must not be '.' or '..' nor start with '..'");
+    }
+    None
+}
+
+/// Largest total size of a ConfigMap's data and binaryData, as Kubernetes.
+const CONFIG_MAP_MAX_BYTES: usize = 1024 * 1024;
+
+impl Strategy for ConfigMap {
+    fn validate(&self) -> Vec<FieldViolation> {
+        let mut v = Vec::new();
+        let mut size = 0;
+        for (k, val) in &self.data {
+            size += k.len() + val.len();
+            if let Some(why) = config_key_violation(k) {
+                v.push(FieldViolation::new(format!("data[{k}]"), why));
+            }
+        }
+        for (k, val) in &self.binary_data {
+            size += k.len() + val.len();
+            if let Some(why) = config_key_violation(k) {
+                v.push(FieldViolation::new(format!("binaryData[{k}]"), why));
+            }
+            if self.data.contains_key(k) {
+                v.push(FieldViolation::new(
+                    format!("binaryData[{k}]"),
+                    "duplicate of key present in data",
+                ));
+            }
+        }
+        if size > CONFIG_MAP_MAX_BYTES {
+            v.push(FieldViolation::new(
+                "data",
+                format!(
+                    "data and binaryData must be at most {CONFIG_MAP_MAX_BYTES} bytes in total"
+                ),
+            ));
+        }
+        v
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldViolation> {
+        let mut v = self.validate();
+        if old.immutable == Some(true) {
+            if self.data != old.data {
+                v.push(FieldViolation::new(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+            if self.binary_data != old.binary_data {
+                v.push(FieldViolation::new(
+                    "binaryData",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+            if self.immutable != Some(true) {
+                v.push(FieldViolation::new(
+                    "immutable",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
         }
         v
     }
