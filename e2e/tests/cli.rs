@@ -303,3 +303,83 @@ async fn a_config_map_manifest_applies_and_lists_with_its_data_count() {
     assert!(!out.ok, "{out:?}");
     assert!(out.stderr.contains("data"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_makes_namespaces_config_maps_and_secrets_from_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    let addr = server.addr.as_str();
+    let out = skiff(addr, &["create", "namespace", "team-a"]).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.stdout.trim(), "namespace/team-a created");
+    let props = dir.path().join("game.properties");
+    std::fs::write(&props, "lives=3\n").unwrap();
+    let logo = dir.path().join("logo.bin");
+    std::fs::write(&logo, [0xff, 0x00, 0xfe]).unwrap();
+    let from_file = format!("--from-file={}", props.display());
+    let from_bin = format!("--from-file=logo={}", logo.display());
+    let out = skiff(
+        addr,
+        &[
+            "create",
+            "configmap",
+            "game",
+            "-n",
+            "team-a",
+            "--from-literal",
+            "mode=hard",
+            &from_file,
+            &from_bin,
+        ],
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    let out = skiff(addr, &["get", "cm", "game", "-n", "team-a", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["data"]["mode"], "hard");
+    assert_eq!(v["data"]["game.properties"], "lives=3\n");
+    assert_eq!(v["binaryData"]["logo"], "/wD+");
+    let out = skiff(
+        addr,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "-n",
+            "team-a",
+            "--from-literal",
+            "password=s3cret",
+        ],
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    let out = skiff(addr, &["get", "secret", "db", "-n", "team-a", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["data"]["password"].as_str()),
+        (Some("Opaque"), Some("czNjcmV0"))
+    );
+    // Bad flags say what to write instead.
+    let out = skiff(
+        addr,
+        &["create", "configmap", "x", "--from-literal", "novalue"],
+    )
+    .await;
+    assert!(!out.ok && out.stderr.contains("KEY=VALUE"), "{out:?}");
+    let out = skiff(
+        addr,
+        &["create", "configmap", "x", "--from-literal", "a/b=1"],
+    )
+    .await;
+    assert!(!out.ok && out.stderr.contains("data[a/b]"), "{out:?}");
+}

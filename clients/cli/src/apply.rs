@@ -30,14 +30,166 @@ pub struct ApplyArgs {
 
 /// Flags of `skiff create`.
 #[derive(Debug, ClapArgs)]
-#[command(after_help = "Examples:\n  skiff create -f pod.yaml")]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  \
+    skiff create -f pod.yaml\n  \
+    skiff create namespace team-a\n  \
+    skiff create configmap game --from-literal lives=3 --from-file game.properties\n  \
+    skiff create secret generic db --from-literal password=s3cret"
+)]
 pub struct CreateArgs {
     /// Files or directories of manifests; `-` reads standard input.
     #[arg(short, long = "filename", required = true)]
     pub files: Vec<String>,
     /// Namespace for objects that name none (default: default).
-    #[arg(short, long)]
+    #[arg(short, long, global = true)]
     pub namespace: Option<String>,
+    /// An object made from flags instead of a manifest.
+    #[command(subcommand)]
+    pub what: Option<CreateWhat>,
+}
+
+/// Objects `skiff create` makes from flags, as kubectl's generators.
+#[derive(Debug, clap::Subcommand)]
+pub enum CreateWhat {
+    /// A namespace.
+    #[command(alias = "ns")]
+    Namespace {
+        /// Its name.
+        name: String,
+    },
+    /// A ConfigMap from literals and files.
+    #[command(alias = "cm")]
+    Configmap {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        data: DataFlags,
+    },
+    /// A Secret.
+    #[command(subcommand)]
+    Secret(SecretWhat),
+}
+
+/// Kinds of Secret `skiff create secret` makes.
+#[derive(Debug, clap::Subcommand)]
+pub enum SecretWhat {
+    /// An Opaque secret from literals and files.
+    Generic {
+        /// Its name.
+        name: String,
+        /// The secret's type.
+        #[arg(long = "type", default_value = "Opaque")]
+        kind: String,
+        #[command(flatten)]
+        data: DataFlags,
+    },
+}
+
+/// Where the data of a ConfigMap or Secret comes from.
+#[derive(Debug, ClapArgs)]
+pub struct DataFlags {
+    /// KEY=VALUE (repeatable).
+    #[arg(long = "from-literal")]
+    pub literals: Vec<String>,
+    /// PATH or KEY=PATH: a file (its name is the key) or a directory (each
+    /// regular file in it) (repeatable).
+    #[arg(long = "from-file")]
+    pub files: Vec<String>,
+}
+
+impl DataFlags {
+    /// Every (key, bytes) the flags name, in order; a repeated key is an error.
+    fn entries(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        for l in &self.literals {
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("--from-literal {l:?}: expected KEY=VALUE"))?;
+            out.push((k.to_owned(), v.as_bytes().to_vec()));
+        }
+        for f in &self.files {
+            let (key, path) = match f.split_once('=') {
+                Some((k, p)) => (Some(k.to_owned()), PathBuf::from(p)),
+                None => (None, PathBuf::from(f)),
+            };
+            let read = |p: &Path| {
+                std::fs::read(p)
+                    .with_context(|| format!("--from-file: cannot read {}", p.display()))
+            };
+            if path.is_dir() {
+                if key.is_some() {
+                    bail!("--from-file {f:?}: a directory takes no KEY=");
+                }
+                let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
+                    .with_context(|| format!("--from-file: cannot read {}", path.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file())
+                    .collect();
+                entries.sort();
+                for p in entries {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    out.push((name.to_owned(), read(&p)?));
+                }
+            } else {
+                let name = match key {
+                    Some(k) => k,
+                    None => path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .with_context(|| format!("--from-file {f:?}: no file name"))?
+                        .to_owned(),
+                };
+                out.push((name, read(&path)?));
+            }
+        }
+        for (i, (k, _)) in out.iter().enumerate() {
+            if out[..i].iter().any(|(other, _)| other == k) {
+                bail!("key {k:?} is given twice");
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The manifest a `skiff create <what>` means.
+fn generated(what: &CreateWhat, namespace: &str) -> anyhow::Result<Value> {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    Ok(match what {
+        CreateWhat::Namespace { name } => serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+        }),
+        CreateWhat::Configmap { name, data } => {
+            let mut text = serde_json::Map::new();
+            let mut binary = serde_json::Map::new();
+            for (k, v) in data.entries()? {
+                match String::from_utf8(v) {
+                    Ok(s) => text.insert(k, Value::String(s)),
+                    Err(e) => binary.insert(k, Value::String(b64(e.as_bytes()))),
+                };
+            }
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": namespace},
+                "data": text, "binaryData": binary,
+            })
+        }
+        CreateWhat::Secret(SecretWhat::Generic { name, kind, data }) => {
+            let entries: serde_json::Map<String, Value> = data
+                .entries()?
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(b64(&v))))
+                .collect();
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+                "type": kind, "data": entries,
+            })
+        }
+    })
 }
 
 /// Flags of `skiff delete`.
@@ -243,7 +395,16 @@ pub async fn apply(args: ApplyArgs, server: Option<&str>) -> anyhow::Result<()> 
 
 /// Runs `skiff create`.
 pub async fn create(args: CreateArgs, server: Option<&str>) -> anyhow::Result<()> {
-    let manifests = load(&args.files, &args.namespace)?;
+    let manifests = match &args.what {
+        Some(what) => {
+            let ns = ctx::namespace(&args.namespace);
+            vec![manifest::from_value(
+                generated(what, &ns)?,
+                "the command line",
+            )?]
+        }
+        None => load(&args.files, &args.namespace)?,
+    };
     let client = ctx::dynamic(server).await?;
     let mut failed = 0;
     for m in &manifests {
