@@ -49,6 +49,20 @@ spec:
   ports: [{name: http, port: 80, targetPort: 8080}]
 "#;
 
+/// An insecure API server on embedded storage under `dir`.
+async fn insecure_server(dir: &std::path::Path) -> SkiffProcess {
+    let data = dir.join("data");
+    SkiffProcess::start_listening(&[
+        "apiserver",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await
+}
+
 fn docs(yaml: &str) -> Vec<Value> {
     use serde::Deserialize;
     serde_norway::Deserializer::from_str(yaml)
@@ -59,16 +73,7 @@ fn docs(yaml: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_applies_reads_back_and_reapplies_as_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = SkiffProcess::start_listening(&[
-        "apiserver",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .await;
+    let server = insecure_server(dir.path()).await;
     let addr = server.addr.as_str();
     let file = dir.path().join("shop.yaml");
     std::fs::write(&file, MANIFEST).unwrap();
@@ -156,16 +161,7 @@ async fn a_manifest_applies_reads_back_and_reapplies_as_a_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_name_the_document_and_field_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = SkiffProcess::start_listening(&[
-        "apiserver",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .await;
+    let server = insecure_server(dir.path()).await;
     let addr = server.addr.as_str();
     let cases = [
         (
@@ -212,16 +208,7 @@ async fn bad_manifests_name_the_document_and_field_and_exit_non_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_takes_several_servers_and_uses_one_that_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = SkiffProcess::start_listening(&[
-        "apiserver",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .await;
+    let server = insecure_server(dir.path()).await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap().to_string();
     drop(dead);
@@ -242,16 +229,7 @@ async fn the_command_line_takes_several_servers_and_uses_one_that_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_map_manifest_applies_and_lists_with_its_data_count() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = SkiffProcess::start_listening(&[
-        "apiserver",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .await;
+    let server = insecure_server(dir.path()).await;
     let addr = server.addr.as_str();
     // As the Kubernetes documentation writes it.
     let file = dir.path().join("cm.yaml");
@@ -307,16 +285,7 @@ async fn a_config_map_manifest_applies_and_lists_with_its_data_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_makes_namespaces_config_maps_and_secrets_from_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = SkiffProcess::start_listening(&[
-        "apiserver",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .await;
+    let server = insecure_server(dir.path()).await;
     let addr = server.addr.as_str();
     let out = skiff(addr, &["create", "namespace", "team-a"]).await;
     assert!(out.ok, "{out:?}");
