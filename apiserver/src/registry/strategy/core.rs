@@ -347,15 +347,8 @@ impl Strategy for Secret {
         let mut size = 0;
         for (k, val) in &self.data {
             size += val.len();
-            if k.is_empty()
-                || !k
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            {
-                v.push(FieldViolation::new(
-                    format!("data[{k}]"),
-                    "keys consist of alphanumerics, '-', '_' or '.'",
-                ));
+            if let Some(why) = config_key_violation(k) {
+                v.push(FieldViolation::new(format!("data[{k}]"), why));
             }
         }
         if size > 1024 * 1024 {
@@ -369,20 +362,11 @@ impl Strategy for Secret {
 
     fn validate_update(&self, old: &Self) -> Vec<FieldViolation> {
         let mut v = self.validate();
-        if old.immutable == Some(true) {
-            if self.data != old.data {
-                v.push(FieldViolation::new(
-                    "data",
-                    "field is immutable when `immutable` is set",
-                ));
-            }
-            if self.immutable != Some(true) {
-                v.push(FieldViolation::new(
-                    "immutable",
-                    "may not be unset once set",
-                ));
-            }
-        }
+        v.extend(immutable_violations(
+            old.immutable,
+            self.immutable,
+            &[("data", self.data != old.data)],
+        ));
         if !old.r#type.is_empty() && self.r#type != old.r#type {
             v.push(FieldViolation::new("type", "field is immutable"));
         }
@@ -390,7 +374,32 @@ impl Strategy for Secret {
     }
 }
 
-/// Kubernetes' rule for a ConfigMap key, which pods see as a file name.
+/// What an update of a ConfigMap or Secret whose old state was `immutable`
+/// may not do: change any of `changed` (field, whether it changed) or
+/// unset `immutable`.
+fn immutable_violations(
+    old: Option<bool>,
+    new: Option<bool>,
+    changed: &[(&str, bool)],
+) -> Vec<FieldViolation> {
+    if old != Some(true) {
+        return Vec::new();
+    }
+    let mut v: Vec<FieldViolation> = changed
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(field, _)| FieldViolation::new(*field, "field is immutable when `immutable` is set"))
+        .collect();
+    if new != Some(true) {
+        v.push(FieldViolation::new(
+            "immutable",
+            "may not be unset once set",
+        ));
+    }
+    v
+}
+
+/// Kubernetes' rule for a ConfigMap or Secret key, which pods see as a file name.
 fn config_key_violation(key: &str) -> Option<&'static str> {
     if key.is_empty() || key.len() > 253 {
         return Some("a valid config key must be 1 to 253 characters");
@@ -447,26 +456,14 @@ impl Strategy for ConfigMap {
 
     fn validate_update(&self, old: &Self) -> Vec<FieldViolation> {
         let mut v = self.validate();
-        if old.immutable == Some(true) {
-            if self.data != old.data {
-                v.push(FieldViolation::new(
-                    "data",
-                    "field is immutable when `immutable` is set",
-                ));
-            }
-            if self.binary_data != old.binary_data {
-                v.push(FieldViolation::new(
-                    "binaryData",
-                    "field is immutable when `immutable` is set",
-                ));
-            }
-            if self.immutable != Some(true) {
-                v.push(FieldViolation::new(
-                    "immutable",
-                    "field is immutable when `immutable` is set",
-                ));
-            }
-        }
+        v.extend(immutable_violations(
+            old.immutable,
+            self.immutable,
+            &[
+                ("data", self.data != old.data),
+                ("binaryData", self.binary_data != old.binary_data),
+            ],
+        ));
         v
     }
 }
