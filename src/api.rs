@@ -31,6 +31,24 @@ pub mod apps {
     }
 }
 
+/// `skiff.batch.v1`: jobs and cron jobs (Kubernetes' `batch/v1`).
+pub mod batch {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.batch.v1.rs"));
+    }
+}
+
+/// `skiff.storage.v1`: storage classes (Kubernetes' `storage.k8s.io/v1`).
+pub mod storage {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.storage.v1.rs"));
+    }
+}
+
 /// `skiff.coordination.v1`: leases.
 pub mod coordination {
     /// Version 1.

@@ -18,6 +18,7 @@ pub mod quantity;
 pub mod resource;
 pub mod rt;
 pub mod runtime;
+pub mod schedule;
 pub mod selector;
 pub mod server;
 pub mod testing;

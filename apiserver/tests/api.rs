@@ -118,6 +118,7 @@ on_both_backends!(
     watch_from_a_resource_version_streams_changes,
     scale_sets_replicas,
     config_maps_validate_keys_and_immutable_ones_refuse_changes,
+    workload_and_storage_kinds_default_as_kubernetes_and_refuse_bad_input_naming_the_field,
 );
 
 async fn revision(s: &TestServer) -> i64 {
@@ -1053,4 +1054,330 @@ async fn config_maps_validate_keys_and_immutable_ones_refuse_changes(s: &TestSer
         .await
         .unwrap();
     assert_eq!(kept.data["k"], "v");
+}
+
+/// Creates the object of a one-document manifest through the dynamic client.
+async fn create_manifest(
+    t: &Transport,
+    yaml: &str,
+) -> Result<serde_json::Value, skiff::client::Error> {
+    let mut docs = skiff::manifest::parse(yaml, "test").expect("the manifest parses");
+    let m = docs.remove(0);
+    let client = skiff::client::dynamic::DynamicClient::new(t.clone());
+    let created = client.create(&m.kind, m.object).await?;
+    Ok(skiff::manifest::message_value(&created))
+}
+
+const JOB: &str = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: pi, namespace: default}
+spec:
+  template:
+    spec:
+      containers:
+      - name: pi
+        image: perl:5.34.0
+        command: ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"]
+      restartPolicy: Never
+  backoffLimit: 4
+"#;
+
+const CRON_JOB: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: hello, namespace: default}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers:
+          - name: hello
+            image: busybox:1.28
+            imagePullPolicy: IfNotPresent
+            command: [/bin/sh, -c, date; echo Hello from the Kubernetes cluster]
+          restartPolicy: OnFailure
+"#;
+
+const DAEMON_SET: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: fluentd-elasticsearch
+  namespace: kube-system
+  labels: {k8s-app: fluentd-logging}
+spec:
+  selector:
+    matchLabels: {name: fluentd-elasticsearch}
+  template:
+    metadata:
+      labels: {name: fluentd-elasticsearch}
+    spec:
+      tolerations:
+      - key: node-role.kubernetes.io/control-plane
+        operator: Exists
+        effect: NoSchedule
+      containers:
+      - name: fluentd-elasticsearch
+        image: quay.io/fluentd_elasticsearch/fluentd:v2.5.2
+        resources:
+          limits: {memory: 200Mi}
+          requests: {cpu: 100m, memory: 200Mi}
+        volumeMounts:
+        - name: varlog
+          mountPath: /var/log
+      terminationGracePeriodSeconds: 30
+      volumes:
+      - name: varlog
+        hostPath:
+          path: /var/log
+"#;
+
+const STATEFUL_SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web, namespace: default}
+spec:
+  selector:
+    matchLabels: {app: nginx}
+  serviceName: "nginx"
+  replicas: 3
+  minReadySeconds: 10
+  template:
+    metadata:
+      labels: {app: nginx}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: nginx
+        image: registry.k8s.io/nginx-slim:0.24
+        ports:
+        - containerPort: 80
+          name: web
+        volumeMounts:
+        - name: www
+          mountPath: /usr/share/nginx/html
+  volumeClaimTemplates:
+  - metadata:
+      name: www
+    spec:
+      accessModes: [ "ReadWriteOnce" ]
+      storageClassName: "my-storage-class"
+      resources:
+        requests:
+          storage: 1Gi
+"#;
+
+const CLAIM: &str = r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: default}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources:
+    requests: {storage: 1Gi}
+"#;
+
+async fn workload_and_storage_kinds_default_as_kubernetes_and_refuse_bad_input_naming_the_field(
+    s: &TestServer,
+) {
+    let t = s.transport().await;
+    // The documentation's manifests apply unchanged and get Kubernetes' defaults.
+    let job = create_manifest(&t, JOB).await.unwrap();
+    let uid = job["metadata"]["uid"].as_str().unwrap().to_owned();
+    assert_eq!(job["spec"]["completions"], 1);
+    assert_eq!(job["spec"]["parallelism"], 1);
+    assert_eq!(job["spec"]["backoffLimit"], 4);
+    assert_eq!(job["spec"]["completionMode"], "NonIndexed");
+    assert_eq!(
+        job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+        uid.as_str()
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"]["batch.kubernetes.io/job-name"],
+        "pi"
+    );
+    let cj = create_manifest(&t, CRON_JOB).await.unwrap();
+    assert_eq!(cj["spec"]["concurrencyPolicy"], "Allow");
+    assert_eq!(cj["spec"]["successfulJobsHistoryLimit"], 3);
+    assert_eq!(cj["spec"]["failedJobsHistoryLimit"], 1);
+    let ds = create_manifest(&t, DAEMON_SET).await.unwrap();
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        "1"
+    );
+    let sts = create_manifest(&t, STATEFUL_SET).await.unwrap();
+    assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+        "Retain"
+    );
+    // A claim naming no class gets the default one, local-path.
+    let claim = create_manifest(&t, CLAIM).await.unwrap();
+    assert_eq!(claim["spec"]["storageClassName"], "local-path");
+    assert_eq!(claim["status"]["phase"], "Pending");
+    let none = CLAIM
+        .replace("name: data", "name: no-class")
+        .replace("accessModes", "storageClassName: \"\"\n  accessModes");
+    let claim = create_manifest(&t, &none).await.unwrap();
+    assert_eq!(
+        claim["spec"]["storageClassName"], "",
+        "\"\" asks for no class"
+    );
+
+    let before = revision(s).await;
+    for (yaml, field) in [
+        (
+            JOB.replace("Never", "Always"),
+            "spec.template.spec.restartPolicy",
+        ),
+        (
+            JOB.replace("backoffLimit: 4", "backoffLimit: -1"),
+            "spec.backoffLimit",
+        ),
+        (
+            JOB.replace(
+                "backoffLimit: 4",
+                "completionMode: Indexed\n  parallelism: 2",
+            ),
+            "spec.completions",
+        ),
+        (
+            JOB.replace("backoffLimit: 4", "selector: {matchLabels: {app: pi}}"),
+            "spec.selector",
+        ),
+        (CRON_JOB.replace("* * * * *", "* * * *"), "spec.schedule"),
+        (CRON_JOB.replace("* * * * *", "61 * * * *"), "spec.schedule"),
+        (
+            CRON_JOB.replace("schedule:", "timeZone: Mars/Olympus\n  schedule:"),
+            "spec.timeZone",
+        ),
+        (
+            CRON_JOB.replace("schedule:", "concurrencyPolicy: Sometimes\n  schedule:"),
+            "spec.concurrencyPolicy",
+        ),
+        (
+            CRON_JOB.replace("OnFailure", "Always"),
+            "spec.jobTemplate.spec.template.spec.restartPolicy",
+        ),
+        (
+            CRON_JOB.replace("name: hello,", &format!("name: {},", "h".repeat(53))),
+            "metadata.name",
+        ),
+        (
+            DAEMON_SET.replace(
+                "labels: {name: fluentd-elasticsearch}",
+                "labels: {name: other}",
+            ),
+            "spec.template.metadata.labels",
+        ),
+        (
+            DAEMON_SET.replace(
+                "spec:\n  selector",
+                "spec:\n  updateStrategy: {type: Sometimes}\n  selector",
+            ),
+            "spec.updateStrategy.type",
+        ),
+        (
+            STATEFUL_SET.replace("\"ReadWriteOnce\"", "\"ReadWriteSometimes\""),
+            "spec.volumeClaimTemplates[0].spec.accessModes",
+        ),
+        (
+            STATEFUL_SET.replace("storage: 1Gi", "cpu: 1"),
+            "spec.volumeClaimTemplates[0].spec.resources.requests[storage]",
+        ),
+        (
+            STATEFUL_SET.replace("podManagementPolicy", "x").replace(
+                "serviceName",
+                "podManagementPolicy: Sometimes\n  serviceName",
+            ),
+            "spec.podManagementPolicy",
+        ),
+        (CLAIM.replace("[ReadWriteOnce]", "[]"), "spec.accessModes"),
+        (
+            CLAIM.replace("storage: 1Gi", "storage: 0"),
+            "spec.resources.requests[storage]",
+        ),
+        (
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv1}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  local: {path: /mnt/disk}
+"#
+            .to_owned(),
+            "spec.nodeAffinity",
+        ),
+        (
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv2}
+spec:
+  accessModes: [ReadWriteOnce]
+  hostPath: {path: /mnt/disk}
+"#
+            .to_owned(),
+            "spec.capacity[storage]",
+        ),
+        (
+            r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: fast}
+provisioner: example.com/fast
+volumeBindingMode: Eventually
+"#
+            .to_owned(),
+            "volumeBindingMode",
+        ),
+        (
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: cm-pod, namespace: default}
+spec:
+  containers: [{name: c, image: busybox, volumeMounts: [{name: config, mountPath: /etc/config}]}]
+  volumes:
+  - name: config
+    configMap: {name: special-config, items: [{key: a, path: ../escape}]}
+"#
+            .to_owned(),
+            "spec.volumes[0].configMap.items[0].path",
+        ),
+    ] {
+        let err = create_manifest(&t, &yaml).await.unwrap_err();
+        let skiff::client::Error::Invalid { fields, .. } = &err else {
+            panic!("{field}: expected INVALID_ARGUMENT, got {err:?}");
+        };
+        assert!(
+            fields.iter().any(|(f, _)| f == field),
+            "{field}: {fields:?}"
+        );
+    }
+    assert_eq!(revision(s).await, before, "nothing stored");
+
+    // What may not change once made.
+    let client = skiff::client::dynamic::DynamicClient::new(t.clone());
+    let job_kind = skiff::client::dynamic::DynamicKind::of(&skiff::api::batch::v1::Job::INFO);
+    let mut changed = skiff::manifest::parse(&JOB.replace("perl:5.34.0", "perl:5.36"), "test")
+        .unwrap()
+        .remove(0)
+        .value;
+    changed["metadata"]["resourceVersion"] = job["metadata"]["resourceVersion"].clone();
+    let msg = skiff::manifest::to_message(&job_kind.message, changed, "test").unwrap();
+    let err = client.update(&job_kind, msg).await.unwrap_err();
+    let skiff::client::Error::Invalid { fields, .. } = &err else {
+        panic!("expected INVALID_ARGUMENT, got {err:?}");
+    };
+    assert!(
+        fields.iter().any(|(f, _)| f == "spec.template"),
+        "{fields:?}"
+    );
 }

@@ -3,11 +3,13 @@
 //! [`namespace_lifecycle`] (no objects in missing or terminating
 //! namespaces), [`service_account`] (pods get `default` and its token),
 //! [`limit_range`] (defaults and bounds of containers' resources) and
-//! [`quota`] (ResourceQuota charging). Which plugins a kind goes through is
+//! [`quota`] (ResourceQuota charging) and [`default_storage_class`] (claims
+//! naming no class get the default one). Which plugins a kind goes through is
 //! the kind's choice, in its [`Strategy`](crate::registry::Strategy); this
 //! module never decides what a request means, and changes only the object
 //! being admitted and quota usage.
 
+pub mod default_storage_class;
 pub mod limit_range;
 pub mod namespace_lifecycle;
 pub mod quota;
@@ -16,6 +18,7 @@ pub mod service_account;
 use std::sync::{Arc, RwLock};
 
 use skiff::api::core::v1::{LimitRange, ResourceQuota, ServiceAccount};
+use skiff::api::storage::v1::StorageClass;
 
 pub use quota::{Charge, Usage, UsageCounter};
 pub use service_account::TOKEN_ENV;
@@ -29,6 +32,7 @@ pub struct Admission {
     accounts: Arc<dyn ObjectStore<ServiceAccount>>,
     limit_ranges: Arc<dyn ObjectStore<LimitRange>>,
     quotas: Arc<dyn ObjectStore<ResourceQuota>>,
+    storage_classes: Arc<dyn ObjectStore<StorageClass>>,
     storage: Arc<dyn Storage>,
     /// How each served kind counts against a new quota.
     counters: RwLock<Vec<UsageCounter>>,
@@ -53,12 +57,14 @@ impl Admission {
         accounts: Arc<dyn ObjectStore<ServiceAccount>>,
         limit_ranges: Arc<dyn ObjectStore<LimitRange>>,
         quotas: Arc<dyn ObjectStore<ResourceQuota>>,
+        storage_classes: Arc<dyn ObjectStore<StorageClass>>,
         storage: Arc<dyn Storage>,
     ) -> Self {
         Self {
             accounts,
             limit_ranges,
             quotas,
+            storage_classes,
             storage,
             counters: RwLock::new(Vec::new()),
         }

@@ -279,8 +279,10 @@ const WRITE: &[&str] = &["get", "list", "watch", "create", "update", "delete"];
 const ALL_GROUPS: &[&str] = &[
     "",
     "apps",
+    "batch",
     "coordination.k8s.io",
     "rbac.authorization.k8s.io",
+    "storage.k8s.io",
 ];
 
 /// The bootstrap cluster roles.
@@ -303,7 +305,12 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
         "endpoints",
         "replicasets",
         "deployments",
+        "daemonsets",
+        "statefulsets",
+        "jobs",
+        "cronjobs",
         "configmaps",
+        "persistentvolumeclaims",
         "serviceaccounts",
         "events",
         "limitranges",
@@ -315,6 +322,12 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
         "replicasets/scale",
         "deployments/status",
         "replicasets/status",
+        "statefulsets/scale",
+        "daemonsets/status",
+        "statefulsets/status",
+        "jobs/status",
+        "cronjobs/status",
+        "persistentvolumeclaims/status",
     ];
     let view: Vec<&str> = workloads
         .iter()
@@ -347,6 +360,7 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
                         "pods/log",
                         "deployments/scale",
                         "replicasets/scale",
+                        "statefulsets/scale",
                     ],
                     &["get", "create", "update"],
                 ),
@@ -365,6 +379,7 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
                         "pods/log",
                         "deployments/scale",
                         "replicasets/scale",
+                        "statefulsets/scale",
                     ],
                     &["get", "create", "update"],
                 ),
@@ -380,6 +395,18 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
                 rule(&[""], &["pods/status"], &["update"]),
                 rule(&[""], &["pods"], &["delete"]),
                 rule(&["", "apps"], &["replicasets", "services"], READ),
+                // Volume binding: claims, their volumes and classes; a
+                // claim waiting for its first consumer is told the node.
+                rule(
+                    &["", "storage.k8s.io"],
+                    &[
+                        "persistentvolumeclaims",
+                        "persistentvolumes",
+                        "storageclasses",
+                    ],
+                    READ,
+                ),
+                rule(&[""], &["persistentvolumeclaims"], &["update"]),
                 rule(&[""], &["events"], &["create", "update", "get", "list"]),
                 rule(
                     &["coordination.k8s.io"],
@@ -403,7 +430,10 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
                 rule(&[""], &["nodes/status"], &["update"]),
                 rule(&[""], &["pods"], &["get", "list", "watch", "delete"]),
                 rule(&[""], &["pods/status"], &["update"]),
-                rule(&[""], &["secrets"], &["get"]),
+                rule(&[""], &["secrets", "configmaps"], &["get"]),
+                // Volumes: a pod's claims and the volumes bound to them.
+                rule(&[""], &["persistentvolumeclaims"], &["get"]),
+                rule(&[""], &["persistentvolumes"], READ),
                 rule(&[""], &["events"], &["create", "update", "get", "list"]),
                 rule(
                     &["coordination.k8s.io"],

@@ -427,6 +427,8 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
             vol.empty_dir.is_some(),
             vol.host_path.is_some(),
             vol.secret.is_some(),
+            vol.config_map.is_some(),
+            vol.persistent_volume_claim.is_some(),
         ]
         .iter()
         .filter(|x| **x)
@@ -434,7 +436,39 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
         if sources != 1 {
             v.push(FieldViolation::new(
                 &p,
-                "exactly one of emptyDir, hostPath or secret is required",
+                "exactly one of emptyDir, hostPath, secret, configMap or persistentVolumeClaim \
+                 is required",
+            ));
+        }
+        if let Some(cm) = &vol.config_map {
+            if cm.name.is_empty() {
+                v.push(FieldViolation::new(
+                    format!("{p}.configMap.name"),
+                    "required",
+                ));
+            }
+            validate_projection(&cm.items, cm.default_mode, &format!("{p}.configMap"), v);
+        }
+        if let Some(secret) = &vol.secret {
+            if secret.secret_name.is_empty() {
+                v.push(FieldViolation::new(
+                    format!("{p}.secret.secretName"),
+                    "required",
+                ));
+            }
+            validate_projection(
+                &secret.items,
+                secret.default_mode,
+                &format!("{p}.secret"),
+                v,
+            );
+        }
+        if let Some(claim) = &vol.persistent_volume_claim
+            && claim.claim_name.is_empty()
+        {
+            v.push(FieldViolation::new(
+                format!("{p}.persistentVolumeClaim.claimName"),
+                "required",
             ));
         }
     }
@@ -687,6 +721,16 @@ pub fn validate_template(
     path: &str,
     v: &mut Violations,
 ) {
+    validate_template_restart(template, selector, path, &["", "Always"], v);
+}
+
+/// The template's labels, its selector match and its pod spec.
+fn validate_template_labels(
+    template: Option<&core::PodTemplateSpec>,
+    selector: Option<&meta::LabelSelector>,
+    path: &str,
+    v: &mut Violations,
+) {
     let Some(t) = template else {
         v.push(FieldViolation::new(path, "required"));
         return;
@@ -707,12 +751,77 @@ pub fn validate_template(
         ));
     }
     validate_pod_spec(t.spec.as_ref(), &format!("{path}.spec"), v);
-    if let Some(spec) = &t.spec
-        && !matches!(spec.restart_policy.as_str(), "" | "Always")
+}
+
+/// Checks the key-to-file items and modes of a config map or secret volume.
+fn validate_projection(
+    items: &[core::KeyToPath],
+    default_mode: Option<i32>,
+    path: &str,
+    v: &mut Violations,
+) {
+    let mode_ok = |m: i32| (0..=0o777).contains(&m);
+    if let Some(m) = default_mode
+        && !mode_ok(m)
+    {
+        v.push(FieldViolation::new(
+            format!("{path}.defaultMode"),
+            "must be a number between 0 and 0777 (octal), both inclusive",
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}.items[{i}]");
+        if item.key.is_empty() {
+            v.push(FieldViolation::new(format!("{p}.key"), "required"));
+        }
+        if item.path.is_empty() {
+            v.push(FieldViolation::new(format!("{p}.path"), "required"));
+        } else if item.path.starts_with('/') {
+            v.push(FieldViolation::new(
+                format!("{p}.path"),
+                "must be a relative path",
+            ));
+        } else if item.path.split('/').any(|part| part == "..") {
+            v.push(FieldViolation::new(
+                format!("{p}.path"),
+                "must not contain '..'",
+            ));
+        }
+        if let Some(m) = item.mode
+            && !mode_ok(m)
+        {
+            v.push(FieldViolation::new(
+                format!("{p}.mode"),
+                "must be a number between 0 and 0777 (octal), both inclusive",
+            ));
+        }
+    }
+}
+
+/// Validates a pod template whose pods may restart only as `allowed` says
+/// (a job's pods: Never or OnFailure).
+pub fn validate_template_restart(
+    template: Option<&core::PodTemplateSpec>,
+    selector: Option<&meta::LabelSelector>,
+    path: &str,
+    allowed: &[&str],
+    v: &mut Violations,
+) {
+    validate_template_labels(template, selector, path, v);
+    if let Some(spec) = template.and_then(|t| t.spec.as_ref())
+        && !allowed.contains(&spec.restart_policy.as_str())
     {
         v.push(FieldViolation::new(
             format!("{path}.spec.restartPolicy"),
-            "only Always is supported for controller-managed pods",
+            format!(
+                "Unsupported value: {:?}: supported values: {}",
+                spec.restart_policy,
+                allowed
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
 }

@@ -20,6 +20,7 @@ use skiff::api::core::v1::{
 };
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use skiff::api::storage::v1::StorageClass;
 use skiff::server::{MessageLimits, ServeWith};
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -311,10 +312,12 @@ impl ApiServer {
         let cluster_role_bindings = r.store::<ClusterRoleBinding>();
         let limit_ranges = r.store::<LimitRange>();
         let quotas = r.store::<ResourceQuota>();
+        let storage_classes = r.store::<StorageClass>();
         let admission = Arc::new(crate::admission::Admission::new(
             accounts.clone(),
             limit_ranges.clone(),
             quotas.clone(),
+            storage_classes.clone(),
             storage.clone(),
         ));
         let security = &config.security;
@@ -378,6 +381,7 @@ impl ApiServer {
         r.shared(cluster_role_bindings.clone());
         r.shared(limit_ranges);
         r.shared(quotas);
+        r.shared(storage_classes.clone());
         // Every kind the API defines, each through its Strategy: a kind
         // without one, or left out here, does not build.
         macro_rules! serve_every_kind {
@@ -414,6 +418,7 @@ impl ApiServer {
         );
 
         bootstrap_namespaces(&*namespaces, &ctx).await?;
+        bootstrap_storage_class(storage_classes, &ctx).await?;
         bootstrap_rbac(&cluster_roles, &cluster_role_bindings, &ctx).await?;
         let cache_stats = CacheStatsHandle {
             kinds: r.cache_stats,
@@ -698,6 +703,49 @@ async fn bootstrap_namespaces(
         }
     }
     Ok(())
+}
+
+/// Name of the storage class that exists from the first start.
+pub const LOCAL_PATH_CLASS: &str = "local-path";
+/// Provisioner of [`LOCAL_PATH_CLASS`]: the controller manager's local-path provisioner.
+pub const LOCAL_PATH_PROVISIONER: &str = "skiff.dev/local-path";
+
+/// Creates the default `local-path` storage class if it is missing (a
+/// user who deleted it gets it back on restart, as with k3s).
+async fn bootstrap_storage_class(
+    classes: Arc<dyn ObjectStore<StorageClass>>,
+    ctx: &Arc<ApiContext>,
+) -> Result<(), ServerError> {
+    if classes
+        .get("", LOCAL_PATH_CLASS, ReadVersion::Latest)
+        .await
+        .map_err(ServerError::Bootstrap)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let class = StorageClass {
+        metadata: Some(ObjectMeta {
+            name: LOCAL_PATH_CLASS.to_owned(),
+            annotations: [(
+                crate::registry::strategy::DEFAULT_CLASS_ANNOTATION.to_owned(),
+                "true".to_owned(),
+            )]
+            .into(),
+            ..Default::default()
+        }),
+        provisioner: LOCAL_PATH_PROVISIONER.to_owned(),
+        reclaim_policy: Some("Delete".into()),
+        volume_binding_mode: Some("WaitForFirstConsumer".into()),
+        ..Default::default()
+    };
+    match ResourceServer::<StorageClass>::new(classes, ctx.clone())
+        .create_object(class)
+        .await
+    {
+        Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(ServerError::Bootstrap(e)),
+    }
 }
 
 /// Writes the bootstrap roles and bindings that are missing or changed.

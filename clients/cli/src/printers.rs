@@ -241,6 +241,124 @@ fn selector(v: &Value) -> String {
         .unwrap_or_else(|| "<none>".into())
 }
 
+fn timestamp_secs(v: &Value, pointer: &str) -> Option<i64> {
+    let t = s(v, pointer).parse::<prost_types::Timestamp>().ok()?;
+    Some(t.seconds)
+}
+
+/// A duration in seconds as kubectl writes short durations ("45s", "3m12s", "2h5m", "3d").
+fn short_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=599 => format!("{}m{}s", secs / 60, secs % 60),
+        600..=3599 => format!("{}m", secs / 60),
+        3600..=28_799 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        28_800..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn has_condition(v: &Value, kind: &str) -> bool {
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some(kind)
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            })
+        })
+}
+
+fn job_status(v: &Value) -> String {
+    if has_condition(v, "Failed") {
+        "Failed"
+    } else if has_condition(v, "Complete") {
+        "Complete"
+    } else if has_condition(v, "Suspended") {
+        "Suspended"
+    } else if has_condition(v, "FailureTarget") {
+        "FailureTarget"
+    } else if has_condition(v, "SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    }
+    .into()
+}
+
+fn job_completions(v: &Value) -> String {
+    let succeeded = n(v, "/status/succeeded");
+    match v.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => match v.pointer("/spec/parallelism").and_then(Value::as_i64) {
+            Some(p) if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    }
+}
+
+fn job_duration(v: &Value) -> String {
+    let Some(start) = timestamp_secs(v, "/status/startTime") else {
+        return String::new();
+    };
+    let end = timestamp_secs(v, "/status/completionTime").unwrap_or_else(now_secs);
+    short_duration(end - start)
+}
+
+/// Access modes as kubectl abbreviates them (RWO, ROX, RWX, RWOP).
+fn access_modes(v: &Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|m| match m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    other => other,
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn template_images(v: &Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("image").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn map_selector(v: &Value, pointer: &str) -> String {
+    or_none(
+        v.pointer(pointer)
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, val)| format!("{k}={}", val.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+    )
+}
+
 /// The columns of a kind (NAME first; NAMESPACE is added by the caller).
 pub fn columns(kind: &str) -> Vec<Column> {
     let c = |name, wide, cell| Column { name, wide, cell };
@@ -342,6 +460,137 @@ pub fn columns(kind: &str) -> Vec<Column> {
         }
         "Lease" => {
             cols.push(c("HOLDER", false, |v| s(v, "/spec/holderIdentity")));
+            cols.push(c("AGE", false, age));
+        }
+        "Job" => {
+            cols.push(c("STATUS", false, job_status));
+            cols.push(c("COMPLETIONS", false, job_completions));
+            cols.push(c("DURATION", false, job_duration));
+            cols.push(c("AGE", false, age));
+            cols.push(c("IMAGES", true, |v| {
+                template_images(v, "/spec/template/spec/containers")
+            }));
+            cols.push(c("SELECTOR", true, |v| {
+                map_selector(v, "/spec/selector/matchLabels")
+            }));
+        }
+        "CronJob" => {
+            cols.push(c("SCHEDULE", false, |v| s(v, "/spec/schedule")));
+            cols.push(c("TIMEZONE", false, |v| or_none(s(v, "/spec/timeZone"))));
+            cols.push(c("SUSPEND", false, |v| {
+                (v.pointer("/spec/suspend") == Some(&Value::Bool(true))).to_string()
+            }));
+            cols.push(c("ACTIVE", false, |v| {
+                v.pointer("/status/active")
+                    .and_then(Value::as_array)
+                    .map(|a| a.len())
+                    .unwrap_or(0)
+                    .to_string()
+            }));
+            cols.push(c("LAST SCHEDULE", false, |v| {
+                match timestamp_secs(v, "/status/lastScheduleTime") {
+                    Some(t) => short_duration(now_secs() - t),
+                    None => "<none>".into(),
+                }
+            }));
+            cols.push(c("AGE", false, age));
+            cols.push(c("IMAGES", true, |v| {
+                template_images(v, "/spec/jobTemplate/spec/template/spec/containers")
+            }));
+        }
+        "DaemonSet" => {
+            cols.push(c("DESIRED", false, |v| {
+                n(v, "/status/desiredNumberScheduled").to_string()
+            }));
+            cols.push(c("CURRENT", false, |v| {
+                n(v, "/status/currentNumberScheduled").to_string()
+            }));
+            cols.push(c("READY", false, |v| {
+                n(v, "/status/numberReady").to_string()
+            }));
+            cols.push(c("UP-TO-DATE", false, |v| {
+                n(v, "/status/updatedNumberScheduled").to_string()
+            }));
+            cols.push(c("AVAILABLE", false, |v| {
+                n(v, "/status/numberAvailable").to_string()
+            }));
+            cols.push(c("NODE SELECTOR", false, |v| {
+                map_selector(v, "/spec/template/spec/nodeSelector")
+            }));
+            cols.push(c("AGE", false, age));
+            cols.push(c("IMAGES", true, |v| {
+                template_images(v, "/spec/template/spec/containers")
+            }));
+        }
+        "StatefulSet" => {
+            cols.push(c("READY", false, |v| {
+                format!(
+                    "{}/{}",
+                    n(v, "/status/readyReplicas"),
+                    v.pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                )
+            }));
+            cols.push(c("AGE", false, age));
+            cols.push(c("IMAGES", true, |v| {
+                template_images(v, "/spec/template/spec/containers")
+            }));
+        }
+        "PersistentVolume" => {
+            cols.push(c("CAPACITY", false, |v| s(v, "/spec/capacity/storage")));
+            cols.push(c("ACCESS MODES", false, |v| {
+                access_modes(v, "/spec/accessModes")
+            }));
+            cols.push(c("RECLAIM POLICY", false, |v| {
+                s(v, "/spec/persistentVolumeReclaimPolicy")
+            }));
+            cols.push(c("STATUS", false, |v| s(v, "/status/phase")));
+            cols.push(c("CLAIM", false, |v| {
+                let name = s(v, "/spec/claimRef/name");
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/{name}", s(v, "/spec/claimRef/namespace"))
+                }
+            }));
+            cols.push(c("STORAGECLASS", false, |v| s(v, "/spec/storageClassName")));
+            cols.push(c("REASON", false, |v| s(v, "/status/reason")));
+            cols.push(c("AGE", false, age));
+        }
+        "PersistentVolumeClaim" => {
+            cols.push(c("STATUS", false, |v| s(v, "/status/phase")));
+            cols.push(c("VOLUME", false, |v| s(v, "/spec/volumeName")));
+            cols.push(c("CAPACITY", false, |v| s(v, "/status/capacity/storage")));
+            cols.push(c("ACCESS MODES", false, |v| {
+                access_modes(v, "/status/accessModes")
+            }));
+            cols.push(c("STORAGECLASS", false, |v| {
+                or_none(s(v, "/spec/storageClassName"))
+            }));
+            cols.push(c("AGE", false, age));
+        }
+        "StorageClass" => {
+            cols[0] = c("NAME", false, |v| {
+                let default = v
+                    .pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                    .and_then(Value::as_str)
+                    == Some("true");
+                let name = s(v, "/metadata/name");
+                if default {
+                    format!("{name} (default)")
+                } else {
+                    name
+                }
+            });
+            cols.push(c("PROVISIONER", false, |v| s(v, "/provisioner")));
+            cols.push(c("RECLAIMPOLICY", false, |v| s(v, "/reclaimPolicy")));
+            cols.push(c("VOLUMEBINDINGMODE", false, |v| {
+                s(v, "/volumeBindingMode")
+            }));
+            cols.push(c("ALLOWVOLUMEEXPANSION", false, |v| {
+                (v.pointer("/allowVolumeExpansion") == Some(&Value::Bool(true))).to_string()
+            }));
             cols.push(c("AGE", false, age));
         }
         "ConfigMap" => {

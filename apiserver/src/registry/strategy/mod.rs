@@ -11,9 +11,14 @@
 //! admission and hooks they name.
 
 mod apps;
+mod batch;
 mod core;
 mod pod;
 mod rbac;
+mod storage;
+
+pub use batch::{CONTROLLER_UID_LABEL, JOB_NAME_LABEL};
+pub use storage::DEFAULT_CLASS_ANNOTATION;
 
 use std::sync::Arc;
 
