@@ -112,6 +112,11 @@ impl Cluster {
             node_monitor_period: Duration::from_millis(250),
             pod_eviction_timeout: Duration::from_secs(1),
             cluster_cidr: c.cluster_cidr.clone(),
+            // Kubernetes' pause shape (doubling per failure), 20 times shorter.
+            job_backoff: skiff_controllers::job::JobBackoff {
+                base: Duration::from_millis(500),
+                max: Duration::from_secs(18),
+            },
             ..skiff_controllers::ControllersConfig::new("test-controller-manager")
         };
         c.tasks

@@ -82,6 +82,31 @@ impl Trigger {
         }
     }
 
+    /// Every change of `signal` enqueues every object of `informer` (e.g. a
+    /// test clock moved by hand: every schedule is looked at again).
+    pub fn on_signal<C: Resource>(
+        informer: &Informer<C>,
+        mut signal: tokio::sync::watch::Receiver<()>,
+    ) -> Self {
+        let store = informer.store();
+        let synced = {
+            let store = store.clone();
+            Box::pin(async move { store.wait_until_ready().await })
+        };
+        Self {
+            synced,
+            start: Box::new(move |queue| {
+                tokio::spawn(async move {
+                    while signal.changed().await.is_ok() {
+                        for o in store.list() {
+                            queue.add(ObjectKey::of(&*o));
+                        }
+                    }
+                })
+            }),
+        }
+    }
+
     /// Changes of objects controlled by an owner of kind `owner` (through
     /// their controller owner reference) enqueue that owner.
     pub fn owned<C: Resource>(informer: &Informer<C>, owner: &'static KindInfo) -> Self {

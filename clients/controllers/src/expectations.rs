@@ -7,7 +7,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use skiff::runtime::ObjectKey;
+use std::sync::Arc;
+
+use skiff::Resource;
+use skiff::api::core::v1::Pod;
+use skiff::runtime::{Change, Informer, ObjectKey};
+
+use crate::util::controller_ref;
 
 /// Expectations older than this are given up (a missed event must not wedge a controller).
 pub const EXPECTATION_TTL: Duration = Duration::from_secs(300);
@@ -63,6 +69,54 @@ impl Expectations {
     /// Forgets a key (its owner is gone).
     pub fn forget(&self, key: &ObjectKey) {
         self.map.lock().expect("expectations").remove(key);
+    }
+}
+
+/// Turns pod additions and deletions into observed expectations of the
+/// pods' controllers of kind `owner_kind`; on a resync (which may hide
+/// observations) forgets the expectations of every key `owners` lists.
+pub async fn observe_pods(
+    pods: Informer<Pod>,
+    expectations: Arc<Expectations>,
+    owner_kind: &'static str,
+    owners: impl Fn() -> Vec<ObjectKey>,
+) {
+    let mut changes = pods.subscribe();
+    let uids = || -> std::collections::HashSet<String> {
+        pods.store()
+            .list()
+            .iter()
+            .map(|p| p.meta().uid.clone())
+            .collect()
+    };
+    let mut known = uids();
+    let key_of = |p: &Pod| {
+        let r = controller_ref(p.meta())?;
+        (r.kind == owner_kind).then(|| ObjectKey::new(p.namespace(), &r.name))
+    };
+    loop {
+        match changes.recv().await {
+            Ok(Change::Applied(p)) => {
+                if known.insert(p.meta().uid.clone())
+                    && let Some(k) = key_of(&p)
+                {
+                    expectations.observed(&k, 1, 0);
+                }
+            }
+            Ok(Change::Deleted(p)) => {
+                known.remove(&p.meta().uid);
+                if let Some(k) = key_of(&p) {
+                    expectations.observed(&k, 0, 1);
+                }
+            }
+            Ok(Change::Resynced) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                known = uids();
+                for k in owners() {
+                    expectations.forget(&k);
+                }
+            }
+            Err(_) => return,
+        }
     }
 }
 

@@ -1,17 +1,19 @@
 //! The Skiff controller manager: every controller in one process, on shared
 //! informers, with leader election so two replicas never act at once.
 //!
-//! - [`replicaset`], [`deployment`]: workloads.
+//! - [`replicaset`], [`deployment`], [`job`]: workloads.
 //! - [`nodelifecycle`], [`nodeipam`]: nodes.
 //! - [`endpoints`]: services' endpoints.
 //! - [`serviceaccount`]: default accounts and their tokens.
 //! - [`namespace`]: emptying namespaces being deleted.
 //! - [`gc`]: the garbage collector.
 
+pub mod clock;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -31,6 +33,7 @@ use skiff::runtime::{InformerFactory, LeaderElectionConfig, LeaderElector, Recor
 pub const ALL: &[&str] = &[
     "replicaset",
     "deployment",
+    "job",
     "endpoints",
     "namespace",
     "nodelifecycle",
@@ -65,6 +68,10 @@ pub struct ControllersConfig {
     pub identity: String,
     /// Run only while holding this lease.
     pub leader_election: Option<LeaderElectionConfig>,
+    /// What time it is (the system clock; a manual one in tests).
+    pub clock: Arc<dyn clock::Clock>,
+    /// Pause before a job replaces failed pods.
+    pub job_backoff: job::JobBackoff,
 }
 
 impl ControllersConfig {
@@ -82,6 +89,8 @@ impl ControllersConfig {
             service_account_key: None,
             identity: identity.to_owned(),
             leader_election: None,
+            clock: Arc::new(clock::SystemClock),
+            job_backoff: job::JobBackoff::default(),
         }
     }
 }
@@ -155,6 +164,9 @@ pub async fn run_controllers(
             ctx.clone(),
             until(stopped.clone()),
         )));
+    }
+    if enabled("job") {
+        tasks.push(tokio::spawn(job::run(ctx.clone(), until(stopped.clone()))));
     }
     if enabled("endpoints") {
         tasks.push(tokio::spawn(endpoints::run(

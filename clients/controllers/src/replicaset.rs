@@ -14,19 +14,17 @@ use skiff::api::core::v1::Pod;
 use skiff::client::Error;
 use skiff::params::DeleteParams;
 use skiff::runtime::events::{NORMAL, WARNING};
-use skiff::runtime::{
-    Action, Change, Controller, ControllerConfig, ObjectKey, Request, Store, Trigger,
-};
+use skiff::runtime::{Action, Controller, ControllerConfig, ObjectKey, Request, Store, Trigger};
 use skiff::selector::LabelSelector;
 
 use crate::Context;
-use crate::expectations::Expectations;
+use crate::expectations::{Expectations, observe_pods};
 use crate::util::{
-    availability, controller_ref, is_active, is_ready, owner_ref, pod_from_template,
+    availability, controller_ref, index_by_controller, is_active, is_ready, owner_ref,
+    pod_from_template,
 };
 
-/// Index of pods by their controller's uid.
-pub const BY_CONTROLLER: &str = "controller-uid";
+pub use crate::util::BY_CONTROLLER;
 
 /// Largest batch of creations.
 const MAX_BATCH: usize = 500;
@@ -41,13 +39,21 @@ struct Rs {
 pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) {
     let rss = ctx.factory.all::<ReplicaSet>();
     let pods = ctx.factory.all::<Pod>();
-    pods.store().add_index(BY_CONTROLLER, |p: &Pod| {
-        controller_ref(p.meta())
-            .map(|r| vec![r.uid.clone()])
-            .unwrap_or_default()
-    });
+    index_by_controller(&pods);
     let expectations = Arc::new(Expectations::new());
-    let observer = tokio::spawn(observe(pods.clone(), expectations.clone(), rss.store()));
+    let owners = rss.store();
+    let observer = tokio::spawn(observe_pods(
+        pods.clone(),
+        expectations.clone(),
+        "ReplicaSet",
+        move || {
+            owners
+                .list()
+                .iter()
+                .map(|rs| ObjectKey::of(&**rs))
+                .collect()
+        },
+    ));
     let rs_store = rss.store();
     // Orphans (and pods released elsewhere) matter to every replica set whose selector matches.
     let orphans = Trigger::mapped(&pods, move |p: &Pod| {
@@ -81,55 +87,6 @@ pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) 
         )
         .await;
     observer.abort();
-}
-
-/// Turns pod additions and deletions into observed expectations.
-async fn observe(
-    pods: skiff::runtime::Informer<Pod>,
-    expectations: Arc<Expectations>,
-    rss: Store<ReplicaSet>,
-) {
-    let mut changes = pods.subscribe();
-    let mut known: std::collections::HashSet<String> = pods
-        .store()
-        .list()
-        .iter()
-        .map(|p| p.meta().uid.clone())
-        .collect();
-    let key_of = |p: &Pod| {
-        let r = controller_ref(p.meta())?;
-        (r.kind == "ReplicaSet").then(|| ObjectKey::new(p.namespace(), &r.name))
-    };
-    loop {
-        match changes.recv().await {
-            Ok(Change::Applied(p)) => {
-                if known.insert(p.meta().uid.clone())
-                    && let Some(k) = key_of(&p)
-                {
-                    expectations.observed(&k, 1, 0);
-                }
-            }
-            Ok(Change::Deleted(p)) => {
-                known.remove(&p.meta().uid);
-                if let Some(k) = key_of(&p) {
-                    expectations.observed(&k, 0, 1);
-                }
-            }
-            Ok(Change::Resynced) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                known = pods
-                    .store()
-                    .list()
-                    .iter()
-                    .map(|p| p.meta().uid.clone())
-                    .collect();
-                // A resync may have hidden observations: start afresh.
-                for rs in rss.list() {
-                    expectations.forget(&ObjectKey::of(&*rs));
-                }
-            }
-            Err(_) => return,
-        }
-    }
 }
 
 fn selector(rs: &ReplicaSet) -> Option<LabelSelector> {

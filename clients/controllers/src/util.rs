@@ -7,6 +7,18 @@ use skiff::api::core::v1::{Pod, PodTemplateSpec};
 use skiff::api::meta::v1::{ObjectMeta, OwnerReference};
 use skiff::{KindInfo, Resource};
 
+/// Index of pods by their controller's uid.
+pub const BY_CONTROLLER: &str = "controller-uid";
+
+/// Indexes `pods` by their controller's uid ([`BY_CONTROLLER`]).
+pub fn index_by_controller(pods: &skiff::runtime::Informer<Pod>) {
+    pods.store().add_index(BY_CONTROLLER, |p: &Pod| {
+        controller_ref(p.meta())
+            .map(|r| vec![r.uid.clone()])
+            .unwrap_or_default()
+    });
+}
+
 /// Whether a pod still counts toward its controller (not finished, not being deleted).
 pub fn is_active(p: &Pod) -> bool {
     let phase = p.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("");
