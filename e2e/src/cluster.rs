@@ -66,6 +66,24 @@ impl Cluster {
         cluster_cidr: String,
         lock: std::fs::File,
     ) -> Self {
+        Self::start_configured(ip, cluster_cidr, lock, |_| {}).await
+    }
+
+    /// A cluster on 127.0.0.1 whose controller manager's configuration
+    /// `configure` adjusts (a test clock, say).
+    pub async fn start_with_controllers(
+        configure: impl FnOnce(&mut skiff_controllers::ControllersConfig),
+    ) -> Self {
+        let (cidr, lock) = reserve_range("127", 128, 126);
+        Self::start_configured("127.0.0.1".parse().expect("ip"), cidr, lock, configure).await
+    }
+
+    async fn start_configured(
+        ip: std::net::IpAddr,
+        cluster_cidr: String,
+        lock: std::fs::File,
+        configure: impl FnOnce(&mut skiff_controllers::ControllersConfig),
+    ) -> Self {
         let cidr_lock = lock;
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = skiff_apiserver::storage::embedded::EmbeddedStorage::open(dir.path())
@@ -107,7 +125,7 @@ impl Cluster {
         )));
         c.stops.push(stop);
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = skiff_controllers::ControllersConfig {
+        let mut config = skiff_controllers::ControllersConfig {
             node_monitor_grace: Duration::from_secs(4),
             node_monitor_period: Duration::from_millis(250),
             pod_eviction_timeout: Duration::from_secs(1),
@@ -119,6 +137,7 @@ impl Cluster {
             },
             ..skiff_controllers::ControllersConfig::new("test-controller-manager")
         };
+        configure(&mut config);
         c.tasks
             .push(tokio::spawn(skiff_controllers::run_controllers(
                 c.client.clone(),

@@ -1,7 +1,7 @@
 //! The Skiff controller manager: every controller in one process, on shared
 //! informers, with leader election so two replicas never act at once.
 //!
-//! - [`replicaset`], [`deployment`], [`job`]: workloads.
+//! - [`replicaset`], [`deployment`], [`job`], [`cronjob`]: workloads.
 //! - [`nodelifecycle`], [`nodeipam`]: nodes.
 //! - [`endpoints`]: services' endpoints.
 //! - [`serviceaccount`]: default accounts and their tokens.
@@ -9,6 +9,7 @@
 //! - [`gc`]: the garbage collector.
 
 pub mod clock;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
@@ -34,6 +35,7 @@ pub const ALL: &[&str] = &[
     "replicaset",
     "deployment",
     "job",
+    "cronjob",
     "endpoints",
     "namespace",
     "nodelifecycle",
@@ -167,6 +169,12 @@ pub async fn run_controllers(
     }
     if enabled("job") {
         tasks.push(tokio::spawn(job::run(ctx.clone(), until(stopped.clone()))));
+    }
+    if enabled("cronjob") {
+        tasks.push(tokio::spawn(cronjob::run(
+            ctx.clone(),
+            until(stopped.clone()),
+        )));
     }
     if enabled("endpoints") {
         tasks.push(tokio::spawn(endpoints::run(

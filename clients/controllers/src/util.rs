@@ -10,9 +10,9 @@ use skiff::{KindInfo, Resource};
 /// Index of pods by their controller's uid.
 pub const BY_CONTROLLER: &str = "controller-uid";
 
-/// Indexes `pods` by their controller's uid ([`BY_CONTROLLER`]).
-pub fn index_by_controller(pods: &skiff::runtime::Informer<Pod>) {
-    pods.store().add_index(BY_CONTROLLER, |p: &Pod| {
+/// Indexes an informer's objects by their controller's uid ([`BY_CONTROLLER`]).
+pub fn index_by_controller<K: Resource>(objects: &skiff::runtime::Informer<K>) {
+    objects.store().add_index(BY_CONTROLLER, |p: &K| {
         controller_ref(p.meta())
             .map(|r| vec![r.uid.clone()])
             .unwrap_or_default()
