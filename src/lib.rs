@@ -19,6 +19,7 @@ pub mod resource;
 pub mod rt;
 pub mod runtime;
 pub mod schedule;
+pub mod scheduling;
 pub mod selector;
 pub mod server;
 pub mod testing;

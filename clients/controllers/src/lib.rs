@@ -1,7 +1,7 @@
 //! The Skiff controller manager: every controller in one process, on shared
 //! informers, with leader election so two replicas never act at once.
 //!
-//! - [`replicaset`], [`deployment`], [`job`], [`cronjob`]: workloads.
+//! - [`replicaset`], [`deployment`], [`daemonset`], [`job`], [`cronjob`]: workloads.
 //! - [`nodelifecycle`], [`nodeipam`]: nodes.
 //! - [`endpoints`]: services' endpoints.
 //! - [`serviceaccount`]: default accounts and their tokens.
@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
@@ -34,6 +35,7 @@ use skiff::runtime::{InformerFactory, LeaderElectionConfig, LeaderElector, Recor
 pub const ALL: &[&str] = &[
     "replicaset",
     "deployment",
+    "daemonset",
     "job",
     "cronjob",
     "endpoints",
@@ -163,6 +165,12 @@ pub async fn run_controllers(
     }
     if enabled("deployment") {
         tasks.push(tokio::spawn(deployment::run(
+            ctx.clone(),
+            until(stopped.clone()),
+        )));
+    }
+    if enabled("daemonset") {
+        tasks.push(tokio::spawn(daemonset::run(
             ctx.clone(),
             until(stopped.clone()),
         )));

@@ -428,23 +428,15 @@ fn eviction_after(pod: &Pod, taint: &Taint, default: Duration) -> Option<Duratio
         .as_ref()
         .map(|s| s.tolerations.as_slice())
         .unwrap_or(&[]);
-    let matching = tolerations.iter().find(|t| skiff_tolerates(t, taint));
+    let matching = tolerations
+        .iter()
+        .find(|t| skiff::scheduling::tolerates(t, taint));
     match matching {
         Some(t) => t
             .toleration_seconds
             .map(|s| Duration::from_secs(s.max(0) as u64)),
         None if taint.key == UNREACHABLE || taint.key == NOT_READY => Some(default),
         None => Some(Duration::ZERO),
-    }
-}
-
-fn skiff_tolerates(t: &skiff::api::core::v1::Toleration, taint: &Taint) -> bool {
-    if !t.effect.is_empty() && t.effect != taint.effect {
-        return false;
-    }
-    match t.operator.as_str() {
-        "Exists" => t.key.is_empty() || t.key == taint.key,
-        _ => t.key == taint.key && t.value == taint.value,
     }
 }
 

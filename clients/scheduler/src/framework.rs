@@ -8,10 +8,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
-use skiff::Resource;
-use skiff::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
-};
+use skiff::api::core::v1::{Node, Pod, Taint};
 
 use crate::cache::{Cache, NodeInfo, host_ports, owner_uid, pod_key, priority};
 use crate::resources::Resources;
@@ -110,85 +107,17 @@ fn condition_true(node: &Node, kind: &str) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// Whether a toleration tolerates a taint.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if !t.effect.is_empty() && t.effect != taint.effect {
-        return false;
-    }
-    match t.operator.as_str() {
-        "Exists" => t.key.is_empty() || t.key == taint.key,
-        _ => t.key == taint.key && t.value == taint.value,
-    }
-}
+pub use skiff::scheduling::tolerates;
 
 fn taint_text(t: &Taint) -> String {
     format!("{{{}: {}}}", t.key, t.value)
 }
 
-/// Whether a node selector requirement holds for a node.
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| r.values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !r.values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                r.values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let labels = &node.meta().labels;
-    term.match_expressions
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && term.match_fields.iter().all(|r| {
-            let v = if r.key == "metadata.name" {
-                Some(node.meta().name.as_str())
-            } else {
-                None
-            };
-            requirement_matches(r, v)
-        })
-}
-
 /// Node selector and required node affinity.
 pub fn affinity_matches(pod: &Pod, node: &Node) -> bool {
-    let Some(spec) = &pod.spec else { return true };
-    let labels = &node.meta().labels;
-    if !spec
-        .node_selector
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    match spec
-        .affinity
+    pod.spec
         .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        }) {
-        Some(selector) => selector
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, node)),
-        None => true,
-    }
+        .is_none_or(|spec| skiff::scheduling::affinity_matches(spec, node))
 }
 
 /// Runs every filter; the reasons the node fails (empty: it fits).
@@ -444,9 +373,11 @@ pub fn failure_message(total: usize, failures: &BTreeMap<String, Vec<Reason>>) -
 mod tests {
     use std::sync::Arc;
 
+    use skiff::Resource;
     use skiff::api::core::v1::{
-        Affinity, Container, ContainerPort, NodeAffinity, NodeCondition, NodeSelector, NodeSpec,
-        NodeStatus, PodSpec, ResourceRequirements,
+        Affinity, Container, ContainerPort, NodeAffinity, NodeCondition, NodeSelector,
+        NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, NodeStatus, PodSpec,
+        ResourceRequirements, Toleration,
     };
     use skiff::api::meta::v1::{ObjectMeta, OwnerReference};
 
