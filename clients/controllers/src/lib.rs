@@ -4,6 +4,8 @@
 //! - [`replicaset`], [`deployment`], [`daemonset`], [`job`], [`cronjob`]: workloads.
 //! - [`nodelifecycle`], [`nodeipam`]: nodes.
 //! - [`endpoints`]: services' endpoints.
+//! - [`persistentvolume`], [`localpath`]: binding claims to volumes, and
+//!   provisioning local-path volumes.
 //! - [`serviceaccount`]: default accounts and their tokens.
 //! - [`namespace`]: emptying namespaces being deleted.
 //! - [`gc`]: the garbage collector.
@@ -16,9 +18,11 @@ pub mod endpoints;
 pub mod expectations;
 pub mod gc;
 pub mod job;
+pub mod localpath;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod persistentvolume;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod util;
@@ -39,6 +43,8 @@ pub const ALL: &[&str] = &[
     "job",
     "cronjob",
     "endpoints",
+    "persistentvolume-binder",
+    "local-path-provisioner",
     "namespace",
     "nodelifecycle",
     "nodeipam",
@@ -186,6 +192,18 @@ pub async fn run_controllers(
     }
     if enabled("endpoints") {
         tasks.push(tokio::spawn(endpoints::run(
+            ctx.clone(),
+            until(stopped.clone()),
+        )));
+    }
+    if enabled("persistentvolume-binder") {
+        tasks.push(tokio::spawn(persistentvolume::run(
+            ctx.clone(),
+            until(stopped.clone()),
+        )));
+    }
+    if enabled("local-path-provisioner") {
+        tasks.push(tokio::spawn(localpath::run(
             ctx.clone(),
             until(stopped.clone()),
         )));

@@ -221,6 +221,11 @@ pub async fn run(
     let server = tokio::spawn(server::serve(shared.clone(), listener, stop_rx.clone()));
     let heartbeats = tokio::spawn(node::heartbeats(shared.clone(), port, stop_rx.clone()));
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), stop_rx.clone()));
+    let local_paths = tokio::spawn(node::clean_local_paths(
+        client.clone(),
+        config.clone(),
+        Duration::from_secs(5),
+    ));
     tracing::info!(node = %config.node_name, runtime = %shared.runtime.version(), port, pod_cidr = ?pod_cidr, "kubelet running");
     tokio::pin!(shutdown);
     let pods = sync_pods(shared.clone());
@@ -229,7 +234,7 @@ pub async fn run(
         _ = &mut shutdown => {}
     }
     let _ = stop_tx.send(true);
-    for t in [server, heartbeats, housekeeping] {
+    for t in [server, heartbeats, housekeeping, local_paths] {
         t.abort();
     }
     if config.stop_pods_on_exit {

@@ -215,6 +215,57 @@ async fn health(shared: &Shared) -> Health {
     }
 }
 
+/// Node annotation with the directory local-path volumes of this node live
+/// under (read by the controller manager's local-path provisioner).
+pub const LOCAL_PATH_ROOT_ANNOTATION: &str = "skiff.dev/local-path-root";
+
+/// The directory this node keeps local-path volumes in.
+pub fn local_path_root(config: &KubeletConfig) -> std::path::PathBuf {
+    let root = config.data_dir.join("local-path");
+    std::path::absolute(&root).unwrap_or(root)
+}
+
+/// Removes local-path volume directories whose PersistentVolume is gone
+/// (reclaim policy Delete), every `period`, until the task is dropped.
+pub async fn clean_local_paths(client: Client, config: KubeletConfig, period: Duration) {
+    let root = local_path_root(&config);
+    loop {
+        tokio::time::sleep(period).await;
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        let dirs: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("pvc-"))
+            .collect();
+        if dirs.is_empty() {
+            continue;
+        }
+        let Ok(volumes) = client
+            .all::<skiff::api::core::v1::PersistentVolume>()
+            .list(&Default::default())
+            .await
+        else {
+            continue;
+        };
+        for dir in dirs {
+            if !volumes.items.iter().any(|v| v.meta().name == dir) {
+                let path = root.join(&dir);
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed the directory of a deleted local-path volume")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove a deleted local-path volume's directory")
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Registers the node, or takes over an existing one of the same name (its
 /// labels from the flags are added; its spec is kept). Returns the node.
 pub async fn register(
@@ -241,10 +292,16 @@ pub async fn register(
     .into_iter()
     .chain(config.labels.iter().cloned())
     .collect();
+    let annotations: BTreeMap<String, String> = [(
+        LOCAL_PATH_ROOT_ANNOTATION.to_owned(),
+        local_path_root(config).display().to_string(),
+    )]
+    .into();
     let fresh = Node {
         metadata: Some(ObjectMeta {
             name: config.node_name.clone(),
             labels: labels.clone(),
+            annotations: annotations.clone(),
             ..Default::default()
         }),
         spec: Some(NodeSpec {
@@ -263,8 +320,13 @@ pub async fn register(
             Err(Error::AlreadyExists(_)) => {
                 let mut existing = api.get(&config.node_name).await?;
                 let meta = existing.meta_mut();
-                if labels.iter().any(|(k, v)| meta.labels.get(k) != Some(v)) {
+                let stale = labels.iter().any(|(k, v)| meta.labels.get(k) != Some(v))
+                    || annotations
+                        .iter()
+                        .any(|(k, v)| meta.annotations.get(k) != Some(v));
+                if stale {
                     meta.labels.extend(labels.clone());
+                    meta.annotations.extend(annotations.clone());
                     match api.update(&existing).await {
                         Ok(n) => existing = n,
                         Err(Error::Conflict(_)) => continue,

@@ -32,6 +32,8 @@ pub enum Reason {
     UntoleratedTaint(String),
     /// A requested host port is taken.
     HostPortConflict,
+    /// A bound persistent volume cannot be reached from the node.
+    VolumeNodeAffinity,
 }
 
 impl Reason {
@@ -62,6 +64,7 @@ impl fmt::Display for Reason {
             Reason::HostPortConflict => {
                 f.write_str("node(s) didn't have free ports for the requested pod ports")
             }
+            Reason::VolumeNodeAffinity => f.write_str("node(s) had volume node affinity conflict"),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod scheduler;
+pub mod volumes;
 
 pub use framework::Weights;
 pub use scheduler::{SchedulerConfig, SchedulerStats, run, schedule};

@@ -24,6 +24,7 @@ use crate::cache::{Cache, is_terminal, pod_key};
 use crate::framework::{PodInfo, Reason, Weights, failure_message, search};
 use crate::preemption::select_victims;
 use crate::queue::{QueueConfig, QueuedPod, SchedulingQueue};
+use crate::volumes::VolumeStores;
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
@@ -166,12 +167,37 @@ pub async fn schedule(
     let factory = InformerFactory::new(client.clone());
     let nodes = factory.all::<Node>();
     let pods = factory.all::<Pod>();
+    let claims = factory.all::<skiff::api::core::v1::PersistentVolumeClaim>();
+    let volumes = factory.all::<skiff::api::core::v1::PersistentVolume>();
+    let classes = factory.all::<skiff::api::storage::v1::StorageClass>();
     let cache = Arc::new(Mutex::new(Cache::new()));
     let queue = SchedulingQueue::new(config.queue);
+    let volume_stores = VolumeStores {
+        claims: claims.store(),
+        volumes: volumes.store(),
+        classes: classes.store(),
+    };
+    // Pods waiting for a claim or volume try again when one changes.
+    let mut volume_tasks = Vec::new();
+    {
+        let (mut c, mut v, q) = (claims.subscribe(), volumes.subscribe(), queue.clone());
+        volume_tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = c.recv() => if matches!(r, Err(broadcast::error::RecvError::Closed)) { return },
+                    r = v.recv() => if matches!(r, Err(broadcast::error::RecvError::Closed)) { return },
+                }
+                q.move_all();
+            }
+        }));
+    }
     let node_changes = nodes.subscribe();
     let pod_changes = pods.subscribe();
     nodes.store().wait_until_ready().await;
     pods.store().wait_until_ready().await;
+    volume_stores.claims.wait_until_ready().await;
+    volume_stores.volumes.wait_until_ready().await;
+    volume_stores.classes.wait_until_ready().await;
     rebuild(&cache, &queue, &config, &nodes.store(), &pods.store());
     let handlers = follow_changes(
         &cache,
@@ -195,6 +221,7 @@ pub async fn schedule(
         queue: queue.clone(),
         events,
         pods: pods.store(),
+        volumes: volume_stores,
         next_start: 0,
     };
     tokio::pin!(shutdown);
@@ -207,7 +234,7 @@ pub async fn schedule(
         scheduling.schedule_one(q).await;
     }
     queue.close();
-    for h in handlers {
+    for h in handlers.into_iter().chain(volume_tasks) {
         h.abort();
     }
 }
@@ -282,6 +309,8 @@ struct Scheduling {
     /// Bindings in flight at once.
     binds: Arc<Semaphore>,
     pods: Store<Pod>,
+    /// Claims, volumes and classes, for pods with persistent volumes.
+    volumes: VolumeStores,
     /// Where the next node search starts (searches rotate over the nodes).
     next_start: usize,
 }
@@ -305,7 +334,16 @@ impl Scheduling {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let attempt_started = std::time::Instant::now();
         let info = PodInfo::new(latest.clone());
-        let (result, total) = {
+        let needs = match crate::volumes::needs(&latest, &self.volumes) {
+            Ok(n) => n,
+            Err(why) => {
+                let total = self.cache.lock().expect("cache").node_count();
+                let message = format!("0/{total} nodes are available: {why}.");
+                self.unschedulable(q, latest, &info, &Failures::new(), message);
+                return;
+            }
+        };
+        let (mut result, total) = {
             let cache = self.cache.lock().expect("cache");
             let total = cache.node_count();
             let s = search(
@@ -317,6 +355,21 @@ impl Scheduling {
             );
             (s, total)
         };
+        if !needs.node_affinity.is_empty() {
+            let cache = self.cache.lock().expect("cache");
+            result.feasible.retain(|(name, _)| {
+                let fits = cache
+                    .node(name)
+                    .and_then(|n| n.node.as_ref())
+                    .is_some_and(|n| needs.fits(n));
+                if !fits {
+                    result
+                        .failures
+                        .insert(name.clone(), vec![Reason::VolumeNodeAffinity]);
+                }
+                fits
+            });
+        }
         self.next_start = if total == 0 {
             0
         } else {
@@ -349,12 +402,19 @@ impl Scheduling {
             .lock()
             .expect("cache")
             .assume(latest.clone(), &node);
-        self.bind(q, latest, key, node).await;
+        self.bind(q, latest, key, node, needs.delayed).await;
     }
 
     /// Binds `pod` (assumed onto `node`) in the background, once a binding
     /// slot is free; a failed binding forgets the assumption and retries.
-    async fn bind(&self, q: QueuedPod, pod: Arc<Pod>, key: String, node: String) {
+    async fn bind(
+        &self,
+        q: QueuedPod,
+        pod: Arc<Pod>,
+        key: String,
+        node: String,
+        delayed_claims: Vec<String>,
+    ) {
         let permit = self
             .binds
             .clone()
@@ -369,7 +429,12 @@ impl Scheduling {
             self.events.clone(),
         );
         tokio::spawn(async move {
-            let result = client.pods(pod.namespace()).bind(pod.name(), &node).await;
+            // Claims waiting for their first consumer learn the node first.
+            let result =
+                match crate::volumes::select_node(&client, &pod, &delayed_claims, &node).await {
+                    Ok(()) => client.pods(pod.namespace()).bind(pod.name(), &node).await,
+                    Err(e) => Err(e),
+                };
             drop(permit);
             match result {
                 Ok(bound) => {

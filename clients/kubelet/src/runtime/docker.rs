@@ -547,6 +547,16 @@ impl Runtime for DockerRuntime {
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some(format!("container:{}", sandbox.id)),
+                binds: Some(
+                    config
+                        .mounts
+                        .iter()
+                        .map(|m| {
+                            let mode = if m.read_only { ":ro" } else { "" };
+                            format!("{}:{}{mode}", m.host_path.display(), m.container_path)
+                        })
+                        .collect(),
+                ),
                 nano_cpus: config.cpu_limit_milli.map(|m| m * 1_000_000),
                 memory: config.memory_limit,
                 log_config: Some(HostConfigLogConfig {

@@ -95,6 +95,40 @@ pub struct ContainerConfig {
     pub memory_limit: Option<i64>,
     /// Where the container's output goes.
     pub log_path: PathBuf,
+    /// Directories of the node mounted into the container.
+    pub mounts: Vec<Mount>,
+}
+
+/// A directory of the node given to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The pod volume it comes from.
+    pub volume: String,
+    /// The directory on the node.
+    pub host_path: PathBuf,
+    /// Where the container sees it.
+    pub container_path: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl Mount {
+    /// The environment variable the process runtime names this mount's
+    /// directory in (`SKIFF_VOLUME_<NAME>`), as it cannot mount it yet.
+    pub fn env_name(&self) -> String {
+        let name: String = self
+            .volume
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("SKIFF_VOLUME_{name}")
+    }
 }
 
 /// What a container is doing.

@@ -220,6 +220,13 @@ impl Runtime for ProcessRuntime {
             )
             .env("HOME", &working_dir)
             .envs(config.env.iter().cloned())
+            // No mount namespace yet: each volume's directory by name.
+            .envs(
+                config
+                    .mounts
+                    .iter()
+                    .map(|m| (m.env_name(), m.host_path.display().to_string())),
+            )
             .current_dir(&working_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -479,6 +486,7 @@ mod tests {
             cpu_limit_milli: None,
             memory_limit: None,
             log_path: dir.join(format!("{name}.log")),
+            mounts: Vec::new(),
         }
     }
 

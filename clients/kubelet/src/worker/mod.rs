@@ -30,6 +30,7 @@ use tokio::time::Instant;
 mod env;
 pub mod restart;
 mod status;
+mod volumes;
 
 pub use restart::{AfterExit, Backoff, after_exit, crash_loop_delay};
 pub use status::qos_class;
@@ -477,6 +478,27 @@ impl Worker {
                 return;
             }
         };
+        let mounts = match self.mounts(pod, c).await {
+            Ok(m) => m,
+            Err(message) => {
+                let slot = self.slots.get_mut(&c.name).expect("slot");
+                let repeated = slot
+                    .waiting
+                    .as_ref()
+                    .is_some_and(|(r, m)| r == "ContainerCreating" && *m == message);
+                slot.waiting = Some(("ContainerCreating".into(), message.clone()));
+                if !repeated {
+                    emit(&self.shared, pod, WARNING, "FailedMount", message);
+                }
+                // Look again soon: a claim gets bound without the pod changing.
+                let changed = self.changed.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    changed.notify_one();
+                });
+                return;
+            }
+        };
         let limits = c
             .resources
             .as_ref()
@@ -502,6 +524,7 @@ impl Worker {
                 .and_then(|q| Quantity::parse(q).ok())
                 .map(|q| q.value() as i64),
             log_path: self.shared.log_path(pod, &c.name, attempt),
+            mounts,
         };
         let sandbox = self.sandbox.clone().expect("sandbox exists");
         let result = self.runtime().start_container(&sandbox, &config).await;
@@ -593,6 +616,10 @@ impl Worker {
             }
         }
         let _ = runtime.remove_sandbox(&self.uid).await;
+        // The pod's emptyDir volumes go with it.
+        if let Some(pod_dir) = self.pod_volumes_dir().parent() {
+            let _ = std::fs::remove_dir_all(pod_dir);
+        }
         if let Some(ips) = &self.shared.ips {
             ips.release(&self.uid);
         }
