@@ -411,6 +411,11 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
             "must be PreemptLowerPriority or Never",
         ));
     }
+    if !spec.subdomain.is_empty()
+        && let Err(e) = validate_dns1123_label(&spec.subdomain)
+    {
+        v.push(FieldViolation::new(format!("{path}.subdomain"), e));
+    }
     let mut volume_names = std::collections::BTreeSet::new();
     for (i, vol) in spec.volumes.iter().enumerate() {
         let p = format!("{path}.volumes[{i}]");

@@ -1,7 +1,8 @@
 //! The Skiff controller manager: every controller in one process, on shared
 //! informers, with leader election so two replicas never act at once.
 //!
-//! - [`replicaset`], [`deployment`], [`daemonset`], [`job`], [`cronjob`]: workloads.
+//! - [`replicaset`], [`deployment`], [`daemonset`], [`statefulset`], [`job`],
+//!   [`cronjob`]: workloads.
 //! - [`nodelifecycle`], [`nodeipam`]: nodes.
 //! - [`endpoints`]: services' endpoints.
 //! - [`persistentvolume`], [`localpath`]: binding claims to volumes, and
@@ -25,6 +26,7 @@ pub mod nodelifecycle;
 pub mod persistentvolume;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod util;
 
 use std::future::Future;
@@ -40,6 +42,7 @@ pub const ALL: &[&str] = &[
     "replicaset",
     "deployment",
     "daemonset",
+    "statefulset",
     "job",
     "cronjob",
     "endpoints",
@@ -177,6 +180,12 @@ pub async fn run_controllers(
     }
     if enabled("daemonset") {
         tasks.push(tokio::spawn(daemonset::run(
+            ctx.clone(),
+            until(stopped.clone()),
+        )));
+    }
+    if enabled("statefulset") {
+        tasks.push(tokio::spawn(statefulset::run(
             ctx.clone(),
             until(stopped.clone()),
         )));
