@@ -217,7 +217,7 @@ async fn a_stateful_set_starts_in_order_with_stable_names_and_pod_0_finds_its_da
         let affinity = spec.node_affinity.unwrap().required.unwrap();
         assert_eq!(
             affinity.node_selector_terms[0].match_expressions[0].values,
-            [node.clone()]
+            std::slice::from_ref(&node)
         );
         assert_eq!(pv.status.unwrap().phase, "Bound");
         volume_dirs.push(std::path::PathBuf::from(spec.host_path.unwrap().path));
