@@ -352,3 +352,125 @@ async fn create_makes_namespaces_config_maps_and_secrets_from_flags() {
     .await;
     assert!(!out.ok && out.stderr.contains("data[a/b]"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_commands_print_kubectls_columns_empty_lists_and_jsonpath() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = insecure_server(dir.path()).await;
+    let addr = server.addr.as_str();
+    // An empty result is an empty List for scripts, not a message.
+    let out = skiff(addr, &["get", "jobs", "-o", "json"]).await;
+    assert!(out.ok, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "List");
+    assert_eq!(v["items"], serde_json::json!([]));
+    let out = skiff(addr, &["get", "jobs", "-o", "yaml"]).await;
+    assert!(out.stdout.contains("kind: List"), "{out:?}");
+
+    let file = dir.path().join("cron.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: hello\nspec:\n  schedule: \"* * * * *\"\n  jobTemplate:\n    metadata:\n      labels: {team: ops}\n    spec:\n      template:\n        spec:\n          containers:\n          - name: hello\n            image: busybox:1.28\n            command: [/bin/sh, -c, date]\n          restartPolicy: OnFailure\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests: {storage: 1Gi}\n",
+    )
+    .unwrap();
+    let out = skiff(addr, &["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(out.ok, "{out:?}");
+
+    // create job --from=cronjob/NAME: the template, owned by the cron job.
+    let out = skiff(
+        addr,
+        &["create", "job", "hello-now", "--from=cronjob/hello"],
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.stdout.trim(), "job.batch/hello-now created");
+    let out = skiff(addr, &["get", "job", "hello-now", "-o", "json"]).await;
+    let job: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(job["metadata"]["labels"]["team"], "ops");
+    assert_eq!(
+        job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    let out = skiff(addr, &["create", "job", "x", "--from=deployment/web"]).await;
+    assert!(!out.ok && out.stderr.contains("cronjob/NAME"), "{out:?}");
+
+    // Columns as kubectl's.
+    let out = skiff(addr, &["get", "jobs"]).await;
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.lines().nth(1).unwrap().contains("0/1"),
+        "{out:?}"
+    );
+    let out = skiff(addr, &["get", "cronjobs"]).await;
+    assert!(
+        out.stdout.starts_with("NAME")
+            && out.stdout.contains("SCHEDULE")
+            && out.stdout.contains("* * * * *"),
+        "{out:?}"
+    );
+    let out = skiff(addr, &["get", "pvc"]).await;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].contains("STATUS")
+            && lines[0].contains("VOLUME")
+            && lines[0].contains("CAPACITY")
+            && lines[0].contains("ACCESS MODES")
+            && lines[0].contains("STORAGECLASS"),
+        "{out:?}"
+    );
+    assert!(
+        lines[1].contains("Pending") && lines[1].contains("local-path"),
+        "{out:?}"
+    );
+    let out = skiff(addr, &["get", "storageclass"]).await;
+    assert!(out.stdout.contains("local-path (default)"), "{out:?}");
+
+    // jsonpath.
+    let out = skiff(
+        addr,
+        &["get", "jobs", "-o", "jsonpath={.items[*].metadata.name}"],
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.stdout, "hello-now");
+    let out = skiff(
+        addr,
+        &[
+            "get",
+            "pvc",
+            "data",
+            "-o",
+            "jsonpath={.spec.storageClassName}/{.status.phase}",
+        ],
+    )
+    .await;
+    assert_eq!(out.stdout, "local-path/Pending", "{out:?}");
+    let out = skiff(
+        addr,
+        &[
+            "get",
+            "namespaces",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
+        ],
+    )
+    .await;
+    let names: Vec<&str> = out.stdout.lines().collect();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(names.contains(&ns), "{out:?}");
+    }
+    let out = skiff(addr, &["get", "jobs", "-o", "jsonpath={.items[*"]).await;
+    assert!(!out.ok && out.stderr.contains("unclosed"), "{out:?}");
+}

@@ -252,6 +252,34 @@ async fn a_rolling_update_replaces_every_pod_and_on_delete_waits_for_the_user() 
     .await;
     let s = api.get("rolling").await.unwrap().status.unwrap();
     assert_eq!(s.updated_number_scheduled, 3);
+    let out = skiff_e2e::skiff(
+        &cluster.server,
+        &[
+            "rollout",
+            "status",
+            "ds/rolling",
+            "-n",
+            "kube-system",
+            "--timeout",
+            "60s",
+        ],
+    )
+    .await;
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("daemon set \"rolling\" successfully rolled out"),
+        "{out:?}"
+    );
+    let out = skiff_e2e::skiff(
+        &cluster.server,
+        &["rollout", "status", "ds/manual", "-n", "kube-system"],
+    )
+    .await;
+    assert!(
+        !out.ok && out.stderr.contains("only available for RollingUpdate"),
+        "{out:?}"
+    );
 
     // OnDelete: nothing changes until a pod is deleted; then that node gets the new one.
     let p = placement(&cluster, "manual").await;

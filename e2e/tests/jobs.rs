@@ -374,3 +374,25 @@ async fn the_active_deadline_fails_a_job_and_its_ttl_then_deletes_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_job_name_read_a_pod_of_the_job() {
+    let cluster = Cluster::start().await;
+    let node = process_node(&cluster).await;
+    let j = job("pi", &node.name, "echo pi is 3.14159", |_| {});
+    cluster
+        .client
+        .api::<Job>("default")
+        .create(&j)
+        .await
+        .unwrap();
+    job_until(&cluster, "pi", "the job to complete", |j| {
+        condition(j, "Complete").is_some()
+    })
+    .await;
+    let out = skiff_e2e::skiff(&cluster.server, &["logs", "job/pi"]).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.stdout.trim(), "pi is 3.14159");
+    let out = skiff_e2e::skiff(&cluster.server, &["logs", "job/nope"]).await;
+    assert!(!out.ok && out.stderr.contains("nope"), "{out:?}");
+}

@@ -71,6 +71,23 @@ pub enum CreateWhat {
     /// A Secret.
     #[command(subcommand)]
     Secret(SecretWhat),
+    /// A Job: from a CronJob's template (--from=cronjob/NAME), or running an image.
+    #[command(after_help = "Examples:\n  \
+        skiff create job backup-now --from=cronjob/backup\n  \
+        skiff create job hello --image=busybox -- echo hello")]
+    Job {
+        /// Its name.
+        name: String,
+        /// The CronJob whose template to run now (cronjob/NAME).
+        #[arg(long, conflicts_with = "image")]
+        from: Option<String>,
+        /// The image of its one container.
+        #[arg(long, required_unless_present = "from")]
+        image: Option<String>,
+        /// The container's command, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Kinds of Secret `skiff create secret` makes.
@@ -154,6 +171,64 @@ impl DataFlags {
     }
 }
 
+/// A Job from a CronJob's template, as `kubectl create job --from`: the
+/// template's labels and annotations, `cronjob.kubernetes.io/instantiate:
+/// manual`, and the CronJob as its owner.
+async fn job_from_cron_job(
+    server: Option<&str>,
+    namespace: &str,
+    name: &str,
+    from: &str,
+) -> anyhow::Result<Value> {
+    use skiff::Resource;
+    use skiff::api::batch::v1::CronJob;
+    let Some(("cronjob" | "cronjobs" | "cj", cron_name)) = from.split_once('/') else {
+        bail!("--from takes cronjob/NAME, not {from:?}");
+    };
+    let client = ctx::client(server).await?;
+    let cj = client
+        .api::<CronJob>(namespace)
+        .get(cron_name)
+        .await
+        .with_context(|| format!("reading cronjob/{cron_name}"))?;
+    let template = cj
+        .spec
+        .as_ref()
+        .and_then(|s| s.job_template.clone())
+        .with_context(|| format!("cronjob/{cron_name} has no jobTemplate"))?;
+    let tm = template.metadata.unwrap_or_default();
+    let mut annotations = tm.annotations;
+    annotations.insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
+    let job = skiff::api::batch::v1::Job {
+        metadata: Some(skiff::api::meta::v1::ObjectMeta {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            labels: tm.labels,
+            annotations,
+            owner_references: vec![skiff::api::meta::v1::OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "CronJob".into(),
+                name: cj.name().to_owned(),
+                uid: cj.meta().uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }],
+            ..Default::default()
+        }),
+        spec: template.spec,
+        status: None,
+    };
+    let kind = skiff::client::dynamic::DynamicKind::of(&skiff::api::batch::v1::Job::INFO);
+    let message = prost_reflect::DynamicMessage::decode(
+        kind.message.clone(),
+        prost::Message::encode_to_vec(&job).as_slice(),
+    )?;
+    let mut value = manifest::message_value(&message);
+    value["apiVersion"] = "batch/v1".into();
+    value["kind"] = "Job".into();
+    Ok(value)
+}
+
 /// The manifest a `skiff create <what>` means.
 fn generated(what: &CreateWhat, namespace: &str) -> anyhow::Result<Value> {
     use base64::Engine as _;
@@ -175,6 +250,24 @@ fn generated(what: &CreateWhat, namespace: &str) -> anyhow::Result<Value> {
                 "apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": name, "namespace": namespace},
                 "data": text, "binaryData": binary,
+            })
+        }
+        CreateWhat::Job {
+            name,
+            image,
+            command,
+            ..
+        } => {
+            let mut container = serde_json::json!({"name": name, "image": image});
+            if !command.is_empty() {
+                container["command"] = serde_json::json!(command);
+            }
+            serde_json::json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"template": {"spec": {
+                    "containers": [container], "restartPolicy": "Never",
+                }}},
             })
         }
         CreateWhat::Secret(SecretWhat::Generic { name, kind, data }) => {
@@ -396,6 +489,17 @@ pub async fn apply(args: ApplyArgs, server: Option<&str>) -> anyhow::Result<()> 
 /// Runs `skiff create`.
 pub async fn create(args: CreateArgs, server: Option<&str>) -> anyhow::Result<()> {
     let manifests = match &args.what {
+        Some(CreateWhat::Job {
+            name,
+            from: Some(from),
+            ..
+        }) => {
+            let ns = ctx::namespace(&args.namespace);
+            vec![manifest::from_value(
+                job_from_cron_job(server, &ns, name, from).await?,
+                "the command line",
+            )?]
+        }
         Some(what) => {
             let ns = ctx::namespace(&args.namespace);
             vec![manifest::from_value(

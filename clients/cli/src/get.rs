@@ -1,7 +1,7 @@
 //! `skiff get`: list or read objects as tables, YAML or JSON, and watch them.
 
 use anyhow::bail;
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::Args as ClapArgs;
 use futures::StreamExt;
 use serde_json::Value;
 use skiff::api::meta::v1::EventType;
@@ -13,7 +13,7 @@ use crate::ctx;
 use crate::printers;
 
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// More columns.
     Wide,
@@ -23,6 +23,33 @@ pub enum Output {
     Json,
     /// kind/name only.
     Name,
+    /// A kubectl JSONPath template (`jsonpath={.items[*].metadata.name}`).
+    JsonPath(String),
+}
+
+/// Parses `-o`: wide, yaml, json, name or jsonpath=TEMPLATE.
+pub fn parse_output(s: &str) -> Result<Output, String> {
+    match s {
+        "wide" => Ok(Output::Wide),
+        "yaml" => Ok(Output::Yaml),
+        "json" => Ok(Output::Json),
+        "name" => Ok(Output::Name),
+        _ => match s.split_once('=') {
+            Some(("jsonpath", template)) => {
+                let t = template.trim();
+                let t = t
+                    .strip_prefix('\'')
+                    .and_then(|t| t.strip_suffix('\''))
+                    .unwrap_or(t);
+                // Check it now: a bad template is a usage error.
+                crate::jsonpath::render(t, &Value::Null)?;
+                Ok(Output::JsonPath(t.to_owned()))
+            }
+            _ => Err(format!(
+                "unknown output format {s:?}: use wide, yaml, json, name or jsonpath=TEMPLATE"
+            )),
+        },
+    }
 }
 
 /// Flags of `skiff get`.
@@ -32,7 +59,9 @@ pub enum Output {
     skiff get pods -A -o wide           # in every namespace, with IPs and nodes\n  \
     skiff get deploy web -o yaml        # one object as YAML\n  \
     skiff get pods -l app=web -w        # and keep printing changes\n  \
-    skiff get pods --field-selector spec.nodeName=n1")]
+    skiff get pods --field-selector spec.nodeName=n1\n  \
+    skiff get pods -o jsonpath='{.items[*].metadata.name}'\n  \
+    skiff get pods -o jsonpath='{range .items[*]}{.metadata.name}{\"\\t\"}{.status.phase}{\"\\n\"}{end}'")]
 pub struct Args {
     /// Kind: a plural, singular or short name (pods, pod, po); several
     /// separated by commas (deploy,svc), or "all".
@@ -51,8 +80,8 @@ pub struct Args {
     /// Field selector, e.g. spec.nodeName=n1.
     #[arg(long)]
     pub field_selector: Option<String>,
-    /// Output format.
-    #[arg(short, long, value_enum)]
+    /// Output format: wide, yaml, json, name or jsonpath=TEMPLATE.
+    #[arg(short, long, value_parser = parse_output)]
     pub output: Option<Output>,
     /// After listing, keep printing changes.
     #[arg(short, long)]
@@ -95,11 +124,22 @@ fn print_table(kind: &DynamicKind, items: &[Value], wide: bool, with_ns: bool, h
 fn print_items(
     kind: &DynamicKind,
     items: &[Value],
-    output: Option<Output>,
+    output: Option<&Output>,
     with_ns: bool,
     single: bool,
 ) {
     match output {
+        Some(Output::JsonPath(t)) => {
+            let v = if single && items.len() == 1 {
+                items[0].clone()
+            } else {
+                list_value(items)
+            };
+            match crate::jsonpath::render(t, &v) {
+                Ok(text) => print!("{text}"),
+                Err(e) => eprintln!("error: {e}"),
+            }
+        }
         Some(Output::Yaml) => {
             if single && items.len() == 1 {
                 print!("{}", manifest::to_yaml(&items[0]));
@@ -167,27 +207,31 @@ async fn run_many(args: Args, kinds: Vec<String>, server: Option<&str>) -> anyho
             .iter()
             .map(|o| manifest::to_value(kind.info, o))
             .collect();
-        match args.output {
-            Some(Output::Yaml | Output::Json) => all.extend(items),
+        match &args.output {
+            Some(Output::Yaml | Output::Json | Output::JsonPath(_)) => all.extend(items),
             _ if items.is_empty() => {}
             output => {
-                if !first && output != Some(Output::Name) {
+                if !first && output != &Some(Output::Name) {
                     println!();
                 }
                 first = false;
                 print_items(
                     kind,
                     &items,
-                    output,
+                    output.as_ref(),
                     args.all_namespaces && kind.info.namespaced,
                     false,
                 );
             }
         }
     }
-    match args.output {
+    match &args.output {
         Some(Output::Yaml) => print!("{}", manifest::to_yaml(&list_value(&all))),
         Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&list_value(&all))?),
+        Some(Output::JsonPath(t)) => print!(
+            "{}",
+            crate::jsonpath::render(t, &list_value(&all)).map_err(anyhow::Error::msg)?
+        ),
         _ if first => eprintln!("No resources found"),
         _ => {}
     }
@@ -238,6 +282,15 @@ pub async fn run(args: Args, server: Option<&str>) -> anyhow::Result<()> {
         }
         (items, String::new())
     };
+    let machine = matches!(
+        args.output,
+        Some(Output::Yaml | Output::Json | Output::JsonPath(_))
+    );
+    if items.is_empty() && !args.watch && machine {
+        // Scripts parse the output: an empty List, as kubectl prints.
+        print_items(&kind, &items, args.output.as_ref(), with_ns, false);
+        return Ok(());
+    }
     if items.is_empty() && !args.watch {
         if namespace.is_empty() {
             eprintln!("No resources found");
@@ -246,7 +299,13 @@ pub async fn run(args: Args, server: Option<&str>) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    print_items(&kind, &items, args.output, with_ns, !args.names.is_empty());
+    print_items(
+        &kind,
+        &items,
+        args.output.as_ref(),
+        with_ns,
+        !args.names.is_empty(),
+    );
     if !args.watch {
         return Ok(());
     }
@@ -277,7 +336,11 @@ pub async fn run(args: Args, server: Option<&str>) -> anyhow::Result<()> {
             continue;
         }
         let v = manifest::to_value(kind.info, &obj);
-        match args.output {
+        match &args.output {
+            Some(Output::JsonPath(t)) => match crate::jsonpath::render(t, &v) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: {e}"),
+            },
             Some(Output::Yaml) => print!("---\n{}", manifest::to_yaml(&v)),
             Some(Output::Json) => println!(
                 "{}",
@@ -298,7 +361,7 @@ pub async fn run(args: Args, server: Option<&str>) -> anyhow::Result<()> {
                 print_table(
                     &kind,
                     &[v],
-                    other == Some(Output::Wide),
+                    other == &Some(Output::Wide),
                     with_ns,
                     !printed_header,
                 );

@@ -7,6 +7,7 @@ mod components;
 mod ctx;
 mod describe;
 mod get;
+mod jsonpath;
 mod kubelet;
 mod misc;
 mod pods;

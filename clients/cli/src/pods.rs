@@ -14,9 +14,12 @@ use crate::ctx;
 #[command(after_help = "Examples:\n  \
     skiff logs web-7d9f-abcde\n  \
     skiff logs web-7d9f-abcde -c sidecar -f\n  \
-    skiff logs pod/web-7d9f-abcde --tail 20 --previous")]
+    skiff logs pod/web-7d9f-abcde --tail 20 --previous\n  \
+    skiff logs job/pi                   # a pod of the job\n  \
+    skiff logs deploy/web -f            # a pod of the deployment")]
 pub struct LogsArgs {
-    /// The pod (NAME or pod/NAME).
+    /// The pod (NAME or pod/NAME), or KIND/NAME of a job, deployment,
+    /// replica set, stateful set or daemon set (one of its pods).
     pub pod: String,
     /// Container (may be left out when the pod has one).
     #[arg(short, long)]
@@ -62,6 +65,83 @@ fn pod_name(arg: &str) -> anyhow::Result<String> {
     }
 }
 
+/// A pod of a workload, as kubectl picks one for `logs`: running and ready
+/// first, then the oldest; says which when there are several.
+async fn pick_pod(
+    client: &skiff::client::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    use skiff::Resource;
+    use skiff::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+    use skiff::api::batch::v1::Job;
+    let (kind_info, _) = ctx::kind_and_name(kind, Some(name))?;
+    let selector = match kind_info.info.kind {
+        "Job" => client
+            .api::<Job>(namespace)
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.selector),
+        "Deployment" => client
+            .api::<Deployment>(namespace)
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.selector),
+        "ReplicaSet" => client
+            .api::<ReplicaSet>(namespace)
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.selector),
+        "StatefulSet" => client
+            .api::<StatefulSet>(namespace)
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.selector),
+        "DaemonSet" => client
+            .api::<DaemonSet>(namespace)
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.selector),
+        other => bail!(
+            "cannot pick a pod of a {other}; name a pod, or a job, deployment, replica set, stateful set or daemon set"
+        ),
+    };
+    let selector = selector
+        .map(|s| skiff::selector::LabelSelector::from_proto(&s))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{kind}/{name} has a bad selector: {}", e.reason))?
+        .ok_or_else(|| anyhow::anyhow!("{kind}/{name} has no selector"))?;
+    let params = skiff::params::ListParams {
+        label_selector: selector.to_string(),
+        ..Default::default()
+    };
+    let mut pods = client.pods(namespace).list(&params).await?.items;
+    if pods.is_empty() {
+        bail!("no pods of {kind}/{name} in namespace {namespace}");
+    }
+    let rank = |p: &skiff::api::core::v1::Pod| {
+        let status = p.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "Ready" && c.status == "True");
+        let t = p.meta().creation_timestamp.unwrap_or_default();
+        (status.phase != "Running", !ready, t.seconds, t.nanos)
+    };
+    pods.sort_by_key(rank);
+    let chosen = pods[0].name().to_owned();
+    if pods.len() > 1 {
+        eprintln!("Found {} pods, using pod/{chosen}", pods.len());
+    }
+    Ok(chosen)
+}
+
 /// Runs `skiff logs`.
 pub async fn logs(args: LogsArgs, server: Option<&str>) -> anyhow::Result<()> {
     let client = ctx::client(server).await?;
@@ -72,7 +152,13 @@ pub async fn logs(args: LogsArgs, server: Option<&str>) -> anyhow::Result<()> {
         tail_lines: args.tail,
         previous: args.previous,
     };
-    let mut stream = pods.logs(&pod_name(&args.pod)?, &params).await?;
+    let name = match args.pod.split_once('/') {
+        Some((kind, owner)) if !matches!(kind, "pod" | "pods" | "po") => {
+            pick_pod(&client, &ctx::namespace(&args.namespace), kind, owner).await?
+        }
+        _ => pod_name(&args.pod)?,
+    };
+    let mut stream = pods.logs(&name, &params).await?;
     let mut out = std::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
