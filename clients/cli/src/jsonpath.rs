@@ -266,7 +266,7 @@ fn eval<'a>(segs: &[Seg], root: &'a Value) -> Vec<&'a Value> {
                             let found = eval(path, item);
                             let keep = match op {
                                 None => !found.is_empty(),
-                                Some((equal, lit)) => found.iter().any(|x| *x == lit) == *equal,
+                                Some((equal, lit)) => found.contains(&lit) == *equal,
                             };
                             if keep {
                                 next.push(item);
