@@ -119,6 +119,7 @@ on_both_backends!(
     scale_sets_replicas,
     config_maps_validate_keys_and_immutable_ones_refuse_changes,
     workload_and_storage_kinds_default_as_kubernetes_and_refuse_bad_input_naming_the_field,
+    the_kubernetes_documentation_examples_are_accepted_unchanged,
 );
 
 async fn revision(s: &TestServer) -> i64 {
@@ -1380,4 +1381,40 @@ spec:
         fields.iter().any(|(f, _)| f == "spec.template"),
         "{fields:?}"
     );
+}
+
+/// examples/kubernetes-docs holds manifests copied from the Kubernetes
+/// documentation: every object of every file is created as it is.
+async fn the_kubernetes_documentation_examples_are_accepted_unchanged(s: &TestServer) {
+    let t = s.transport().await;
+    let client = skiff::client::dynamic::DynamicClient::new(t.clone());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes-docs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    let mut kinds = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for m in skiff::manifest::parse(&text, &f.display().to_string()).unwrap() {
+            let mut object = m.object.clone();
+            // Manifests without a namespace go to default, as `skiff apply` does.
+            let value = skiff::manifest::message_value(&object);
+            if m.kind.info.namespaced && value["metadata"]["namespace"].is_null() {
+                let mut v = m.value.clone();
+                v["metadata"]["namespace"] = "default".into();
+                object = skiff::manifest::to_message(&m.kind.message, v, "test").unwrap();
+            }
+            client
+                .create(&m.kind, object)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", m.origin));
+            kinds.push(m.kind.info.kind);
+        }
+    }
+    for kind in ["Job", "CronJob", "DaemonSet", "StatefulSet", "Service", "ConfigMap", "Pod"] {
+        assert!(kinds.contains(&kind), "{kind} missing from the examples: {kinds:?}");
+    }
 }
