@@ -37,5 +37,7 @@ pub use resource::{KindInfo, Resource};
 
 /// Subresource server traits, one per kind that has methods beyond the standard seven.
 pub mod subresources {
-    pub use crate::glue::{DeploymentSubresources, PodSubresources, ReplicaSetSubresources};
+    pub use crate::glue::{
+        DeploymentSubresources, PodSubresources, ReplicaSetSubresources, StatefulSetSubresources,
+    };
 }

@@ -120,6 +120,7 @@ on_both_backends!(
     config_maps_validate_keys_and_immutable_ones_refuse_changes,
     workload_and_storage_kinds_default_as_kubernetes_and_refuse_bad_input_naming_the_field,
     the_kubernetes_documentation_examples_are_accepted_unchanged,
+    the_system_namespaces_refuse_deletion,
 );
 
 async fn revision(s: &TestServer) -> i64 {
@@ -1414,7 +1415,39 @@ async fn the_kubernetes_documentation_examples_are_accepted_unchanged(s: &TestSe
             kinds.push(m.kind.info.kind);
         }
     }
-    for kind in ["Job", "CronJob", "DaemonSet", "StatefulSet", "Service", "ConfigMap", "Pod"] {
-        assert!(kinds.contains(&kind), "{kind} missing from the examples: {kinds:?}");
+    for kind in [
+        "Job",
+        "CronJob",
+        "DaemonSet",
+        "StatefulSet",
+        "Service",
+        "ConfigMap",
+        "Pod",
+    ] {
+        assert!(
+            kinds.contains(&kind),
+            "{kind} missing from the examples: {kinds:?}"
+        );
     }
+}
+
+async fn the_system_namespaces_refuse_deletion(s: &TestServer) {
+    let t = s.transport().await;
+    for name in ["default", "kube-system", "kube-public"] {
+        let err = Namespace::delete_in(t.clone(), del("", name))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{name}: {err:?}");
+        assert!(
+            err.message().contains("this namespace may not be deleted"),
+            "{}",
+            err.message()
+        );
+        let ns = Namespace::get_in(t.clone(), get("", name)).await.unwrap();
+        assert!(ns.meta().deletion_timestamp.is_none(), "{name} untouched");
+    }
+    // kube-node-lease may go, as in Kubernetes.
+    Namespace::delete_in(t.clone(), del("", "kube-node-lease"))
+        .await
+        .unwrap();
 }

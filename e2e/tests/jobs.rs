@@ -396,3 +396,56 @@ async fn logs_of_job_name_read_a_pod_of_the_job() {
     let out = skiff_e2e::skiff(&cluster.server, &["logs", "job/nope"]).await;
     assert!(!out.ok && out.stderr.contains("nope"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_deleted_as_soon_as_they_succeed_are_still_counted_once() {
+    use futures::StreamExt;
+    use skiff::runtime::{Event, WatcherConfig, watcher};
+    let cluster = Cluster::start().await;
+    let node = process_node(&cluster).await;
+    // Something deletes every pod the moment it succeeds.
+    let client = cluster.client.clone();
+    let deleter = tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(client.all::<Pod>(), WatcherConfig::default()));
+        while let Some(ev) = events.next().await {
+            let Ok(Event::Apply(p) | Event::InitApply(p)) = ev else {
+                continue;
+            };
+            if p.status.as_ref().is_some_and(|s| s.phase == "Succeeded")
+                && p.meta().deletion_timestamp.is_none()
+            {
+                let params = skiff::params::DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                let _ = client.pods(p.namespace()).delete(p.name(), &params).await;
+            }
+        }
+    });
+    let j = job("quick", &node.name, "exit 0", |s| {
+        s.completions = Some(3);
+        s.parallelism = Some(3);
+    });
+    cluster
+        .client
+        .api::<Job>("default")
+        .create(&j)
+        .await
+        .unwrap();
+    let done = job_until(&cluster, "quick", "the job to complete", |j| {
+        condition(j, "Complete").is_some()
+    })
+    .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!((status.succeeded, status.failed), (3, 0), "{status:?}");
+    let created = reasons(&cluster, &done)
+        .await
+        .into_iter()
+        .filter(|r| r == "SuccessfulCreate")
+        .count();
+    assert!(
+        created <= 3,
+        "no pod was lost and replaced ({created} creations)"
+    );
+    deleter.abort();
+}

@@ -250,9 +250,9 @@ async fn a_stateful_set_starts_in_order_with_stable_names_and_pod_0_finds_its_da
     assert!(again.starts_with(&first), "{again}");
 
     // Scale down to one: web-2 then web-1 go; their claims stay (Retain).
-    let mut live = api.get("web").await.unwrap();
-    live.spec.as_mut().unwrap().replicas = Some(1);
-    api.update(&live).await.unwrap();
+    let out = skiff_e2e::skiff(&cluster.server, &["scale", "sts/web", "--replicas", "1"]).await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.stdout.trim(), "statefulset.apps/web scaled");
     skiff::testing::eventually("only web-0 left", WAIT, async || {
         let pods = pods_of(&cluster, "web").await;
         (pods.len() == 1 && pods.contains_key("web-0")).then_some(())

@@ -1,4 +1,4 @@
-//! The scale subresource of replica sets and deployments: a write of
+//! The scale subresource of replica sets, deployments and stateful sets: a write of
 //! `spec.replicas` alone, as `kubectl scale` makes it.
 //!
 //! Owns the scale methods; the replica count's validation stays in the kinds'
@@ -67,6 +67,14 @@ impl FromObject<api::apps::v1::ReplicaSet> for api::apps::v1::ScaleReplicaSetRes
     }
 }
 
+impl FromObject<api::apps::v1::StatefulSet> for api::apps::v1::ScaleStatefulSetResponse {
+    fn from_object(obj: api::apps::v1::StatefulSet) -> Self {
+        Self {
+            stateful_set: Some(obj),
+        }
+    }
+}
+
 impl FromObject<api::apps::v1::Deployment> for api::apps::v1::ScaleDeploymentResponse {
     fn from_object(obj: api::apps::v1::Deployment) -> Self {
         Self {
@@ -90,4 +98,12 @@ scale_subresource!(
     api::apps::v1::ScaleDeploymentRequest,
     api::apps::v1::ScaleDeploymentResponse,
     deployment
+);
+scale_subresource!(
+    api::apps::v1::StatefulSet,
+    StatefulSetSubresources,
+    scale_stateful_set,
+    api::apps::v1::ScaleStatefulSetRequest,
+    api::apps::v1::ScaleStatefulSetResponse,
+    stateful_set
 );

@@ -566,6 +566,12 @@ impl<K: Strategy> ResourceServer<K> {
         origin: Origin,
     ) -> Result<Attempt<K>, ApiError> {
         let old = self.existing(ns, &p.name, origin).await?;
+        if let Some(why) = old.deletion_forbidden() {
+            return Err(ApiError::Forbidden(format!(
+                "{} {key:?} is forbidden: {why}",
+                K::INFO.plural
+            )));
+        }
         if let Some(c) = &p.preconditions {
             if !c.uid.is_empty() && c.uid != old.meta().uid {
                 return Err(ApiError::Conflict {

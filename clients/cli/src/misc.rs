@@ -9,10 +9,10 @@ use crate::{ctx, printers};
 /// Flags of `skiff scale`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "Examples:\n  skiff scale deployment web --replicas 5\n  skiff scale rs/web-7d9f --replicas 0"
+    after_help = "Examples:\n  skiff scale deployment web --replicas 5\n  skiff scale rs/web-7d9f --replicas 0\n  skiff scale sts/web --replicas 3"
 )]
 pub struct ScaleArgs {
-    /// Kind (or KIND/NAME): deployments or replicasets.
+    /// Kind (or KIND/NAME): deployments, replicasets or statefulsets.
     pub kind: String,
     /// Name.
     pub name: Option<String>,

@@ -26,8 +26,17 @@ use crate::registry::validation::{
 /// Finalizer the namespace controller removes once a namespace is empty.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 
+/// Namespaces Kubernetes refuses to delete.
+const UNDELETABLE_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
 impl Strategy for Namespace {
     const NAME_RULE: NameRule = NameRule::Label;
+
+    fn deletion_forbidden(&self) -> Option<&'static str> {
+        UNDELETABLE_NAMESPACES
+            .contains(&self.meta().name.as_str())
+            .then_some("this namespace may not be deleted")
+    }
 
     fn prepare_for_create(&mut self) {
         let spec = self.spec.get_or_insert_with(NamespaceSpec::default);

@@ -109,6 +109,12 @@ pub trait Strategy: Resource {
         None
     }
 
+    /// Why this object may not be deleted at all, if it may not (the
+    /// namespaces the system needs).
+    fn deletion_forbidden(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Whether something must still happen before the object may go.
     fn has_pending_finalizers(&self) -> bool {
         !self.meta().finalizers.is_empty()
