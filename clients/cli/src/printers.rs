@@ -37,7 +37,55 @@ pub fn age(v: &Value) -> String {
     since(&ts)
 }
 
-/// Time since an RFC 3339 timestamp, as kubectl writes it ("5s", "3m", "2h", "4d").
+/// A duration as kubectl's HumanDuration writes it: "45s", "3m12s", "25m",
+/// "2h5m", "30h", "3d4h", "200d", "2y30d".
+pub fn human_duration(secs: i64) -> String {
+    if secs < 0 {
+        return "0s".into();
+    }
+    if secs < 120 {
+        return format!("{secs}s");
+    }
+    let minutes = secs / 60;
+    if minutes < 10 {
+        return match secs % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = secs / 3600;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{}d", hours / 24),
+            h => format!("{}d{h}h", hours / 24),
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    let years = hours / 24 / 365;
+    if hours < 24 * 365 * 8 {
+        return match (hours / 24) % 365 {
+            0 => format!("{years}y"),
+            d => format!("{years}y{d}d"),
+        };
+    }
+    format!("{years}y")
+}
+
+/// Time since an RFC 3339 timestamp, as kubectl writes it ("5s", "3m12s", "2h", "4d").
 pub fn since(ts: &str) -> String {
     let Ok(t) = ts.parse::<prost_types::Timestamp>() else {
         return "<unknown>".into();
@@ -47,14 +95,9 @@ pub fn since(ts: &str) -> String {
     };
     let secs = SystemTime::now()
         .duration_since(t)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    match secs {
-        0..=119 => format!("{secs}s"),
-        120..=7199 => format!("{}m", secs / 60),
-        7200..=172_799 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
-    }
+    human_duration(secs)
 }
 
 fn name(v: &Value) -> String {
@@ -246,19 +289,6 @@ fn timestamp_secs(v: &Value, pointer: &str) -> Option<i64> {
     Some(t.seconds)
 }
 
-/// A duration in seconds as kubectl writes short durations ("45s", "3m12s", "2h5m", "3d").
-fn short_duration(secs: i64) -> String {
-    let secs = secs.max(0);
-    match secs {
-        0..=119 => format!("{secs}s"),
-        120..=599 => format!("{}m{}s", secs / 60, secs % 60),
-        600..=3599 => format!("{}m", secs / 60),
-        3600..=28_799 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
-        28_800..=172_799 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
-    }
-}
-
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -310,7 +340,7 @@ fn job_duration(v: &Value) -> String {
         return String::new();
     };
     let end = timestamp_secs(v, "/status/completionTime").unwrap_or_else(now_secs);
-    short_duration(end - start)
+    human_duration(end - start)
 }
 
 /// Access modes as kubectl abbreviates them (RWO, ROX, RWX, RWOP).
@@ -489,7 +519,7 @@ pub fn columns(kind: &str) -> Vec<Column> {
             }));
             cols.push(c("LAST SCHEDULE", false, |v| {
                 match timestamp_secs(v, "/status/lastScheduleTime") {
-                    Some(t) => short_duration(now_secs() - t),
+                    Some(t) => human_duration(now_secs() - t),
                     None => "<none>".into(),
                 }
             }));
@@ -673,6 +703,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn durations_read_as_kubectls() {
+        for (secs, text) in [
+            (5, "5s"),
+            (119, "119s"),
+            (167, "2m47s"),
+            (180, "3m"),
+            (1500, "25m"),
+            (3 * 3600 + 300, "3h5m"),
+            (30 * 3600, "30h"),
+            (3 * 86400 + 4 * 3600, "3d4h"),
+            (200 * 86400, "200d"),
+            (800 * 86400, "2y70d"),
+        ] {
+            assert_eq!(human_duration(secs), text, "{secs} s");
+        }
+    }
+
+    #[test]
     fn pod_columns_read_like_kubectl() {
         let pod = serde_json::json!({
             "metadata": {"name": "web-1", "creationTimestamp": "2000-01-01T00:00:00Z"},
@@ -684,7 +732,7 @@ mod tests {
         });
         let cells: Vec<String> = columns("Pod").iter().map(|c| (c.cell)(&pod)).collect();
         assert_eq!(cells[..4], ["web-1", "1/2", "CrashLoopBackOff", "3"]);
-        assert!(cells[4].ends_with('d'));
+        assert!(cells[4].ends_with('y'), "{}", cells[4]);
         assert_eq!(cells[5..], ["127.1.0.2", "n1"]);
     }
 
