@@ -311,3 +311,44 @@ async fn a_rolling_update_replaces_every_pod_and_on_delete_waits_for_the_user() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_rollout_starts_the_new_pod_before_the_old_one_goes() {
+    let cluster = Cluster::start().await;
+    let mut nodes = Vec::new();
+    for i in 0..3u8 {
+        nodes.push(sim(&cluster, &format!("surge-{i}"), 20 + i).await);
+    }
+    let names = ["surge-0", "surge-1", "surge-2"];
+    let mut set = daemon_set("surging", "RollingUpdate");
+    set.spec.as_mut().unwrap().update_strategy = Some(DaemonSetUpdateStrategy {
+        r#type: "RollingUpdate".into(),
+        rolling_update: Some(skiff::api::apps::v1::RollingUpdateDaemonSet {
+            max_unavailable: "0".into(),
+            max_surge: "1".into(),
+        }),
+    });
+    let api = cluster.client.api::<DaemonSet>("kube-system");
+    api.create(&set).await.unwrap();
+    placed_on(&cluster, "surging", &names, "agent:1").await;
+    change_set(&cluster, "surging", |d| {
+        let t = d.spec.as_mut().unwrap().template.as_mut().unwrap();
+        t.spec.as_mut().unwrap().containers[0].image = "agent:2".into();
+    })
+    .await;
+    // maxUnavailable 0: every node always runs a pod; maxSurge 1: at most
+    // one node runs two.
+    skiff::testing::eventually("the surge rollout to finish", WAIT, async || {
+        let p = placement(&cluster, "surging").await;
+        assert_eq!(p.len(), 3, "a node without a running pod: {p:?}");
+        let doubled = p.values().filter(|images| images.len() > 1).count();
+        assert!(
+            doubled <= 1,
+            "more than maxSurge nodes with two pods: {p:?}"
+        );
+        p.values()
+            .all(|images| images == &["agent:2"])
+            .then_some(())
+    })
+    .await;
+}

@@ -456,3 +456,52 @@ async fn a_rolling_update_goes_from_the_highest_ordinal_down_to_the_partition() 
         "the partition holds roll-0 back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_retention_policy_removes_claims_on_scale_down_and_with_the_set() {
+    let cluster = Cluster::start().await;
+    let _node = skiff_e2e::sim::SimNode::start(
+        cluster.client.clone(),
+        "retain-sim",
+        41,
+        Duration::from_millis(300),
+    )
+    .await;
+    let mut set = stateful_set("gone", "retain-sim", 2, "local-path");
+    let spec = set.spec.as_mut().unwrap();
+    spec.template
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .node_selector
+        .clear();
+    spec.persistent_volume_claim_retention_policy = Some(
+        skiff::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
+            when_deleted: "Delete".into(),
+            when_scaled: "Delete".into(),
+        },
+    );
+    let api = cluster.client.api::<StatefulSet>("default");
+    api.create(&set).await.unwrap();
+    skiff::testing::eventually("two pods and two claims", WAIT, async || {
+        let pods = pods_of(&cluster, "gone").await;
+        let claims = (claim(&cluster, "www-gone-0").await.is_some()
+            && claim(&cluster, "www-gone-1").await.is_some());
+        (pods.len() == 2 && pods.values().all(running_ready) && claims).then_some(())
+    })
+    .await;
+    let out = skiff_e2e::skiff(&cluster.server, &["scale", "sts/gone", "--replicas", "1"]).await;
+    assert!(out.ok, "{out:?}");
+    skiff::testing::eventually("the scaled-away claim to go", WAIT, async || {
+        claim(&cluster, "www-gone-1").await.is_none().then_some(())
+    })
+    .await;
+    assert!(claim(&cluster, "www-gone-0").await.is_some());
+    api.delete("gone", &DeleteParams::default()).await.unwrap();
+    skiff::testing::eventually("the set's claims to go with it", WAIT, async || {
+        claim(&cluster, "www-gone-0").await.is_none().then_some(())
+    })
+    .await;
+}

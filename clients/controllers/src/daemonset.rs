@@ -484,7 +484,9 @@ impl Daemons {
             .update_status(&updated)
             .await
         {
-            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            // A conflict: a newer object is on its way to the cache, and
+            // its arrival reconciles again.
+            Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -540,7 +540,9 @@ impl Jobs {
     async fn write_if_changed(&self, job: &Job, status: JobStatus) -> Result<(), Error> {
         if job.status.as_ref() != Some(&status) {
             match self.write_status(job, &status).await {
-                Ok(_) | Err(Error::NotFound(_)) => {}
+                // A conflict: a newer job is on its way to the cache, and
+                // its arrival reconciles again.
+                Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -268,7 +268,9 @@ impl Sets {
                 .update_status(&s)
                 .await
             {
-                Ok(_) | Err(Error::NotFound(_)) => {}
+                // A conflict: a newer object is on its way to the cache,
+                // and its arrival reconciles again.
+                Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }
         }
