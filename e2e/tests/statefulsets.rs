@@ -487,8 +487,8 @@ async fn a_delete_retention_policy_removes_claims_on_scale_down_and_with_the_set
     api.create(&set).await.unwrap();
     skiff::testing::eventually("two pods and two claims", WAIT, async || {
         let pods = pods_of(&cluster, "gone").await;
-        let claims = (claim(&cluster, "www-gone-0").await.is_some()
-            && claim(&cluster, "www-gone-1").await.is_some());
+        let claims = claim(&cluster, "www-gone-0").await.is_some()
+            && claim(&cluster, "www-gone-1").await.is_some();
         (pods.len() == 2 && pods.values().all(running_ready) && claims).then_some(())
     })
     .await;
