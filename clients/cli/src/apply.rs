@@ -579,7 +579,7 @@ pub async fn delete(args: DeleteArgs, server: Option<&str>) -> anyhow::Result<()
             grace_period_seconds: args.grace_period,
         };
         match client.delete(&kind, &params).await {
-            Ok(_) => println!("{} \"{name}\" deleted", kind.info.kind.to_ascii_lowercase()),
+            Ok(_) => println!("{} \"{name}\" deleted", ctx::kind_with_group(kind.info)),
             Err(e) if e.is_not_found() && args.ignore_not_found => {}
             Err(e) => {
                 eprintln!("error: {e}");

@@ -49,13 +49,16 @@ pub fn namespace(flag: &Option<String>) -> String {
 
 /// How an object is named in messages: "deployment.apps/web".
 pub fn display_name(info: &KindInfo, name: &str) -> String {
+    format!("{}/{name}", kind_with_group(info))
+}
+
+/// A kind as kubectl names it in messages: `pod`, `statefulset.apps`,
+/// `storageclass.storage.k8s.io`.
+pub fn kind_with_group(info: &KindInfo) -> String {
     let kind = info.kind.to_ascii_lowercase();
     if info.group.is_empty() {
-        format!("{kind}/{name}")
+        kind
     } else {
-        format!(
-            "{kind}.{}/{name}",
-            info.group.split('.').next().unwrap_or(info.group)
-        )
+        format!("{kind}.{}", info.group)
     }
 }

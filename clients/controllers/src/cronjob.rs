@@ -25,7 +25,7 @@ use skiff::runtime::{Action, Controller, ControllerConfig, Request, Store, Trigg
 use skiff::schedule::Schedule;
 
 use crate::Context;
-use crate::util::{BY_CONTROLLER, controller_ref, index_by_controller, owner_ref};
+use crate::util::{BY_CONTROLLER, controller_ref, index_by_controller, owner_ref, write_status};
 
 /// Annotation with the time a cron job's job was scheduled for (RFC 3339).
 pub const SCHEDULED_TIMESTAMP_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -344,18 +344,7 @@ impl CronJobs {
         }
         let mut updated = cj.clone();
         updated.status = Some(status);
-        match self
-            .ctx
-            .client
-            .api::<CronJob>(cj.namespace())
-            .update_status(&updated)
-            .await
-        {
-            // A conflict: a newer object is on its way to the cache, and
-            // its arrival reconciles again.
-            Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        write_status(&self.ctx.client, &updated).await
     }
 
     async fn record(&self, cj: &CronJob, kind: &str, reason: &str, message: &str) {

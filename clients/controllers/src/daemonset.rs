@@ -32,7 +32,7 @@ use crate::deployment::template_hash;
 use crate::expectations::{Expectations, observe_pods};
 use crate::util::{
     BY_CONTROLLER, availability, index_by_controller, int_or_percent, is_ready, owner_ref,
-    pod_from_template,
+    pod_from_template, write_status,
 };
 
 /// Label with the hash of the template a daemon (or stateful set) pod was made from.
@@ -477,18 +477,7 @@ impl Daemons {
         }
         let mut updated = ds.clone();
         updated.status = Some(status);
-        match self
-            .ctx
-            .client
-            .api::<DaemonSet>(ds.namespace())
-            .update_status(&updated)
-            .await
-        {
-            // A conflict: a newer object is on its way to the cache, and
-            // its arrival reconciles again.
-            Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        write_status(&self.ctx.client, &updated).await
     }
 
     async fn record(&self, ds: &DaemonSet, kind: &str, reason: &str, message: &str) {

@@ -29,7 +29,7 @@ use crate::daemonset::REVISION_LABEL;
 use crate::deployment::template_hash;
 use crate::util::{
     BY_CONTROLLER, availability, index_by_controller, is_ready, owner_ref, owner_ref_of,
-    pod_from_template,
+    pod_from_template, write_status,
 };
 
 /// Label with a stateful set pod's name.
@@ -261,18 +261,7 @@ impl Sets {
         if set.status.as_ref() != Some(&status) {
             let mut s = (*set).clone();
             s.status = Some(status);
-            match self
-                .ctx
-                .client
-                .api::<StatefulSet>(set.namespace())
-                .update_status(&s)
-                .await
-            {
-                // A conflict: a newer object is on its way to the cache,
-                // and its arrival reconciles again.
-                Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
+            write_status(&self.ctx.client, &s).await?;
         }
         Ok(wait.map_or(Action::Done, |w| {
             Action::RequeueAfter(w + Duration::from_millis(50))

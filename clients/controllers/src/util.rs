@@ -106,6 +106,20 @@ pub fn pod_from_template(
     }
 }
 
+/// Writes an object's status. Losing to a newer object (a conflict) or to
+/// its deletion is no error: the newer object's arrival in the cache
+/// reconciles again.
+pub async fn write_status<K: skiff::client::ResourceClient>(
+    client: &skiff::client::Client,
+    obj: &K,
+) -> Result<(), skiff::client::Error> {
+    use skiff::client::Error;
+    match client.api::<K>(obj.namespace()).update_status(obj).await {
+        Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Now as a protobuf timestamp.
 pub fn now() -> prost_types::Timestamp {
     SystemTime::now().into()

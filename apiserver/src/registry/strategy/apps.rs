@@ -13,6 +13,17 @@ use crate::registry::validation::{
     NameRule, validate_int_or_percent, validate_label_selector, validate_template,
 };
 
+/// A workload's selector may not change (Kubernetes: it would orphan its pods).
+fn keep_selector(
+    new: Option<skiff::api::meta::v1::LabelSelector>,
+    old: Option<skiff::api::meta::v1::LabelSelector>,
+    v: &mut Vec<FieldViolation>,
+) {
+    if new != old {
+        v.push(FieldViolation::new("spec.selector", "field is immutable"));
+    }
+}
+
 impl Strategy for ReplicaSet {
     fn validate(&self) -> Vec<FieldViolation> {
         let mut v = Vec::new();
@@ -40,10 +51,8 @@ impl Strategy for ReplicaSet {
 
     fn validate_update(&self, old: &Self) -> Vec<FieldViolation> {
         let mut v = self.validate();
-        let sel = |r: &ReplicaSet| r.spec.as_ref().and_then(|s| s.selector.clone());
-        if sel(self) != sel(old) {
-            v.push(FieldViolation::new("spec.selector", "field is immutable"));
-        }
+        let sel = |x: &Self| x.spec.as_ref().and_then(|s| s.selector.clone());
+        keep_selector(sel(self), sel(old), &mut v);
         v
     }
 }
@@ -118,10 +127,8 @@ impl Strategy for Deployment {
 
     fn validate_update(&self, old: &Self) -> Vec<FieldViolation> {
         let mut v = self.validate();
-        let sel = |d: &Deployment| d.spec.as_ref().and_then(|s| s.selector.clone());
-        if sel(self) != sel(old) {
-            v.push(FieldViolation::new("spec.selector", "field is immutable"));
-        }
+        let sel = |x: &Self| x.spec.as_ref().and_then(|s| s.selector.clone());
+        keep_selector(sel(self), sel(old), &mut v);
         v
     }
 }
@@ -211,10 +218,8 @@ impl Strategy for DaemonSet {
 
     fn validate_update(&self, old: &Self) -> Vec<FieldViolation> {
         let mut v = self.validate();
-        let sel = |d: &DaemonSet| d.spec.as_ref().and_then(|s| s.selector.clone());
-        if sel(self) != sel(old) {
-            v.push(FieldViolation::new("spec.selector", "field is immutable"));
-        }
+        let sel = |x: &Self| x.spec.as_ref().and_then(|s| s.selector.clone());
+        keep_selector(sel(self), sel(old), &mut v);
         v
     }
 }
