@@ -932,3 +932,104 @@ async fn logs_follow_streams_new_lines_as_they_come() {
     );
     assert!(follow.try_wait().unwrap().is_none(), "still following");
 }
+
+/// The process runtime runs each container with mounts in its own mount
+/// namespace (the kubelet runs as root here, as Kubernetes' does): the
+/// ConfigMap's keys are at `mountPath`, updates reach the files through
+/// the atomic `..data` swap, exec sees the same mounts, and nothing of it
+/// shows on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_pods_see_their_config_map_at_its_mount_path_and_its_updates() {
+    use skiff::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume, VolumeMount};
+    if !nix_is_root() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let (_net, kubelet) = node(&cluster, "process").await;
+    let configs = cluster.client.api::<ConfigMap>("default");
+    let cm = ConfigMap {
+        metadata: Some(ObjectMeta {
+            name: "special-config".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        data: [
+            ("SPECIAL_LEVEL".to_owned(), "very".to_owned()),
+            ("SPECIAL_TYPE".to_owned(), "charm".to_owned()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    configs.create(&cm).await.unwrap();
+    let mut c = container(
+        "test-container",
+        "ls /etc/config/; while true; do echo \"level=$(cat /etc/config/SPECIAL_LEVEL)\"; sleep 0.2; done",
+    );
+    c.volume_mounts = vec![VolumeMount {
+        name: "config-volume".into(),
+        mount_path: "/etc/config".into(),
+        read_only: true,
+        ..Default::default()
+    }];
+    let mut p = pod("cm-reader", &kubelet.name, vec![c]);
+    p.spec.as_mut().unwrap().volumes = vec![Volume {
+        name: "config-volume".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: "special-config".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    cluster.client.pods("default").create(&p).await.unwrap();
+    cluster
+        .pod_until("cm-reader", "Running", |p| phase(p) == "Running")
+        .await;
+    let logs = eventually("the keys listed", Duration::from_secs(60), async || {
+        let out = skiff(&cluster.server, &["logs", "cm-reader"]).await;
+        out.stdout.contains("level=very").then_some(out.stdout)
+    })
+    .await;
+    assert!(logs.starts_with("SPECIAL_LEVEL\nSPECIAL_TYPE\n"), "{logs}");
+    // Exec runs in the same mount namespace.
+    let exec = skiff(
+        &cluster.server,
+        &["exec", "cm-reader", "--", "cat", "/etc/config/SPECIAL_TYPE"],
+    )
+    .await;
+    assert_eq!(exec.stdout, "charm", "{exec:?}");
+    // An update reaches the file within the kubelet's sync period.
+    let mut live = configs.get("special-config").await.unwrap();
+    live.data.insert("SPECIAL_LEVEL".into(), "extremely".into());
+    configs.update(&live).await.unwrap();
+    eventually(
+        "the update to reach the file",
+        Duration::from_secs(60),
+        async || {
+            let out = skiff(&cluster.server, &["logs", "cm-reader", "--tail", "1"]).await;
+            out.stdout.contains("level=extremely").then_some(())
+        },
+    )
+    .await;
+    // The mount stayed inside the pod's namespace; the mount point is empty on the host.
+    assert!(!std::path::Path::new("/etc/config/SPECIAL_LEVEL").exists());
+    cluster
+        .client
+        .pods("default")
+        .delete("cm-reader", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.pod_gone("cm-reader", Duration::from_secs(30)).await;
+    let _ = std::fs::remove_dir("/etc/config");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}

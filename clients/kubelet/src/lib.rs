@@ -9,6 +9,7 @@
 //! - [`probe`], [`logs`], [`ipam`], [`server`]: probes, log files, pod IPs,
 //!   the kubelet's own gRPC service.
 
+pub mod atomic_writer;
 pub mod ipam;
 pub mod logs;
 pub mod node;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    ContainerConfig, ContainerRecord, ContainerState, ExecOutput, ExecStream, Runtime,
+    ContainerConfig, ContainerRecord, ContainerState, ExecOutput, ExecStream, Mount, Runtime,
     RuntimeError, Sandbox, SandboxConfig,
 };
 
@@ -44,6 +44,9 @@ struct Record {
     env: Vec<(String, String)>,
     working_dir: PathBuf,
     exit: Option<Exit>,
+    /// Runs in its own mount namespace (exec enters it).
+    #[serde(default)]
+    mount_namespace: bool,
     /// Started by this process, whose reaper records the exit (records
     /// found on disk after a restart have none).
     #[serde(skip)]
@@ -70,6 +73,71 @@ fn ms(t: SystemTime) -> u64 {
 
 fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Runs `argv` in its own mount namespace with each mount bind-mounted at
+/// its `mountPath`, when the kubelet runs as root (as Kubernetes' node agent
+/// does): util-linux's `unshare --mount --propagation private`, then `mount
+/// --bind` (and a read-only remount) from `sh`, then `exec` of the
+/// container's command, all in one process. Without root the directories
+/// are only named in `SKIFF_VOLUME_<NAME>`. A missing mount point is created
+/// on the host, empty, as Docker does for bind mounts.
+fn in_mount_namespace(argv: Vec<String>, mounts: &[Mount]) -> Result<Vec<String>, RuntimeError> {
+    if mounts.is_empty() || !nix::unistd::Uid::effective().is_root() {
+        return Ok(argv);
+    }
+    const SCRIPT: &str = "n=$1; shift; i=0; \
+        while [ \"$i\" -lt \"$n\" ]; do \
+          mount --bind \"$1\" \"$2\" || exit 126; \
+          if [ \"$3\" = ro ]; then mount -o remount,bind,ro \"$2\" || exit 126; fi; \
+          shift 3; i=$((i+1)); \
+        done; exec \"$@\"";
+    let mut out: Vec<String> = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        SCRIPT,
+        "skiff-mounts",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    out.push(mounts.len().to_string());
+    for m in mounts {
+        let target = PathBuf::from(&m.container_path);
+        if !target.is_absolute() || target == Path::new("/") {
+            return Err(RuntimeError::CannotStart(format!(
+                "mountPath {:?} must be an absolute path other than /",
+                m.container_path
+            )));
+        }
+        if !target.exists() {
+            let made = if m.host_path.is_dir() {
+                std::fs::create_dir_all(&target)
+            } else {
+                target
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .unwrap_or(Ok(()))
+                    .and_then(|_| std::fs::File::create(&target).map(|_| ()))
+            };
+            made.map_err(|e| {
+                RuntimeError::CannotStart(format!(
+                    "cannot create mount point {}: {e}",
+                    target.display()
+                ))
+            })?;
+        }
+        out.push(m.host_path.display().to_string());
+        out.push(m.container_path.clone());
+        out.push(if m.read_only { "ro" } else { "rw" }.to_owned());
+    }
+    out.extend(argv);
+    Ok(out)
 }
 
 fn failure(e: impl std::fmt::Display) -> RuntimeError {
@@ -190,6 +258,15 @@ impl Runtime for ProcessRuntime {
         config: &ContainerConfig,
     ) -> Result<String, RuntimeError> {
         let argv: Vec<String> = config.command.iter().chain(&config.args).cloned().collect();
+        if argv.is_empty() {
+            return Err(RuntimeError::CannotStart(
+                "the process runtime runs the container's `command` (and `args`); none is set"
+                    .into(),
+            ));
+        }
+        let direct = argv.len();
+        let argv = in_mount_namespace(argv, &config.mounts)?;
+        let mount_namespace = argv.len() != direct;
         let Some(program) = argv.first() else {
             return Err(RuntimeError::CannotStart(
                 "the process runtime runs the container's `command` (and `args`); none is set"
@@ -260,6 +337,7 @@ impl Runtime for ProcessRuntime {
             env: config.env.clone(),
             working_dir,
             exit: None,
+            mount_namespace,
             reaped_here: true,
         };
         Self::save(&self.dir, &record);
@@ -396,13 +474,24 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn exec(&self, id: &str, command: &[String]) -> Result<ExecStream, RuntimeError> {
-        let (env, dir) = {
+        let (env, dir, entered) = {
             let records = self.records.lock().expect("records");
             let r = records
                 .get(id)
                 .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
-            (r.env.clone(), r.working_dir.clone())
+            // A container with mounts: enter its mount namespace first.
+            let entered: Vec<String> = if r.mount_namespace {
+                ["nsenter", "--target", &r.pid.to_string(), "--mount", "--"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(command.iter().cloned())
+                    .collect()
+            } else {
+                command.to_vec()
+            };
+            (r.env.clone(), r.working_dir.clone(), entered)
         };
+        let command = entered.as_slice();
         let Some(program) = command.first() else {
             return Err(RuntimeError::CannotStart("empty command".into()));
         };

@@ -111,7 +111,13 @@ pub struct Worker {
     start_time: Option<SystemTime>,
     changed: Arc<Notify>,
     reported: Option<PodStatus>,
+    /// When ConfigMap and Secret volumes were last rewritten.
+    volumes_refreshed: Option<Instant>,
 }
+
+/// How often ConfigMap and Secret volumes are rewritten with current keys
+/// (Kubernetes: the sync frequency, a minute, plus its cache's lag).
+const VOLUME_SYNC_PERIOD: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// A worker for pod `uid`.
@@ -125,6 +131,7 @@ impl Worker {
             start_time: None,
             changed: Arc::new(Notify::new()),
             reported: None,
+            volumes_refreshed: None,
         }
     }
 
@@ -302,6 +309,13 @@ impl Worker {
         self.start_time.get_or_insert_with(SystemTime::now);
         if !self.ensure_sandbox(pod).await {
             return;
+        }
+        if self
+            .volumes_refreshed
+            .is_none_or(|t| t.elapsed() >= VOLUME_SYNC_PERIOD)
+        {
+            self.volumes_refreshed = Some(Instant::now());
+            self.refresh_config_volumes(pod).await;
         }
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = match spec.restart_policy.as_str() {
