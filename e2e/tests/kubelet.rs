@@ -945,6 +945,7 @@ async fn process_pods_see_their_config_map_at_its_mount_path_and_its_updates() {
         eprintln!("skipped: mount namespaces need root");
         return;
     }
+    let mount_point_existed = std::path::Path::new("/etc/config").exists();
     let cluster = Cluster::start().await;
     let (_net, kubelet) = node(&cluster, "process").await;
     let configs = cluster.client.api::<ConfigMap>("default");
@@ -1020,7 +1021,14 @@ async fn process_pods_see_their_config_map_at_its_mount_path_and_its_updates() {
         .await
         .unwrap();
     cluster.pod_gone("cm-reader", Duration::from_secs(30)).await;
-    let _ = std::fs::remove_dir("/etc/config");
+    if !mount_point_existed {
+        eventually(
+            "the mount point made on the host to go",
+            Duration::from_secs(30),
+            async || (!std::path::Path::new("/etc/config").exists()).then_some(()),
+        )
+        .await;
+    }
 }
 
 fn nix_is_root() -> bool {

@@ -47,6 +47,13 @@ struct Record {
     /// Runs in its own mount namespace (exec enters it).
     #[serde(default)]
     mount_namespace: bool,
+    /// Mount points created on the host for it, removed with it if still
+    /// empty and no other container is mounted there.
+    #[serde(default)]
+    created_mount_points: Vec<PathBuf>,
+    /// Every path it has something mounted at (in its own namespace).
+    #[serde(default)]
+    mount_points: Vec<PathBuf>,
     /// Started by this process, whose reaper records the exit (records
     /// found on disk after a restart have none).
     #[serde(skip)]
@@ -82,7 +89,11 @@ fn from_ms(ms: u64) -> SystemTime {
 /// container's command, all in one process. Without root the directories
 /// are only named in `SKIFF_VOLUME_<NAME>`. A missing mount point is created
 /// on the host, empty, as Docker does for bind mounts.
-fn in_mount_namespace(argv: Vec<String>, mounts: &[Mount]) -> Result<Vec<String>, RuntimeError> {
+fn in_mount_namespace(
+    argv: Vec<String>,
+    mounts: &[Mount],
+    created: &mut Vec<PathBuf>,
+) -> Result<Vec<String>, RuntimeError> {
     if mounts.is_empty() || !nix::unistd::Uid::effective().is_root() {
         return Ok(argv);
     }
@@ -116,6 +127,15 @@ fn in_mount_namespace(argv: Vec<String>, mounts: &[Mount]) -> Result<Vec<String>
             )));
         }
         if !target.exists() {
+            // The highest directory made, removed again later if still empty.
+            let mut first_missing = target.clone();
+            while let Some(parent) = first_missing.parent() {
+                if parent.exists() {
+                    break;
+                }
+                first_missing = parent.to_path_buf();
+            }
+            created.push(first_missing);
             let made = if m.host_path.is_dir() {
                 std::fs::create_dir_all(&target)
             } else {
@@ -138,6 +158,18 @@ fn in_mount_namespace(argv: Vec<String>, mounts: &[Mount]) -> Result<Vec<String>
     }
     out.extend(argv);
     Ok(out)
+}
+
+/// Removes `dir` and the empty directories below it, bottom up; stops at
+/// anything that is not an empty directory.
+fn remove_empty_dirs(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            remove_empty_dirs(&path)?;
+        }
+    }
+    std::fs::remove_dir(dir)
 }
 
 fn failure(e: impl std::fmt::Display) -> RuntimeError {
@@ -265,7 +297,8 @@ impl Runtime for ProcessRuntime {
             ));
         }
         let direct = argv.len();
-        let argv = in_mount_namespace(argv, &config.mounts)?;
+        let mut created_mount_points = Vec::new();
+        let argv = in_mount_namespace(argv, &config.mounts, &mut created_mount_points)?;
         let mount_namespace = argv.len() != direct;
         let Some(program) = argv.first() else {
             return Err(RuntimeError::CannotStart(
@@ -338,6 +371,16 @@ impl Runtime for ProcessRuntime {
             working_dir,
             exit: None,
             mount_namespace,
+            created_mount_points,
+            mount_points: if mount_namespace {
+                config
+                    .mounts
+                    .iter()
+                    .map(|m| PathBuf::from(&m.container_path))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             reaped_here: true,
         };
         Self::save(&self.dir, &record);
@@ -441,7 +484,38 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.records.lock().expect("records").remove(id);
+        let to_remove = {
+            let mut records = self.records.lock().expect("records");
+            let removed = records.remove(id);
+            let points = removed.map(|r| r.created_mount_points).unwrap_or_default();
+            // A mount point another live container (of any pod) is mounted
+            // at stays: removing it would detach that container's mount.
+            // That container inherits it, to remove when it goes.
+            let mut free = Vec::new();
+            for point in points {
+                let user = records.values_mut().find(|o| {
+                    o.exit.is_none() && o.mount_points.iter().any(|m| m.starts_with(&point))
+                });
+                match user {
+                    Some(user) => {
+                        user.created_mount_points.push(point);
+                        Self::save(&self.dir, user);
+                    }
+                    None => free.push(point),
+                }
+            }
+            free
+        };
+        // Mount points this pod made on the host go if nothing else put
+        // anything there (remove_dir only removes empty directories; a file
+        // mount point is removed only if still empty).
+        for p in &to_remove {
+            if p.is_dir() {
+                let _ = remove_empty_dirs(p);
+            } else if p.metadata().is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         let _ = std::fs::remove_file(Self::record_path(&self.dir, id));
         Ok(())
     }
