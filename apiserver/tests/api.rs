@@ -1353,6 +1353,28 @@ spec:
             .to_owned(),
             "spec.volumes[0].configMap.items[0].path",
         ),
+        (
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: env-pod, namespace: default}
+spec:
+  containers: [{name: c, image: busybox, envFrom: [{prefix: X_}]}]
+"#
+            .to_owned(),
+            "spec.containers[0].envFrom[0]",
+        ),
+        (
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: env-pod2, namespace: default}
+spec:
+  containers: [{name: c, image: busybox, env: [{name: A, valueFrom: {configMapKeyRef: {name: cm}}}]}]
+"#
+            .to_owned(),
+            "spec.containers[0].env[0].valueFrom.configMapKeyRef.key",
+        ),
     ] {
         let err = create_manifest(&t, &yaml).await.unwrap_err();
         let skiff::client::Error::Invalid { fields, .. } = &err else {

@@ -965,8 +965,30 @@ async fn process_pods_see_their_config_map_at_its_mount_path_and_its_updates() {
     configs.create(&cm).await.unwrap();
     let mut c = container(
         "test-container",
-        "ls /etc/config/; while true; do echo \"level=$(cat /etc/config/SPECIAL_LEVEL)\"; sleep 0.2; done",
+        "ls /etc/config/; echo \"env=$CFG_SPECIAL_TYPE key=$LEVEL\"; \
+         while true; do echo \"level=$(cat /etc/config/SPECIAL_LEVEL)\"; sleep 0.2; done",
     );
+    // envFrom with a prefix, and one key by configMapKeyRef.
+    c.env_from = vec![skiff::api::core::v1::EnvFromSource {
+        prefix: "CFG_".into(),
+        config_map_ref: Some(skiff::api::core::v1::ConfigMapEnvSource {
+            name: "special-config".into(),
+            optional: None,
+        }),
+        secret_ref: None,
+    }];
+    c.env = vec![skiff::api::core::v1::EnvVar {
+        name: "LEVEL".into(),
+        value_from: Some(skiff::api::core::v1::EnvVarSource {
+            config_map_key_ref: Some(skiff::api::core::v1::ConfigMapKeySelector {
+                name: "special-config".into(),
+                key: "SPECIAL_LEVEL".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
     c.volume_mounts = vec![VolumeMount {
         name: "config-volume".into(),
         mount_path: "/etc/config".into(),
@@ -991,7 +1013,10 @@ async fn process_pods_see_their_config_map_at_its_mount_path_and_its_updates() {
         out.stdout.contains("level=very").then_some(out.stdout)
     })
     .await;
-    assert!(logs.starts_with("SPECIAL_LEVEL\nSPECIAL_TYPE\n"), "{logs}");
+    assert!(
+        logs.starts_with("SPECIAL_LEVEL\nSPECIAL_TYPE\nenv=charm key=very\n"),
+        "{logs}"
+    );
     // Exec runs in the same mount namespace.
     let exec = skiff(
         &cluster.server,
@@ -1021,6 +1046,42 @@ async fn process_pods_see_their_config_map_at_its_mount_path_and_its_updates() {
         .await
         .unwrap();
     cluster.pod_gone("cm-reader", Duration::from_secs(30)).await;
+    // A key that does not exist holds the container, with Kubernetes' message.
+    let mut c = container("waits", "exec sleep 1000");
+    c.env = vec![skiff::api::core::v1::EnvVar {
+        name: "X".into(),
+        value_from: Some(skiff::api::core::v1::EnvVarSource {
+            config_map_key_ref: Some(skiff::api::core::v1::ConfigMapKeySelector {
+                name: "special-config".into(),
+                key: "NOPE".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    cluster
+        .client
+        .pods("default")
+        .create(&pod("held", &kubelet.name, vec![c]))
+        .await
+        .unwrap();
+    let held = cluster
+        .pod_until("held", "CreateContainerConfigError", |p| {
+            waiting_reason(p, "waits").as_deref() == Some("CreateContainerConfigError")
+        })
+        .await;
+    let message = held.status.unwrap().container_statuses[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap()
+        .message;
+    assert_eq!(
+        message,
+        "couldn't find key NOPE in ConfigMap default/special-config"
+    );
     if !mount_point_existed {
         eventually(
             "the mount point made on the host to go",

@@ -610,12 +610,34 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
                     "may not be given with value",
                 ));
             }
-            let n = from.field_ref.is_some() as u8 + from.secret_key_ref.is_some() as u8;
+            let n = from.field_ref.is_some() as u8
+                + from.secret_key_ref.is_some() as u8
+                + from.config_map_key_ref.is_some() as u8;
             if n != 1 {
                 v.push(FieldViolation::new(
                     format!("{p}.env[{j}].valueFrom"),
-                    "exactly one of fieldRef or secretKeyRef is required",
+                    "exactly one of fieldRef, secretKeyRef or configMapKeyRef is required",
                 ));
+            }
+            for (name, key, field) in [
+                from.secret_key_ref
+                    .as_ref()
+                    .map(|r| (&r.name, &r.key, "secretKeyRef")),
+                from.config_map_key_ref
+                    .as_ref()
+                    .map(|r| (&r.name, &r.key, "configMapKeyRef")),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (value, part) in [(name, "name"), (key, "key")] {
+                    if value.is_empty() {
+                        v.push(FieldViolation::new(
+                            format!("{p}.env[{j}].valueFrom.{field}.{part}"),
+                            "required",
+                        ));
+                    }
+                }
             }
             if let Some(f) = &from.field_ref
                 && !SUPPORTED_FIELD_REFS.contains(&f.field_path.as_str())
@@ -629,6 +651,29 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
                         f.field_path,
                         SUPPORTED_FIELD_REFS.join(", ")
                     ),
+                ));
+            }
+        }
+    }
+    for (j, from) in c.env_from.iter().enumerate() {
+        let refs = [
+            from.config_map_ref
+                .as_ref()
+                .map(|r| (&r.name, "configMapRef")),
+            from.secret_ref.as_ref().map(|r| (&r.name, "secretRef")),
+        ];
+        let given: Vec<_> = refs.into_iter().flatten().collect();
+        if given.len() != 1 {
+            v.push(FieldViolation::new(
+                format!("{p}.envFrom[{j}]"),
+                "exactly one of configMapRef or secretRef is required",
+            ));
+        }
+        for (name, field) in given {
+            if name.is_empty() {
+                v.push(FieldViolation::new(
+                    format!("{p}.envFrom[{j}].{field}.name"),
+                    "required",
                 ));
             }
         }

@@ -1,6 +1,10 @@
 //! A container's environment: the downward-API variables every container
-//! gets, then its own `env`, with `fieldRef` and `secretKeyRef` resolved.
-//! Reads the pod and its Secrets; must not change anything.
+//! gets, then `envFrom` (every key of a ConfigMap or Secret, with its
+//! prefix), then its own `env`, with `fieldRef`, `secretKeyRef` and
+//! `configMapKeyRef` resolved. A missing reference that is not optional is
+//! an error with Kubernetes' message (the container waits in
+//! CreateContainerConfigError). Reads the pod, its ConfigMaps and Secrets;
+//! must not change anything.
 
 use skiff::Resource;
 use skiff::api::core::v1::{Container, Pod};
@@ -26,6 +30,44 @@ impl Worker {
             ("POD_IP".to_owned(), ip.clone()),
             ("NODE_NAME".to_owned(), self.shared.config.node_name.clone()),
         ];
+        for from in &c.env_from {
+            let keys: Vec<(String, String)> = if let Some(r) = &from.config_map_ref {
+                match self
+                    .client()
+                    .api::<skiff::api::core::v1::ConfigMap>(pod.namespace())
+                    .get_opt(&r.name)
+                    .await
+                {
+                    Ok(Some(cm)) => cm.data.into_iter().collect(),
+                    Ok(None) if r.optional == Some(true) => Vec::new(),
+                    Ok(None) => return Err(format!("configmap {:?} not found", r.name)),
+                    Err(e) => return Err(format!("reading configmap {:?}: {e}", r.name)),
+                }
+            } else if let Some(r) = &from.secret_ref {
+                match self
+                    .client()
+                    .secrets(pod.namespace())
+                    .get_opt(&r.name)
+                    .await
+                {
+                    Ok(Some(s)) => s
+                        .data
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                        .collect(),
+                    Ok(None) if r.optional == Some(true) => Vec::new(),
+                    Ok(None) => return Err(format!("secret {:?} not found", r.name)),
+                    Err(e) => return Err(format!("reading secret {:?}: {e}", r.name)),
+                }
+            } else {
+                Vec::new()
+            };
+            for (k, v) in keys {
+                let name = format!("{}{k}", from.prefix);
+                env.retain(|(n, _)| *n != name);
+                env.push((name, v));
+            }
+        }
         for e in &c.env {
             let value = match &e.value_from {
                 None => e.value.clone(),
@@ -76,11 +118,35 @@ impl Worker {
                             Ok(None) => return Err(format!("secret {:?} not found", s.name)),
                             Err(e) => return Err(format!("reading secret {:?}: {e}", s.name)),
                         }
+                    } else if let Some(r) = &from.config_map_key_ref {
+                        match self
+                            .client()
+                            .api::<skiff::api::core::v1::ConfigMap>(pod.namespace())
+                            .get_opt(&r.name)
+                            .await
+                        {
+                            Ok(Some(cm)) => match cm.data.get(&r.key) {
+                                Some(v) => v.clone(),
+                                None if r.optional == Some(true) => continue,
+                                None => {
+                                    return Err(format!(
+                                        "couldn't find key {} in ConfigMap {}/{}",
+                                        r.key,
+                                        pod.namespace(),
+                                        r.name
+                                    ));
+                                }
+                            },
+                            Ok(None) if r.optional == Some(true) => continue,
+                            Ok(None) => return Err(format!("configmap {:?} not found", r.name)),
+                            Err(e) => return Err(format!("reading configmap {:?}: {e}", r.name)),
+                        }
                     } else {
                         continue;
                     }
                 }
             };
+            env.retain(|(n, _)| *n != e.name);
             env.push((e.name.clone(), value));
         }
         Ok(env)
