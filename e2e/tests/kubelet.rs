@@ -294,7 +294,7 @@ async fn deletion_stops_the_pod_within_its_grace_period(runtime: &str) {
         &k.name,
         vec![container(
             "app",
-            "trap '' TERM; while true; do sleep 1; done",
+            "trap '' TERM; echo trapped; while true; do sleep 1; done",
         )],
     );
     p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(3);
@@ -303,6 +303,16 @@ async fn deletion_stops_the_pod_within_its_grace_period(runtime: &str) {
     let p = cluster
         .pod_until("stubborn", "Running", |p| phase(p) == "Running")
         .await;
+    // Running is not yet "ignoring SIGTERM": wait until the trap is set.
+    eventually(
+        "the TERM trap to be set",
+        Duration::from_secs(30),
+        async || {
+            let out = skiff(&cluster.server, &["logs", "stubborn"]).await;
+            out.stdout.contains("trapped").then_some(())
+        },
+    )
+    .await;
     let id = uid(&p);
     assert!(!k.running(&id).is_empty());
     let start = Instant::now();
