@@ -49,6 +49,15 @@ pub mod storage {
     }
 }
 
+/// `skiff.scheduling.v1`: priority classes (Kubernetes' `scheduling.k8s.io/v1`).
+pub mod scheduling {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.scheduling.v1.rs"));
+    }
+}
+
 /// `skiff.coordination.v1`: leases.
 pub mod coordination {
     /// Version 1.

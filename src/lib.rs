@@ -38,6 +38,7 @@ pub use resource::{KindInfo, Resource};
 /// Subresource server traits, one per kind that has methods beyond the standard seven.
 pub mod subresources {
     pub use crate::glue::{
-        DeploymentSubresources, PodSubresources, ReplicaSetSubresources, StatefulSetSubresources,
+        DeploymentSubresources, PodSubresources, ReplicaSetSubresources,
+        ServiceAccountSubresources, StatefulSetSubresources,
     };
 }

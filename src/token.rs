@@ -36,7 +36,32 @@ pub struct Claims {
     /// Expiry, seconds since the epoch (legacy account tokens have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
+    /// Issued at, seconds since the epoch (requested tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Who the token is for; legacy tokens have none (the API server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aud: Vec<String>,
+    /// The pod the token is bound to: it stops working when that pod is gone.
+    #[serde(
+        rename = "kubernetes.io/pod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pod: Option<BoundPod>,
 }
+
+/// The pod a requested token is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundPod {
+    /// Its name (in the account's namespace).
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+}
+
+/// The audience of tokens meant for the API server itself.
+pub const API_AUDIENCE: &str = "skiff";
 
 impl Claims {
     /// Claims for the account `namespace/name` with `uid`, stored in `secret`.
@@ -49,7 +74,16 @@ impl Claims {
             uid: uid.to_owned(),
             secret: secret.to_owned(),
             exp: None,
+            iat: None,
+            aud: Vec::new(),
+            pod: None,
         }
+    }
+
+    /// Whether the API server may accept it: no audience (a legacy token)
+    /// or one that includes [`API_AUDIENCE`].
+    pub fn for_api_server(&self) -> bool {
+        self.aud.is_empty() || self.aud.iter().any(|a| a == API_AUDIENCE)
     }
 }
 
@@ -216,6 +250,28 @@ mod tests {
         assert_eq!(
             verify("not-a-token", &key.verifying_key()),
             Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn requested_tokens_carry_audience_expiry_and_pod() {
+        let key = generate_key();
+        let mut claims = Claims::new("ns", "web", "uid-1", "");
+        claims.aud = vec!["vault".into()];
+        claims.exp = Some(u64::MAX / 2);
+        claims.pod = Some(BoundPod {
+            name: "web-0".into(),
+            uid: "p-1".into(),
+        });
+        let back = verify(&sign(&claims, &key), &key.verifying_key()).unwrap();
+        assert_eq!(back, claims);
+        assert!(!back.for_api_server());
+        claims.aud.push(API_AUDIENCE.into());
+        assert!(claims.for_api_server());
+        claims.exp = Some(1);
+        assert_eq!(
+            verify(&sign(&claims, &key), &key.verifying_key()),
+            Err(TokenError::Expired)
         );
     }
 

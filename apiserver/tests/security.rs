@@ -75,6 +75,9 @@ impl Secure {
                     key: serving.key_pem.into_bytes(),
                     client_ca: Some(ca.cert_pem.clone().into_bytes()),
                 }),
+                token_signer: Some(skiff_apiserver::registry::service_account::TokenSigner(
+                    std::sync::Arc::new(sa_key.clone()),
+                )),
             },
             ..Default::default()
         };

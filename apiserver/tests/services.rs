@@ -55,9 +55,12 @@ on_both_backends!(
     allocations_survive_a_restart,
     node_ports_are_allocated_checked_and_freed,
     repair_frees_leaked_reservations_and_records_missing_ones,
+    the_cluster_dns_service_exists_from_the_first_start,
 );
 
-/// A server whose cluster IPs come from a /28 (14 addresses).
+/// A server whose cluster IPs come from a /28 (14 addresses), all free:
+/// the cluster DNS Service the server makes at its first start is deleted
+/// (a restart makes it again).
 async fn server(storage: Arc<dyn Storage>) -> (TestServer, Client) {
     let config = ServerConfig {
         service_cidr: "127.99.0.0/28".into(),
@@ -66,7 +69,41 @@ async fn server(storage: Arc<dyn Storage>) -> (TestServer, Client) {
     };
     let s = TestServer::start_with(storage, config).await;
     let c = Client::connect_to(&s.addr.to_string()).await.unwrap();
+    let dns = c.services("kube-system");
+    dns.get("kube-dns").await.expect("the DNS service exists");
+    dns.delete("kube-dns", &DeleteParams::default())
+        .await
+        .expect("the DNS service is deleted");
     (s, c)
+}
+
+async fn the_cluster_dns_service_exists_from_the_first_start(storage: Arc<dyn Storage>) {
+    let s = TestServer::start_with(storage, ServerConfig::default()).await;
+    let c = Client::connect_to(&s.addr.to_string()).await.unwrap();
+    let dns = c.services("kube-system").get("kube-dns").await.unwrap();
+    let spec = dns.spec.unwrap();
+    assert_eq!(
+        spec.cluster_ip, "127.96.0.10",
+        "the tenth address of the range"
+    );
+    let ports: Vec<(String, String, i32)> = spec
+        .ports
+        .iter()
+        .map(|p| (p.name.clone(), p.protocol.clone(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("dns".to_owned(), "UDP".to_owned(), 53),
+            ("dns-tcp".to_owned(), "TCP".to_owned(), 53),
+            ("metrics".to_owned(), "TCP".to_owned(), 9153),
+        ]
+    );
+    assert!(
+        spec.selector.is_empty(),
+        "its endpoints are the DNS servers' own"
+    );
+    assert_eq!(dns.metadata.unwrap().labels["k8s-app"], "kube-dns");
 }
 
 fn service(name: &str, cluster_ip: &str) -> Service {

@@ -3,8 +3,9 @@
 //! [`namespace_lifecycle`] (no objects in missing or terminating
 //! namespaces), [`service_account`] (pods get `default` and its token),
 //! [`limit_range`] (defaults and bounds of containers' resources) and
-//! [`quota`] (ResourceQuota charging) and [`default_storage_class`] (claims
-//! naming no class get the default one). Which plugins a kind goes through is
+//! [`quota`] (ResourceQuota charging), [`default_storage_class`] (claims
+//! naming no class get the default one) and [`priority`] (a pod's priority
+//! from its PriorityClass). Which plugins a kind goes through is
 //! the kind's choice, in its [`Strategy`](crate::registry::Strategy); this
 //! module never decides what a request means, and changes only the object
 //! being admitted and quota usage.
@@ -12,12 +13,14 @@
 pub mod default_storage_class;
 pub mod limit_range;
 pub mod namespace_lifecycle;
+pub mod priority;
 pub mod quota;
 pub mod service_account;
 
 use std::sync::{Arc, RwLock};
 
 use skiff::api::core::v1::{LimitRange, ResourceQuota, ServiceAccount};
+use skiff::api::scheduling::v1::PriorityClass;
 use skiff::api::storage::v1::StorageClass;
 
 pub use quota::{Charge, Usage, UsageCounter};
@@ -33,6 +36,7 @@ pub struct Admission {
     limit_ranges: Arc<dyn ObjectStore<LimitRange>>,
     quotas: Arc<dyn ObjectStore<ResourceQuota>>,
     storage_classes: Arc<dyn ObjectStore<StorageClass>>,
+    priority_classes: Arc<dyn ObjectStore<PriorityClass>>,
     storage: Arc<dyn Storage>,
     /// How each served kind counts against a new quota.
     counters: RwLock<Vec<UsageCounter>>,
@@ -58,6 +62,7 @@ impl Admission {
         limit_ranges: Arc<dyn ObjectStore<LimitRange>>,
         quotas: Arc<dyn ObjectStore<ResourceQuota>>,
         storage_classes: Arc<dyn ObjectStore<StorageClass>>,
+        priority_classes: Arc<dyn ObjectStore<PriorityClass>>,
         storage: Arc<dyn Storage>,
     ) -> Self {
         Self {
@@ -65,6 +70,7 @@ impl Admission {
             limit_ranges,
             quotas,
             storage_classes,
+            priority_classes,
             storage,
             counters: RwLock::new(Vec::new()),
         }

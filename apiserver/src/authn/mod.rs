@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
-use skiff::api::core::v1::{Secret, ServiceAccount};
+use skiff::api::core::v1::{Pod, Secret, ServiceAccount};
 
 use crate::error::ApiError;
 use crate::object_store::{ObjectStore, ReadVersion};
@@ -215,6 +215,7 @@ pub struct Authenticator {
     config: AuthConfig,
     accounts: Arc<dyn ObjectStore<ServiceAccount>>,
     secrets: Arc<dyn ObjectStore<Secret>>,
+    pods: Option<Arc<dyn ObjectStore<Pod>>>,
 }
 
 impl Authenticator {
@@ -228,7 +229,15 @@ impl Authenticator {
             config,
             accounts,
             secrets,
+            pods: None,
         }
+    }
+
+    /// Checks tokens bound to a pod against `pods`: they stop working when
+    /// the pod is gone.
+    pub fn with_pods(mut self, pods: Arc<dyn ObjectStore<Pod>>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// The user of a request with `bearer` token and `cert` (DER of the
@@ -259,7 +268,29 @@ impl Authenticator {
         };
         let claims =
             skiff::token::verify(token, key).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        if !claims.for_api_server() {
+            return Err(AuthError::InvalidToken(format!(
+                "the token is for {:?}, not the API server ({:?})",
+                claims.aud,
+                skiff::token::API_AUDIENCE
+            )));
+        }
         let unavailable = |e: ApiError| AuthError::Unavailable(e.to_string());
+        if let (Some(bound), Some(pods)) = (&claims.pod, &self.pods) {
+            let pod = pods
+                .get(&claims.namespace, &bound.name, ReadVersion::Any)
+                .await
+                .map_err(unavailable)?;
+            if pod
+                .as_ref()
+                .is_none_or(|p| p.metadata.as_ref().is_none_or(|m| m.uid != bound.uid))
+            {
+                return Err(AuthError::InvalidToken(format!(
+                    "the pod {}/{} the token is bound to no longer exists",
+                    claims.namespace, bound.name
+                )));
+            }
+        }
         let account = self
             .accounts
             .get(&claims.namespace, &claims.name, ReadVersion::Any)

@@ -282,6 +282,7 @@ const ALL_GROUPS: &[&str] = &[
     "batch",
     "coordination.k8s.io",
     "rbac.authorization.k8s.io",
+    "scheduling.k8s.io",
     "storage.k8s.io",
 ];
 
@@ -415,6 +416,15 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
                 ),
             ],
         ),
+        // Cluster DNS: reads services and endpoints, publishes its own
+        // address as the endpoints of kube-system/kube-dns.
+        role(
+            "system:kube-dns",
+            vec![
+                rule(&[""], &["services", "endpoints", "pods"], READ),
+                rule(&[""], &["endpoints"], &["create", "update"]),
+            ],
+        ),
         role(
             "system:kube-controller-manager",
             vec![
@@ -431,6 +441,10 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
                 rule(&[""], &["pods"], &["get", "list", "watch", "delete"]),
                 rule(&[""], &["pods/status"], &["update"]),
                 rule(&[""], &["secrets", "configmaps"], &["get"]),
+                // Projected volumes: tokens bound to its pods (node rule).
+                rule(&[""], &["serviceaccounts/token"], &["create"]),
+                // DNS: the cluster DNS service's address for resolv.conf.
+                rule(&[""], &["services"], &["get"]),
                 // Volumes: a pod's claims and the volumes bound to them.
                 rule(&[""], &["persistentvolumeclaims"], &["get"]),
                 rule(&[""], &["persistentvolumes"], READ),
@@ -489,6 +503,12 @@ pub fn bootstrap_cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:kube-controller-manager",
             "User",
             "system:kube-controller-manager",
+        ),
+        binding(
+            "system:kube-dns",
+            "system:kube-dns",
+            "User",
+            "system:kube-dns",
         ),
         binding("system:node", "system:node", "Group", NODES),
         binding(

@@ -2,13 +2,14 @@
 //! kind's own rules in its [`Strategy`] ([`strategy`]), validation shared by
 //! kinds ([`validation`]), and the subresources some kinds add — a pod's
 //! logs, exec and binding ([`pod`]), the scale of replica sets and
-//! deployments ([`scale`]). It decides what a request means and what gets
+//! deployments ([`scale`]), a service account's tokens ([`service_account`]). It decides what a request means and what gets
 //! stored; it reads and writes only through an
 //! [`ObjectStore`](crate::object_store::ObjectStore), never raw storage.
 
 pub mod pod;
 pub mod scale;
 pub mod service;
+pub mod service_account;
 pub mod strategy;
 pub mod validation;
 

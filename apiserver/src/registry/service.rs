@@ -59,6 +59,8 @@ pub struct ApiContext {
     pub admission: Option<Arc<crate::admission::Admission>>,
     /// Service IPs and node ports; `None` before it exists (bootstrap).
     pub allocator: Option<Arc<crate::allocation::ServiceAllocator>>,
+    /// Signs requested service-account tokens; `None`: they cannot be issued.
+    pub token_signer: Option<crate::registry::service_account::TokenSigner>,
 }
 
 /// What a kind needs beyond its object (Kubernetes' registry hooks):

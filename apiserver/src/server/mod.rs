@@ -16,10 +16,12 @@ use std::time::Duration;
 
 use skiff::Resource;
 use skiff::api::core::v1::{
-    LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, ServiceAccount,
+    LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, Service, ServiceAccount, ServicePort,
+    ServiceSpec,
 };
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use skiff::api::scheduling::v1::PriorityClass;
 use skiff::api::storage::v1::StorageClass;
 use skiff::server::{MessageLimits, ServeWith};
 use tokio::net::TcpListener;
@@ -155,6 +157,8 @@ pub struct SecurityConfig {
     pub audit: Option<(PathBuf, crate::filters::AuditLevel)>,
     /// Serve TLS with this identity (else plaintext).
     pub tls: Option<TlsPem>,
+    /// Signs the service-account tokens clients request (projected volumes).
+    pub token_signer: Option<crate::registry::service_account::TokenSigner>,
 }
 
 impl Default for ServerConfig {
@@ -290,6 +294,7 @@ impl ApiServer {
                 pods: None,
                 admission: None,
                 allocator: None,
+                token_signer: None,
             }),
             config: config.clone(),
             services: Vec::new(),
@@ -313,11 +318,14 @@ impl ApiServer {
         let limit_ranges = r.store::<LimitRange>();
         let quotas = r.store::<ResourceQuota>();
         let storage_classes = r.store::<StorageClass>();
+        let priority_classes = r.store::<PriorityClass>();
+        let services = r.store::<Service>();
         let admission = Arc::new(crate::admission::Admission::new(
             accounts.clone(),
             limit_ranges.clone(),
             quotas.clone(),
             storage_classes.clone(),
+            priority_classes.clone(),
             storage.clone(),
         ));
         let security = &config.security;
@@ -331,11 +339,10 @@ impl ApiServer {
         });
         let mut filters = crate::filters::FilterConfig {
             authenticator: security.authentication.clone().map(|a| {
-                Arc::new(crate::authn::Authenticator::new(
-                    a,
-                    accounts.clone(),
-                    secrets.clone(),
-                ))
+                Arc::new(
+                    crate::authn::Authenticator::new(a, accounts.clone(), secrets.clone())
+                        .with_pods(pods.clone()),
+                )
             }),
             limits: security
                 .limits
@@ -367,6 +374,7 @@ impl ApiServer {
             pods: Some(pods.clone()),
             admission: Some(admission.clone()),
             allocator: Some(allocator.clone()),
+            token_signer: security.token_signer.clone(),
         });
         r.ctx = ctx.clone();
         r.admission = Some(admission);
@@ -382,6 +390,8 @@ impl ApiServer {
         r.shared(limit_ranges);
         r.shared(quotas);
         r.shared(storage_classes.clone());
+        r.shared(priority_classes.clone());
+        r.shared(services.clone());
         // Every kind the API defines, each through its Strategy: a kind
         // without one, or left out here, does not build.
         macro_rules! serve_every_kind {
@@ -419,6 +429,8 @@ impl ApiServer {
 
         bootstrap_namespaces(&*namespaces, &ctx).await?;
         bootstrap_storage_class(storage_classes, &ctx).await?;
+        bootstrap_priority_classes(priority_classes, &ctx).await?;
+        bootstrap_dns_service(services, &ctx, &config.service_cidr).await?;
         bootstrap_rbac(&cluster_roles, &cluster_role_bindings, &ctx).await?;
         let cache_stats = CacheStatsHandle {
             kinds: r.cache_stats,
@@ -703,6 +715,127 @@ async fn bootstrap_namespaces(
         }
     }
     Ok(())
+}
+
+/// The priority classes Kubernetes has from the first start, for pods the
+/// cluster cannot do without: (name, value, description).
+pub const SYSTEM_PRIORITY_CLASSES: &[(&str, i32, &str)] = &[
+    (
+        "system-node-critical",
+        crate::registry::strategy::SYSTEM_CRITICAL_PRIORITY + 1000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    (
+        "system-cluster-critical",
+        crate::registry::strategy::SYSTEM_CRITICAL_PRIORITY,
+        "Used for system critical pods that must run in the cluster, but can be moved to \
+         another node if necessary.",
+    ),
+];
+
+async fn bootstrap_priority_classes(
+    classes: Arc<dyn ObjectStore<PriorityClass>>,
+    ctx: &Arc<ApiContext>,
+) -> Result<(), ServerError> {
+    let server = ResourceServer::<PriorityClass>::new(classes.clone(), ctx.clone());
+    for (name, value, description) in SYSTEM_PRIORITY_CLASSES {
+        if classes
+            .get("", name, ReadVersion::Latest)
+            .await
+            .map_err(ServerError::Bootstrap)?
+            .is_some()
+        {
+            continue;
+        }
+        let class = PriorityClass {
+            metadata: Some(ObjectMeta {
+                name: (*name).to_owned(),
+                ..Default::default()
+            }),
+            value: *value,
+            description: (*description).to_owned(),
+            ..Default::default()
+        };
+        match server.create_object(class).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(ServerError::Bootstrap(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Namespace and name of the cluster DNS Service (Kubernetes' `kube-dns`).
+pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
+
+/// The cluster IP the DNS Service asks for: the tenth address of the
+/// service range, as kubeadm chooses (127.96.0.10 by default).
+pub fn dns_service_ip(service_cidr: &str) -> Option<String> {
+    let range: skiff::net::Ipv4Cidr = service_cidr.parse().ok()?;
+    range.nth(10).map(|ip| ip.to_string())
+}
+
+/// Creates the `kube-dns` Service in kube-system unless it exists: ports
+/// `dns` (53/UDP), `dns-tcp` (53/TCP) and `metrics` (9153/TCP), no selector
+/// (the DNS servers publish their own addresses as its endpoints).
+async fn bootstrap_dns_service(
+    services: Arc<dyn ObjectStore<Service>>,
+    ctx: &Arc<ApiContext>,
+    service_cidr: &str,
+) -> Result<(), ServerError> {
+    let (ns, name) = DNS_SERVICE;
+    if services
+        .get(ns, name, ReadVersion::Latest)
+        .await
+        .map_err(ServerError::Bootstrap)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let port = |name: &str, protocol: &str, port: i32| ServicePort {
+        name: name.to_owned(),
+        protocol: protocol.to_owned(),
+        port,
+        target_port: port.to_string(),
+        ..Default::default()
+    };
+    let service = |ip: Option<String>| Service {
+        metadata: Some(ObjectMeta {
+            name: name.to_owned(),
+            namespace: ns.to_owned(),
+            labels: [
+                ("k8s-app", "kube-dns"),
+                ("kubernetes.io/cluster-service", "true"),
+                ("kubernetes.io/name", "KubeDNS"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..Default::default()
+        }),
+        spec: Some(ServiceSpec {
+            cluster_ip: ip.unwrap_or_default(),
+            ports: vec![
+                port("dns", "UDP", 53),
+                port("dns-tcp", "TCP", 53),
+                port("metrics", "TCP", 9153),
+            ],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let server = ResourceServer::<Service>::new(services, ctx.clone());
+    match server
+        .create_object(service(dns_service_ip(service_cidr)))
+        .await
+    {
+        Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+        // The tenth address is taken: any other will do.
+        Err(ApiError::Invalid { .. }) => match server.create_object(service(None)).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(ServerError::Bootstrap(e)),
+        },
+        Err(e) => Err(ServerError::Bootstrap(e)),
+    }
 }
 
 /// Name of the storage class that exists from the first start.

@@ -159,6 +159,12 @@ pub fn security_config(args: &SecurityArgs) -> anyhow::Result<SecurityConfig> {
         ..Default::default()
     };
     if args.insecure {
+        // Tokens can still be requested (projected volumes), though none is checked.
+        if let Some(p) = &args.service_account_key_file {
+            security.token_signer = Some(skiff_apiserver::registry::service_account::TokenSigner(
+                std::sync::Arc::new(skiff::token::load_or_create_key(p)?),
+            ));
+        }
         // Everyone is the same administrator: per-user shares mean nothing.
         if let Some(l) = security.limits.as_mut() {
             l.per_user_fraction = 1.0;
@@ -190,6 +196,9 @@ pub fn security_config(args: &SecurityArgs) -> anyhow::Result<SecurityConfig> {
     if let Some(p) = &args.service_account_key_file {
         let key = skiff::token::load_or_create_key(p)?;
         auth.service_account_key = Some(key.verifying_key());
+        security.token_signer = Some(skiff_apiserver::registry::service_account::TokenSigner(
+            std::sync::Arc::new(key),
+        ));
     }
     if args.token_auth_file.is_none()
         && args.client_ca_file.is_none()

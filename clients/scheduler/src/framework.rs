@@ -527,6 +527,7 @@ mod tests {
                     }),
                     preferred_during_scheduling_ignored_during_execution: vec![],
                 }),
+                ..Default::default()
             });
             p
         };

@@ -15,9 +15,11 @@ mod batch;
 mod core;
 mod pod;
 mod rbac;
+mod scheduling;
 mod storage;
 
 pub use batch::{CONTROLLER_UID_LABEL, JOB_NAME_LABEL};
+pub use scheduling::{HIGHEST_USER_PRIORITY, SYSTEM_CRITICAL_PRIORITY};
 pub use storage::DEFAULT_CLASS_ANNOTATION;
 
 use std::sync::Arc;

@@ -25,6 +25,7 @@ impl Strategy for Pod {
     fn admit<'a>(&'a mut self, admission: &'a Admission) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
             admission.default_service_account(self).await?;
+            admission.assign_pod_priority(self).await?;
             admission.apply_limit_ranges(self).await
         })
     }
@@ -147,7 +148,8 @@ fn spec_update_allowed(new: &PodSpec, old: &PodSpec) -> bool {
 }
 
 /// Kubernetes' defaults for what a pod spec leaves out: restart policy,
-/// grace period, port protocols and probe timing.
+/// grace period, DNS policy, image pull policy, termination message,
+/// port protocols and probe timing.
 pub fn set_pod_defaults(spec: &mut skiff::api::core::v1::PodSpec) {
     if spec.restart_policy.is_empty() {
         spec.restart_policy = "Always".into();
@@ -155,11 +157,23 @@ pub fn set_pod_defaults(spec: &mut skiff::api::core::v1::PodSpec) {
     if spec.termination_grace_period_seconds.is_none() {
         spec.termination_grace_period_seconds = Some(30);
     }
+    if spec.dns_policy.is_empty() {
+        spec.dns_policy = "ClusterFirst".into();
+    }
     for c in spec
         .init_containers
         .iter_mut()
         .chain(spec.containers.iter_mut())
     {
+        if c.image_pull_policy.is_empty() {
+            c.image_pull_policy = default_pull_policy(&c.image).into();
+        }
+        if c.termination_message_path.is_empty() {
+            c.termination_message_path = "/dev/termination-log".into();
+        }
+        if c.termination_message_policy.is_empty() {
+            c.termination_message_policy = "File".into();
+        }
         for p in &mut c.ports {
             if p.protocol.is_empty() {
                 p.protocol = "TCP".into();
@@ -189,10 +203,34 @@ pub fn set_pod_defaults(spec: &mut skiff::api::core::v1::PodSpec) {
     }
 }
 
+/// Kubernetes' default pull policy: Always for `:latest` or no tag, else
+/// IfNotPresent (a digest counts as a tag).
+pub fn default_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    match last.split_once(':') {
+        None => "Always",
+        Some((_, "latest")) => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use skiff::api::core::v1::{Container, Toleration};
+
+    #[test]
+    fn pull_policy_defaults_to_always_only_for_latest_or_untagged() {
+        assert_eq!(default_pull_policy("busybox"), "Always");
+        assert_eq!(default_pull_policy("busybox:latest"), "Always");
+        assert_eq!(default_pull_policy("busybox:1.36"), "IfNotPresent");
+        assert_eq!(default_pull_policy("localhost:5000/app"), "Always");
+        assert_eq!(default_pull_policy("localhost:5000/app:v1"), "IfNotPresent");
+        assert_eq!(default_pull_policy("app@sha256:abc"), "IfNotPresent");
+    }
 
     fn spec() -> PodSpec {
         PodSpec {

@@ -16,6 +16,11 @@ use skiff::selector::LabelSelector;
 
 use crate::error::FieldViolation;
 
+pub mod dns;
+pub mod scheduling;
+pub mod security;
+mod volumes;
+
 /// Collected violations.
 pub type Violations = Vec<FieldViolation>;
 
@@ -416,6 +421,23 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
     {
         v.push(FieldViolation::new(format!("{path}.subdomain"), e));
     }
+    security::validate_pod_security_context(
+        spec.security_context.as_ref(),
+        &format!("{path}.securityContext"),
+        v,
+    );
+    dns::validate_dns(spec, path, v);
+    scheduling::validate_pod_affinity(spec.affinity.as_ref(), &format!("{path}.affinity"), v);
+    scheduling::validate_topology_spread(
+        &spec.topology_spread_constraints,
+        &format!("{path}.topologySpreadConstraints"),
+        v,
+    );
+    if !spec.priority_class_name.is_empty()
+        && let Err(e) = validate_dns1123_subdomain(&spec.priority_class_name)
+    {
+        v.push(FieldViolation::new(format!("{path}.priorityClassName"), e));
+    }
     let mut volume_names = std::collections::BTreeSet::new();
     for (i, vol) in spec.volumes.iter().enumerate() {
         let p = format!("{path}.volumes[{i}]");
@@ -428,64 +450,19 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
                 "duplicate volume name",
             ));
         }
-        let sources = [
-            vol.empty_dir.is_some(),
-            vol.host_path.is_some(),
-            vol.secret.is_some(),
-            vol.config_map.is_some(),
-            vol.persistent_volume_claim.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if sources != 1 {
-            v.push(FieldViolation::new(
-                &p,
-                "exactly one of emptyDir, hostPath, secret, configMap or persistentVolumeClaim \
-                 is required",
-            ));
-        }
-        if let Some(cm) = &vol.config_map {
-            if cm.name.is_empty() {
-                v.push(FieldViolation::new(
-                    format!("{p}.configMap.name"),
-                    "required",
-                ));
-            }
-            validate_projection(&cm.items, cm.default_mode, &format!("{p}.configMap"), v);
-        }
-        if let Some(secret) = &vol.secret {
-            if secret.secret_name.is_empty() {
-                v.push(FieldViolation::new(
-                    format!("{p}.secret.secretName"),
-                    "required",
-                ));
-            }
-            validate_projection(
-                &secret.items,
-                secret.default_mode,
-                &format!("{p}.secret"),
-                v,
-            );
-        }
-        if let Some(claim) = &vol.persistent_volume_claim
-            && claim.claim_name.is_empty()
-        {
-            v.push(FieldViolation::new(
-                format!("{p}.persistentVolumeClaim.claimName"),
-                "required",
-            ));
-        }
+        volumes::validate_volume_source(vol, &p, v);
     }
     for list in [&spec.init_containers, &spec.containers] {
         for c in list.iter() {
             for (j, m) in c.volume_mounts.iter().enumerate() {
+                let p = format!("{path}.containers[{}].volumeMounts[{j}]", c.name);
                 if !volume_names.contains(&m.name) {
                     v.push(FieldViolation::new(
-                        format!("{path}.containers[{}].volumeMounts[{j}].name", c.name),
+                        format!("{p}.name"),
                         format!("no volume named {:?}", m.name),
                     ));
                 }
+                volumes::validate_mount(m, &p, v);
             }
         }
     }
@@ -612,12 +589,22 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
             }
             let n = from.field_ref.is_some() as u8
                 + from.secret_key_ref.is_some() as u8
-                + from.config_map_key_ref.is_some() as u8;
+                + from.config_map_key_ref.is_some() as u8
+                + from.resource_field_ref.is_some() as u8;
             if n != 1 {
                 v.push(FieldViolation::new(
                     format!("{p}.env[{j}].valueFrom"),
-                    "exactly one of fieldRef, secretKeyRef or configMapKeyRef is required",
+                    "exactly one of fieldRef, resourceFieldRef, secretKeyRef or configMapKeyRef \
+                     is required",
                 ));
+            }
+            if let Some(r) = &from.resource_field_ref {
+                volumes::validate_resource_field_ref(
+                    r,
+                    &format!("{p}.env[{j}].valueFrom.resourceFieldRef"),
+                    false,
+                    v,
+                );
             }
             for (name, key, field) in [
                 from.secret_key_ref
@@ -706,6 +693,114 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
                 ));
             }
             validate_probe(probe, &format!("{p}.{name}"), v);
+            if let Some(g) = probe.termination_grace_period_seconds {
+                if name == "readinessProbe" {
+                    v.push(FieldViolation::new(
+                        format!("{p}.{name}.terminationGracePeriodSeconds"),
+                        "must not be set for readinessProbes",
+                    ));
+                } else if g <= 0 {
+                    v.push(FieldViolation::new(
+                        format!("{p}.{name}.terminationGracePeriodSeconds"),
+                        format!("{g}: must be greater than 0"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(l) = &c.lifecycle {
+        if init {
+            v.push(FieldViolation::new(
+                format!("{p}.lifecycle"),
+                "init containers may not have lifecycle hooks",
+            ));
+        }
+        for (h, name) in [(&l.post_start, "postStart"), (&l.pre_stop, "preStop")] {
+            if let Some(h) = h {
+                validate_handler(h, &format!("{p}.lifecycle.{name}"), v);
+            }
+        }
+    }
+    if !matches!(
+        c.termination_message_policy.as_str(),
+        "" | "File" | "FallbackToLogsOnError"
+    ) {
+        v.push(FieldViolation::new(
+            format!("{p}.terminationMessagePolicy"),
+            format!(
+                "Unsupported value: {:?}: supported values: \"File\", \"FallbackToLogsOnError\"",
+                c.termination_message_policy
+            ),
+        ));
+    }
+    if !c.termination_message_path.is_empty() && !c.termination_message_path.starts_with('/') {
+        v.push(FieldViolation::new(
+            format!("{p}.terminationMessagePath"),
+            "must be an absolute path",
+        ));
+    }
+    security::validate_security_context(
+        c.security_context.as_ref(),
+        &format!("{p}.securityContext"),
+        v,
+    );
+}
+
+/// Checks a lifecycle hook: exactly one action, each well formed.
+fn validate_handler(h: &core::LifecycleHandler, p: &str, v: &mut Violations) {
+    let n = h.exec.is_some() as u8
+        + h.http_get.is_some() as u8
+        + h.tcp_socket.is_some() as u8
+        + h.sleep.is_some() as u8;
+    if n != 1 {
+        v.push(FieldViolation::new(
+            p,
+            "exactly one of exec, httpGet, tcpSocket or sleep is required",
+        ));
+    }
+    if let Some(e) = &h.exec
+        && e.command.is_empty()
+    {
+        v.push(FieldViolation::new(format!("{p}.exec.command"), "required"));
+    }
+    if let Some(g) = &h.http_get {
+        validate_http_get(g, &format!("{p}.httpGet"), v);
+    }
+    if let Some(t) = &h.tcp_socket {
+        validate_port_ref(&format!("{p}.tcpSocket.port"), &t.port, false, v);
+    }
+    if let Some(s) = &h.sleep
+        && s.seconds <= 0
+    {
+        v.push(FieldViolation::new(
+            format!("{p}.sleep.seconds"),
+            format!("{}: must be greater than 0", s.seconds),
+        ));
+    }
+}
+
+/// Checks an HTTP GET action: its port, scheme and header names.
+fn validate_http_get(h: &core::HttpGetAction, p: &str, v: &mut Violations) {
+    validate_port_ref(&format!("{p}.port"), &h.port, false, v);
+    if !matches!(h.scheme.as_str(), "" | "HTTP" | "HTTPS") {
+        v.push(FieldViolation::new(
+            format!("{p}.scheme"),
+            format!(
+                "Unsupported value: {:?}: supported values: \"HTTP\", \"HTTPS\"",
+                h.scheme
+            ),
+        ));
+    }
+    for (i, header) in h.http_headers.iter().enumerate() {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if header.name.is_empty() || !header.name.chars().all(token) {
+            v.push(FieldViolation::new(
+                format!("{p}.httpHeaders[{i}].name"),
+                format!(
+                    "{:?}: a valid HTTP header must consist of alphanumeric characters or '-'",
+                    header.name
+                ),
+            ));
         }
     }
 }
@@ -724,11 +819,12 @@ pub const SUPPORTED_FIELD_REFS: &[&str] = &[
 fn validate_probe(probe: &core::Probe, p: &str, v: &mut Violations) {
     let handlers = probe.exec.is_some() as u8
         + probe.http_get.is_some() as u8
-        + probe.tcp_socket.is_some() as u8;
+        + probe.tcp_socket.is_some() as u8
+        + probe.grpc.is_some() as u8;
     if handlers != 1 {
         v.push(FieldViolation::new(
             p,
-            "exactly one of exec, httpGet or tcpSocket is required",
+            "exactly one of exec, httpGet, tcpSocket or grpc is required",
         ));
     }
     if let Some(e) = &probe.exec
@@ -737,13 +833,10 @@ fn validate_probe(probe: &core::Probe, p: &str, v: &mut Violations) {
         v.push(FieldViolation::new(format!("{p}.exec.command"), "required"));
     }
     if let Some(h) = &probe.http_get {
-        validate_port_ref(&format!("{p}.httpGet.port"), &h.port, false, v);
-        if !matches!(h.scheme.as_str(), "" | "HTTP" | "HTTPS") {
-            v.push(FieldViolation::new(
-                format!("{p}.httpGet.scheme"),
-                "must be HTTP or HTTPS",
-            ));
-        }
+        validate_http_get(h, &format!("{p}.httpGet"), v);
+    }
+    if let Some(g) = &probe.grpc {
+        validate_port(&format!("{p}.grpc.port"), g.port, v);
     }
     if let Some(t) = &probe.tcp_socket {
         validate_port_ref(&format!("{p}.tcpSocket.port"), &t.port, false, v);
@@ -801,51 +894,6 @@ fn validate_template_labels(
         ));
     }
     validate_pod_spec(t.spec.as_ref(), &format!("{path}.spec"), v);
-}
-
-/// Checks the key-to-file items and modes of a config map or secret volume.
-fn validate_projection(
-    items: &[core::KeyToPath],
-    default_mode: Option<i32>,
-    path: &str,
-    v: &mut Violations,
-) {
-    let mode_ok = |m: i32| (0..=0o777).contains(&m);
-    if let Some(m) = default_mode
-        && !mode_ok(m)
-    {
-        v.push(FieldViolation::new(
-            format!("{path}.defaultMode"),
-            "must be a number between 0 and 0777 (octal), both inclusive",
-        ));
-    }
-    for (i, item) in items.iter().enumerate() {
-        let p = format!("{path}.items[{i}]");
-        if item.key.is_empty() {
-            v.push(FieldViolation::new(format!("{p}.key"), "required"));
-        }
-        if item.path.is_empty() {
-            v.push(FieldViolation::new(format!("{p}.path"), "required"));
-        } else if item.path.starts_with('/') {
-            v.push(FieldViolation::new(
-                format!("{p}.path"),
-                "must be a relative path",
-            ));
-        } else if item.path.split('/').any(|part| part == "..") {
-            v.push(FieldViolation::new(
-                format!("{p}.path"),
-                "must not contain '..'",
-            ));
-        }
-        if let Some(m) = item.mode
-            && !mode_ok(m)
-        {
-            v.push(FieldViolation::new(
-                format!("{p}.mode"),
-                "must be a number between 0 and 0777 (octal), both inclusive",
-            ));
-        }
-    }
 }
 
 /// Validates a pod template whose pods may restart only as `allowed` says
