@@ -1153,3 +1153,120 @@ async fn a_flood_from_one_client_leaves_another_served_and_memory_bounded() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_tokens_carry_audiences_expire_and_die_with_their_pod() {
+    let s = Secure::start(None, false).await;
+    let admin = s.admin().await;
+    for name in ["web", "other"] {
+        Api::<ServiceAccount>::new(admin.clone(), "default")
+            .create(&ServiceAccount {
+                metadata: meta("default", name),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut p = pod("default", "web-0");
+    p.spec.as_mut().unwrap().service_account_name = "web".into();
+    p.spec.as_mut().unwrap().node_name = "n1".into();
+    let p = Api::<Pod>::new(admin.clone(), "default")
+        .create(&p)
+        .await
+        .unwrap();
+    let uid = p.metadata.as_ref().unwrap().uid.clone();
+    let accounts = Api::<ServiceAccount>::new(admin.clone(), "default");
+
+    // A token for the API server, bound to the pod, authenticates as the account.
+    let t = accounts
+        .create_token("web", &[], Some(600), Some(("web-0", &uid)))
+        .await
+        .unwrap();
+    let left = t
+        .expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(590) && left <= Duration::from_secs(600),
+        "{left:?}"
+    );
+    let claims = skiff::token::verify(&t.token, &s.sa_key.verifying_key()).unwrap();
+    assert_eq!(claims.sub, "system:serviceaccount:default:web");
+    assert_eq!(claims.aud, vec![skiff::token::API_AUDIENCE.to_owned()]);
+    assert_eq!(claims.pod.as_ref().unwrap().uid, uid);
+    let as_web = s.as_token(&t.token).await;
+    // Authenticated (RBAC then forbids what the account may not do).
+    let r = Api::<Pod>::new(as_web.clone(), "default")
+        .get("web-0")
+        .await;
+    assert!(is_denied(&r), "{r:?}");
+
+    // A token for another audience is not accepted by the API server.
+    let vault = accounts
+        .create_token("web", &["vault".into()], None, None)
+        .await
+        .unwrap();
+    let r = Api::<Pod>::new(s.as_token(&vault.token).await, "default")
+        .get("web-0")
+        .await;
+    assert!(matches!(r, Err(Error::Unauthenticated(_))), "{r:?}");
+
+    // Refusals: too short, a pod of another account, a missing account.
+    let r = accounts.create_token("web", &[], Some(60), None).await;
+    assert!(matches!(r, Err(Error::Invalid { .. })), "{r:?}");
+    let r = accounts
+        .create_token("other", &[], None, Some(("web-0", &uid)))
+        .await;
+    assert!(matches!(r, Err(Error::Invalid { .. })), "{r:?}");
+    let r = accounts.create_token("ghost", &[], None, None).await;
+    assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
+
+    // A kubelet gets tokens for pods on its node only.
+    let n1 = s
+        .as_cert(
+            &s.ca
+                .issue_client("system:node:n1", &["system:nodes"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let n2 = s
+        .as_cert(
+            &s.ca
+                .issue_client("system:node:n2", &["system:nodes"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<ServiceAccount>::new(n1, "default")
+        .create_token("web", &[], None, Some(("web-0", &uid)))
+        .await
+        .unwrap();
+    let r = Api::<ServiceAccount>::new(n2.clone(), "default")
+        .create_token("web", &[], None, Some(("web-0", &uid)))
+        .await;
+    assert!(is_denied(&r), "{r:?}");
+    let r = Api::<ServiceAccount>::new(n2, "default")
+        .create_token("web", &[], None, None)
+        .await;
+    assert!(is_denied(&r), "{r:?}");
+
+    // Deleting the pod revokes the bound token.
+    Api::<Pod>::new(admin.clone(), "default")
+        .delete(
+            "web-0",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    eventually("the bound token stops working", TEN_SECONDS, async || {
+        let r = Api::<Pod>::new(as_web.clone(), "default")
+            .get("web-0")
+            .await;
+        matches!(r, Err(Error::Unauthenticated(_))).then_some(())
+    })
+    .await;
+}

@@ -13,8 +13,9 @@ use crate::api::apps::v1::{
     replica_set_service_client::ReplicaSetServiceClient,
 };
 use crate::api::core::v1::{
-    BindPodRequest, ExecPodRequest, ExecPodResponse, GetPodLogsRequest, Pod,
-    pod_service_client::PodServiceClient,
+    BindPodRequest, BoundObjectReference, CreateServiceAccountTokenRequest, ExecPodRequest,
+    ExecPodResponse, GetPodLogsRequest, Pod, ServiceAccount, pod_service_client::PodServiceClient,
+    service_account_service_client::ServiceAccountServiceClient,
 };
 use crate::api::meta::v1::ListMeta;
 use crate::params::{DeleteParams, GetParams, ListParams, WatchParams};
@@ -187,6 +188,56 @@ impl Api<Pod> {
         r.into_inner()
             .pod
             .ok_or_else(|| Error::from(super::transport::missing_in_response("pod")))
+    }
+}
+
+/// A token issued for a service account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountToken {
+    /// The bearer token.
+    pub token: String,
+    /// When it stops working.
+    pub expires: std::time::SystemTime,
+}
+
+impl Api<ServiceAccount> {
+    /// Asks for a token of service account `name` (Kubernetes' TokenRequest):
+    /// for `audiences` (the API server's when empty), living about
+    /// `expiration_seconds`, and bound to pod `(name, uid)` if given.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        audiences: &[String],
+        expiration_seconds: Option<i64>,
+        pod: Option<(&str, &str)>,
+    ) -> Result<ServiceAccountToken> {
+        let r = ServiceAccountServiceClient::new(self.transport.clone())
+            .create_service_account_token(CreateServiceAccountTokenRequest {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                audiences: audiences.to_vec(),
+                expiration_seconds,
+                bound_object_ref: pod.map(|(name, uid)| BoundObjectReference {
+                    kind: "Pod".into(),
+                    api_version: "v1".into(),
+                    name: name.to_owned(),
+                    uid: uid.to_owned(),
+                }),
+            })
+            .await?
+            .into_inner();
+        let expires = r
+            .expiration_timestamp
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .ok_or_else(|| {
+                Error::from(super::transport::missing_in_response(
+                    "expiration_timestamp",
+                ))
+            })?;
+        Ok(ServiceAccountToken {
+            token: r.token,
+            expires,
+        })
     }
 }
 

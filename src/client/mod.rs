@@ -10,7 +10,7 @@ mod error;
 mod failover;
 mod transport;
 
-pub use api::{Api, ExecStream, LogParams, LogStream, ObjectList};
+pub use api::{Api, ExecStream, LogParams, LogStream, ObjectList, ServiceAccountToken};
 pub use config::{Config, ConfigError};
 pub use error::{Error, Result};
 pub use transport::{
