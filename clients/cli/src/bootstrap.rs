@@ -22,6 +22,7 @@ pub const COMPONENTS: &[(&str, &str)] = &[
     ("scheduler", "system:kube-scheduler"),
     ("controller-manager", "system:kube-controller-manager"),
     ("proxy", "system:kube-proxy"),
+    ("dns", "system:kube-dns"),
 ];
 
 /// A cluster's credentials.

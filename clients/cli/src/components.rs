@@ -234,3 +234,50 @@ pub async fn proxy(args: ProxyArgs, server: Option<&str>) -> anyhow::Result<()> 
     skiff_proxy::run(client, proxy_config(&args), apiserver::shutdown_signal()).await;
     Ok(())
 }
+
+/// Flags of `skiff dns`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  skiff dns                                  # any free port on 127.0.0.1, published in kube-system/kube-dns\n  skiff dns --listen 127.0.0.1:1053 --upstream 9.9.9.9:53\n  dig @127.96.0.10 web.default.svc.cluster.local   # through the kube-dns Service (needs skiff proxy)"
+)]
+pub struct DnsArgs {
+    /// UDP and TCP address to answer on (port 0: any free port). The
+    /// address is published as the endpoints of kube-system/kube-dns, whose
+    /// cluster IP pods use.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// The cluster domain.
+    #[arg(long, default_value = skiff_dns::DEFAULT_DOMAIN)]
+    pub cluster_domain: String,
+    /// Resolvers other names go to (default: the name servers of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    pub upstream: Vec<std::net::SocketAddr>,
+    /// Do not add this server to the endpoints of kube-system/kube-dns.
+    #[arg(long)]
+    pub no_publish: bool,
+}
+
+/// DNS server configuration from flags.
+pub fn dns_config(args: &DnsArgs, metrics: Option<std::net::SocketAddr>) -> skiff_dns::DnsConfig {
+    skiff_dns::DnsConfig {
+        listen: args.listen,
+        domain: args.cluster_domain.clone(),
+        upstreams: (!args.upstream.is_empty()).then(|| args.upstream.clone()),
+        publish: !args.no_publish,
+        metrics_port: metrics.map(|m| m.port()),
+    }
+}
+
+/// Runs `skiff dns` until Ctrl-C or SIGTERM.
+pub async fn dns(
+    args: DnsArgs,
+    server: Option<&str>,
+    metrics: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let client = ctx::client(server).await?;
+    let dns = skiff_dns::Dns::start(client, dns_config(&args, metrics)).await?;
+    // Machines (tests, scripts) read this line to learn the address.
+    println!("dns on {}", dns.addr());
+    dns.run_until(apiserver::shutdown_signal()).await;
+    Ok(())
+}

@@ -86,6 +86,23 @@ pub struct Args {
     /// Docker: static busybox the sandbox image is built from.
     #[arg(long, default_value = "/bin/busybox")]
     pub busybox: PathBuf,
+    /// Name servers of pods with the ClusterFirst DNS policy (default: the
+    /// cluster IP of the kube-system/kube-dns Service).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain (pods' search path).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The node's resolver configuration, for pods with the Default DNS policy.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// Unsafe sysctls pods may set, comma-separated (a trailing * allows a
+    /// prefix, e.g. net.core.*); the safe set is always allowed.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_unsafe_sysctls: Vec<String>,
+    /// Directory of Localhost seccomp profiles (default: DATA_DIR/seccomp).
+    #[arg(long)]
+    pub seccomp_profile_root: Option<PathBuf>,
 }
 
 fn parse_taint(s: &str) -> anyhow::Result<Taint> {
@@ -174,6 +191,13 @@ pub async fn run(args: Args, server: Option<&str>) -> anyhow::Result<()> {
     config.memory = args.memory;
     config.max_pods = args.max_pods;
     config.pod_cidr = args.pod_cidr;
+    config.cluster_dns = args.cluster_dns.iter().map(|ip| ip.to_string()).collect();
+    config.cluster_domain = args.cluster_domain.clone();
+    config.resolv_conf = args.resolv_conf.clone();
+    config.allowed_unsafe_sysctls = args.allowed_unsafe_sysctls.clone();
+    if let Some(dir) = &args.seccomp_profile_root {
+        config.seccomp_dir = dir.clone();
+    }
     config.backoff = Backoff {
         initial: args.restart_backoff,
         ..Backoff::default()

@@ -47,8 +47,10 @@ enum Command {
     ControllerManager(components::ControllerManagerArgs),
     /// Run the service proxy.
     Proxy(components::ProxyArgs),
+    /// Run the cluster DNS server (SVC.NS.svc.cluster.local).
+    Dns(components::DnsArgs),
     /// Run a whole cluster in this process: API server, scheduler,
-    /// controller manager, node(s) and proxy.
+    /// controller manager, node(s), proxy and cluster DNS.
     Up(Box<up::Args>),
     /// Run a node agent: make this machine (or a slice of it) a node.
     Kubelet(Box<kubelet::Args>),
@@ -123,10 +125,14 @@ fn main() {
     let server = cli.server.clone();
     let metrics = cli.metrics_listen;
     let result = runtime.block_on(async move {
+        let mut metrics_bound = None;
         if let Some(addr) = metrics {
             match skiff::metrics::spawn_endpoint(addr).await {
                 // Machines (tests, scripts) read this line to learn the address.
-                Ok(bound) => println!("metrics on {bound}"),
+                Ok(bound) => {
+                    println!("metrics on {bound}");
+                    metrics_bound = Some(bound);
+                }
                 Err(e) => {
                     return Err(anyhow::anyhow!(
                         "cannot serve metrics on {addr}: {e}; pick another --metrics-listen"
@@ -140,6 +146,7 @@ fn main() {
             Command::Scheduler(args) => components::scheduler(args, server).await,
             Command::ControllerManager(args) => components::controller_manager(args, server).await,
             Command::Proxy(args) => components::proxy(args, server).await,
+            Command::Dns(args) => components::dns(args, server, metrics_bound).await,
             Command::Up(args) => up::run(*args).await,
             Command::Kubelet(args) => kubelet::run(*args, server).await,
             Command::Logs(args) => pods::logs(args, server).await,

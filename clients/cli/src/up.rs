@@ -1,7 +1,7 @@
 //! `skiff up`: a whole cluster in one process and one command — the API
 //! server on embedded storage (or etcd), the scheduler, the controller
-//! manager, local nodes and the proxy — each talking to the API server over
-//! gRPC as it would as its own process.
+//! manager, local nodes, the proxy and the cluster DNS — each talking to the
+//! API server over gRPC as it would as its own process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -232,6 +232,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     components.push(Component::spawn("proxy", move |stop| async move {
         skiff_proxy::run(c, skiff_proxy::ProxyConfig::default(), stop).await;
     }));
+    // Cluster DNS on a free port of 127.0.0.1, published as the endpoints
+    // of kube-system/kube-dns: pods reach it at that Service's cluster IP.
+    let dns = skiff_dns::Dns::start(connect("dns").await?, skiff_dns::DnsConfig::default())
+        .await
+        .context("starting the cluster DNS")?;
+    let dns_addr = dns.addr();
+    components.push(Component::spawn("dns", move |stop| dns.run_until(stop)));
     let mut names = Vec::new();
     let mut kubelets = Vec::new();
     for i in 1..=args.nodes.max(1) {
@@ -305,7 +312,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     println!("  API server   {addr} ({storage_text}; {transport})");
     println!(
-        "  components   scheduler, controller manager, proxy, kubelet on {}",
+        "  components   scheduler, controller manager, proxy, DNS ({dns_addr}), kubelet on {}",
         names.join(", ")
     );
     if !args.no_config {

@@ -83,6 +83,17 @@ pub struct KubeletConfig {
     /// down, as under `skiff up`); otherwise they keep running and a
     /// restarted kubelet adopts them.
     pub stop_pods_on_exit: bool,
+    /// Name servers pods with the ClusterFirst DNS policy use; empty: the
+    /// cluster IP of the kube-system/kube-dns Service.
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain.
+    pub cluster_domain: String,
+    /// The node's resolver configuration (the Default DNS policy).
+    pub resolv_conf: PathBuf,
+    /// Unsafe sysctls pods may set (`net.core.*` style prefixes allowed).
+    pub allowed_unsafe_sysctls: Vec<String>,
+    /// Where Localhost seccomp profiles live.
+    pub seccomp_dir: PathBuf,
 }
 
 impl KubeletConfig {
@@ -91,7 +102,6 @@ impl KubeletConfig {
         Self {
             node_name: name.to_owned(),
             runtime,
-            data_dir,
             node_ip: "127.0.0.1".into(),
             listen: "127.0.0.1:0".parse().expect("address"),
             lease_interval: Duration::from_secs(10),
@@ -105,6 +115,12 @@ impl KubeletConfig {
             backoff: Backoff::default(),
             log_max_bytes: 10 * 1024 * 1024,
             stop_pods_on_exit: false,
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            allowed_unsafe_sysctls: Vec::new(),
+            seccomp_dir: data_dir.join("seccomp"),
+            data_dir,
         }
     }
 }
@@ -144,6 +160,8 @@ pub struct Shared {
     pub ips: Option<PodIps>,
     /// Records events about pods.
     pub recorder: Arc<skiff::runtime::events::Recorder>,
+    /// The cluster DNS Service's IP, as last read, and when.
+    pub cluster_dns: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 impl Shared {
@@ -217,6 +235,7 @@ pub async fn run(
             "kubelet",
             &config.node_name,
         )),
+        cluster_dns: std::sync::Mutex::new(None),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(shared.clone(), listener, stop_rx.clone()));

@@ -34,7 +34,7 @@ use skiff::net::Ipv4Cidr;
 
 use super::{
     ContainerConfig, ContainerRecord, ContainerState, ExecOutput, ExecStream, LogStream, Runtime,
-    RuntimeError, Sandbox, SandboxConfig,
+    RuntimeError, Sandbox, SandboxConfig, Seccomp,
 };
 
 const LABEL_NODE: &str = "skiff.io/node";
@@ -405,6 +405,20 @@ impl Runtime for DockerRuntime {
         !self.kubelet_ips
     }
 
+    fn has_images(&self) -> bool {
+        true
+    }
+
+    async fn image_user(&self, image: &str) -> Result<String, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(i.config.and_then(|c| c.user).unwrap_or_default()),
+            Err(e) if status_of(&e) == Some(404) => Err(RuntimeError::ImageNotPresent {
+                image: image.to_owned(),
+            }),
+            Err(e) => Err(failure(e)),
+        }
+    }
+
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
         let name = format!(
             "skiff_POD_{}_{}_{}",
@@ -445,6 +459,11 @@ impl Runtime for DockerRuntime {
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some(network_mode),
+                // The pod's containers join its IPC namespace (and PID
+                // namespace when they share processes), as Kubernetes' do.
+                ipc_mode: Some("shareable".into()),
+                sysctls: (!config.sysctls.is_empty())
+                    .then(|| config.sysctls.iter().cloned().collect()),
                 ..Default::default()
             }),
             networking_config,
@@ -538,6 +557,37 @@ impl Runtime for DockerRuntime {
             (true, false) => (None, Some(config.args.clone())),
             (false, _) => (Some(config.command.clone()), Some(config.args.clone())),
         };
+        let sec = &config.security;
+        let user = match (sec.user, sec.group) {
+            (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+            (Some(u), None) => Some(u.to_string()),
+            // A group alone: the image's user with that group.
+            (None, Some(g)) => Some(format!("{}:{g}", self.image_user(&config.image).await?)),
+            (None, None) => None,
+        };
+        let mut security_opt = Vec::new();
+        if sec.no_new_privileges {
+            security_opt.push("no-new-privileges:true".to_owned());
+        }
+        match &sec.seccomp {
+            Some(Seccomp::Unconfined) => security_opt.push("seccomp=unconfined".into()),
+            Some(Seccomp::Localhost(profile)) => security_opt.push(format!("seccomp={profile}")),
+            // Docker's default profile is the runtime default.
+            Some(Seccomp::RuntimeDefault) | None => {}
+        }
+        let caps = |list: &[String]| -> Option<Vec<String>> {
+            (!list.is_empty()).then(|| {
+                list.iter()
+                    .map(|c| {
+                        if c == "ALL" {
+                            c.clone()
+                        } else {
+                            format!("CAP_{c}")
+                        }
+                    })
+                    .collect()
+            })
+        };
         let body = ContainerCreateBody {
             image: Some(config.image.clone()),
             entrypoint,
@@ -545,8 +595,24 @@ impl Runtime for DockerRuntime {
             env: Some(config.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: config.working_dir.clone(),
             labels: Some(labels),
+            user,
             host_config: Some(HostConfig {
                 network_mode: Some(format!("container:{}", sandbox.id)),
+                ipc_mode: Some(format!("container:{}", sandbox.id)),
+                pid_mode: config
+                    .share_process_namespace
+                    .then(|| format!("container:{}", sandbox.id)),
+                group_add: (!sec.supplemental_groups.is_empty()).then(|| {
+                    sec.supplemental_groups
+                        .iter()
+                        .map(|g| g.to_string())
+                        .collect()
+                }),
+                readonly_rootfs: sec.read_only_root.then_some(true),
+                privileged: sec.privileged.then_some(true),
+                cap_add: caps(&sec.cap_add),
+                cap_drop: caps(&sec.cap_drop),
+                security_opt: (!security_opt.is_empty()).then_some(security_opt),
                 binds: Some(
                     config
                         .mounts

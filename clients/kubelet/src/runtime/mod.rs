@@ -55,6 +55,53 @@ pub struct SandboxConfig {
     pub ip: Option<String>,
     /// Use the node's network.
     pub host_network: bool,
+    /// Namespaced kernel parameters of the pod (safe or allowed ones).
+    pub sysctls: Vec<(String, String)>,
+    /// Containers share one PID namespace.
+    pub share_process_namespace: bool,
+}
+
+/// How a container's process is confined: its identity, capabilities,
+/// filesystem and system call filter, from the pod's and the container's
+/// security contexts (the container's settings win).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSecurity {
+    /// UID it runs as (`None`: the image's, or the kubelet's for processes).
+    pub user: Option<i64>,
+    /// GID it runs as.
+    pub group: Option<i64>,
+    /// Supplemental groups (fsGroup included).
+    pub supplemental_groups: Vec<i64>,
+    /// The root filesystem is read-only.
+    pub read_only_root: bool,
+    /// Every capability and the host's devices.
+    pub privileged: bool,
+    /// `no_new_privs`: no setuid or file capabilities gain privileges.
+    pub no_new_privileges: bool,
+    /// Capabilities added, upper case without `CAP_` (`ALL` for all).
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped, upper case without `CAP_` (`ALL` for all).
+    pub cap_drop: Vec<String>,
+    /// The seccomp profile asked for (`None`: the runtime's choice).
+    pub seccomp: Option<Seccomp>,
+}
+
+/// A seccomp profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seccomp {
+    /// The runtime's default filter.
+    RuntimeDefault,
+    /// No filter.
+    Unconfined,
+    /// A profile file of the node's seccomp directory (its JSON text).
+    Localhost(String),
+}
+
+impl ContainerSecurity {
+    /// Whether it asks for anything beyond the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A running sandbox.
@@ -97,6 +144,12 @@ pub struct ContainerConfig {
     pub log_path: PathBuf,
     /// Directories of the node mounted into the container.
     pub mounts: Vec<Mount>,
+    /// The pod's host name (its own UTS namespace where the runtime can).
+    pub hostname: String,
+    /// How the process is confined.
+    pub security: ContainerSecurity,
+    /// Join the sandbox's PID namespace (the pod shares its processes).
+    pub share_process_namespace: bool,
 }
 
 /// A directory of the node given to a container.
@@ -113,8 +166,19 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// A file the kubelet manages for the pod (`/etc/hosts`, `/etc/resolv.conf`,
+    /// the termination log), not a volume.
+    pub fn file(host_path: PathBuf, container_path: &str) -> Self {
+        Self {
+            volume: String::new(),
+            host_path,
+            container_path: container_path.to_owned(),
+            read_only: false,
+        }
+    }
+
     /// The environment variable the process runtime names this mount's
-    /// directory in (`SKIFF_VOLUME_<NAME>`), as it cannot mount it yet.
+    /// directory in (`SKIFF_VOLUME_<NAME>`) when it cannot mount it.
     pub fn env_name(&self) -> String {
         let name: String = self
             .volume
@@ -216,6 +280,30 @@ pub trait Runtime: Send + Sync + 'static {
     /// Whether containers really run (false for the simulated runtime).
     fn runs_processes(&self) -> bool {
         true
+    }
+
+    /// Whether containers come from images on this node (Docker), so that
+    /// image events mean something.
+    fn has_images(&self) -> bool {
+        false
+    }
+
+    /// Why this runtime cannot confine a container as `security` and the
+    /// pod's `sysctls` ask, if it cannot (the container is then not
+    /// started: nothing is ignored silently).
+    fn refuses(
+        &self,
+        security: &ContainerSecurity,
+        sysctls: &[(String, String)],
+    ) -> Option<String> {
+        let _ = (security, sysctls);
+        None
+    }
+
+    /// The user `image` runs as when the pod names none ("" or "0": root).
+    async fn image_user(&self, image: &str) -> Result<String, RuntimeError> {
+        let _ = image;
+        Ok(String::new())
     }
 
     /// Whether the runtime picks pod IPs itself (else the kubelet does, from the pod CIDR).

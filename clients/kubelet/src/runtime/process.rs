@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    ContainerConfig, ContainerRecord, ContainerState, ExecOutput, ExecStream, Mount, Runtime,
-    RuntimeError, Sandbox, SandboxConfig,
+    ContainerConfig, ContainerRecord, ContainerSecurity, ContainerState, ExecOutput, ExecStream,
+    Runtime, RuntimeError, Sandbox, SandboxConfig, Seccomp,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +47,9 @@ struct Record {
     /// Runs in its own mount namespace (exec enters it).
     #[serde(default)]
     mount_namespace: bool,
+    /// The `setpriv` prefix that gives it its identity (exec uses it too).
+    #[serde(default)]
+    setpriv: Vec<String>,
     /// Mount points created on the host for it, removed with it if still
     /// empty and no other container is mounted there.
     #[serde(default)]
@@ -82,43 +85,129 @@ fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// Runs `argv` in its own mount namespace with each mount bind-mounted at
-/// its `mountPath`, when the kubelet runs as root (as Kubernetes' node agent
-/// does): util-linux's `unshare --mount --propagation private`, then `mount
-/// --bind` (and a read-only remount) from `sh`, then `exec` of the
-/// container's command, all in one process. Without root the directories
-/// are only named in `SKIFF_VOLUME_<NAME>`. A missing mount point is created
-/// on the host, empty, as Docker does for bind mounts.
-fn in_mount_namespace(
-    argv: Vec<String>,
-    mounts: &[Mount],
-    created: &mut Vec<PathBuf>,
-) -> Result<Vec<String>, RuntimeError> {
-    if mounts.is_empty() || !nix::unistd::Uid::effective().is_root() {
-        return Ok(argv);
+/// The `setpriv` arguments (util-linux) that give a process `security`'s
+/// identity, capabilities and `no_new_privs`; empty when it asks for none.
+fn setpriv_args(security: &ContainerSecurity) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |a: &str| out.push(a.to_owned());
+    if let Some(u) = security.user {
+        push("--reuid");
+        push(&u.to_string());
     }
-    const SCRIPT: &str = "n=$1; shift; i=0; \
+    if let Some(g) = security.group {
+        push("--regid");
+        push(&g.to_string());
+    }
+    if security.user.is_some() || security.group.is_some() {
+        if security.supplemental_groups.is_empty() {
+            push("--clear-groups");
+        } else {
+            let groups: Vec<String> = security
+                .supplemental_groups
+                .iter()
+                .map(|g| g.to_string())
+                .collect();
+            push("--groups");
+            push(&groups.join(","));
+        }
+    }
+    if !security.privileged && (!security.cap_drop.is_empty() || !security.cap_add.is_empty()) {
+        let cap = |c: &str| c.to_ascii_lowercase();
+        let mut list: Vec<String> = Vec::new();
+        if security.cap_drop.iter().any(|c| c == "ALL") {
+            list.push("-all".into());
+        } else {
+            list.extend(security.cap_drop.iter().map(|c| format!("-{}", cap(c))));
+        }
+        if security.cap_add.iter().any(|c| c == "ALL") {
+            list.push("+all".into());
+        } else {
+            list.extend(security.cap_add.iter().map(|c| format!("+{}", cap(c))));
+        }
+        push("--bounding-set");
+        push(&list.join(","));
+        push("--inh-caps");
+        push(&list.join(","));
+        // A non-root user keeps added capabilities across exec only as ambient ones.
+        if security.user.is_some_and(|u| u != 0) && !security.cap_add.is_empty() {
+            let ambient: Vec<String> = security
+                .cap_add
+                .iter()
+                .map(|c| format!("+{}", cap(c)))
+                .collect();
+            push("--ambient-caps");
+            push(&ambient.join(","));
+        }
+    }
+    if security.no_new_privileges {
+        push("--no-new-privs");
+    }
+    if out.is_empty() {
+        return out;
+    }
+    let mut all = vec!["setpriv".to_owned()];
+    all.extend(out);
+    all.push("--".to_owned());
+    all
+}
+
+/// Runs `argv` confined as the kubelet (running as root, as Kubernetes'
+/// node agent does) can: in its own mount and UTS namespaces (util-linux
+/// `unshare`), with the pod's host name, each mount bind-mounted at its
+/// `mountPath` (read-only where asked), the root filesystem remounted
+/// read-only if asked, then through `setpriv` for its user, groups,
+/// capabilities and `no_new_privs`, all in one process that finally
+/// `exec`s the container's command. Without root the directories are only
+/// named in `SKIFF_VOLUME_<NAME>`. A missing mount point is created on the
+/// host, empty, as Docker does for bind mounts. Returns the command line
+/// and the `setpriv` prefix (exec uses it too).
+fn confine(
+    argv: Vec<String>,
+    config: &ContainerConfig,
+    created: &mut Vec<PathBuf>,
+) -> Result<(Vec<String>, Vec<String>), RuntimeError> {
+    let setpriv = setpriv_args(&config.security);
+    if !nix::unistd::Uid::effective().is_root() {
+        let mut out = setpriv.clone();
+        out.extend(argv);
+        return Ok((out, setpriv));
+    }
+    const SCRIPT: &str = "h=$1; ro=$2; n=$3; shift 3; \
+        if [ -n \"$h\" ]; then hostname \"$h\" || exit 126; fi; \
+        i=0; \
         while [ \"$i\" -lt \"$n\" ]; do \
           mount --bind \"$1\" \"$2\" || exit 126; \
           if [ \"$3\" = ro ]; then mount -o remount,bind,ro \"$2\" || exit 126; fi; \
           shift 3; i=$((i+1)); \
-        done; exec \"$@\"";
+        done; \
+        if [ \"$ro\" = ro ]; then mount -o remount,bind,ro / || exit 126; fi; \
+        exec \"$@\"";
     let mut out: Vec<String> = [
         "unshare",
         "--mount",
+        "--uts",
         "--propagation",
         "private",
         "--",
         "sh",
         "-c",
         SCRIPT,
-        "skiff-mounts",
+        "skiff-container",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    out.push(mounts.len().to_string());
-    for m in mounts {
+    out.push(config.hostname.chars().take(63).collect());
+    out.push(
+        if config.security.read_only_root {
+            "ro"
+        } else {
+            "rw"
+        }
+        .to_owned(),
+    );
+    out.push(config.mounts.len().to_string());
+    for m in &config.mounts {
         let target = PathBuf::from(&m.container_path);
         if !target.is_absolute() || target == Path::new("/") {
             return Err(RuntimeError::CannotStart(format!(
@@ -156,8 +245,31 @@ fn in_mount_namespace(
         out.push(m.container_path.clone());
         out.push(if m.read_only { "ro" } else { "rw" }.to_owned());
     }
+    out.extend(setpriv.iter().cloned());
     out.extend(argv);
-    Ok(out)
+    Ok((out, setpriv))
+}
+
+/// Whether `program` can be found as the container will see it: a path
+/// (inside one of its mounts, seen through the node directory behind it)
+/// or a name on the node's PATH.
+fn program_exists(program: &str, config: &ContainerConfig) -> bool {
+    if program.contains('/') && !program.starts_with('/') {
+        // Relative to the working directory: found, or not, when it runs.
+        return true;
+    }
+    if program.contains('/') {
+        let path = Path::new(program);
+        let behind_mount = config.mounts.iter().find_map(|m| {
+            path.strip_prefix(&m.container_path)
+                .ok()
+                .map(|rest| m.host_path.join(rest))
+        });
+        return behind_mount.unwrap_or_else(|| path.to_path_buf()).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
 }
 
 /// Removes `dir` and the empty directories below it, bottom up; stops at
@@ -243,6 +355,64 @@ impl Runtime for ProcessRuntime {
         format!("process://{}", env!("CARGO_PKG_VERSION"))
     }
 
+    fn refuses(
+        &self,
+        security: &ContainerSecurity,
+        sysctls: &[(String, String)],
+    ) -> Option<String> {
+        if let Some(p @ (Seccomp::RuntimeDefault | Seccomp::Localhost(_))) = &security.seccomp {
+            let name = match p {
+                Seccomp::RuntimeDefault => "RuntimeDefault",
+                _ => "Localhost",
+            };
+            return Some(format!(
+                "the process runtime cannot apply the seccomp profile {name} (no seccomp filter \
+                 is installed for processes); use the Docker runtime, or seccompProfile type \
+                 Unconfined"
+            ));
+        }
+        if let Some((name, _)) = sysctls.first() {
+            return Some(format!(
+                "the process runtime cannot set sysctl {name:?}: its pods share the node's \
+                 network and IPC namespaces; use the Docker runtime"
+            ));
+        }
+        if nix::unistd::Uid::effective().is_root() {
+            return None;
+        }
+        let me = i64::from(nix::unistd::Uid::effective().as_raw());
+        let my_group = i64::from(nix::unistd::Gid::effective().as_raw());
+        if security.user.is_some_and(|u| u != me)
+            || security.group.is_some_and(|g| g != my_group)
+            || !security.supplemental_groups.is_empty()
+        {
+            return Some(format!(
+                "the process runtime runs as uid {me}, not root, and cannot switch to the \
+                 user or groups the security context asks for; run the kubelet as root"
+            ));
+        }
+        if security.read_only_root {
+            return Some(
+                "the process runtime is not root and cannot make the root filesystem read-only \
+                 for one container; run the kubelet as root"
+                    .into(),
+            );
+        }
+        if !security.cap_add.is_empty() || security.privileged {
+            return Some(
+                "the process runtime is not root and cannot grant capabilities; run the kubelet \
+                 as root"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    async fn image_user(&self, _image: &str) -> Result<String, RuntimeError> {
+        // Processes run as the kubelet unless the pod names a user.
+        Ok(nix::unistd::Uid::effective().as_raw().to_string())
+    }
+
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<Sandbox, RuntimeError> {
         let ip = match (&config.ip, config.host_network) {
             (_, true) => "127.0.0.1".to_owned(),
@@ -296,10 +466,14 @@ impl Runtime for ProcessRuntime {
                     .into(),
             ));
         }
-        let direct = argv.len();
+        if let Some(missing) = argv.first().filter(|p| !program_exists(p, config)) {
+            return Err(RuntimeError::CannotStart(format!(
+                "exec: {missing:?}: executable file not found (in $PATH or the container's mounts)"
+            )));
+        }
         let mut created_mount_points = Vec::new();
-        let argv = in_mount_namespace(argv, &config.mounts, &mut created_mount_points)?;
-        let mount_namespace = argv.len() != direct;
+        let (argv, setpriv) = confine(argv, config, &mut created_mount_points)?;
+        let mount_namespace = argv.first().is_some_and(|p| p == "unshare");
         let Some(program) = argv.first() else {
             return Err(RuntimeError::CannotStart(
                 "the process runtime runs the container's `command` (and `args`); none is set"
@@ -330,11 +504,12 @@ impl Runtime for ProcessRuntime {
             )
             .env("HOME", &working_dir)
             .envs(config.env.iter().cloned())
-            // No mount namespace yet: each volume's directory by name.
+            // Each volume's directory by name too (all a kubelet without root can give).
             .envs(
                 config
                     .mounts
                     .iter()
+                    .filter(|m| !m.volume.is_empty())
                     .map(|m| (m.env_name(), m.host_path.display().to_string())),
             )
             .current_dir(&working_dir)
@@ -371,6 +546,7 @@ impl Runtime for ProcessRuntime {
             working_dir,
             exit: None,
             mount_namespace,
+            setpriv,
             created_mount_points,
             mount_points: if mount_namespace {
                 config
@@ -553,16 +729,24 @@ impl Runtime for ProcessRuntime {
             let r = records
                 .get(id)
                 .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
-            // A container with mounts: enter its mount namespace first.
-            let entered: Vec<String> = if r.mount_namespace {
-                ["nsenter", "--target", &r.pid.to_string(), "--mount", "--"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .chain(command.iter().cloned())
-                    .collect()
+            // Enter its mount and UTS namespaces first, then take its identity.
+            let mut entered: Vec<String> = if r.mount_namespace {
+                [
+                    "nsenter",
+                    "--target",
+                    &r.pid.to_string(),
+                    "--mount",
+                    "--uts",
+                    "--",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
             } else {
-                command.to_vec()
+                Vec::new()
             };
+            entered.extend(r.setpriv.iter().cloned());
+            entered.extend(command.iter().cloned());
             (r.env.clone(), r.working_dir.clone(), entered)
         };
         let command = entered.as_slice();
@@ -650,6 +834,9 @@ mod tests {
             memory_limit: None,
             log_path: dir.join(format!("{name}.log")),
             mounts: Vec::new(),
+            hostname: "p".into(),
+            security: ContainerSecurity::default(),
+            share_process_namespace: false,
         }
     }
 
@@ -661,6 +848,8 @@ mod tests {
             hostname: "p".into(),
             ip: Some("127.128.0.2".into()),
             host_network: false,
+            sysctls: vec![],
+            share_process_namespace: false,
         })
         .await
         .unwrap()

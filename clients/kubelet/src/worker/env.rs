@@ -1,15 +1,61 @@
 //! A container's environment: the downward-API variables every container
 //! gets, then `envFrom` (every key of a ConfigMap or Secret, with its
-//! prefix), then its own `env`, with `fieldRef`, `secretKeyRef` and
-//! `configMapKeyRef` resolved. A missing reference that is not optional is
+//! prefix), then its own `env`, with `fieldRef`, `resourceFieldRef`,
+//! `secretKeyRef` and `configMapKeyRef` resolved. A missing reference that is not optional is
 //! an error with Kubernetes' message (the container waits in
 //! CreateContainerConfigError). Reads the pod, its ConfigMaps and Secrets;
 //! must not change anything.
 
 use skiff::Resource;
-use skiff::api::core::v1::{Container, Pod};
+use skiff::api::core::v1::{Container, Pod, ResourceFieldSelector};
+use skiff::quantity::Quantity;
 
 use super::Worker;
+use crate::Shared;
+
+/// A container's resource request or limit as the downward API gives it:
+/// the quantity divided by the divisor, rounded up; a limit the container
+/// does not set is the node's capacity, as in Kubernetes.
+pub(super) fn resource_value(
+    shared: &Shared,
+    pod: &Pod,
+    container: &str,
+    r: &ResourceFieldSelector,
+) -> Result<String, String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let c = spec
+        .containers
+        .iter()
+        .chain(&spec.init_containers)
+        .find(|c| c.name == container)
+        .ok_or_else(|| format!("resourceFieldRef: no container {container:?} in the pod"))?;
+    let (kind, name) = r
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported resource {:?}", r.resource))?;
+    let resources = c.resources.clone().unwrap_or_default();
+    let set = match kind {
+        "limits" => resources.limits.get(name).cloned(),
+        "requests" => resources.requests.get(name).cloned(),
+        _ => None,
+    };
+    let value = match (set, kind) {
+        (Some(v), _) => v,
+        (None, "limits") => crate::node::capacity(&shared.config)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| "0".into()),
+        (None, _) => "0".into(),
+    };
+    let q = Quantity::parse(&value).map_err(|e| format!("{}: {e}", r.resource))?;
+    let divisor = if r.divisor.is_empty() {
+        Quantity::from_units(1)
+    } else {
+        Quantity::parse(&r.divisor).map_err(|e| format!("divisor {:?}: {e}", r.divisor))?
+    };
+    let d = divisor.milli().max(1);
+    Ok(((q.milli() + d - 1) / d).to_string())
+}
 
 impl Worker {
     /// The environment of a container: the downward-API variables, then its own.
@@ -97,6 +143,13 @@ impl Worker {
                                 other => return Err(format!("unsupported fieldRef {other:?}")),
                             }
                         }
+                    } else if let Some(r) = &from.resource_field_ref {
+                        let container = if r.container_name.is_empty() {
+                            &c.name
+                        } else {
+                            &r.container_name
+                        };
+                        resource_value(&self.shared, pod, container, r)?
                     } else if let Some(s) = &from.secret_key_ref {
                         match self
                             .client()

@@ -6,9 +6,14 @@
 //! container (SIGTERM, then SIGKILL after the grace period), removes the
 //! sandbox and deletes the pod object.
 //!
+//! Lifecycle hooks run after a start (`postStart`) and before a stop
+//! (`preStop`, within the grace period); a container's termination message
+//! is read from its termination log (or its log's tail) when it ends.
+//!
 //! The decisions live beside it as pure functions and reads: [`restart`]
 //! (restart policy and back-off), `status` (what to report), `env` (a
-//! container's environment). This module owns the container lifecycle of
+//! container's environment), `security` (its confinement), `dns` (its
+//! resolv.conf and hosts file), `hooks`, `volumes`. This module owns the container lifecycle of
 //! one pod; it must not touch other pods' containers (the kubelet's sync
 //! loop owns which workers exist).
 
@@ -27,8 +32,11 @@ use skiff::quantity::Quantity;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+pub mod dns;
 mod env;
+mod hooks;
 pub mod restart;
+pub mod security;
 mod status;
 mod volumes;
 
@@ -38,7 +46,8 @@ pub use status::qos_class;
 use crate::Shared;
 use crate::probe::{self, Probers, Target};
 use crate::runtime::{
-    ContainerConfig, ContainerRecord, ContainerState, Runtime, RuntimeError, Sandbox, SandboxConfig,
+    ContainerConfig, ContainerRecord, ContainerState, Mount, Runtime, RuntimeError, Sandbox,
+    SandboxConfig,
 };
 use skiff::runtime::events::{NORMAL, WARNING};
 
@@ -50,7 +59,16 @@ struct Ended {
     reason: String,
     started_at: SystemTime,
     finished_at: SystemTime,
+    /// Its termination message.
+    message: String,
 }
+
+/// Longest termination message kept (Kubernetes: 4 KiB).
+const MAX_TERMINATION_MESSAGE: usize = 4096;
+/// With FallbackToLogsOnError: at most this many lines of the log's tail…
+const FALLBACK_LINES: usize = 80;
+/// …and at most this many bytes.
+const FALLBACK_BYTES: usize = 2048;
 
 /// What the worker knows of one container.
 struct Slot {
@@ -111,8 +129,14 @@ pub struct Worker {
     start_time: Option<SystemTime>,
     changed: Arc<Notify>,
     reported: Option<PodStatus>,
-    /// When ConfigMap and Secret volumes were last rewritten.
+    /// When ConfigMap, Secret, projected and downwardAPI volumes were last
+    /// rewritten (and emptyDir usage last measured).
     volumes_refreshed: Option<Instant>,
+    /// Service-account tokens of projected volumes.
+    tokens: std::sync::Mutex<HashMap<String, volumes::CachedToken>>,
+    /// Why the pod is failed without running (reason, message): a
+    /// forbidden sysctl, an eviction.
+    rejected: Option<(String, String)>,
 }
 
 /// How often ConfigMap and Secret volumes are rewritten with current keys
@@ -132,6 +156,8 @@ impl Worker {
             changed: Arc::new(Notify::new()),
             reported: None,
             volumes_refreshed: None,
+            tokens: std::sync::Mutex::new(HashMap::new()),
+            rejected: None,
         }
     }
 
@@ -192,6 +218,7 @@ impl Worker {
                             reason,
                             started_at,
                             finished_at,
+                            message: String::new(),
                         });
                     }
                     Err(_) => {}
@@ -290,6 +317,16 @@ impl Worker {
                 .unwrap_or_else(|| pod.name().to_owned()),
             ip,
             host_network,
+            sysctls: spec
+                .and_then(|s| s.security_context.as_ref())
+                .map(|c| {
+                    c.sysctls
+                        .iter()
+                        .map(|s| (s.name.replace('/', "."), s.value.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            share_process_namespace: spec.is_some_and(|s| s.share_process_namespace == Some(true)),
         };
         match self.runtime().run_sandbox(&config).await {
             Ok(sb) => {
@@ -307,6 +344,25 @@ impl Worker {
 
     async fn sync(&mut self, pod: &Pod) {
         self.start_time.get_or_insert_with(SystemTime::now);
+        if self.rejected.is_some() {
+            return;
+        }
+        if let Some(name) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| security::forbidden_sysctl(s, &self.shared.config.allowed_unsafe_sysctls))
+        {
+            let message = format!("Pod forbidden sysctl: \"{name}\" not allowlisted");
+            emit(
+                &self.shared,
+                pod,
+                WARNING,
+                "SysctlForbidden",
+                message.clone(),
+            );
+            self.rejected = Some(("SysctlForbidden".into(), message));
+            return;
+        }
         if !self.ensure_sandbox(pod).await {
             return;
         }
@@ -316,6 +372,18 @@ impl Worker {
         {
             self.volumes_refreshed = Some(Instant::now());
             self.refresh_config_volumes(pod).await;
+            if let Some(message) = self.empty_dir_over_limit(pod) {
+                emit(&self.shared, pod, WARNING, "Evicted", message.clone());
+                self.rejected = Some(("Evicted".into(), message));
+                let runtime = self.runtime().clone();
+                for slot in self.slots.values_mut() {
+                    slot.probers = None;
+                    if let Some((id, ..)) = slot.current.take() {
+                        let _ = runtime.stop_container(&id, Duration::ZERO).await;
+                    }
+                }
+                return;
+            }
         }
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = match spec.restart_policy.as_str() {
@@ -358,7 +426,7 @@ impl Worker {
         );
         let runtime = self.runtime().clone();
         let slot = self.slots.get_mut(&c.name).expect("slot exists");
-        if let Some((id, _, _, running_hash)) = slot.current.clone() {
+        if let Some((id, attempt, _, running_hash)) = slot.current.clone() {
             let state = runtime.container_state(&id).await;
             match state {
                 Ok(ContainerState::Running { .. }) => {
@@ -388,7 +456,7 @@ impl Worker {
                             format!("Container {} definition changed, will be restarted", c.name)
                         };
                         emit(&self.shared, pod, NORMAL, "Killing", message);
-                        let _ = runtime.stop_container(&id, kill_grace).await;
+                        self.stop_gracefully(pod, c, &id, kill_grace).await;
                         self.changed.notify_one();
                         return;
                     }
@@ -400,6 +468,10 @@ impl Worker {
                     started_at,
                     finished_at,
                 }) => {
+                    let message = self
+                        .termination_message(pod, c, &id, attempt, exit_code)
+                        .await;
+                    let slot = self.slots.get_mut(&c.name).expect("slot exists");
                     slot.probers = None;
                     slot.current = None;
                     if let Some(old) = slot.last.take() {
@@ -412,6 +484,7 @@ impl Worker {
                         reason,
                         started_at,
                         finished_at,
+                        message,
                     });
                     if std::mem::take(&mut slot.replace) {
                         // Not a failure: the new spec starts now.
@@ -492,7 +565,45 @@ impl Worker {
                 return;
             }
         };
-        let mounts = match self.mounts(pod, c).await {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let security = match security::container_security(&spec, c, &self.shared.config.seccomp_dir)
+        {
+            Ok(s) => s,
+            Err(message) => return self.config_error(pod, c, message),
+        };
+        let sysctls: Vec<(String, String)> = spec
+            .security_context
+            .as_ref()
+            .map(|s| {
+                s.sysctls
+                    .iter()
+                    .map(|x| (x.name.clone(), x.value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(why) = self.runtime().refuses(&security, &sysctls) {
+            return self.config_error(pod, c, why);
+        }
+        match self.runtime().image_user(&c.image).await {
+            Ok(user) => {
+                let who = format!(
+                    "pod: \"{}_{}({})\", container: {}",
+                    pod.name(),
+                    pod.namespace(),
+                    self.uid,
+                    c.name
+                );
+                if let Err(message) =
+                    security::verify_non_root(&spec, c, security.user, &user, &who)
+                {
+                    return self.config_error(pod, c, message);
+                }
+            }
+            // Starting it reports the missing image.
+            Err(RuntimeError::ImageNotPresent { .. }) => {}
+            Err(e) => return self.config_error(pod, c, e.to_string()),
+        }
+        let mut mounts = match self.mounts(pod, c, &env).await {
             Ok(m) => m,
             Err(message) => {
                 let slot = self.slots.get_mut(&c.name).expect("slot");
@@ -513,6 +624,10 @@ impl Worker {
                 return;
             }
         };
+        match self.pod_files(pod, c, attempt).await {
+            Ok(files) => mounts.extend(files),
+            Err(message) => return self.config_error(pod, c, message),
+        }
         let limits = c
             .resources
             .as_ref()
@@ -539,12 +654,39 @@ impl Worker {
                 .map(|q| q.value() as i64),
             log_path: self.shared.log_path(pod, &c.name, attempt),
             mounts,
+            hostname: if spec.host_network {
+                String::new()
+            } else if spec.hostname.is_empty() {
+                pod.name().to_owned()
+            } else {
+                spec.hostname.clone()
+            },
+            security,
+            share_process_namespace: spec.share_process_namespace == Some(true),
         };
         let sandbox = self.sandbox.clone().expect("sandbox exists");
         let result = self.runtime().start_container(&sandbox, &config).await;
-        let slot = self.slots.get_mut(&c.name).expect("slot");
+        let policy = c.image_pull_policy.as_str();
         match result {
             Ok(id) => {
+                if self.runtime().has_images() {
+                    let note = if policy == "Always" {
+                        "; pull policy Always acts as IfNotPresent here: this node never pulls \
+                         images"
+                    } else {
+                        ""
+                    };
+                    emit(
+                        &self.shared,
+                        pod,
+                        NORMAL,
+                        "Pulled",
+                        format!(
+                            "Container image {:?} already present on machine{note}",
+                            c.image
+                        ),
+                    );
+                }
                 emit(
                     &self.shared,
                     pod,
@@ -552,6 +694,21 @@ impl Worker {
                     "Started",
                     format!("Started container {}", c.name),
                 );
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+                    let target = self.target(c, &id);
+                    if let Err(e) = hooks::run(&hook, &target, grace).await {
+                        emit(
+                            &self.shared,
+                            pod,
+                            WARNING,
+                            "FailedPostStartHook",
+                            format!("PostStartHook failed: {e}"),
+                        );
+                        // Kubernetes kills the container; its restart policy decides.
+                        let _ = self.runtime().stop_container(&id, grace).await;
+                    }
+                }
+                let slot = self.slots.get_mut(&c.name).expect("slot");
                 slot.current = Some((id.clone(), attempt, SystemTime::now(), hash));
                 slot.waiting = None;
                 slot.not_before = None;
@@ -573,28 +730,38 @@ impl Worker {
                 self.changed.notify_one();
             }
             Err(RuntimeError::ImageNotPresent { image }) => {
-                if slot
-                    .waiting
-                    .as_ref()
-                    .is_none_or(|(r, _)| r != "ErrImageNeverPull")
-                {
-                    emit(
-                        &self.shared,
-                        pod,
-                        WARNING,
+                let (reason, message) = if policy == "Never" {
+                    (
                         "ErrImageNeverPull",
                         format!(
                             "Container image {image:?} is not present with pull policy of Never"
                         ),
-                    );
+                    )
+                } else {
+                    (
+                        "ErrImagePull",
+                        format!(
+                            "Container image {image:?} is not present on this node, and this node \
+                             never pulls images (no registry): build or load it here"
+                        ),
+                    )
+                };
+                let slot = self.slots.get_mut(&c.name).expect("slot");
+                if slot.waiting.as_ref().is_none_or(|(r, _)| r != reason) {
+                    emit(&self.shared, pod, WARNING, reason, message.clone());
                 }
-                slot.waiting = Some((
-                    "ErrImageNeverPull".into(),
-                    format!("Container image {image:?} is not present with pull policy of Never"),
-                ));
+                slot.waiting = Some((reason.into(), message));
+                // Look again now and then: the image may be built meanwhile.
+                slot.not_before = Some(Instant::now() + Duration::from_secs(5));
+                let changed = self.changed.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    changed.notify_one();
+                });
             }
             Err(e) => {
                 emit(&self.shared, pod, WARNING, "Failed", format!("Error: {e}"));
+                let slot = self.slots.get_mut(&c.name).expect("slot");
                 slot.waiting = Some(("RunContainerError".into(), e.to_string()));
                 let (delay, next) =
                     crash_loop_delay(slot.backoff, Duration::ZERO, self.shared.config.backoff);
@@ -604,24 +771,280 @@ impl Worker {
         }
     }
 
+    /// Holds a container in CreateContainerConfigError with `message`
+    /// (an event the first time).
+    fn config_error(&mut self, pod: &Pod, c: &Container, message: String) {
+        let slot = self.slots.get_mut(&c.name).expect("slot");
+        let repeated = slot
+            .waiting
+            .as_ref()
+            .is_some_and(|(r, m)| r == "CreateContainerConfigError" && *m == message);
+        slot.waiting = Some(("CreateContainerConfigError".into(), message.clone()));
+        if !repeated {
+            emit(
+                &self.shared,
+                pod,
+                WARNING,
+                "Failed",
+                format!("Error: {message}"),
+            );
+        }
+    }
+
+    /// What probes and hooks of container `c` (instance `id`) reach.
+    fn target(&self, c: &Container, id: &str) -> Target {
+        Target {
+            ip: self
+                .sandbox
+                .as_ref()
+                .map(|s| s.ip.clone())
+                .unwrap_or_default(),
+            ports: c.ports.clone(),
+            runtime: self.shared.runtime.clone(),
+            container_id: id.to_owned(),
+        }
+    }
+
+    /// Stops container `c` (instance `id`): its preStop hook first, then
+    /// SIGTERM, then SIGKILL once `grace` (the hook's time included) is over.
+    async fn stop_gracefully(&self, pod: &Pod, c: &Container, id: &str, grace: Duration) {
+        let started = Instant::now();
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+            && let Err(e) = hooks::run(hook, &self.target(c, id), grace).await
+        {
+            emit(
+                &self.shared,
+                pod,
+                WARNING,
+                "FailedPreStopHook",
+                format!("PreStopHook failed: {e}"),
+            );
+        }
+        // Kubernetes gives a hook that used up the grace period 2 s more.
+        let left = grace
+            .checked_sub(started.elapsed())
+            .unwrap_or_default()
+            .max(Duration::from_secs(2).min(grace));
+        let _ = self.runtime().stop_container(id, left).await;
+    }
+
+    /// The termination message of container `c`'s instance `id`: its
+    /// termination log, or with FallbackToLogsOnError and a failure, the
+    /// tail of its log.
+    async fn termination_message(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        id: &str,
+        attempt: u32,
+        exit_code: i32,
+    ) -> String {
+        let file = self.termination_log(&c.name, attempt);
+        let mut message = std::fs::read(&file)
+            .map(|mut b| {
+                b.truncate(MAX_TERMINATION_MESSAGE);
+                String::from_utf8_lossy(&b).into_owned()
+            })
+            .unwrap_or_default();
+        if message.is_empty()
+            && exit_code != 0
+            && c.termination_message_policy == "FallbackToLogsOnError"
+        {
+            let record = ContainerRecord {
+                id: id.to_owned(),
+                pod_uid: self.uid.clone(),
+                name: c.name.clone(),
+                attempt,
+                log_path: self.shared.log_path(pod, &c.name, attempt),
+            };
+            if let Ok(stream) = self
+                .runtime()
+                .logs(&record, Some(FALLBACK_LINES), false)
+                .await
+            {
+                let chunks: Vec<_> = futures::StreamExt::collect(stream).await;
+                let bytes: Vec<u8> = chunks.into_iter().flatten().flatten().collect();
+                let start = bytes.len().saturating_sub(FALLBACK_BYTES);
+                message =
+                    String::from_utf8_lossy(bytes.get(start..).unwrap_or_default()).into_owned();
+            }
+        }
+        message
+    }
+
+    /// The node file behind container `name`'s termination log, instance `attempt`.
+    fn termination_log(&self, name: &str, attempt: u32) -> std::path::PathBuf {
+        self.pod_volumes_dir()
+            .with_file_name("containers")
+            .join(name)
+            .join(attempt.to_string())
+            .join("termination-log")
+    }
+
+    /// The files the kubelet gives every container: its termination log
+    /// (at terminationMessagePath), and the pod's /etc/hosts and
+    /// /etc/resolv.conf (per DNS policy).
+    async fn pod_files(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        attempt: u32,
+    ) -> Result<Vec<Mount>, String> {
+        use std::os::unix::fs::PermissionsExt;
+        if !self.runtime().runs_processes() {
+            return Ok(Vec::new());
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        let log = self.termination_log(&c.name, attempt);
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        std::fs::write(&log, b"").map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        // Any user the container runs as may write its message.
+        let _ = std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666));
+        let path = if c.termination_message_path.is_empty() {
+            "/dev/termination-log"
+        } else {
+            &c.termination_message_path
+        };
+        out.push(Mount::file(log, path));
+        let dir = self.pod_volumes_dir().with_file_name("etc");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let ip = self
+            .sandbox
+            .as_ref()
+            .map(|s| s.ip.clone())
+            .unwrap_or_default();
+        let domain = self.shared.config.cluster_domain.clone();
+        let hosts = if spec.host_network {
+            let node = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+            format!("{node}{}", dns::host_aliases(&spec))
+        } else {
+            dns::hosts_file(&spec, pod.name(), pod.namespace(), &ip, &domain)
+        };
+        let hosts_path = dir.join("hosts");
+        std::fs::write(&hosts_path, hosts)
+            .map_err(|e| format!("cannot write {}: {e}", hosts_path.display()))?;
+        let _ = std::fs::set_permissions(&hosts_path, std::fs::Permissions::from_mode(0o644));
+        out.push(Mount::file(hosts_path, "/etc/hosts"));
+        let cluster_dns = self.cluster_dns().await;
+        if dns::effective(&spec, &cluster_dns) == dns::Effective::NodeFallback {
+            emit(
+                &self.shared,
+                pod,
+                WARNING,
+                "MissingClusterDNS",
+                format!(
+                    "pod: {:?}. kubelet does not have ClusterDNS IP configured and cannot create \
+                     Pod using \"ClusterFirst\" policy. Falling back to \"Default\" policy.",
+                    format!("{}_{}({})", pod.name(), pod.namespace(), self.uid)
+                ),
+            );
+        }
+        let node = dns::ResolvConf::parse(
+            &std::fs::read_to_string(&self.shared.config.resolv_conf).unwrap_or_default(),
+        );
+        let resolv = dns::resolv_conf(&spec, pod.namespace(), &cluster_dns, &domain, &node);
+        let resolv_path = dir.join("resolv.conf");
+        std::fs::write(&resolv_path, resolv.render())
+            .map_err(|e| format!("cannot write {}: {e}", resolv_path.display()))?;
+        let _ = std::fs::set_permissions(&resolv_path, std::fs::Permissions::from_mode(0o644));
+        out.push(Mount::file(resolv_path, "/etc/resolv.conf"));
+        Ok(out)
+    }
+
+    /// The cluster DNS name servers: the kubelet's flag, else the cluster IP
+    /// of kube-system/kube-dns (read again after 30 s); empty when unknown.
+    async fn cluster_dns(&self) -> Vec<String> {
+        if !self.shared.config.cluster_dns.is_empty() {
+            return self.shared.config.cluster_dns.clone();
+        }
+        if let Some((at, ips)) = self.shared.cluster_dns.lock().expect("dns cache").clone()
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            return ips;
+        }
+        let ips: Vec<String> = match self
+            .client()
+            .services("kube-system")
+            .get_opt("kube-dns")
+            .await
+        {
+            Ok(Some(svc)) => svc
+                .spec
+                .map(|s| s.cluster_ip)
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+                .into_iter()
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the cluster DNS service");
+                return Vec::new();
+            }
+        };
+        *self.shared.cluster_dns.lock().expect("dns cache") =
+            Some((std::time::Instant::now(), ips.clone()));
+        ips
+    }
+
+    /// The first emptyDir of the pod using more than its sizeLimit, as
+    /// Kubernetes' eviction message says it.
+    fn empty_dir_over_limit(&self, pod: &Pod) -> Option<String> {
+        let volumes = pod
+            .spec
+            .as_ref()
+            .map(|s| s.volumes.as_slice())
+            .unwrap_or(&[]);
+        volumes.iter().find_map(|v| {
+            let e = v.empty_dir.as_ref()?;
+            let limit = Quantity::parse(&e.size_limit).ok()?.value();
+            let used = i128::from(volumes::usage(&self.pod_volumes_dir().join(&v.name)));
+            (used > limit).then(|| {
+                format!(
+                    "Usage of EmptyDir volume {:?} exceeds the limit {:?}.",
+                    v.name, e.size_limit
+                )
+            })
+        })
+    }
+
     /// Stops everything of the pod (SIGTERM, SIGKILL after `grace`), removes its sandbox.
     async fn terminate(&mut self, pod: Option<&Pod>, grace: Duration) {
         let runtime = self.runtime().clone();
-        let mut stops = Vec::new();
-        for slot in self.slots.values_mut() {
+        let mut running = Vec::new();
+        for (name, slot) in self.slots.iter_mut() {
             slot.probers = None;
             if let Some((id, ..)) = slot.current.take() {
-                let rt = runtime.clone();
-                stops.push(async move {
-                    let _ = rt.stop_container(&id, grace).await;
-                    let _ = rt.remove_container(&id).await;
-                });
+                running.push((name.clone(), id));
             }
             if let Some(last) = slot.last.take() {
                 let _ = runtime.remove_container(&last.id).await;
             }
         }
-        futures::future::join_all(stops).await;
+        // Every container at once, each after its preStop hook.
+        let spec = pod.and_then(|p| p.spec.clone()).unwrap_or_default();
+        let this = &*self;
+        futures::future::join_all(running.iter().map(|(name, id)| {
+            let runtime = runtime.clone();
+            let c = spec
+                .containers
+                .iter()
+                .chain(&spec.init_containers)
+                .find(|c| c.name == *name);
+            async move {
+                match (pod, c) {
+                    (Some(pod), Some(c)) => this.stop_gracefully(pod, c, id, grace).await,
+                    _ => {
+                        let _ = runtime.stop_container(id, grace).await;
+                    }
+                }
+                let _ = runtime.remove_container(id).await;
+            }
+        }))
+        .await;
         // Containers a previous kubelet started and this one never adopted.
         if let Ok(records) = runtime.containers().await {
             for r in records.into_iter().filter(|r| r.pod_uid == self.uid) {
@@ -630,7 +1053,8 @@ impl Worker {
             }
         }
         let _ = runtime.remove_sandbox(&self.uid).await;
-        // The pod's emptyDir volumes go with it.
+        // The pod's emptyDir volumes go with it (memory-backed ones unmounted first).
+        volumes::unmount_tmpfs_under(&self.pod_volumes_dir());
         if let Some(pod_dir) = self.pod_volumes_dir().parent() {
             let _ = std::fs::remove_dir_all(pod_dir);
         }

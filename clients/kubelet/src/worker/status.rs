@@ -128,7 +128,7 @@ impl Worker {
         let any_running = container_statuses
             .iter()
             .any(|s| s.state.as_ref().is_some_and(|x| x.running.is_some()));
-        let phase = if init_failed {
+        let phase = if self.rejected.is_some() || init_failed {
             "Failed"
         } else if !spec.containers.is_empty() && ended.len() == spec.containers.len() {
             if ended.iter().all(|e| e.exit_code == 0) {
@@ -186,12 +186,19 @@ impl Worker {
         PodStatus {
             phase: phase.into(),
             conditions,
-            message: self
-                .sandbox_error
-                .clone()
-                .map(|e| format!("pod sandbox: {e}"))
+            message: match &self.rejected {
+                Some((_, m)) => m.clone(),
+                None => self
+                    .sandbox_error
+                    .clone()
+                    .map(|e| format!("pod sandbox: {e}"))
+                    .unwrap_or_default(),
+            },
+            reason: self
+                .rejected
+                .as_ref()
+                .map(|(r, _)| r.clone())
                 .unwrap_or_default(),
-            reason: String::new(),
             nominated_node_name: previous.nominated_node_name.clone(),
             host_ip: self.shared.config.node_ip.clone(),
             pod_ip: ip.clone(),
@@ -218,7 +225,7 @@ fn terminated(e: &Ended, runtime: &str) -> ContainerStateTerminated {
             0
         },
         reason: e.reason.clone(),
-        message: String::new(),
+        message: e.message.clone(),
         started_at: ts(e.started_at),
         finished_at: ts(e.finished_at),
         container_id: format!("{scheme}://{}", e.id),
