@@ -40,6 +40,9 @@ pub struct Cluster {
     pub server: String,
     /// Pod address range nodes get blocks of.
     pub cluster_cidr: String,
+    /// Range Services' cluster IPs come from.
+    pub service_cidr: String,
+    _service_lock: Option<std::fs::File>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _cidr_lock: std::fs::File,
@@ -78,20 +81,81 @@ impl Cluster {
         Self::start_configured("127.0.0.1".parse().expect("ip"), cidr, lock, configure).await
     }
 
+    /// A cluster on 127.0.0.1 whose Services take cluster IPs from a /16
+    /// no other test holds (so that its fixed addresses, like the DNS
+    /// Service's, are its own), running a proxy and the cluster DNS.
+    pub async fn start_with_dns() -> Self {
+        let (cidr, lock) = reserve_range("127", 128, 126);
+        let (services, service_lock) = reserve_range("127", 100, 12);
+        let mut c = Self::start_full(
+            "127.0.0.1".parse().expect("ip"),
+            cidr,
+            lock,
+            |_| {},
+            Some((services, service_lock)),
+        )
+        .await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        c.tasks.push(tokio::spawn(skiff_proxy::run(
+            c.client.clone(),
+            skiff_proxy::ProxyConfig::default(),
+            async {
+                let _ = stopped.await;
+            },
+        )));
+        c.stops.push(stop);
+        let dns = skiff_dns::Dns::start(c.client.clone(), skiff_dns::DnsConfig::default())
+            .await
+            .expect("the cluster DNS starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        c.tasks.push(tokio::spawn(dns.run_until(async {
+            let _ = stopped.await;
+        })));
+        c.stops.push(stop);
+        c
+    }
+
     async fn start_configured(
         ip: std::net::IpAddr,
         cluster_cidr: String,
         lock: std::fs::File,
         configure: impl FnOnce(&mut skiff_controllers::ControllersConfig),
     ) -> Self {
+        Self::start_full(ip, cluster_cidr, lock, configure, None).await
+    }
+
+    async fn start_full(
+        ip: std::net::IpAddr,
+        cluster_cidr: String,
+        lock: std::fs::File,
+        configure: impl FnOnce(&mut skiff_controllers::ControllersConfig),
+        services: Option<(String, std::fs::File)>,
+    ) -> Self {
         let cidr_lock = lock;
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = skiff_apiserver::storage::embedded::EmbeddedStorage::open(dir.path())
             .expect("open embedded storage");
+        let (service_cidr, service_lock) = match services {
+            Some((cidr, lock)) => (cidr, Some(lock)),
+            None => (
+                skiff_apiserver::allocation::DEFAULT_SERVICE_CIDR.to_owned(),
+                None,
+            ),
+        };
         let api = TestServer::start_on(
             std::net::SocketAddr::new(ip, 0),
             std::sync::Arc::new(storage),
-            Default::default(),
+            skiff_apiserver::ServerConfig {
+                service_cidr: service_cidr.clone(),
+                // Service-account tokens for projected volumes.
+                security: skiff_apiserver::server::SecurityConfig {
+                    token_signer: Some(skiff_apiserver::registry::service_account::TokenSigner(
+                        std::sync::Arc::new(skiff::token::generate_key()),
+                    )),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         )
         .await;
         let server = api.addr.to_string();
@@ -100,6 +164,8 @@ impl Cluster {
             client,
             server,
             cluster_cidr,
+            service_cidr,
+            _service_lock: service_lock,
             stops: Vec::new(),
             tasks: Vec::new(),
             _cidr_lock: cidr_lock,
@@ -531,6 +597,55 @@ pub fn ensure_test_image() {
             .expect("docker build")
             .success();
         assert!(ok, "docker build {TEST_IMAGE}");
+    });
+}
+
+/// An image with [`TEST_IMAGE`]'s busybox plus the test gRPC health server
+/// (`/skiff-test-grpc-health`) and the shared libraries it needs, copied
+/// from this machine (no registry to pull a base from).
+pub const GRPC_TEST_IMAGE: &str = "skiff-test/grpc-health:latest";
+
+/// Builds [`GRPC_TEST_IMAGE`] (once per process).
+pub fn ensure_grpc_test_image() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        ensure_test_image();
+        let bin = crate::skiff_bin().with_file_name("skiff-test-grpc-health");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build --bins`",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(&root).expect("rootfs");
+        std::fs::copy(&bin, root.join("skiff-test-grpc-health")).expect("copy the server");
+        // Its dynamic libraries, at the paths the loader looks in.
+        let ldd = std::process::Command::new("ldd")
+            .arg(&bin)
+            .output()
+            .expect("ldd");
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let to = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().expect("a parent")).expect("lib dir");
+            std::fs::copy(lib, &to).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
+        }
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!("FROM {TEST_IMAGE}\nCOPY rootfs/ /\nCMD [\"/skiff-test-grpc-health\"]\n"),
+        )
+        .expect("write Dockerfile");
+        let ok = std::process::Command::new("docker")
+            .args(["build", "-q", "-t", GRPC_TEST_IMAGE])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .status()
+            .expect("docker build")
+            .success();
+        assert!(ok, "docker build {GRPC_TEST_IMAGE}");
     });
 }
 

@@ -234,6 +234,7 @@ pub fn deployment(name: &str, replicas: i32, image: &str) -> skiff::api::apps::v
 pub mod docker_etcd;
 pub mod ha;
 pub mod history;
+pub mod pods;
 pub mod relay;
 
 pub mod sim {

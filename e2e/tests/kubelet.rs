@@ -11,74 +11,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use skiff::Resource;
-use skiff::api::core::v1::{
-    Container, ExecAction, HttpGetAction, Pod, PodSpec, Probe, ResourceRequirements,
-};
+use skiff::api::core::v1::{ExecAction, HttpGetAction, Pod, Probe, ResourceRequirements};
 use skiff::api::meta::v1::ObjectMeta;
 use skiff::params::DeleteParams;
 use skiff_e2e::cluster::{
-    Cluster, DockerNetwork, Kubelet, TEST_IMAGE, ensure_test_image, eventually, is_ready, phase,
-    pod_ip, uid, unique,
+    Cluster, DockerNetwork, Kubelet, eventually, is_ready, phase, pod_ip, uid, unique,
 };
+use skiff_e2e::pods::{container, is_root as nix_is_root, node, pod, restarts, waiting_reason};
 use skiff_e2e::skiff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A node of `runtime` in `cluster` (and, for Docker, the pod network it makes).
-async fn node(cluster: &Cluster, runtime: &str) -> (Option<DockerNetwork>, Kubelet) {
-    let name = unique("node");
-    if runtime == "docker" {
-        ensure_test_image();
-        let net = DockerNetwork::named("skiff-pods-test");
-        let k = Kubelet::start(cluster, &name, runtime, &["--docker-network", &net.name]).await;
-        cluster.node_ready(&name).await;
-        (Some(net), k)
-    } else {
-        let k = Kubelet::start(cluster, &name, runtime, &[]).await;
-        cluster.node_ready(&name).await;
-        (None, k)
-    }
-}
-
-fn container(name: &str, script: &str) -> Container {
-    Container {
-        name: name.into(),
-        image: TEST_IMAGE.into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    }
-}
-
-fn pod(name: &str, node: &str, containers: Vec<Container>) -> Pod {
-    Pod {
-        metadata: Some(ObjectMeta {
-            name: name.into(),
-            namespace: "default".into(),
-            ..Default::default()
-        }),
-        spec: Some(PodSpec {
-            containers,
-            // Scheduled by the scheduler, onto this test's node only.
-            node_selector: [("kubernetes.io/hostname".to_owned(), node.to_owned())].into(),
-            termination_grace_period_seconds: Some(1),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-fn waiting_reason(p: &Pod, container: &str) -> Option<String> {
-    let s = p.status.as_ref()?;
-    let c = s.container_statuses.iter().find(|c| c.name == container)?;
-    Some(c.state.as_ref()?.waiting.as_ref()?.reason.clone())
-}
-
-fn restarts(p: &Pod, container: &str) -> i32 {
-    p.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.iter().find(|c| c.name == container))
-        .map(|c| c.restart_count)
-        .unwrap_or(0)
-}
 
 /// GETs `path` from `ip:port`; the whole response.
 async fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
@@ -567,37 +508,43 @@ async fn docker_restarted_kubelet_adopts_its_containers_and_removes_orphans() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_missing_image_is_err_image_never_pull() {
+async fn docker_missing_image_waits_as_its_pull_policy_says() {
     let cluster = Cluster::start().await;
     let (_net, k) = node(&cluster, "docker").await;
-    let mut c = container("app", "true");
-    c.image = "skiff-test/not-built-here:1".into();
-    cluster
-        .client
-        .pods("default")
-        .create(&pod("noimage", &k.name, vec![c]))
-        .await
-        .unwrap();
-    let p = cluster
-        .pod_until("noimage", "waiting for its image", |p| {
-            waiting_reason(p, "app").as_deref() == Some("ErrImageNeverPull")
-        })
-        .await;
-    let w = p.status.unwrap().container_statuses[0]
-        .state
-        .clone()
-        .unwrap()
-        .waiting
-        .unwrap();
-    assert!(
-        w.message.contains("skiff-test/not-built-here:1"),
-        "{}",
-        w.message
-    );
-    assert_eq!(
-        phase(&cluster.client.pods("default").get("noimage").await.unwrap()),
-        "Pending"
-    );
+    for (name, policy, reason) in [
+        ("never", "Never", "ErrImageNeverPull"),
+        ("ifnotpresent", "", "ErrImagePull"),
+    ] {
+        let mut c = container("app", "true");
+        c.image = "skiff-test/not-built-here:1".into();
+        c.image_pull_policy = policy.into();
+        cluster
+            .client
+            .pods("default")
+            .create(&pod(name, &k.name, vec![c]))
+            .await
+            .unwrap();
+        let p = cluster
+            .pod_until(name, "waiting for its image", |p| {
+                waiting_reason(p, "app").as_deref() == Some(reason)
+            })
+            .await;
+        let w = p.status.unwrap().container_statuses[0]
+            .state
+            .clone()
+            .unwrap()
+            .waiting
+            .unwrap();
+        assert!(
+            w.message.contains("skiff-test/not-built-here:1"),
+            "{}",
+            w.message
+        );
+        assert_eq!(
+            phase(&cluster.client.pods("default").get(name).await.unwrap()),
+            "Pending"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1100,15 +1047,4 @@ async fn process_pods_see_their_config_map_at_its_mount_path_and_its_updates() {
         )
         .await;
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }

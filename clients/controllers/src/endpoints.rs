@@ -120,9 +120,17 @@ pub fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
             })
             .collect();
         let Some(ports) = ports else { continue };
+        // A pod whose subdomain is this service is published under its
+        // hostname (HOSTNAME.SVC.NS.svc in DNS), as Kubernetes does.
+        let hostname = pod
+            .spec
+            .as_ref()
+            .filter(|s| !s.hostname.is_empty() && s.subdomain == svc.name())
+            .map(|s| s.hostname.clone())
+            .unwrap_or_default();
         let address = EndpointAddress {
             ip,
-            hostname: String::new(),
+            hostname,
             node_name: pod
                 .spec
                 .as_ref()

@@ -154,12 +154,31 @@ pub struct Cache {
     pod_node: HashMap<PodKey, String>,
     /// Pods nominated by preemption, per node.
     nominated: HashMap<String, HashMap<PodKey, Nomination>>,
+    /// Counted pods with required anti-affinity (other pods must check them).
+    anti_affinity: HashSet<PodKey>,
+}
+
+/// Whether a pod has required pod anti-affinity terms.
+fn has_required_anti_affinity(p: &Pod) -> bool {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .is_some_and(|a| {
+            !a.required_during_scheduling_ignored_during_execution
+                .is_empty()
+        })
 }
 
 impl Cache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether any counted pod has required anti-affinity.
+    pub fn has_anti_affinity_pods(&self) -> bool {
+        !self.anti_affinity.is_empty()
     }
 
     /// Nodes in scheduling order.
@@ -230,6 +249,9 @@ impl Cache {
 
     fn place(&mut self, pod: Arc<Pod>, node: &str, assumed: bool) {
         let key = pod_key(&pod);
+        if has_required_anti_affinity(&pod) {
+            self.anti_affinity.insert(key.clone());
+        }
         let entry = PodEntry {
             requests: Resources::of_pod(&pod, false),
             non_zero: Resources::of_pod(&pod, true),
@@ -243,6 +265,7 @@ impl Cache {
     /// Stops counting a pod (deleted, or finished).
     pub fn remove_pod(&mut self, key: &str) {
         self.unnominate(key);
+        self.anti_affinity.remove(key);
         if let Some(node) = self.pod_node.remove(key)
             && let Some(info) = self.nodes.get_mut(&node)
         {

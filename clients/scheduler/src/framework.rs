@@ -34,6 +34,16 @@ pub enum Reason {
     HostPortConflict,
     /// A bound persistent volume cannot be reached from the node.
     VolumeNodeAffinity,
+    /// No pod the required pod affinity asks for is in the node's domain.
+    PodAffinity,
+    /// A pod the required pod anti-affinity excludes is in the node's domain.
+    PodAntiAffinity,
+    /// A pod there has required anti-affinity against this pod.
+    ExistingPodAntiAffinity,
+    /// Placing the pod there would skew its spread beyond maxSkew.
+    TopologySpread,
+    /// The node lacks a spread constraint's topology label.
+    TopologySpreadMissingLabel,
 }
 
 impl Reason {
@@ -65,6 +75,17 @@ impl fmt::Display for Reason {
                 f.write_str("node(s) didn't have free ports for the requested pod ports")
             }
             Reason::VolumeNodeAffinity => f.write_str("node(s) had volume node affinity conflict"),
+            Reason::PodAffinity => f.write_str("node(s) didn't match pod affinity rules"),
+            Reason::PodAntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Reason::ExistingPodAntiAffinity => {
+                f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
+            }
+            Reason::TopologySpread => {
+                f.write_str("node(s) didn't match pod topology spread constraints")
+            }
+            Reason::TopologySpreadMissingLabel => f.write_str(
+                "node(s) didn't match pod topology spread constraints (missing required label)",
+            ),
         }
     }
 }
@@ -86,6 +107,8 @@ pub struct PodInfo {
     pub owner: Option<String>,
     /// Host ports it asks for.
     pub host_ports: Vec<(i32, String, String)>,
+    /// Inter-pod rules (affinity, spreading), when any apply.
+    pub constraints: Option<std::sync::Arc<crate::interpod::Constraints>>,
 }
 
 impl PodInfo {
@@ -98,6 +121,7 @@ impl PodInfo {
             priority: priority(&pod),
             owner: owner_uid(&pod),
             host_ports: host_ports(&pod),
+            constraints: None,
             pod,
         }
     }
@@ -189,6 +213,9 @@ pub fn filter(p: &PodInfo, info: &NodeInfo, reserved: Resources) -> Vec<Reason> 
             break;
         }
     }
+    if let Some(c) = &p.constraints {
+        reasons.extend(c.filter(node));
+    }
     reasons
 }
 
@@ -201,6 +228,10 @@ pub struct Weights {
     pub balanced_allocation: i64,
     /// Prefer nodes with fewer pods of the same replica set.
     pub spread: i64,
+    /// Preferred pod affinity and anti-affinity (Kubernetes: 2).
+    pub inter_pod_affinity: i64,
+    /// ScheduleAnyway topology spread constraints (Kubernetes: 2).
+    pub topology_spread: i64,
 }
 
 impl Default for Weights {
@@ -209,8 +240,20 @@ impl Default for Weights {
             least_allocated: 1,
             balanced_allocation: 1,
             spread: 2,
+            inter_pod_affinity: 2,
+            topology_spread: 2,
         }
     }
+}
+
+/// `raw` scaled to 0–100 between the lowest and highest raw value, high
+/// or low being best.
+fn normalize(raw: i64, lo: i64, hi: i64, high_is_best: bool) -> i64 {
+    if hi == lo {
+        return 100;
+    }
+    let x = 100 * (raw - lo) / (hi - lo);
+    if high_is_best { x } else { 100 - x }
 }
 
 fn fraction(used: i64, total: i64) -> f64 {
@@ -333,15 +376,43 @@ pub fn search(
     }
     // Spreading is relative to the busiest feasible node.
     let max_same = scored.iter().map(|(_, (_, c))| *c).max().unwrap_or(0);
+    // Inter-pod scores are relative to the feasible nodes' range.
+    let interpod: Vec<(i64, i64)> = match &p.constraints {
+        Some(c) => scored
+            .iter()
+            .map(|(name, _)| {
+                cache
+                    .node(name)
+                    .and_then(|i| i.node.as_deref())
+                    .map(|n| c.raw_scores(n))
+                    .unwrap_or_default()
+            })
+            .collect(),
+        None => vec![(0, 0); scored.len()],
+    };
+    let range = |f: fn(&(i64, i64)) -> i64| {
+        let lo = interpod.iter().map(f).min().unwrap_or(0);
+        let hi = interpod.iter().map(f).max().unwrap_or(0);
+        (lo, hi)
+    };
+    let (alo, ahi) = range(|s| s.0);
+    let (slo, shi) = range(|s| s.1);
     let feasible = scored
         .into_iter()
-        .map(|(name, (score, count))| {
+        .zip(interpod)
+        .map(|((name, (score, count)), (affinity, spreading))| {
             let spread = if max_same == 0 {
                 100
             } else {
                 100 * (max_same - count) as i64 / max_same as i64
             };
-            (name, score + weights.spread * spread)
+            (
+                name,
+                score
+                    + weights.spread * spread
+                    + weights.inter_pod_affinity * normalize(affinity, alo, ahi, true)
+                    + weights.topology_spread * normalize(spreading, slo, shi, false),
+            )
         })
         .collect();
     Search {

@@ -4,11 +4,13 @@
 //! - [`cache`]: nodes and what their pods request, with assumed pods.
 //! - [`queue`]: pending pods by priority, unschedulable ones with backoff.
 //! - [`framework`]: filters, scores, and the search over nodes.
+//! - [`interpod`]: pod (anti-)affinity and topology spread constraints.
 //! - [`preemption`]: evicting lower-priority pods for a pod that fits nowhere.
 //! - [`scheduler`]: the loop tying them together.
 
 pub mod cache;
 pub mod framework;
+pub mod interpod;
 pub mod preemption;
 pub mod queue;
 pub mod resources;

@@ -170,6 +170,7 @@ pub async fn schedule(
     let claims = factory.all::<skiff::api::core::v1::PersistentVolumeClaim>();
     let volumes = factory.all::<skiff::api::core::v1::PersistentVolume>();
     let classes = factory.all::<skiff::api::storage::v1::StorageClass>();
+    let namespaces = factory.all::<skiff::api::core::v1::Namespace>();
     let cache = Arc::new(Mutex::new(Cache::new()));
     let queue = SchedulingQueue::new(config.queue);
     let volume_stores = VolumeStores {
@@ -198,6 +199,7 @@ pub async fn schedule(
     volume_stores.claims.wait_until_ready().await;
     volume_stores.volumes.wait_until_ready().await;
     volume_stores.classes.wait_until_ready().await;
+    namespaces.store().wait_until_ready().await;
     rebuild(&cache, &queue, &config, &nodes.store(), &pods.store());
     let handlers = follow_changes(
         &cache,
@@ -221,6 +223,7 @@ pub async fn schedule(
         queue: queue.clone(),
         events,
         pods: pods.store(),
+        namespaces: namespaces.store(),
         volumes: volume_stores,
         next_start: 0,
     };
@@ -309,6 +312,8 @@ struct Scheduling {
     /// Bindings in flight at once.
     binds: Arc<Semaphore>,
     pods: Store<Pod>,
+    /// Namespaces, for pod affinity terms that select them by label.
+    namespaces: Store<skiff::api::core::v1::Namespace>,
     /// Claims, volumes and classes, for pods with persistent volumes.
     volumes: VolumeStores,
     /// Where the next node search starts (searches rotate over the nodes).
@@ -333,7 +338,7 @@ impl Scheduling {
         }
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let attempt_started = std::time::Instant::now();
-        let info = PodInfo::new(latest.clone());
+        let mut info = PodInfo::new(latest.clone());
         let needs = match crate::volumes::needs(&latest, &self.volumes) {
             Ok(n) => n,
             Err(why) => {
@@ -346,6 +351,14 @@ impl Scheduling {
         let (mut result, total) = {
             let cache = self.cache.lock().expect("cache");
             let total = cache.node_count();
+            let namespaces = &self.namespaces;
+            let labels = |ns: &str| {
+                namespaces
+                    .get(&ObjectKey::new("", ns))
+                    .map(|n| n.meta().labels.clone())
+            };
+            info.constraints =
+                crate::interpod::Constraints::of(&cache, &latest, &labels).map(Arc::new);
             let s = search(
                 &cache,
                 &info,

@@ -250,6 +250,24 @@ fn confine(
     Ok((out, setpriv))
 }
 
+/// Waits (a few seconds at most) until process `pid` runs `argv` itself,
+/// past the wrapper that set up its namespaces, or is gone.
+async fn wait_for_exec(pid: u32, argv: &[String]) {
+    let mut want: Vec<u8> = Vec::new();
+    for a in argv {
+        want.extend_from_slice(a.as_bytes());
+        want.push(0);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(cmdline) if cmdline == want || cmdline.is_empty() => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            Err(_) => return,
+        }
+    }
+}
+
 /// Whether `program` can be found as the container will see it: a path
 /// (inside one of its mounts, seen through the node directory behind it)
 /// or a name on the node's PATH.
@@ -460,6 +478,7 @@ impl Runtime for ProcessRuntime {
         config: &ContainerConfig,
     ) -> Result<String, RuntimeError> {
         let argv: Vec<String> = config.command.iter().chain(&config.args).cloned().collect();
+        let own = argv.clone();
         if argv.is_empty() {
             return Err(RuntimeError::CannotStart(
                 "the process runtime runs the container's `command` (and `args`); none is set"
@@ -527,6 +546,11 @@ impl Runtime for ProcessRuntime {
         let pid = child
             .id()
             .ok_or_else(|| RuntimeError::CannotStart("the process exited at once".into()))?;
+        if mount_namespace {
+            // Started means its namespace is set up: hooks and exec that
+            // come right after see its mounts, not the host's directories.
+            wait_for_exec(pid, &own).await;
+        }
         let id = format!(
             "{}-{}-{:08x}",
             config.name,
