@@ -669,6 +669,10 @@ pub struct Machine {
     /// The node's name (and the container's).
     pub name: String,
     container: String,
+    /// The kubelet's data directory, at the same path on this host and in
+    /// the container: the Docker engine finds the files it bind-mounts
+    /// into pods (volumes, /etc/hosts, resolv.conf) by host path.
+    _data: tempfile::TempDir,
 }
 
 impl Machine {
@@ -678,6 +682,8 @@ impl Machine {
         ensure_test_image();
         let container = unique(name);
         let bin = skiff_bin();
+        let data = tempfile::tempdir().expect("temp dir");
+        let data_dir = data.path().display().to_string();
         let mut args: Vec<String> = vec![
             "run".into(),
             "-d".into(),
@@ -691,6 +697,8 @@ impl Machine {
             "/var/run/docker.sock:/var/run/docker.sock".into(),
             "-v".into(),
             format!("{}:/usr/local/bin/skiff:ro", bin.display()),
+            "-v".into(),
+            format!("{data_dir}:{data_dir}"),
         ];
         // The binary's shared libraries, from the host.
         for lib in shared_libraries(&bin) {
@@ -713,7 +721,7 @@ impl Machine {
                 "--lease-interval",
                 "1s",
                 "--data-dir",
-                "/var/lib/skiff",
+                &data_dir,
             ]
             .iter()
             .chain(extra)
@@ -731,6 +739,7 @@ impl Machine {
         Self {
             name: name.to_owned(),
             container,
+            _data: data,
         }
     }
 

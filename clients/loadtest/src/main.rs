@@ -1,6 +1,7 @@
 //! `skiff-loadtest`: streaming load tests against a Skiff API server.
 
 mod density;
+mod dns;
 mod list;
 mod lite;
 mod proxy;
@@ -35,6 +36,8 @@ enum Scenario {
     Scheduler(scheduler::Args),
     /// The service proxy against direct connections: throughput, latency, connection rate.
     Proxy(proxy::Args),
+    /// The cluster DNS server alone: queries per second and latency.
+    Dns(dns::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Density(args) => density::run(args).await,
             Scenario::Scheduler(args) => scheduler::run(args).await,
             Scenario::Proxy(args) => proxy::run(args).await,
+            Scenario::Dns(args) => dns::run(args).await,
         }
     })
 }

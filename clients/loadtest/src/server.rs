@@ -37,7 +37,8 @@ pub struct ServerUnderTest {
     _data: Option<tempfile::TempDir>,
 }
 
-fn skiff_bin() -> PathBuf {
+/// The `skiff` binary: `$SKIFF_BIN`, else beside this one.
+pub fn skiff_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SKIFF_BIN") {
         return PathBuf::from(p);
     }

@@ -754,6 +754,8 @@ impl Runtime for ProcessRuntime {
                 .get(id)
                 .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
             // Enter its mount and UTS namespaces first, then take its identity.
+            // (Entering a mount namespace moves to its root: --wd keeps the
+            // container's working directory, as exec in Kubernetes does.)
             let mut entered: Vec<String> = if r.mount_namespace {
                 [
                     "nsenter",
@@ -761,6 +763,7 @@ impl Runtime for ProcessRuntime {
                     &r.pid.to_string(),
                     "--mount",
                     "--uts",
+                    &format!("--wd={}", r.working_dir.display()),
                     "--",
                 ]
                 .iter()
