@@ -207,6 +207,57 @@ async fn a_deployment_of_ten_reaches_ten_ready_and_scales_10_3_20() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pod_creation_is_retried_until_it_succeeds() {
+    let c = Cluster::start(1).await;
+    // The pods name a service account that does not exist yet: admission
+    // refuses them (FailedCreate), as Kubernetes does…
+    let mut d = deployment("late", 2, "v1");
+    d.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .service_account_name = "late-account".into();
+    c.client.deployments("default").create(&d).await.unwrap();
+    c.eventually("a FailedCreate event", async || {
+        let events = c
+            .client
+            .events("default")
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items;
+        events
+            .iter()
+            .any(|e| e.reason == "FailedCreate" && e.message.contains("late-account"))
+            .then_some(())
+    })
+    .await;
+    // …and once it exists, the replica set tries again without any other
+    // change: nothing happens for a while (no event would wake it up)…
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.client
+        .service_accounts("default")
+        .create(&skiff::api::core::v1::ServiceAccount {
+            metadata: Some(ObjectMeta {
+                name: "late-account".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.wait_rolled_out("default", "late").await;
+    let pods = c.pods("default", "app=late").await;
+    assert_eq!(pods.iter().filter(|p| active(p)).count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_never_drops_below_replicas_minus_max_unavailable() {
     let c = Cluster::start(3).await;
     let mut d = deployment("web", 10, "v1");

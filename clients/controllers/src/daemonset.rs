@@ -335,10 +335,12 @@ impl Daemons {
             }
         }
 
+        let mut failed = None;
         if self.expectations.satisfied(&req.key) && ds.meta().deletion_timestamp.is_none() {
             self.delete_pods(&ds, &delete, &req.key, None).await;
             self.delete_pods(&ds, &gone, &req.key, Some(0)).await;
-            self.create_pods(&ds, &template, &pod_spec, &hash, &create, &req.key)
+            failed = self
+                .create_pods(&ds, &template, &pod_spec, &hash, &create, &req.key)
                 .await;
         }
         self.update_status(
@@ -351,11 +353,16 @@ impl Daemons {
             now,
         )
         .await?;
+        // A failed creation is tried again with the queue's back-off.
+        if let Some(e) = failed {
+            return Err(e);
+        }
         Ok(wait.map_or(Action::Done, |w| {
             Action::RequeueAfter(w + Duration::from_millis(50))
         }))
     }
 
+    /// Creates a pod on each of `nodes`; the first failure, if any.
     async fn create_pods(
         &self,
         ds: &DaemonSet,
@@ -364,9 +371,9 @@ impl Daemons {
         hash: &str,
         nodes: &[String],
         key: &ObjectKey,
-    ) {
+    ) -> Option<Error> {
         if nodes.is_empty() {
-            return;
+            return None;
         }
         let api = self.ctx.client.pods(ds.namespace());
         self.expectations.expect(key, nodes.len() as i64, 0);
@@ -384,6 +391,7 @@ impl Daemons {
             })
             .collect();
         let results = futures::future::join_all(pods.iter().map(|p| api.create(p))).await;
+        let mut first_error = None;
         for (r, node) in results.into_iter().zip(nodes) {
             match r {
                 Ok(p) => {
@@ -394,9 +402,11 @@ impl Daemons {
                     self.expectations.observed(key, 1, 0);
                     let message = format!("Error creating pod for node {node}: {e}");
                     self.record(ds, WARNING, "FailedCreate", &message).await;
+                    first_error.get_or_insert(e);
                 }
             }
         }
+        first_error
     }
 
     async fn delete_pods(

@@ -462,6 +462,7 @@ impl Jobs {
 
         // 5. Keep `parallelism` pods running, after the back-off.
         let mut created = Vec::new();
+        let mut failed = None;
         if self.expectations.satisfied(&req.key) {
             let parallelism = spec.parallelism.unwrap_or(1).max(0) as usize;
             let want: usize = match (indexed, spec.completions) {
@@ -501,12 +502,19 @@ impl Jobs {
                         } else {
                             vec![None; want - active.len()]
                         };
-                        created = self.create_pods(&job, &spec, &indexes, &req.key).await;
+                        (created, failed) = self.create_pods(&job, &spec, &indexes, &req.key).await;
                     }
                 }
             }
         }
-        self.finish_pass(&job, status, &pods, &created, wait).await
+        let action = self
+            .finish_pass(&job, status, &pods, &created, wait)
+            .await?;
+        // A failed creation is tried again with the queue's back-off.
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(action),
+        }
     }
 
     /// Writes the counts of active, ready and terminating pods and whatever
@@ -664,19 +672,20 @@ impl Jobs {
         }
     }
 
-    /// Creates one pod per entry (an Indexed job's index, or `None`).
+    /// Creates one pod per entry (an Indexed job's index, or `None`);
+    /// the pods created and the first failure.
     async fn create_pods(
         &self,
         job: &Job,
         spec: &JobSpec,
         indexes: &[Option<i32>],
         key: &ObjectKey,
-    ) -> Vec<Pod> {
+    ) -> (Vec<Pod>, Option<Error>) {
         let Some(template) = spec.template.as_ref() else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         if indexes.is_empty() {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let api = self.ctx.client.pods(job.namespace());
         self.expectations.expect(key, indexes.len() as i64, 0);
@@ -686,6 +695,7 @@ impl Jobs {
             .collect();
         let results = futures::future::join_all(pods.iter().map(|p| api.create(p))).await;
         let mut created = Vec::new();
+        let mut first_error = None;
         for r in results {
             match r {
                 Ok(p) => {
@@ -697,10 +707,11 @@ impl Jobs {
                     self.expectations.observed(key, 1, 0);
                     let message = format!("Error creating: {e}");
                     self.record(job, WARNING, "FailedCreate", &message).await;
+                    first_error.get_or_insert(e);
                 }
             }
         }
-        created
+        (created, first_error)
     }
 
     async fn record(&self, job: &Job, kind: &str, reason: &str, message: &str) {

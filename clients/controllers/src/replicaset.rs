@@ -178,9 +178,10 @@ impl Rs {
             .unwrap_or(1)
             .max(0) as usize;
 
+        let mut failed = None;
         if self.expectations.satisfied(&req.key) && rs.meta().deletion_timestamp.is_none() {
             if active.len() < desired {
-                self.create(&rs, desired - active.len(), &req.key).await;
+                failed = self.create(&rs, desired - active.len(), &req.key).await;
             } else if active.len() > desired {
                 let mut victims = active.clone();
                 victims.sort_by_key(|p| deletion_rank(p));
@@ -207,35 +208,43 @@ impl Rs {
                     .await;
             }
         }
-        self.update_status(&rs, &owned, &sel).await
+        let action = self.update_status(&rs, &owned, &sel).await?;
+        // A failed creation is tried again with the queue's back-off (a
+        // service account created later, a quota freed), as in Kubernetes.
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(action),
+        }
     }
 
-    /// Creates `count` pods in slow-start batches (1, 2, 4, …), stopping at the first failure.
-    async fn create(&self, rs: &ReplicaSet, count: usize, key: &ObjectKey) {
-        let Some(template) = rs.spec.as_ref().and_then(|s| s.template.as_ref()) else {
-            return;
-        };
+    /// Creates `count` pods in slow-start batches (1, 2, 4, …), stopping
+    /// at the first failure, which it returns.
+    async fn create(&self, rs: &ReplicaSet, count: usize, key: &ObjectKey) -> Option<Error> {
+        let template = rs.spec.as_ref().and_then(|s| s.template.as_ref())?;
         let api = self.ctx.client.pods(rs.namespace());
         self.expectations.expect(key, count as i64, 0);
         let pod = pod_from_template(template, rs.namespace(), rs.name(), owner_ref(rs));
         let mut remaining = count;
         let mut batch = 1usize;
         let mut created = 0usize;
+        let mut first_error = None;
         while remaining > 0 {
             let n = batch.min(remaining);
             let results = futures::future::join_all((0..n).map(|_| api.create(&pod))).await;
-            let failed: Vec<_> = results.into_iter().filter_map(|r| r.err()).collect();
+            let mut failed: Vec<_> = results.into_iter().filter_map(|r| r.err()).collect();
             created += n - failed.len();
             remaining -= n;
-            if let Some(e) = failed.first() {
+            if !failed.is_empty() {
                 // Failed and skipped creations will never be observed.
                 self.expectations
                     .observed(key, (failed.len() + remaining) as i64, 0);
+                let e = failed.swap_remove(0);
                 let message = format!("Error creating: {e}");
                 self.ctx
                     .recorder
                     .record(rs, WARNING, "FailedCreate", &message)
                     .await;
+                first_error = Some(e);
                 break;
             }
             batch = (batch * 2).min(MAX_BATCH);
@@ -247,6 +256,7 @@ impl Rs {
                 .record(rs, NORMAL, "SuccessfulCreate", &message)
                 .await;
         }
+        first_error
     }
 
     async fn update_status(
