@@ -128,6 +128,27 @@ pub fn pod_status(v: &Value) -> String {
     if v.pointer("/metadata/deletionTimestamp").is_some() {
         return "Terminating".into();
     }
+    // An init container still running: Init:N/M (N of M done).
+    if let Some(inits) = v
+        .pointer("/status/initContainerStatuses")
+        .and_then(Value::as_array)
+    {
+        let done = inits
+            .iter()
+            .take_while(|c| {
+                c.pointer("/state/terminated/exitCode")
+                    .and_then(Value::as_i64)
+                    == Some(0)
+            })
+            .count();
+        if done < inits.len()
+            && inits
+                .get(done)
+                .is_some_and(|c| c.pointer("/state/running").is_some())
+        {
+            return format!("Init:{done}/{}", inits.len());
+        }
+    }
     let all = ["/status/initContainerStatuses", "/status/containerStatuses"];
     for (i, p) in all.iter().enumerate() {
         if let Some(list) = v.pointer(p).and_then(Value::as_array) {
@@ -734,6 +755,23 @@ mod tests {
         assert_eq!(cells[..4], ["web-1", "1/2", "CrashLoopBackOff", "3"]);
         assert!(cells[4].ends_with('y'), "{}", cells[4]);
         assert_eq!(cells[5..], ["127.1.0.2", "n1"]);
+    }
+
+    #[test]
+    fn a_pod_running_its_init_containers_reads_init_n_of_m() {
+        let pod = |init: serde_json::Value| {
+            serde_json::json!({"status": {"phase": "Pending", "initContainerStatuses": init,
+                "containerStatuses": [{"name": "main", "state": {"waiting": {"reason": "PodInitializing"}}}]}})
+        };
+        let running = pod(serde_json::json!([
+            {"name": "a", "state": {"terminated": {"exitCode": 0}}},
+            {"name": "b", "state": {"running": {}}}
+        ]));
+        assert_eq!(pod_status(&running), "Init:1/2");
+        let crashing = pod(serde_json::json!([
+            {"name": "a", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+        ]));
+        assert_eq!(pod_status(&crashing), "Init:CrashLoopBackOff");
     }
 
     #[test]

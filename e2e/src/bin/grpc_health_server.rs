@@ -19,12 +19,11 @@ async fn main() -> anyhow::Result<()> {
     let listen: SocketAddr = arg(&args, "--listen")
         .unwrap_or_else(|| "0.0.0.0:9555".into())
         .parse()?;
-    let serving_for = Duration::from_secs_f64(
-        arg(&args, "--serving-for")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(f64::MAX / 4.0),
-    );
+    // Without --serving-for: SERVING for as long as it runs.
+    let serving_for: Option<Duration> = arg(&args, "--serving-for")
+        .map(|s| s.parse::<f64>())
+        .transpose()?
+        .map(Duration::from_secs_f64);
     let service = arg(&args, "--service").unwrap_or_default();
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -35,6 +34,9 @@ async fn main() -> anyhow::Result<()> {
         .await;
     println!("serving health on {listen} for {serving_for:?}");
     tokio::spawn(async move {
+        let Some(serving_for) = serving_for else {
+            return;
+        };
         tokio::time::sleep(serving_for).await;
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)

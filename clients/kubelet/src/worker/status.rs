@@ -18,6 +18,10 @@ impl Worker {
     pub(super) fn status(&self, pod: &Pod) -> PodStatus {
         let spec = pod.spec.clone().unwrap_or_default();
         let previous = pod.status.clone().unwrap_or_default();
+        let initializing_done = spec
+            .init_containers
+            .iter()
+            .all(|c| self.slots.get(&c.name).is_some_and(|s| s.done));
         let statuses = |list: &[Container]| -> Vec<ContainerStatus> {
             list.iter()
                 .map(|c| {
@@ -49,7 +53,9 @@ impl Worker {
                         }
                         _ => ApiState {
                             waiting: Some(ContainerStateWaiting {
-                                reason: if slot.is_some_and(|s| s.init) {
+                                // Containers wait for init containers as
+                                // PodInitializing, as in Kubernetes.
+                                reason: if slot.is_some_and(|s| s.init) || !initializing_done {
                                     "PodInitializing"
                                 } else {
                                     "ContainerCreating"
