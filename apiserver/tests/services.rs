@@ -56,6 +56,7 @@ on_both_backends!(
     node_ports_are_allocated_checked_and_freed,
     repair_frees_leaked_reservations_and_records_missing_ones,
     the_cluster_dns_service_exists_from_the_first_start,
+    a_taken_dns_address_does_not_stop_the_server,
 );
 
 /// A server whose cluster IPs come from a /28 (14 addresses), all free:
@@ -104,6 +105,25 @@ async fn the_cluster_dns_service_exists_from_the_first_start(storage: Arc<dyn St
         "its endpoints are the DNS servers' own"
     );
     assert_eq!(dns.metadata.unwrap().labels["k8s-app"], "kube-dns");
+}
+
+async fn a_taken_dns_address_does_not_stop_the_server(storage: Arc<dyn Storage>) {
+    // A user's Service holds the tenth address when kube-dns is (re)made.
+    let (s, c) = server(storage.clone()).await;
+    c.services("default")
+        .create(&service("squatter", "127.99.0.10"))
+        .await
+        .unwrap();
+    s.stop().await;
+    let config = ServerConfig {
+        service_cidr: "127.99.0.0/28".into(),
+        node_ports: 30000..=30009,
+        ..Default::default()
+    };
+    let s = TestServer::start_with(storage, config).await;
+    let c = Client::connect_to(&s.addr.to_string()).await.unwrap();
+    let ip = ip_of(&c.services("kube-system").get("kube-dns").await.unwrap());
+    assert!(ip.starts_with("127.99.0.") && ip != "127.99.0.10", "{ip}");
 }
 
 fn service(name: &str, cluster_ip: &str) -> Service {

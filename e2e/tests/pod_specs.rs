@@ -535,3 +535,72 @@ async fn process_pods_run_confined_get_their_files_and_report_termination_messag
     let hooked = skiff(&cluster.server, &["logs", "ending", "-c", "hooked"]).await;
     assert_eq!(hooked.stdout, "post-start-ran\n", "{hooked:?}");
 }
+
+/// Limits the kubelet enforces on any runtime: an emptyDir over its
+/// sizeLimit gets the pod evicted, a sysctl outside the safe set fails the
+/// pod; and the pod's /etc/hosts carries its host aliases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_pods_over_their_empty_dir_limit_are_evicted_and_unsafe_sysctls_refused() {
+    if !is_root() {
+        eprintln!("skipped: the process runtime mounts /etc/hosts only as root");
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let (_net, k) = node(&cluster, "process").await;
+    let pods = cluster.client.pods("default");
+
+    let mut c = container(
+        "app",
+        "cat /etc/hosts; dd if=/dev/zero of=/scratch/fill bs=1024 count=2048 2>/dev/null; \
+         echo filled; exec sleep 3600",
+    );
+    c.volume_mounts = vec![volume_mount("scratch", "/scratch")];
+    let mut p = pod("filler", &k.name, vec![c]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.volumes = vec![Volume {
+        name: "scratch".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: String::new(),
+            size_limit: "1Mi".into(),
+        }),
+        ..Default::default()
+    }];
+    spec.host_aliases = vec![skiff::api::core::v1::HostAlias {
+        ip: "10.1.2.3".into(),
+        hostnames: vec!["db.local".into(), "cache.local".into()],
+    }];
+    pods.create(&p).await.unwrap();
+    let log = log_with(&cluster, "filler", "app", "filled").await;
+    assert!(
+        log.contains("# Entries added by HostAliases.\n10.1.2.3\tdb.local\tcache.local\n"),
+        "{log}"
+    );
+    let p = cluster
+        .pod_until("filler", "evicted", |p| phase(p) == "Failed")
+        .await;
+    let status = p.status.unwrap();
+    assert_eq!(status.reason, "Evicted");
+    assert_eq!(
+        status.message,
+        "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\"."
+    );
+
+    let mut p = pod("tuned", &k.name, vec![container("app", "exec sleep 3600")]);
+    p.spec.as_mut().unwrap().security_context = Some(PodSecurityContext {
+        sysctls: vec![skiff::api::core::v1::Sysctl {
+            name: "net.core.somaxconn".into(),
+            value: "1024".into(),
+        }],
+        ..Default::default()
+    });
+    pods.create(&p).await.unwrap();
+    let p = cluster
+        .pod_until("tuned", "failed", |p| phase(p) == "Failed")
+        .await;
+    let status = p.status.unwrap();
+    assert_eq!(status.reason, "SysctlForbidden");
+    assert_eq!(
+        status.message,
+        "Pod forbidden sysctl: \"net.core.somaxconn\" not allowlisted"
+    );
+}

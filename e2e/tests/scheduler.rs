@@ -310,6 +310,131 @@ async fn a_replica_sets_pods_spread_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_affinity_keeps_replicas_apart_and_spread_constraints_balance_zones() {
+    use skiff::api::core::v1::{
+        Affinity, PodAffinity, PodAffinityTerm, PodAntiAffinity, TopologySpreadConstraint,
+    };
+    use skiff::api::meta::v1::LabelSelector;
+    let zone = |i: usize| if i <= 2 { "a" } else { "b" };
+    let c = Cluster::start(
+        (1..=4)
+            .map(|i| {
+                node(
+                    &format!("n{i}"),
+                    "16",
+                    "32Gi",
+                    110,
+                    &[
+                        ("kubernetes.io/hostname", &format!("n{i}")),
+                        ("topology.kubernetes.io/zone", zone(i)),
+                    ],
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let selects = |app: &str| {
+        Some(LabelSelector {
+            match_labels: [("app".to_owned(), app.to_owned())].into(),
+            match_expressions: vec![],
+        })
+    };
+    let labeled = |name: &str, app: &str| {
+        let mut p = pod(name, "10m");
+        p.meta_mut().labels.insert("app".into(), app.into());
+        p
+    };
+    // Required anti-affinity by host: four replicas on four nodes, the
+    // fifth unschedulable with Kubernetes' reason.
+    let apart = |name: &str| {
+        let mut p = labeled(name, "db");
+        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: vec![PodAffinityTerm {
+                    label_selector: selects("db"),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    };
+    let mut hosts = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let name = format!("db-{i}");
+        c.client
+            .pods("default")
+            .create(&apart(&name))
+            .await
+            .unwrap();
+        hosts.insert(c.node_of(&name).await);
+    }
+    assert_eq!(hosts.len(), 4, "one per node: {hosts:?}");
+    c.client
+        .pods("default")
+        .create(&apart("db-4"))
+        .await
+        .unwrap();
+    let message = c.unschedulable_message("db-4").await;
+    assert!(
+        message.contains("node(s) didn't match pod anti-affinity rules"),
+        "{message}"
+    );
+    // Required affinity: a cache client goes to the zone of its cache.
+    c.client
+        .pods("default")
+        .create(&labeled("cache-0", "cache"))
+        .await
+        .unwrap();
+    let cache_node = c.node_of("cache-0").await;
+    let cache_zone = zone(cache_node.trim_start_matches('n').parse().unwrap());
+    let mut near = labeled("client", "client");
+    near.spec.as_mut().unwrap().affinity = Some(Affinity {
+        pod_affinity: Some(PodAffinity {
+            required_during_scheduling_ignored_during_execution: vec![PodAffinityTerm {
+                label_selector: selects("cache"),
+                topology_key: "topology.kubernetes.io/zone".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c.client.pods("default").create(&near).await.unwrap();
+    let client_node = c.node_of("client").await;
+    assert_eq!(
+        zone(client_node.trim_start_matches('n').parse().unwrap()),
+        cache_zone
+    );
+    // A spread constraint over zones: six web pods, three per zone.
+    let mut per_zone: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..6 {
+        let name = format!("web-{i}");
+        let mut p = labeled(&name, "web");
+        p.spec.as_mut().unwrap().topology_spread_constraints = vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "topology.kubernetes.io/zone".into(),
+            when_unsatisfiable: "DoNotSchedule".into(),
+            label_selector: selects("web"),
+            ..Default::default()
+        }];
+        c.client.pods("default").create(&p).await.unwrap();
+        let n = c.node_of(&name).await;
+        *per_zone
+            .entry(zone(n.trim_start_matches('n').parse().unwrap()))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_zone.values().copied().collect::<Vec<_>>(),
+        [3, 3],
+        "{per_zone:?}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_priority_pod_preempts_lower_priority_pods() {
     let c = Cluster::start(vec![node("only", "2", "4Gi", 110, &[])]).await;
     let _reaper = PodReaper::start(c.client.clone());

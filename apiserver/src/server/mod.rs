@@ -829,11 +829,13 @@ async fn bootstrap_dns_service(
         .await
     {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
-        // The tenth address is taken: any other will do.
-        Err(ApiError::Invalid { .. }) => match server.create_object(service(None)).await {
-            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(ServerError::Bootstrap(e)),
-        },
+        // The tenth address is taken (or not in the range): any other will do.
+        Err(ApiError::Invalid { .. } | ApiError::Allocated { .. }) => {
+            match server.create_object(service(None)).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+                Err(e) => Err(ServerError::Bootstrap(e)),
+            }
+        }
         Err(e) => Err(ServerError::Bootstrap(e)),
     }
 }
