@@ -112,6 +112,11 @@ async fn exec(client: &Client, name: &str, command: &[&str]) -> (i32, String) {
     (code, out)
 }
 
+/// busybox's nslookup of `name` from pod `pod`: its exit code and output.
+async fn nslookup(client: &Client, pod: &str, name: &str) -> (i32, String) {
+    exec(client, pod, &["busybox", "nslookup", name]).await
+}
+
 /// The addresses busybox's nslookup printed for the name asked (not the server's).
 fn addresses(nslookup: &str) -> Vec<String> {
     let mut out: Vec<String> = nslookup
@@ -201,18 +206,13 @@ async fn pods_resolve_services_headless_endpoints_and_stateful_names_by_cluster_
         "web to resolve from the pod",
         Duration::from_secs(20),
         async || {
-            let (_, out) = exec(client, "client", &["busybox", "nslookup", "web"]).await;
+            let (_, out) = nslookup(client, "client", "web").await;
             addresses(&out).contains(&cluster_ip).then_some(out)
         },
     )
     .await;
     assert_eq!(addresses(&out), std::slice::from_ref(&cluster_ip), "{out}");
-    let (code, out) = exec(
-        client,
-        "client",
-        &["busybox", "nslookup", "web.default.svc.cluster.local"],
-    )
-    .await;
+    let (code, out) = nslookup(client, "client", "web.default.svc.cluster.local").await;
     assert_eq!(
         (code, addresses(&out)),
         (0, vec![cluster_ip.clone()]),
@@ -249,20 +249,10 @@ async fn pods_resolve_services_headless_endpoints_and_stateful_names_by_cluster_
     let _ = web_ip;
 
     // The headless Service: its ready pod only; a stateful pod by its name.
-    let (code, out) = exec(
-        client,
-        "client",
-        &["busybox", "nslookup", "db.default.svc.cluster.local"],
-    )
-    .await;
+    let (code, out) = nslookup(client, "client", "db.default.svc.cluster.local").await;
     assert_eq!((code, addresses(&out)), (0, vec![db0_ip.clone()]), "{out}");
     let out = eventually("db-0.db to resolve", Duration::from_secs(10), async || {
-        let (code, out) = exec(
-            client,
-            "client",
-            &["busybox", "nslookup", "db-0.db.default.svc.cluster.local"],
-        )
-        .await;
+        let (code, out) = nslookup(client, "client", "db-0.db.default.svc.cluster.local").await;
         (code == 0).then_some(out)
     })
     .await;
@@ -283,19 +273,9 @@ async fn pods_resolve_services_headless_endpoints_and_stateful_names_by_cluster_
     assert_eq!(page.trim(), "hello from db-0");
 
     // What does not exist.
-    let (code, out) = exec(
-        client,
-        "client",
-        &["busybox", "nslookup", "nope.default.svc.cluster.local"],
-    )
-    .await;
+    let (code, out) = nslookup(client, "client", "nope.default.svc.cluster.local").await;
     assert!(code != 0 && out.contains("NXDOMAIN"), "{code} {out}");
-    let (code, out) = exec(
-        client,
-        "client",
-        &["busybox", "nslookup", "db-1.db.default.svc.cluster.local"],
-    )
-    .await;
+    let (code, out) = nslookup(client, "client", "db-1.db.default.svc.cluster.local").await;
     assert!(
         code != 0 && out.contains("NXDOMAIN"),
         "a pod that is not ready is not published: {out}"
@@ -310,12 +290,7 @@ async fn pods_resolve_services_headless_endpoints_and_stateful_names_by_cluster_
         "web to stop resolving",
         Duration::from_secs(10),
         async || {
-            let (code, out) = exec(
-                client,
-                "client",
-                &["busybox", "nslookup", "web.default.svc.cluster.local"],
-            )
-            .await;
+            let (code, out) = nslookup(client, "client", "web.default.svc.cluster.local").await;
             (code != 0 && out.contains("NXDOMAIN")).then_some(())
         },
     )

@@ -268,10 +268,15 @@ async fn deletion_stops_the_pod_within_its_grace_period(runtime: &str) {
         "SIGKILL came before the grace period: {took:?}; the pod when deleted: {:?}",
         deleted.status
     );
-    assert!(
-        k.running(&id).is_empty(),
-        "nothing of the pod runs any more"
-    );
+    let left = k.running(&id);
+    if !left.is_empty() {
+        for e in std::fs::read_dir(k.data_dir().join("process/containers")).unwrap() {
+            let p = e.unwrap().path();
+            eprintln!("RECORD {}", std::fs::read_to_string(&p).unwrap_or_default());
+        }
+        eprintln!("LEFT {left:?} took {took:?}");
+    }
+    assert!(left.is_empty(), "nothing of the pod runs any more");
 
     // One that stops on SIGTERM goes at once.
     pods.create(&pod(

@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
     /// How long to ask.
-    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    #[arg(long, default_value = "10s", value_parser = crate::parse_secs)]
     pub duration: Duration,
     /// Pin the DNS server to these CPUs (`taskset -c LIST`).
     #[arg(long)]
@@ -48,14 +48,6 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let n: f64 = s
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("{s:?}: expected seconds like 10s"))?;
-    Ok(Duration::from_secs_f64(n))
 }
 
 const NAMESPACE: &str = "loadtest-dns";

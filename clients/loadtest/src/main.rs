@@ -65,6 +65,15 @@ pub(crate) fn paced(rate: f64, w: usize, n: usize) -> tokio::time::Interval {
     tokio::time::interval_at(tokio::time::Instant::now() + offset, period)
 }
 
+/// Seconds as a flag gives them ("5s", "2.5").
+pub(crate) fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    let n: f64 = s
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{s:?}: expected seconds like 5s"))?;
+    Ok(std::time::Duration::from_secs_f64(n))
+}
+
 /// A progress bar on standard error.
 pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);

@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
     /// Length of each phase (each runs direct, then through the proxy).
-    #[arg(long, default_value = "5s", value_parser = parse_secs)]
+    #[arg(long, default_value = "5s", value_parser = crate::parse_secs)]
     pub duration: Duration,
     /// Bytes of each request and response in the latency phase.
     #[arg(long, default_value_t = 64)]
@@ -39,14 +39,6 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let n: f64 = s
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("{s:?}: expected seconds like 5s"))?;
-    Ok(Duration::from_secs_f64(n))
 }
 
 /// A backend: the first byte of a connection says what it wants — 'D' a
