@@ -87,6 +87,8 @@ struct PortProxy {
     spec: PortSpec,
     balancer: Arc<Balancer>,
     listeners: HashMap<SocketAddr, Listener>,
+    /// Addresses it could not listen on (warned about once).
+    refused: HashSet<SocketAddr>,
 }
 
 /// The proxy's view of the cluster and what it serves.
@@ -198,6 +200,7 @@ impl Proxier {
                 spec: spec.clone(),
                 balancer: Arc::new(Balancer::new()),
                 listeners: HashMap::new(),
+                refused: HashSet::new(),
             });
             port.spec = spec;
             port.balancer.set_endpoints(port.spec.endpoints.clone());
@@ -241,11 +244,25 @@ impl Proxier {
             };
             match opened {
                 Ok(()) => {
+                    port.refused.remove(&addr);
                     tracing::info!(service = %key.service, port = %key.port_name, %addr, protocol = %key.protocol, "proxying");
                     port.listeners.insert(addr, Listener { stop });
                 }
                 Err(e) => {
-                    tracing::warn!(service = %key.service, %addr, error = %e, "cannot listen; retrying later")
+                    // Said once (a port below 1024 without privileges would
+                    // say it every resync); retried quietly after that.
+                    if port.refused.insert(addr) {
+                        let hint = if addr.port() < 1024
+                            && e.kind() == std::io::ErrorKind::PermissionDenied
+                        {
+                            "; ports below 1024 need root or CAP_NET_BIND_SERVICE"
+                        } else {
+                            ""
+                        };
+                        tracing::warn!(service = %key.service, %addr, error = %e, "cannot listen{hint}; retrying quietly");
+                    } else {
+                        tracing::debug!(service = %key.service, %addr, error = %e, "cannot listen yet");
+                    }
                 }
             }
         }
