@@ -181,6 +181,15 @@ impl Cache {
         !self.anti_affinity.is_empty()
     }
 
+    /// The counted pods with required anti-affinity, with their nodes
+    /// (those whose node is known).
+    pub fn anti_affinity_pods(&self) -> impl Iterator<Item = (&Node, &Pod)> {
+        self.anti_affinity.iter().filter_map(|key| {
+            let info = self.nodes.get(self.pod_node.get(key)?)?;
+            Some((info.node.as_deref()?, &*info.pods.get(key)?.pod))
+        })
+    }
+
     /// Nodes in scheduling order.
     pub fn order(&self) -> &[String] {
         &self.order

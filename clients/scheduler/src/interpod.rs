@@ -22,41 +22,36 @@ use crate::framework::Reason;
 /// Labels of a namespace, for terms with a namespace selector.
 pub type NamespaceLabels<'a> = &'a dyn Fn(&str) -> Option<BTreeMap<String, String>>;
 
+/// Which namespaces a term looks in.
+enum Namespaces {
+    /// Every namespace (an empty namespace selector).
+    All,
+    /// These, and those whose labels the selector matches.
+    Listed(HashSet<String>, Option<LabelSelector>),
+}
+
 /// Which pods a term counts.
 struct Term {
     topology_key: String,
     selector: LabelSelector,
-    /// `None`: every namespace.
-    namespaces: Option<HashSet<String>>,
+    namespaces: Namespaces,
 }
 
 impl Term {
-    fn of(
-        t: &PodAffinityTerm,
-        own_ns: &str,
-        ns_labels: NamespaceLabels<'_>,
-        all_ns: &[String],
-    ) -> Option<Self> {
+    fn of(t: &PodAffinityTerm, own_ns: &str) -> Option<Self> {
         let selector = match &t.label_selector {
             Some(s) => LabelSelector::from_proto(s).ok()?,
             // No selector matches no pod.
             None => return None,
         };
+        let listed: HashSet<String> = t.namespaces.iter().cloned().collect();
         let namespaces = match &t.namespace_selector {
-            Some(sel) if sel.match_labels.is_empty() && sel.match_expressions.is_empty() => None,
-            Some(sel) => {
-                let sel = LabelSelector::from_proto(sel).ok()?;
-                let mut set: HashSet<String> = t.namespaces.iter().cloned().collect();
-                set.extend(
-                    all_ns
-                        .iter()
-                        .filter(|ns| ns_labels(ns).is_some_and(|l| sel.matches(&l)))
-                        .cloned(),
-                );
-                Some(set)
+            Some(sel) if sel.match_labels.is_empty() && sel.match_expressions.is_empty() => {
+                Namespaces::All
             }
-            None if t.namespaces.is_empty() => Some([own_ns.to_owned()].into()),
-            None => Some(t.namespaces.iter().cloned().collect()),
+            Some(sel) => Namespaces::Listed(listed, Some(LabelSelector::from_proto(sel).ok()?)),
+            None if listed.is_empty() => Namespaces::Listed([own_ns.to_owned()].into(), None),
+            None => Namespaces::Listed(listed, None),
         };
         Some(Self {
             topology_key: t.topology_key.clone(),
@@ -65,11 +60,17 @@ impl Term {
         })
     }
 
-    fn matches(&self, p: &Pod) -> bool {
-        self.namespaces
-            .as_ref()
-            .is_none_or(|n| n.contains(p.namespace()))
-            && self.selector.matches(&p.meta().labels)
+    fn matches(&self, p: &Pod, ns_labels: NamespaceLabels<'_>) -> bool {
+        let in_namespace = match &self.namespaces {
+            Namespaces::All => true,
+            Namespaces::Listed(set, selector) => {
+                set.contains(p.namespace())
+                    || selector.as_ref().is_some_and(|sel| {
+                        ns_labels(p.namespace()).is_some_and(|l| sel.matches(&l))
+                    })
+            }
+        };
+        in_namespace && self.selector.matches(&p.meta().labels)
     }
 }
 
@@ -116,6 +117,38 @@ impl Constraints {
             return None;
         }
         let ns = pod.namespace();
+        let mut c = Self::default();
+        // Existing pods whose required anti-affinity rules out this pod:
+        // only those pods are looked at (the cache keeps them apart).
+        let mut existing = Vec::new();
+        for (node, p) in cache.anti_affinity_pods() {
+            if p.meta().uid == pod.meta().uid {
+                continue;
+            }
+            let terms = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.affinity.as_ref())
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .map(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_slice()
+                })
+                .unwrap_or(&[]);
+            for t in terms {
+                if let Some(term) = Term::of(t, p.namespace())
+                    && term.matches(pod, ns_labels)
+                    && let Some(v) = label(node, &term.topology_key)
+                {
+                    existing.push((term.topology_key.clone(), [v.to_owned()].into(), true));
+                }
+            }
+        }
+        if !own {
+            c.anti_affinity = existing;
+            return (!c.anti_affinity.is_empty()).then_some(c);
+        }
+        // The pod's own rules need every placed pod.
         let nodes: Vec<&Node> = cache
             .order()
             .iter()
@@ -129,16 +162,10 @@ impl Constraints {
             .flat_map(|(node, info)| info.pods.values().map(move |e| (node, &*e.pod)))
             .filter(|(_, p)| p.meta().uid != pod.meta().uid)
             .collect();
-        let mut all_ns: Vec<String> = placed
-            .iter()
-            .map(|(_, p)| p.namespace().to_owned())
-            .collect();
-        all_ns.sort();
-        all_ns.dedup();
         let domains_of = |term: &Term| -> HashMap<String, i64> {
             let mut out = HashMap::new();
             for (node, p) in &placed {
-                if term.matches(p)
+                if term.matches(p, ns_labels)
                     && let Some(v) = label(node, &term.topology_key)
                 {
                     *out.entry(v.to_owned()).or_default() += 1;
@@ -146,23 +173,18 @@ impl Constraints {
             }
             out
         };
-        let mut c = Self::default();
         if let Some(pa) = pa {
             for t in &pa.required_during_scheduling_ignored_during_execution {
-                let Some(term) = Term::of(t, ns, ns_labels, &all_ns) else {
+                let Some(term) = Term::of(t, ns) else {
                     continue;
                 };
                 let domains: HashSet<String> = domains_of(&term).into_keys().collect();
-                let first_of_group = domains.is_empty() && term.matches(pod);
+                let first_of_group = domains.is_empty() && term.matches(pod, ns_labels);
                 c.affinity
                     .push((term.topology_key, domains, first_of_group));
             }
             for w in &pa.preferred_during_scheduling_ignored_during_execution {
-                if let Some(term) = w
-                    .pod_affinity_term
-                    .as_ref()
-                    .and_then(|t| Term::of(t, ns, ns_labels, &all_ns))
-                {
+                if let Some(term) = w.pod_affinity_term.as_ref().and_then(|t| Term::of(t, ns)) {
                     let counts = domains_of(&term);
                     c.preferred
                         .push((term.topology_key, i64::from(w.weight), counts));
@@ -171,44 +193,21 @@ impl Constraints {
         }
         if let Some(anti) = anti {
             for t in &anti.required_during_scheduling_ignored_during_execution {
-                if let Some(term) = Term::of(t, ns, ns_labels, &all_ns) {
+                if let Some(term) = Term::of(t, ns) {
                     let domains = domains_of(&term).into_keys().collect();
                     c.anti_affinity.push((term.topology_key, domains, false));
                 }
             }
             for w in &anti.preferred_during_scheduling_ignored_during_execution {
-                if let Some(term) = w
-                    .pod_affinity_term
-                    .as_ref()
-                    .and_then(|t| Term::of(t, ns, ns_labels, &all_ns))
-                {
+                if let Some(term) = w.pod_affinity_term.as_ref().and_then(|t| Term::of(t, ns)) {
                     let counts = domains_of(&term);
                     c.preferred
                         .push((term.topology_key, -i64::from(w.weight), counts));
                 }
             }
         }
-        // Existing pods whose required anti-affinity rules out this pod.
-        for (node, p) in &placed {
-            let Some(terms) = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.affinity.as_ref())
-                .and_then(|a| a.pod_anti_affinity.as_ref())
-                .map(|a| &a.required_during_scheduling_ignored_during_execution)
-            else {
-                continue;
-            };
-            for t in terms {
-                if let Some(term) = Term::of(t, p.namespace(), ns_labels, &all_ns)
-                    && term.matches(pod)
-                    && let Some(v) = label(node, &term.topology_key)
-                {
-                    c.anti_affinity
-                        .push((term.topology_key.clone(), [v.to_owned()].into(), true));
-                }
-            }
-        }
+        // The pod's own terms are named first when both rule a node out.
+        c.anti_affinity.extend(existing);
         for t in &spec.topology_spread_constraints {
             c.spread.extend(spread(t, pod, &nodes, &placed));
         }
@@ -453,9 +452,9 @@ mod tests {
             k.filter(&node("a1", "a")),
             [Reason::ExistingPodAntiAffinity]
         );
-        // …and a pod it does not select is not.
-        let k = Constraints::of(&c, &pod("db", "db"), &no_ns).unwrap();
-        assert!(k.filter(&node("a1", "a")).is_empty());
+        // …and a pod it does not select is not (no rule applies to it at all).
+        let k = Constraints::of(&c, &pod("db", "db"), &no_ns);
+        assert!(k.is_none_or(|k| k.filter(&node("a1", "a")).is_empty()));
     }
 
     #[test]
