@@ -117,6 +117,11 @@ async fn nslookup(client: &Client, pod: &str, name: &str) -> (i32, String) {
     exec(client, pod, &["busybox", "nslookup", name]).await
 }
 
+/// busybox's wget of `url` from pod `pod`: its exit code and the page.
+async fn wget(client: &Client, pod: &str, url: &str) -> (i32, String) {
+    exec(client, pod, &["busybox", "wget", "-q", "-O", "-", url]).await
+}
+
 /// The addresses busybox's nslookup printed for the name asked (not the server's).
 fn addresses(nslookup: &str) -> Vec<String> {
     let mut out: Vec<String> = nslookup
@@ -218,33 +223,9 @@ async fn pods_resolve_services_headless_endpoints_and_stateful_names_by_cluster_
         (0, vec![cluster_ip.clone()]),
         "{out}"
     );
-    let (code, page) = exec(
-        client,
-        "client",
-        &[
-            "busybox",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://web:8080/index.html",
-        ],
-    )
-    .await;
+    let (code, page) = wget(client, "client", "http://web:8080/index.html").await;
     assert_eq!((code, page.trim()), (0, "hello from web-1"), "{page}");
-    let (code, page) = exec(
-        client,
-        "client",
-        &[
-            "busybox",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://web.default:8080/index.html",
-        ],
-    )
-    .await;
+    let (code, page) = wget(client, "client", "http://web.default:8080/index.html").await;
     assert_eq!((code, page.trim()), (0, "hello from web-1"), "{page}");
     let _ = web_ip;
 
@@ -257,19 +238,7 @@ async fn pods_resolve_services_headless_endpoints_and_stateful_names_by_cluster_
     })
     .await;
     assert_eq!(addresses(&out), std::slice::from_ref(&db0_ip), "{out}");
-    let (_, page) = exec(
-        client,
-        "client",
-        &[
-            "busybox",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://db-0.db:8080/index.html",
-        ],
-    )
-    .await;
+    let (_, page) = wget(client, "client", "http://db-0.db:8080/index.html").await;
     assert_eq!(page.trim(), "hello from db-0");
 
     // What does not exist.

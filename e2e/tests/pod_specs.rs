@@ -41,6 +41,15 @@ async fn log_with(cluster: &Cluster, name: &str, container: &str, wanted: &str) 
     .await
 }
 
+/// Pod `name` once its container `app` is held in CreateContainerConfigError.
+async fn config_error(cluster: &Cluster, name: &str) -> skiff::api::core::v1::Pod {
+    cluster
+        .pod_until(name, "CreateContainerConfigError", |p| {
+            waiting_reason(p, "app").as_deref() == Some("CreateContainerConfigError")
+        })
+        .await
+}
+
 fn volume_mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -104,11 +113,7 @@ async fn docker_security_context_confines_the_container_and_run_as_non_root_refu
     });
     let created = pods.create(&pod("rooted", &k.name, vec![c])).await.unwrap();
     let uid = created.metadata.unwrap().uid;
-    let p = cluster
-        .pod_until("rooted", "CreateContainerConfigError", |p| {
-            waiting_reason(p, "app").as_deref() == Some("CreateContainerConfigError")
-        })
-        .await;
+    let p = config_error(&cluster, "rooted").await;
     assert_eq!(
         waiting_message(&p, "app"),
         format!(
@@ -466,11 +471,7 @@ async fn process_pods_run_confined_get_their_files_and_report_termination_messag
     pods.create(&pod("seccomp", &k.name, vec![c]))
         .await
         .unwrap();
-    let p = cluster
-        .pod_until("seccomp", "CreateContainerConfigError", |p| {
-            waiting_reason(p, "app").as_deref() == Some("CreateContainerConfigError")
-        })
-        .await;
+    let p = config_error(&cluster, "seccomp").await;
     assert!(
         waiting_message(&p, "app").contains("cannot apply the seccomp profile RuntimeDefault"),
         "{}",

@@ -175,9 +175,9 @@ impl Zone {
                 self.srv(view, ns, svc, Some((&port[1..], &proto[1..])), qtype)
             }
             [host, svc, ns, "svc"] => {
-                let Some(service) = view.service(ns, svc).filter(|s| is_headless(s)) else {
+                if !view.service(ns, svc).is_some_and(|s| is_headless(&s)) {
                     return Some(Answer::NxDomain);
-                };
+                }
                 let eps = view.endpoints(ns, svc);
                 let owner = format!("{host}.{svc}.{ns}.svc.{d}");
                 let found: Vec<Record> = ready_addresses(eps.as_deref())
@@ -187,7 +187,6 @@ impl Zone {
                     })
                     .filter_map(|(a, _)| a.ip.parse().ok().and_then(|ip| self::a(&owner, ip)))
                     .collect();
-                let _ = service;
                 match (found.is_empty(), qtype) {
                     (true, _) => Answer::NxDomain,
                     (false, RecordType::A | RecordType::ANY) => Answer::Records {

@@ -561,8 +561,12 @@ impl Runtime for DockerRuntime {
         let user = match (sec.user, sec.group) {
             (Some(u), Some(g)) => Some(format!("{u}:{g}")),
             (Some(u), None) => Some(u.to_string()),
-            // A group alone: the image's user with that group.
-            (None, Some(g)) => Some(format!("{}:{g}", self.image_user(&config.image).await?)),
+            // A group alone: the image's user (without its group) with that group.
+            (None, Some(g)) => {
+                let image_user = self.image_user(&config.image).await?;
+                let user = image_user.split(':').next().unwrap_or("");
+                Some(format!("{}:{g}", if user.is_empty() { "0" } else { user }))
+            }
             (None, None) => None,
         };
         let mut security_opt = Vec::new();
@@ -588,6 +592,15 @@ impl Runtime for DockerRuntime {
                     .collect()
             })
         };
+        // Sandboxes made before pods shared IPC are not shareable: their
+        // containers keep their own IPC namespace rather than fail.
+        let shareable_ipc = self
+            .docker
+            .inspect_container(&sandbox.id, None)
+            .await
+            .ok()
+            .and_then(|i| i.host_config?.ipc_mode)
+            .is_some_and(|m| m == "shareable");
         let body = ContainerCreateBody {
             image: Some(config.image.clone()),
             entrypoint,
@@ -598,7 +611,7 @@ impl Runtime for DockerRuntime {
             user,
             host_config: Some(HostConfig {
                 network_mode: Some(format!("container:{}", sandbox.id)),
-                ipc_mode: Some(format!("container:{}", sandbox.id)),
+                ipc_mode: shareable_ipc.then(|| format!("container:{}", sandbox.id)),
                 pid_mode: config
                     .share_process_namespace
                     .then(|| format!("container:{}", sandbox.id)),

@@ -137,6 +137,8 @@ pub struct Worker {
     /// Why the pod is failed without running (reason, message): a
     /// forbidden sysctl, an eviction.
     rejected: Option<(String, String)>,
+    /// The pod's MissingClusterDNS warning was recorded (once per pod).
+    dns_warned: std::sync::atomic::AtomicBool,
 }
 
 /// How often ConfigMap and Secret volumes are rewritten with current keys
@@ -158,6 +160,7 @@ impl Worker {
             volumes_refreshed: None,
             tokens: std::sync::Mutex::new(HashMap::new()),
             rejected: None,
+            dns_warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -584,7 +587,12 @@ impl Worker {
         if let Some(why) = self.runtime().refuses(&security, &sysctls) {
             return self.config_error(pod, c, why);
         }
-        match self.runtime().image_user(&c.image).await {
+        let image_user = if security::requires_non_root(&spec, c) {
+            self.runtime().image_user(&c.image).await
+        } else {
+            Ok(String::new())
+        };
+        match image_user {
             Ok(user) => {
                 let who = format!(
                     "pod: \"{}_{}({})\", container: {}",
@@ -931,7 +939,9 @@ impl Worker {
         let _ = std::fs::set_permissions(&hosts_path, std::fs::Permissions::from_mode(0o644));
         out.push(Mount::file(hosts_path, "/etc/hosts"));
         let cluster_dns = self.cluster_dns().await;
-        if dns::effective(&spec, &cluster_dns) == dns::Effective::NodeFallback {
+        if dns::effective(&spec, &cluster_dns) == dns::Effective::NodeFallback
+            && !self.dns_warned.swap(true, Ordering::Relaxed)
+        {
             emit(
                 &self.shared,
                 pod,

@@ -76,6 +76,19 @@ pub fn container_security(
     })
 }
 
+/// Whether container `c` must not run as root (its or its pod's `runAsNonRoot`).
+pub fn requires_non_root(spec: &PodSpec, c: &Container) -> bool {
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| {
+            spec.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_non_root)
+        })
+        .unwrap_or(false)
+}
+
 /// Kubernetes' `runAsNonRoot` check: the error message when the container
 /// would run as root (or cannot be shown not to); `image_user` is the
 /// user its image runs as ("" means root). `who` is
