@@ -227,7 +227,10 @@ async fn pods_resolve_services_headless_endpoints_and_stateful_names_by_cluster_
     assert_eq!((code, page.trim()), (0, "hello from web-1"), "{page}");
     let (code, page) = wget(client, "client", "http://web.default:8080/index.html").await;
     assert_eq!((code, page.trim()), (0, "hello from web-1"), "{page}");
-    let _ = web_ip;
+    // A pod by its dashed address.
+    let name = format!("{}.default.pod.cluster.local", web_ip.replace('.', "-"));
+    let (code, out) = nslookup(client, "client", &name).await;
+    assert_eq!((code, addresses(&out)), (0, vec![web_ip.clone()]), "{out}");
 
     // The headless Service: its ready pod only; a stateful pod by its name.
     let (code, out) = nslookup(client, "client", "db.default.svc.cluster.local").await;
