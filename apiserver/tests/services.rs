@@ -13,8 +13,11 @@ use skiff::api::meta::v1::ObjectMeta;
 use skiff::client::{Client, Error};
 use skiff::params::DeleteParams;
 use skiff_apiserver::ServerConfig;
-use skiff_apiserver::storage::Storage;
 use skiff_apiserver::storage::etcd::EtcdStorage;
+use skiff_apiserver::storage::{
+    Deleted, KeyValue, RangeRequest, RangeResponse, Result as StorageResult, Revision, Storage,
+    WatchStream,
+};
 use skiff_apiserver::testing::{EtcdServer, TestServer};
 
 macro_rules! on_both_backends {
@@ -55,6 +58,7 @@ on_both_backends!(
     allocations_survive_a_restart,
     node_ports_are_allocated_checked_and_freed,
     repair_frees_leaked_reservations_and_records_missing_ones,
+    repair_does_not_re_record_a_service_deleted_while_it_runs,
     the_cluster_dns_service_exists_from_the_first_start,
     a_taken_dns_address_does_not_stop_the_server,
 );
@@ -306,6 +310,81 @@ async fn node_ports_are_allocated_checked_and_freed(storage: Arc<dyn Storage>) {
     b2.spec.as_mut().unwrap().ports[0].node_port = 0;
     let b2 = api.update(&b2).await.unwrap();
     assert_eq!(b2.spec.as_ref().unwrap().ports[0].node_port, port);
+}
+
+/// Storage that deletes one Service (and frees its address, as its delete
+/// does) right after the first listing of Services: a delete that lands
+/// while repair runs.
+struct DeleteAfterListing {
+    inner: Arc<dyn Storage>,
+    victim: String,
+    reservation: String,
+    done: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Storage for DeleteAfterListing {
+    async fn get(&self, key: &str) -> StorageResult<Option<KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, request: RangeRequest) -> StorageResult<RangeResponse> {
+        let listing = request.prefix == "/registry/services/";
+        let out = self.inner.range(request).await?;
+        if listing && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.inner.delete(&self.victim, None).await?;
+            self.inner.delete(&self.reservation, None).await?;
+        }
+        Ok(out)
+    }
+    async fn create(&self, key: &str, value: Bytes) -> StorageResult<KeyValue> {
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> StorageResult<KeyValue> {
+        self.inner.update(key, value, expected).await
+    }
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> StorageResult<Deleted> {
+        self.inner.delete(key, expected).await
+    }
+    async fn put(&self, key: &str, value: Bytes) -> StorageResult<KeyValue> {
+        self.inner.put(key, value).await
+    }
+    async fn watch(&self, prefix: &str, start: Revision) -> StorageResult<WatchStream> {
+        self.inner.watch(prefix, start).await
+    }
+    async fn compact(&self, revision: Revision) -> StorageResult<()> {
+        self.inner.compact(revision).await
+    }
+    async fn current_revision(&self) -> StorageResult<Revision> {
+        self.inner.current_revision().await
+    }
+    fn reports_progress(&self) -> bool {
+        self.inner.reports_progress()
+    }
+}
+
+async fn repair_does_not_re_record_a_service_deleted_while_it_runs(storage: Arc<dyn Storage>) {
+    let (s, c) = server(storage.clone()).await;
+    let a = c
+        .services("default")
+        .create(&service("a", ""))
+        .await
+        .unwrap();
+    s.stop().await;
+    let reservation = format!("/registry/ranges/serviceips/{}", ip_of(&a));
+    let racing: Arc<dyn Storage> = Arc::new(DeleteAfterListing {
+        inner: storage.clone(),
+        victim: "/registry/services/default/a".into(),
+        reservation: reservation.clone(),
+        done: false.into(),
+    });
+    let allocator =
+        skiff_apiserver::allocation::ServiceAllocator::new(racing, "127.99.0.0/28", 30000..=30009)
+            .unwrap();
+    assert_eq!(allocator.repair().await.unwrap(), (0, 0));
+    assert!(
+        storage.get(&reservation).await.unwrap().is_none(),
+        "the deleted Service's address stays free"
+    );
 }
 
 async fn repair_frees_leaked_reservations_and_records_missing_ones(storage: Arc<dyn Storage>) {

@@ -259,11 +259,29 @@ impl ServiceAllocator {
         for svc in &services {
             for key in Self::keys_of(svc) {
                 if self.holder(&key).await?.is_none() && self.reserve(&key, svc).await? {
-                    recorded += 1;
+                    // The Service may have been deleted since it was listed,
+                    // its delete freeing nothing yet: then this record is a
+                    // leak, so free it again.
+                    if self.still_stored(svc).await? {
+                        recorded += 1;
+                    } else {
+                        self.release(&key, &svc.meta().uid).await;
+                    }
                 }
             }
         }
         Ok((freed, recorded))
+    }
+
+    /// Whether `svc` (the same object, by uid) is still in storage.
+    async fn still_stored(&self, svc: &Service) -> Result<bool, ApiError> {
+        let key =
+            crate::object_store::keys::object_key(&Service::INFO, svc.namespace(), svc.name());
+        Ok(match self.storage.get(&key).await.map_err(storage_error)? {
+            Some(kv) => decode_object::<Service>(&kv.key, &kv.value, kv.mod_revision)
+                .is_ok_and(|s| s.meta().uid == svc.meta().uid),
+            None => false,
+        })
     }
 
     /// Repairs now and then every `every`, until `shutdown`.
