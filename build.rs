@@ -63,6 +63,7 @@ fn main() {
         .build_client(true)
         .build_server(true)
         .btree_map(".")
+        .codec_path("crate::wire::Codec")
         .emit_rerun_if_changed(false)
         .out_dir(&out_dir);
     for k in &kinds {

@@ -50,6 +50,49 @@ impl<K> WatchEvent<K> {
     }
 }
 
+/// Initial size of the buffer each call's stream encodes and decodes
+/// into (tonic's default is 8 KiB). Buffers grow as messages need; a small
+/// start keeps an idle watch, which holds one for its whole life, cheap.
+pub const STREAM_BUFFER: usize = 512;
+
+/// Streams yield to the transport after this many encoded bytes (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// The protobuf codec of every Skiff service: prost's, with
+/// [`STREAM_BUFFER`]-sized buffers.
+pub struct Codec<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(
+            STREAM_BUFFER,
+            YIELD_THRESHOLD,
+        ))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(
+            STREAM_BUFFER,
+            YIELD_THRESHOLD,
+        ))
+    }
+}
+
 /// Encodes a watch event message from its type and the object's encoding.
 pub fn encode_watch_event(event_type: EventType, object: &[u8]) -> Bytes {
     let mut buf = Vec::with_capacity(object.len() + 8);

@@ -1,60 +1,42 @@
 //! Broadcast of each event to the watchers that can want it. Each cacher
-//! has one dispatcher task (`run`) that follows its watch cache's ring:
-//! it sends every event after the last one it sent, so the feed that fills
-//! the cache never waits for watchers. An index of triggers (namespace, and
-//! for pods `spec.nodeName`) picks the candidate watchers; each gets a
-//! non-blocking send first, then the blocked ones share a small time
-//! budget, and whoever still cannot take the event is closed rather than
-//! allowed to stall everyone else.
+//! has one dispatcher task (`run`) that follows its watch cache's ring: it
+//! appends every event after the last one it handled to the kind's
+//! [`DeliveryLog`], so the feed that fills the cache never waits for
+//! watchers. An index of slots (namespace, and for pods `spec.nodeName`)
+//! picks the candidate watchers, and each is only told where in the log its
+//! next event may be: filtering and framing happen on the watchers' own
+//! tasks, spread over the runtime, and no watcher can stall another — one
+//! that falls further behind than the log holds is closed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use skiff::Resource;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::time::Instant;
 
-use super::cache_watcher::{CacheWatcher, CloseReason};
+use super::cache_watcher::{CacheWatcher, CloseReason, Slot};
+use super::delivery::{DeliveryLog, Entry};
 use super::watch_cache::{CacheEvent, CacheMiss};
 use super::{CacherConfig, Shared};
 use crate::storage::Revision;
 
-/// Where a watcher is registered.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Slot {
-    All,
-    Namespace(String),
-    Trigger(String),
-}
-
-/// Counters of a dispatcher.
-#[derive(Debug, Default)]
-pub struct DispatchStats {
-    /// Events handed to watchers.
-    pub delivered: AtomicU64,
-    /// Watchers closed because their buffer stayed full.
-    pub closed_slow: AtomicU64,
-    /// Events processed.
-    pub events: AtomicU64,
-    /// Watchers examined for an event (what the trigger index keeps small).
-    pub considered: AtomicU64,
-}
-
-/// The watchers of one kind, indexed by trigger.
+/// The watchers of one kind, indexed by slot.
 pub struct WatcherIndex {
-    trigger_field: Option<&'static str>,
     slots: HashMap<Slot, HashMap<u64, Arc<CacheWatcher>>>,
     where_is: HashMap<u64, Slot>,
 }
 
+impl Default for WatcherIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WatcherIndex {
-    /// An empty index; `trigger_field` is a field worth indexing watchers by.
-    pub fn new(trigger_field: Option<&'static str>) -> Self {
+    /// An empty index.
+    pub fn new() -> Self {
         Self {
-            trigger_field,
             slots: HashMap::new(),
             where_is: HashMap::new(),
         }
@@ -70,23 +52,10 @@ impl WatcherIndex {
         self.where_is.is_empty()
     }
 
-    fn slot_for(&self, w: &CacheWatcher) -> Slot {
-        if let Some(field) = self.trigger_field
-            && let Some(v) = w.predicate.fields.exact(field)
-        {
-            return Slot::Trigger(v.to_owned());
-        }
-        match &w.predicate.namespace {
-            Some(ns) => Slot::Namespace(ns.clone()),
-            None => Slot::All,
-        }
-    }
-
     /// Adds a watcher.
     pub fn insert(&mut self, w: Arc<CacheWatcher>) {
-        let slot = self.slot_for(&w);
-        self.where_is.insert(w.id, slot.clone());
-        self.slots.entry(slot).or_default().insert(w.id, w);
+        self.where_is.insert(w.id, w.slot);
+        self.slots.entry(w.slot).or_default().insert(w.id, w);
     }
 
     /// Removes a watcher; returns it if it was there.
@@ -116,148 +85,81 @@ impl WatcherIndex {
     }
 }
 
-/// A budget of time the dispatcher may spend waiting for slow watchers:
-/// refilled at `refill` per second up to `max`.
-#[derive(Debug)]
-pub struct TimeBudget {
-    available: Duration,
-    max: Duration,
-    refill: Duration,
-    last: Instant,
-}
-
-impl TimeBudget {
-    /// A full budget of `max`, refilled at `max` per second.
-    pub fn new(max: Duration) -> Self {
-        Self {
-            available: max,
-            max,
-            refill: max,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes all available time.
-    pub fn take(&mut self) -> Duration {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last);
-        self.last = now;
-        self.available =
-            (self.available + self.refill.mul_f64(elapsed.as_secs_f64().min(1.0))).min(self.max);
-        std::mem::take(&mut self.available)
-    }
-
-    /// Gives back time that was not used.
-    pub fn give_back(&mut self, unused: Duration) {
-        self.available = (self.available + unused).min(self.max);
-    }
-}
-
-/// Watchers an event is handed to before the dispatcher lets other tasks
-/// (requests) run.
-const DISPATCH_CHUNK: usize = 256;
-
-/// Sends `event` to every interested watcher of `index`. With `paced`, the
-/// watchers get it in chunks with other tasks (requests) let in between:
-/// the fan-out of a lone event then never holds a write back for long,
-/// while a run of queued events (sent unpaced) keeps batching.
-pub async fn dispatch<K: Resource>(
+/// Appends `events` to `log` (kept as long as `capacity`) and tells every
+/// watcher in a slot they touch where its first one is.
+pub fn dispatch<K: Resource>(
     index: &Mutex<WatcherIndex>,
-    budget: &mut TimeBudget,
-    stats: &DispatchStats,
-    event: &CacheEvent<K>,
-    paced: bool,
+    log: &DeliveryLog<K>,
+    trigger_field: Option<&'static str>,
+    events: &[Arc<CacheEvent<K>>],
+    capacity: usize,
 ) {
-    stats.events.fetch_add(1, Ordering::Relaxed);
-    let mut targets: Vec<(Arc<CacheWatcher>, Bytes)> = Vec::new();
-    let mut blocked: Vec<(Arc<CacheWatcher>, Bytes)> = Vec::new();
-    let mut gone: Vec<u64> = Vec::new();
-    let mut delivered = 0u64;
+    if events.is_empty() {
+        return;
+    }
+    let stats = &log.stats;
+    stats
+        .events
+        .fetch_add(events.len() as u64, Ordering::Relaxed);
+    // Slots each event touches, computed before any lock is taken.
+    let entries: Vec<Entry<K>> = events
+        .iter()
+        .map(|e| Entry::event(e.clone(), trigger_field))
+        .collect();
+    let touched: Vec<(Revision, [Option<Slot>; 4])> = entries
+        .iter()
+        .map(|e| match e {
+            Entry::Event {
+                event,
+                namespace,
+                triggers,
+            } => (
+                event.revision,
+                [
+                    Some(Slot::All),
+                    (!event.namespace().is_empty()).then_some(Slot::Namespace(*namespace)),
+                    triggers[0].map(Slot::Trigger),
+                    triggers[1].map(Slot::Trigger),
+                ],
+            ),
+            Entry::Bookmark { revision, .. } => (*revision, [None; 4]),
+        })
+        .collect();
+    let (start, oldest) = log.append(entries, capacity);
+    let index = index.lock().expect("watcher index lock");
+    if index.is_empty() {
+        return;
+    }
     let mut considered = 0u64;
-    {
-        let index = index.lock().expect("watcher index lock");
-        if index.is_empty() {
-            return;
-        }
-        let mut slots: Vec<Slot> = vec![Slot::All];
-        let ns = event.namespace();
-        if !ns.is_empty() {
-            slots.push(Slot::Namespace(ns.to_owned()));
-        }
-        if let Some(field) = index.trigger_field {
-            let cur = event.current.as_ref().and_then(|c| c.object.field(field));
-            let prev = event.prev.as_ref().and_then(|c| c.object.field(field));
-            if let Some(v) = &cur {
-                slots.push(Slot::Trigger(v.to_string()));
-            }
-            if let Some(v) = prev
-                && Some(&v) != cur.as_ref()
-            {
-                slots.push(Slot::Trigger(v.into_owned()));
-            }
-        }
-        for slot in &slots {
+    let mut closed = 0u64;
+    for (i, (revision, slots)) in touched.iter().enumerate() {
+        let seq = start + i as u64;
+        for slot in slots.iter().flatten() {
             let Some(watchers) = index.slots.get(slot) else {
                 continue;
             };
             considered += watchers.len() as u64;
             for w in watchers.values() {
-                if event.revision < w.min_revision {
-                    continue;
-                }
-                if let Some(frame) = event.frame_for(w.everything, &w.predicate) {
-                    targets.push((w.clone(), frame));
+                if *revision >= w.min_revision && w.notify(seq, oldest) {
+                    closed += 1;
                 }
             }
         }
     }
-    let chunk = if paced { DISPATCH_CHUNK } else { usize::MAX };
-    let mut chunks = targets.chunks(chunk.max(1)).peekable();
-    while let Some(chunk) = chunks.next() {
-        for (w, frame) in chunk {
-            match w.try_send(frame.clone()) {
-                Ok(()) => delivered += 1,
-                Err(TrySendError::Full(frame)) => blocked.push((w.clone(), frame)),
-                Err(TrySendError::Closed(_)) => gone.push(w.id),
-            }
-        }
-        if chunks.peek().is_some() {
-            tokio::task::yield_now().await;
-        }
-    }
-    if !blocked.is_empty() {
-        let available = budget.take();
-        let start = Instant::now();
-        let deadline = start + available;
-        for (w, frame) in blocked {
-            if w.send_until(frame, deadline).await {
-                delivered += 1;
-            } else {
-                w.close(CloseReason::TooSlow);
-                stats.closed_slow.fetch_add(1, Ordering::Relaxed);
-                gone.push(w.id);
-            }
-        }
-        budget.give_back(available.saturating_sub(start.elapsed()));
-    }
-    stats.delivered.fetch_add(delivered, Ordering::Relaxed);
     stats.considered.fetch_add(considered, Ordering::Relaxed);
-    if !gone.is_empty() {
-        let mut index = index.lock().expect("watcher index lock");
-        for id in gone {
-            index.remove(id);
-        }
-    }
+    stats.closed_slow.fetch_add(closed, Ordering::Relaxed);
 }
 
-/// Follows the cache of `shared` and broadcasts its events, and bookmarks
-/// every `bookmark_interval`, until the cacher is dropped.
-pub(super) async fn run<K: Resource>(shared: Arc<Shared<K>>, config: CacherConfig) {
-    let mut budget = TimeBudget::new(config.dispatch_budget);
+/// Follows the cache of `shared` and logs its events for its watchers,
+/// and bookmarks every `bookmark_interval`, until the cacher is dropped.
+pub(super) async fn run<K: crate::registry::strategy::Strategy>(
+    shared: Arc<Shared<K>>,
+    config: CacherConfig,
+) {
     let mut ticker = tokio::time::interval(config.bookmark_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    // The listed state (epoch) and the revision of the last event sent.
+    // The listed state (epoch) and the revision of the last event logged.
     let mut cursor: Option<(u64, Revision)> = None;
     loop {
         let bookmark_due = tokio::select! {
@@ -265,7 +167,7 @@ pub(super) async fn run<K: Resource>(shared: Arc<Shared<K>>, config: CacherConfi
             _ = ticker.tick() => true,
         };
         loop {
-            let (epoch, events, revision) = {
+            let (epoch, events, revision, capacity) = {
                 let cache = shared.lock();
                 if !cache.ready() {
                     break;
@@ -277,10 +179,10 @@ pub(super) async fn run<K: Resource>(shared: Arc<Shared<K>>, config: CacherConfi
                     _ => cache.oldest(),
                 };
                 match cache.events_after(after) {
-                    Ok(events) => (epoch, events, cache.revision()),
+                    Ok(events) => (epoch, events, cache.revision(), cache.ring_usage().1),
                     Err(CacheMiss::TooOld { .. }) => {
-                        // The ring moved past events not yet sent: nobody can
-                        // vouch for the watchers' streams any more.
+                        // The ring moved past events not yet logged: nobody
+                        // can vouch for the watchers' streams any more.
                         tracing::warn!(
                             kind = K::INFO.kind,
                             "watch cache: dispatch fell behind the event ring; ending every watch"
@@ -303,28 +205,40 @@ pub(super) async fn run<K: Resource>(shared: Arc<Shared<K>>, config: CacherConfi
                         skiff::api::meta::v1::EventType::Bookmark,
                         &prost::Message::encode_to_vec(&object),
                     );
-                    bookmark(&shared.watchers, revision, &frame);
+                    bookmark(&shared.watchers, &shared.log, revision, frame, capacity);
                 }
                 break;
             };
-            for (i, event) in events.iter().enumerate() {
-                // Only the last of what was waiting is paced: under a stream
-                // of events, watchers take several per wake-up.
-                let paced = i + 1 == events.len();
-                dispatch(&shared.watchers, &mut budget, &shared.stats, event, paced).await;
-            }
+            dispatch(
+                &shared.watchers,
+                &shared.log,
+                K::TRIGGER_FIELD,
+                &events,
+                capacity,
+            );
             cursor = Some((epoch, last));
+            // Let the watchers (and requests) run before the next batch.
+            tokio::task::yield_now().await;
         }
     }
 }
 
-/// Sends a bookmark at `revision` to every watcher that asked for them and
-/// has room; watchers with a full buffer simply miss this one.
-pub fn bookmark(index: &Mutex<WatcherIndex>, revision: Revision, frame: &Bytes) {
+/// Logs a bookmark at `revision` and tells every watcher that asked for
+/// bookmarks.
+pub fn bookmark<K: Resource>(
+    index: &Mutex<WatcherIndex>,
+    log: &DeliveryLog<K>,
+    revision: Revision,
+    frame: Bytes,
+    capacity: usize,
+) {
+    let (seq, oldest) = log.append([Entry::Bookmark { revision, frame }], capacity);
     let index = index.lock().expect("watcher index lock");
+    let mut closed = 0;
     for w in index.all() {
-        if w.allow_bookmarks && revision + 1 >= w.min_revision {
-            let _ = w.try_send(frame.clone());
+        if w.allow_bookmarks && revision + 1 >= w.min_revision && w.notify(seq, oldest) {
+            closed += 1;
         }
     }
+    log.stats.closed_slow.fetch_add(closed, Ordering::Relaxed);
 }

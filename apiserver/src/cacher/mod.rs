@@ -15,6 +15,7 @@
 //! the number of storage watches never depends on clients.
 
 pub mod cache_watcher;
+pub mod delivery;
 pub mod dispatcher;
 pub mod feed;
 pub mod watch_cache;
@@ -30,8 +31,9 @@ use skiff::metrics::CounterVec;
 use skiff::wire::{ListResponse, WatchEvent};
 use tokio::sync::{Notify, watch};
 
-use self::cache_watcher::{CacheWatcher, CloseReason, OnDrop, watcher_stream};
-use self::dispatcher::{DispatchStats, WatcherIndex};
+use self::cache_watcher::{CacheWatcher, CloseReason, OnDrop, WatcherStream};
+use self::delivery::DeliveryLog;
+use self::dispatcher::WatcherIndex;
 use self::feed::{Feed, FeedConfig, KindCache};
 use self::watch_cache::{CacheMiss, Cached, RingConfig, WatchCache};
 use crate::error::ApiError;
@@ -46,12 +48,9 @@ use crate::storage::{Event, EventKind, RangeRequest, Revision, Storage, StorageE
 /// Tuning of every cacher.
 #[derive(Debug, Clone, Copy)]
 pub struct CacherConfig {
-    /// Sizing of the event ring.
+    /// Sizing of the event ring (and of the delivery log: a watcher may
+    /// lag by as many events as the ring holds).
     pub ring: RingConfig,
-    /// Buffer of each watcher, in events.
-    pub watcher_buffer: usize,
-    /// Time per second the dispatcher may wait for slow watchers.
-    pub dispatch_budget: Duration,
     /// How often watchers that asked for them get bookmarks.
     pub bookmark_interval: Duration,
     /// How long a read waits for the cache to be ready or to reach a revision.
@@ -66,8 +65,6 @@ impl Default for CacherConfig {
     fn default() -> Self {
         Self {
             ring: RingConfig::default(),
-            watcher_buffer: 1000,
-            dispatch_budget: Duration::from_millis(100),
             bookmark_interval: Duration::from_secs(30),
             wait_timeout: Duration::from_secs(3),
             list_page: 1000,
@@ -167,8 +164,9 @@ struct Shared<K: Resource> {
     progress: watch::Receiver<Revision>,
     /// New events for the dispatcher.
     wake: Notify,
+    /// What watchers read their live events from.
+    log: Arc<DeliveryLog<K>>,
     list_page: usize,
-    stats: DispatchStats,
     relists: AtomicU64,
     fallbacks: [AtomicU64; 4],
     fresh_waits: AtomicU64,
@@ -215,12 +213,12 @@ impl<K: Strategy> Cacher<K> {
     pub fn new(feed: &Arc<Feed>, config: CacherConfig) -> Self {
         let shared = Arc::new(Shared {
             cache: Mutex::new(WatchCache::new(config.ring)),
-            watchers: Mutex::new(WatcherIndex::new(K::TRIGGER_FIELD)),
+            watchers: Mutex::new(WatcherIndex::new()),
             ready: watch::channel(false).0,
             progress: feed.progress(),
             wake: Notify::new(),
+            log: Arc::new(DeliveryLog::default()),
             list_page: config.list_page.max(1),
-            stats: DispatchStats::default(),
             relists: AtomicU64::new(0),
             fallbacks: Default::default(),
             fresh_waits: AtomicU64::new(0),
@@ -252,10 +250,10 @@ impl<K: Strategy> Cacher<K> {
             objects,
             ring,
             revision,
-            events: self.shared.stats.events.load(Ordering::Relaxed),
-            delivered: self.shared.stats.delivered.load(Ordering::Relaxed),
-            considered: self.shared.stats.considered.load(Ordering::Relaxed),
-            closed_slow: self.shared.stats.closed_slow.load(Ordering::Relaxed),
+            events: self.shared.log.stats.events.load(Ordering::Relaxed),
+            delivered: self.shared.log.stats.delivered.load(Ordering::Relaxed),
+            considered: self.shared.log.stats.considered.load(Ordering::Relaxed),
+            closed_slow: self.shared.log.stats.closed_slow.load(Ordering::Relaxed),
             relists: self.shared.relists.load(Ordering::Relaxed),
             storage_fallbacks: fallbacks_by_reason.iter().sum(),
             fallbacks_by_reason,
@@ -369,7 +367,7 @@ impl<K: Strategy> Cacher<K> {
         // The initial events and the registration are taken under the cache
         // lock, so that every later event reaches the watcher exactly once.
         type Frames = Box<dyn Iterator<Item = bytes::Bytes> + Send>;
-        let (initial, rx, closed, snapshot_rev): (Frames, _, _, _) = {
+        let (initial, watcher, cursor, snapshot_rev): (Frames, _, _, _) = {
             let cache = self.shared.lock();
             if !cache.ready() {
                 return Ok(None);
@@ -402,19 +400,23 @@ impl<K: Strategy> Cacher<K> {
                     )
                 }
             };
-            let (watcher, rx, closed) = CacheWatcher::new(
+            // Live events start at the log's end: what is logged already
+            // is in the cache, so in the initial events or before them.
+            let cursor = self.shared.log.end();
+            let watcher = Arc::new(CacheWatcher::new(
                 id,
                 options.predicate.clone(),
                 revision + 1,
                 options.allow_bookmarks,
-                self.config.watcher_buffer,
-            );
+                K::TRIGGER_FIELD,
+                cursor,
+            ));
             self.shared
                 .watchers
                 .lock()
                 .expect("watcher lock")
-                .insert(Arc::new(watcher));
-            (initial, rx, closed, revision)
+                .insert(watcher.clone());
+            (initial, watcher, cursor, revision)
         };
         let initial: Frames = if options.initial_events_end_bookmark
             && matches!(
@@ -434,8 +436,8 @@ impl<K: Strategy> Cacher<K> {
                 shared.watchers.lock().expect("watcher lock").remove(id);
             }
         });
-        let stream =
-            watcher_stream(initial, rx, closed, guard).map(|r| r.map(WatchEvent::pre_encoded));
+        let stream = WatcherStream::new(initial, watcher, self.shared.log.clone(), cursor, guard)
+            .map(|r| r.map(WatchEvent::pre_encoded));
         Ok(Some(Box::pin(stream)))
     }
 }

@@ -52,11 +52,34 @@ pub struct Args {
     /// straight against etcd (watches on a key prefix, puts and deletes).
     #[arg(long, default_value = "skiff")]
     pub target: String,
+    /// Open the watchers, write nothing, and report the server's memory
+    /// per watch: its RSS growth divided by the number of watches.
+    #[arg(long)]
+    pub idle: bool,
+    /// Process to sample when this tool starts no server (e.g. etcd's pid
+    /// with `--target etcd://…`), for `--idle` and the CPU/RSS figures.
+    #[arg(long)]
+    pub target_pid: Option<u32>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// RSS of `pid` once it has stopped moving (two readings 500 ms apart
+/// within 64 KiB of each other, or the last of 20).
+async fn settled_rss(pid: u32) -> Option<u64> {
+    let mut last = crate::server::rss_bytes(pid)?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = crate::server::rss_bytes(pid)?;
+        if now.abs_diff(last) < 64 * 1024 {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
 }
 
 /// A watcher's events, as the revisions they carry.
@@ -167,6 +190,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let connections = args.connections.clamp(1, args.watchers.max(1));
     let delivered = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let sampled_pid = server.as_ref().and_then(|s| s.pid()).or(args.target_pid);
+    if let Some(s) = &server {
+        // Warm the server up (namespace, pod cache) before the baseline.
+        crate::ensure_namespace(
+            &skiff::client::Client::connect_to(&s.addr).await?,
+            NAMESPACE,
+        )
+        .await?;
+    }
+    let rss_before = match (args.idle, sampled_pid) {
+        (true, Some(pid)) => settled_rss(pid).await,
+        _ => None,
+    };
     let streams: Vec<Revisions> = match &etcd {
         Some(hostport) => {
             let prefix = format!("/loadtest-{}/", std::process::id());
@@ -174,6 +210,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => skiff_watchers(&args, &addr, connections).await?,
     };
+    if args.idle {
+        let pid = sampled_pid.context(
+            "--idle measures a process's memory: start the server here or give --target-pid",
+        )?;
+        let rss_after = settled_rss(pid).await;
+        let mut r = Report::default();
+        r.set("scenario", "watch-idle");
+        match &server {
+            Some(_) => {
+                r.set("target", format!("skiff {addr}"));
+                r.set("storage", args.server.storage.clone());
+            }
+            None => r.set("target", args.target.clone()),
+        }
+        r.set("watchers", args.watchers);
+        r.set("connections", connections);
+        if let (Some(b), Some(a)) = (rss_before, rss_after) {
+            r.set("rss_before", b);
+            r.set("rss_after", a);
+            r.set(
+                "bytes_per_watch",
+                (a as f64 - b as f64) / args.watchers.max(1) as f64,
+            );
+        }
+        r.print(args.json);
+        drop(streams);
+        return Ok(());
+    }
     let (stop_watchers, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for (i, s) in streams.into_iter().enumerate() {
@@ -216,7 +280,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
-    let sampler = Sampler::start(server.as_ref().and_then(|s| s.pid()));
+    let sampler = Sampler::start(sampled_pid);
     let mut targets = Vec::new();
     for _ in 0..args.writers.clamp(1, 8) {
         targets.push(crate::write::Target::connect(&args.target, &addr).await?);
