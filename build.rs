@@ -687,6 +687,7 @@ where
     }
     writeln!(w, "}}\n").unwrap();
 
+    let plural_snake = snake(pc);
     writeln!(
         w,
         r#"impl<S> crate::server::ServeWith<S> for {ty}
@@ -694,10 +695,21 @@ where
     {bound},
 {{
     fn add_service(routes: &mut ::tonic::service::RoutesBuilder, service: Arc<S>, limits: crate::server::MessageLimits) {{
-        let server = {m}::{svc_snake}_server::{svc}Server::from_arc(Arc::new(KindServer(service)))
+        let kind_server = Arc::new(KindServer(service));
+        let server = {m}::{svc_snake}_server::{svc}Server::from_arc(kind_server.clone())
             .max_decoding_message_size(limits.max_decoding)
             .max_encoding_message_size(limits.max_encoding);
-        routes.add_service(server);
+        let call: crate::server::WatchCall<{ty}> = Arc::new(move |parts, message| {{
+            let kind_server = kind_server.clone();
+            Box::pin(async move {{
+                use {m}::{svc_snake}_server::{svc} as _;
+                let m = <{m}::Watch{pc}Request as ::prost::Message>::decode(message)
+                    .map_err(|e| Status::invalid_argument(format!("the request does not decode: {{e}}")))?;
+                let request = Request::from_http(::http::Request::from_parts(parts, m));
+                Ok(kind_server.watch_{plural_snake}(request).await?.into_inner())
+            }})
+        }});
+        routes.add_service(crate::server::FramedWatch::new(server, "Watch{pc}", call, limits.max_decoding));
     }}
 }}
 "#

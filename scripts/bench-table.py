@@ -8,6 +8,9 @@ import sys
 
 
 def target(r):
+    if r.get("server"):
+        # scripts/bench-delivery.sh labels rows: raw1, embedded/new, on3/base…
+        return r["server"]
     t = r.get("target", "")
     if t.startswith("etcd://"):
         return "raw etcd"
@@ -22,6 +25,7 @@ def ms(r, key):
 
 
 reads = []
+idle = []
 print("| scenario | target | watchers | writes/s | events/s | write→event p99 ms | write p99 ms | server cores | server RSS MB |")
 print("|---|---|---|---|---|---|---|---|---|")
 for line in open(sys.argv[1]):
@@ -33,6 +37,9 @@ for line in open(sys.argv[1]):
     rss = r.get("server_peak_rss_bytes")
     if r["scenario"] == "list":
         reads.append(r)
+        continue
+    if r["scenario"] == "watch-idle":
+        idle.append(r)
         continue
     if r["scenario"] == "write":
         rate = r.get("creates_per_sec", r.get("ops_per_sec", 0))
@@ -52,3 +59,12 @@ if reads:
         a, c = r.get("list_rv0_latency") or {}, r.get("list_consistent_latency") or {}
         print(f"| list | {target(r)} | {a.get('p50_ms', 0):.2f} / {a.get('p99_ms', 0):.2f} | "
               f"{c.get('p50_ms', 0):.2f} / {c.get('p99_ms', 0):.2f} |")
+
+if idle:
+    print()
+    print("| idle watches | target | RSS before MB | RSS after MB | bytes per watch |")
+    print("|---|---|---|---|---|")
+    for r in idle:
+        b, a = r.get("rss_before", 0), r.get("rss_after", 0)
+        print(f"| {r['watchers']:,} on {r['connections']} connections | {target(r)} | {b / 1e6:.1f} | "
+              f"{a / 1e6:.1f} | {r.get('bytes_per_watch', 0):,.0f} |")

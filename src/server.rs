@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::Stream;
 use tonic::{Request, Status};
 
@@ -76,4 +77,233 @@ pub fn missing_field(field: &str) -> Status {
         format!("{field}: required field is missing"),
         details,
     )
+}
+
+/// What serves a kind's watch call: the request's HTTP parts and its
+/// decoded message in, the kind's event stream out.
+pub type WatchCall<K> = Arc<
+    dyn Fn(
+            http::request::Parts,
+            Bytes,
+        ) -> futures::future::BoxFuture<'static, Result<WatchStream<K>, Status>>
+        + Send
+        + Sync,
+>;
+
+/// A kind's generated gRPC service with its `Watch<Kind>s` method served
+/// directly: events whose gRPC frame was encoded once for every watcher
+/// ([`WatchEvent::pre_framed`]) are written to the HTTP/2 stream as they
+/// are, with no per-stream encode buffer or copy. On the wire it is the same
+/// server-streaming call; every other method goes to the generated service.
+pub struct FramedWatch<S, K> {
+    inner: S,
+    path: Arc<str>,
+    call: WatchCall<K>,
+    max_decoding: usize,
+}
+
+impl<S: Clone, K> Clone for FramedWatch<S, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            path: self.path.clone(),
+            call: self.call.clone(),
+            max_decoding: self.max_decoding,
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService, K> FramedWatch<S, K> {
+    /// Serves `method` (e.g. `WatchPods`) of `inner` through `call`.
+    pub fn new(inner: S, method: &str, call: WatchCall<K>, max_decoding: usize) -> Self {
+        Self {
+            inner,
+            path: format!("/{}/{method}", S::NAME).into(),
+            call,
+            max_decoding,
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService, K> tonic::server::NamedService for FramedWatch<S, K> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl<S, K> tower::Service<http::Request<tonic::body::Body>> for FramedWatch<S, K>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = HttpResponse,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    K: prost::Message + Default + Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<HttpResponse, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != &*self.path {
+            return Box::pin(self.inner.call(req));
+        }
+        let call = self.call.clone();
+        let max = self.max_decoding;
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let message = match read_unary_message(body, max).await {
+                Ok(m) => m,
+                Err(status) => return Ok(status.into_http()),
+            };
+            Ok(match call(parts, message).await {
+                Ok(stream) => {
+                    let mut response = http::Response::new(tonic::body::Body::new(FramedBody {
+                        stream,
+                        done: false,
+                    }));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    response
+                }
+                Err(status) => status.into_http(),
+            })
+        })
+    }
+}
+
+/// The one message of a unary request body (gRPC framing, uncompressed).
+async fn read_unary_message(body: tonic::body::Body, max: usize) -> Result<Bytes, Status> {
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(body, max.saturating_add(crate::wire::GRPC_PREFIX))
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Status::resource_exhausted(format!("request larger than the limit of {max} bytes"))
+            } else {
+                Status::cancelled(format!("reading the request: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.len() < crate::wire::GRPC_PREFIX {
+        return Err(Status::invalid_argument("the request holds no message"));
+    }
+    if bytes[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed requests are not supported by this method",
+        ));
+    }
+    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    if bytes.len() != crate::wire::GRPC_PREFIX + len {
+        return Err(Status::invalid_argument(
+            "the request holds other than one message",
+        ));
+    }
+    Ok(bytes.slice(crate::wire::GRPC_PREFIX..))
+}
+
+/// Events that came ready together are written as one HTTP/2 data frame, up
+/// to this many bytes (as tonic's encoder yields).
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// The response body of a watch: each event's frame, then the status.
+struct FramedBody<K> {
+    stream: WatchStream<K>,
+    done: bool,
+}
+
+impl<K: prost::Message + Default> FramedBody<K> {
+    fn frame_of(event: &WatchEvent<K>) -> Bytes {
+        match event.grpc_frame() {
+            Some(f) => f.clone(),
+            None => crate::wire::grpc_frame(&prost::Message::encode_to_vec(event)),
+        }
+    }
+
+    fn trailers(status: &Status) -> http_body::Frame<Bytes> {
+        let mut map = http::HeaderMap::new();
+        if status.add_header(&mut map).is_err() {
+            map.insert("grpc-status", http::HeaderValue::from_static("13"));
+        }
+        http_body::Frame::trailers(map)
+    }
+}
+
+impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBody<K> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        use futures::StreamExt;
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let first = match self.stream.poll_next_unpin(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(event))) => Self::frame_of(&event),
+            Poll::Ready(Some(Err(status))) => {
+                self.done = true;
+                return Poll::Ready(Some(Ok(Self::trailers(&status))));
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                return Poll::Ready(Some(Ok(Self::trailers(&Status::ok("")))));
+            }
+        };
+        // Alone, the shared frame goes as it is; with more ready behind it,
+        // they are copied into one frame (fewer, larger HTTP/2 writes).
+        let mut batch: Option<bytes::BytesMut> = None;
+        loop {
+            let len = batch.as_ref().map_or(first.len(), |b| b.len());
+            if len >= BATCH_BYTES {
+                break;
+            }
+            match self.stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(event))) => {
+                    let next = Self::frame_of(&event);
+                    let b = batch.get_or_insert_with(|| {
+                        let mut b = bytes::BytesMut::with_capacity(BATCH_BYTES);
+                        b.extend_from_slice(&first);
+                        b
+                    });
+                    b.extend_from_slice(&next);
+                }
+                // An error or the end is seen again on the next poll.
+                Poll::Ready(Some(Err(status))) => {
+                    self.stream = Box::pin(futures::stream::once(async move { Err(status) }));
+                    break;
+                }
+                Poll::Ready(None) => {
+                    self.stream = Box::pin(futures::stream::empty());
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::data(match batch {
+            Some(b) => b.freeze(),
+            None => first,
+        }))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
 }

@@ -21,8 +21,10 @@ pub struct WatchEvent<K> {
     pub r#type: i32,
     /// The object after the change (before it, for DELETED).
     pub object: Option<K>,
-    /// The whole message, already encoded; when set it is what goes on the wire.
+    /// The whole message, already encoded; when set it is what goes on the
+    /// wire. With `framed`, it starts with the 5-byte gRPC message prefix.
     encoded: Option<Bytes>,
+    framed: bool,
 }
 
 impl<K> WatchEvent<K> {
@@ -32,6 +34,7 @@ impl<K> WatchEvent<K> {
             r#type: event_type as i32,
             object: Some(object),
             encoded: None,
+            framed: false,
         }
     }
 
@@ -41,7 +44,38 @@ impl<K> WatchEvent<K> {
             r#type: 0,
             object: None,
             encoded: Some(bytes),
+            framed: false,
         }
+    }
+
+    /// An event whose gRPC message frame (prefix and message) was produced
+    /// by [`frame_watch_event`] or [`grpc_frame`]: a server writes it as it is.
+    pub fn pre_framed(frame: Bytes) -> Self {
+        debug_assert!(
+            frame.len() >= GRPC_PREFIX,
+            "a gRPC frame has a 5-byte prefix"
+        );
+        Self {
+            r#type: 0,
+            object: None,
+            encoded: Some(frame),
+            framed: true,
+        }
+    }
+
+    /// The event's whole gRPC message frame, if it was built as one.
+    pub fn grpc_frame(&self) -> Option<&Bytes> {
+        self.encoded.as_ref().filter(|_| self.framed)
+    }
+
+    /// The encoded message, without a gRPC prefix, if there is one.
+    fn message_bytes(&self) -> Option<&[u8]> {
+        let bytes = self.encoded.as_ref()?;
+        Some(if self.framed {
+            &bytes[GRPC_PREFIX..]
+        } else {
+            &bytes[..]
+        })
     }
 
     /// The event type, or `Unspecified` for unknown numbers.
@@ -96,11 +130,44 @@ where
 /// Encodes a watch event message from its type and the object's encoding.
 pub fn encode_watch_event(event_type: EventType, object: &[u8]) -> Bytes {
     let mut buf = Vec::with_capacity(object.len() + 8);
-    prost::encoding::int32::encode(1, &(event_type as i32), &mut buf);
-    prost::encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
-    prost::encoding::encode_varint(object.len() as u64, &mut buf);
-    buf.extend_from_slice(object);
+    write_watch_event(event_type, object, &mut buf);
     Bytes::from(buf)
+}
+
+fn write_watch_event(event_type: EventType, object: &[u8], buf: &mut Vec<u8>) {
+    prost::encoding::int32::encode(1, &(event_type as i32), buf);
+    prost::encoding::encode_key(2, WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(object.len() as u64, buf);
+    buf.extend_from_slice(object);
+}
+
+/// Length of the gRPC message prefix: a compression flag and a 4-byte length.
+pub const GRPC_PREFIX: usize = 5;
+
+/// Encodes a watch event as a whole gRPC message frame (uncompressed
+/// prefix, then the message), so that a server can write it to any number
+/// of streams as it is.
+pub fn frame_watch_event(event_type: EventType, object: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(object.len() + 8 + GRPC_PREFIX);
+    buf.extend_from_slice(&[0; GRPC_PREFIX]);
+    write_watch_event(event_type, object, &mut buf);
+    set_prefix(&mut buf);
+    Bytes::from(buf)
+}
+
+/// Frames an encoded message as a gRPC message (uncompressed).
+pub fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(message.len() + GRPC_PREFIX);
+    buf.extend_from_slice(&[0; GRPC_PREFIX]);
+    buf.extend_from_slice(message);
+    set_prefix(&mut buf);
+    Bytes::from(buf)
+}
+
+fn set_prefix(buf: &mut [u8]) {
+    let len = u32::try_from(buf.len() - GRPC_PREFIX).expect("a message under 4 GiB");
+    buf[0] = 0;
+    buf[1..GRPC_PREFIX].copy_from_slice(&len.to_be_bytes());
 }
 
 impl<K: fmt::Debug> fmt::Debug for WatchEvent<K> {
@@ -115,7 +182,7 @@ impl<K: fmt::Debug> fmt::Debug for WatchEvent<K> {
 
 impl<K: Message + Default> Message for WatchEvent<K> {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        if let Some(bytes) = &self.encoded {
+        if let Some(bytes) = self.message_bytes() {
             buf.put_slice(bytes);
             return;
         }
@@ -147,7 +214,7 @@ impl<K: Message + Default> Message for WatchEvent<K> {
     }
 
     fn encoded_len(&self) -> usize {
-        if let Some(bytes) = &self.encoded {
+        if let Some(bytes) = self.message_bytes() {
             return bytes.len();
         }
         let mut len = 0;
@@ -164,6 +231,7 @@ impl<K: Message + Default> Message for WatchEvent<K> {
         self.r#type = 0;
         self.object = None;
         self.encoded = None;
+        self.framed = false;
     }
 }
 
@@ -339,5 +407,27 @@ mod tests {
         assert_eq!(once.encode_to_vec(), plain);
         let decoded = ListResponse::<Pod>::decode(plain.as_slice()).unwrap();
         assert_eq!(decoded.items, items);
+    }
+
+    #[test]
+    fn a_pre_framed_event_is_a_grpc_frame_and_encodes_like_a_plain_one() {
+        let p = pod("a");
+        let plain = WatchEvent::new(EventType::Modified, p.clone()).encode_to_vec();
+        let frame = frame_watch_event(EventType::Modified, &p.encode_to_vec());
+        assert_eq!(frame[0], 0, "uncompressed");
+        assert_eq!(
+            u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize,
+            plain.len()
+        );
+        assert_eq!(&frame[GRPC_PREFIX..], plain.as_slice());
+        let event = WatchEvent::<Pod>::pre_framed(frame.clone());
+        assert_eq!(event.grpc_frame(), Some(&frame));
+        assert_eq!(event.encoded_len(), plain.len());
+        assert_eq!(event.encode_to_vec(), plain);
+        assert_eq!(grpc_frame(&plain), frame);
+        assert_eq!(
+            WatchEvent::<Pod>::pre_encoded(Bytes::from(plain)).grpc_frame(),
+            None
+        );
     }
 }

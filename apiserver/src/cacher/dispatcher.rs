@@ -201,7 +201,7 @@ pub(super) async fn run<K: crate::registry::strategy::Strategy>(
             let Some(last) = events.last().map(|e| e.revision) else {
                 if bookmark_due {
                     let object = crate::object_store::bookmark_object::<K>(revision, false);
-                    let frame = skiff::wire::encode_watch_event(
+                    let frame = skiff::wire::frame_watch_event(
                         skiff::api::meta::v1::EventType::Bookmark,
                         &prost::Message::encode_to_vec(&object),
                     );

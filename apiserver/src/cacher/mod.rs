@@ -423,7 +423,7 @@ impl<K: Strategy> Cacher<K> {
                 options.start,
                 WatchStart::CurrentState | WatchStart::AnyState
             ) {
-            let end = bytes::Bytes::from(prost::Message::encode_to_vec(
+            let end = skiff::wire::grpc_frame(&prost::Message::encode_to_vec(
                 &crate::object_store::bookmark::<K>(snapshot_rev, true),
             ));
             Box::new(initial.chain(std::iter::once(end)))
@@ -437,7 +437,7 @@ impl<K: Strategy> Cacher<K> {
             }
         });
         let stream = WatcherStream::new(initial, watcher, self.shared.log.clone(), cursor, guard)
-            .map(|r| r.map(WatchEvent::pre_encoded));
+            .map(|r| r.map(WatchEvent::pre_framed));
         Ok(Some(Box::pin(stream)))
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use skiff::Resource;
 use skiff::api::meta::v1::EventType;
-use skiff::wire::encode_watch_event;
+use skiff::wire::frame_watch_event;
 
 use crate::object_store::classify;
 use crate::object_store::predicate::Predicate;
@@ -44,7 +44,7 @@ impl<K: Resource> Cached<K> {
     /// The ADDED watch event of this object, encoded once.
     pub fn added_frame(&self) -> Bytes {
         self.added_frame
-            .get_or_init(|| encode_watch_event(EventType::Added, &self.encoded))
+            .get_or_init(|| frame_watch_event(EventType::Added, &self.encoded))
             .clone()
     }
 }
@@ -102,7 +102,7 @@ impl<K: Resource> CacheEvent<K> {
                 let c = self.current.as_ref()?;
                 Some(
                     self.modified
-                        .get_or_init(|| encode_watch_event(EventType::Modified, &c.encoded))
+                        .get_or_init(|| frame_watch_event(EventType::Modified, &c.encoded))
                         .clone(),
                 )
             }
@@ -114,7 +114,7 @@ impl<K: Resource> CacheEvent<K> {
                             // The last state, stamped with the revision of its removal.
                             let mut obj = p.object.clone();
                             obj.meta_mut().resource_version = self.revision.to_string();
-                            encode_watch_event(
+                            frame_watch_event(
                                 EventType::Deleted,
                                 &prost::Message::encode_to_vec(&obj),
                             )
@@ -502,7 +502,12 @@ mod tests {
         };
         // Leaving the selector is a DELETED carrying the old content at the new revision.
         let frame = modified.frame_for(false, &web).unwrap();
-        let ev = skiff::wire::WatchEvent::<Pod>::decode(frame.clone()).unwrap();
+        // A whole gRPC message: prefix (uncompressed, length), then the event.
+        assert_eq!(frame[0], 0);
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(len + skiff::wire::GRPC_PREFIX, frame.len());
+        let ev = skiff::wire::WatchEvent::<Pod>::decode(frame.slice(skiff::wire::GRPC_PREFIX..))
+            .unwrap();
         assert_eq!(ev.event_type(), EventType::Deleted);
         assert_eq!(ev.object.as_ref().unwrap().meta().labels["app"], "web");
         assert_eq!(ev.object.as_ref().unwrap().meta().resource_version, "12");

@@ -248,10 +248,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut s = s;
             let mut seen: Vec<(u64, Instant)> = Vec::new();
+            // One stop future for the whole run: a new one per event would
+            // cost a registration with the channel each time, on the load
+            // generator's one core (it showed in the latency).
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            tokio::pin!(stop);
             loop {
                 let ev = tokio::select! {
+                    biased;
                     ev = s.next() => ev,
-                    _ = stopped.wait_for(|s| *s) => break,
+                    _ = &mut stop => break,
                 };
                 match ev {
                     Some(Ok(rv)) => {

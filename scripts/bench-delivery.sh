@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Measures issue 19's table: watch delivery (memory per idle watch, fan-out,
+# write→event latency) and creates/s, on raw etcd, Skiff on embedded
+# storage and Skiff on etcd (one member and three), every row in one run.
+# etcd and the API server are pinned to core 0, the load generator to core 1.
+# With BASE_SKIFF=/path/to/an/older/skiff the Skiff rows run on that binary
+# too (rows then carry "server": "base"), for a before/after in the same run.
+# Prints one JSON line per measurement to stdout; progress goes to stderr.
+# Needs `etcd` (Debian: etcd-server), `taskset` (util-linux) and a release build:
+#   cargo build --release -p skiff-cli -p skiff-loadtest
+# Usage: scripts/bench-delivery.sh [quick]   (DURATION=8s by default; quick: 2s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+L=target/release/skiff-loadtest
+D=${DURATION:-8s}
+if [ "${1:-}" = quick ]; then D=2s; fi
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+BACKENDS=${BACKENDS:-"raw1 embedded on1 raw3 on3"}
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_etcd() { # name data client peer initial-cluster token
+  taskset -c "$SERVER_CPU" etcd --name "$1" --data-dir "$2" \
+    --listen-client-urls "http://127.0.0.1:$3" --advertise-client-urls "http://127.0.0.1:$3" \
+    --listen-peer-urls "http://127.0.0.1:$4" --initial-advertise-peer-urls "http://127.0.0.1:$4" \
+    --initial-cluster "$5" --initial-cluster-state new --initial-cluster-token "$6" \
+    --quota-backend-bytes 8589934592 --log-level error --logger zap >"$tmp/$1.log" 2>&1 &
+  pids+=($!)
+}
+c1=$(free_port); p1=$(free_port)
+start_etcd single "$tmp/single" "$c1" "$p1" "single=http://127.0.0.1:$p1" "single-$$"
+single_pid=${pids[-1]}
+cluster=(); initial=()
+for i in 0 1 2; do
+  c=$(free_port); p=$(free_port)
+  cluster+=("$c:$p"); initial+=("m$i=http://127.0.0.1:$p")
+done
+init=$(IFS=,; echo "${initial[*]}")
+endpoints3=()
+for i in 0 1 2; do
+  c=${cluster[$i]%%:*}; p=${cluster[$i]##*:}
+  start_etcd "m$i" "$tmp/m$i" "$c" "$p" "$init" "three-$$"
+  endpoints3+=("http://127.0.0.1:$c")
+  [ "$i" = 0 ] && m0_pid=${pids[-1]}
+done
+E1="http://127.0.0.1:$c1"
+E3=$(IFS=,; echo "${endpoints3[*]}")
+healthy() {
+  python3 -c 'import sys,urllib.request; sys.exit(0 if b"true" in urllib.request.urlopen(sys.argv[1]+"/health",timeout=1).read() else 1)' "$1" 2>/dev/null
+}
+for e in "$E1" "${endpoints3[@]}"; do
+  for _ in $(seq 1 100); do healthy "$e" && break; sleep 0.1; done
+  healthy "$e" || { echo "etcd at $e is not healthy; see $tmp" >&2; exit 1; }
+done
+
+# run LABEL ARGS…: one measurement, tagged with the server binary it used.
+run() {
+  local label=$1; shift
+  echo "== [$label] $*" >&2
+  taskset -c "$LOAD_CPU" "$L" "$@" --server-cpus "$SERVER_CPU" --json | sed "s|^{|{\"server\":\"$label\",|"
+}
+servers() { # ARGS…: the measurement on this build, and on BASE_SKIFF if set
+  run "$backend/new" "$@"
+  if [ -n "${BASE_SKIFF:-}" ]; then SKIFF_BIN=$BASE_SKIFF run "$backend/base" "$@"; fi
+}
+
+for backend in $BACKENDS; do
+  case $backend in
+    raw1) b="--target etcd://127.0.0.1:$c1 --target-pid $single_pid"; each=run ;;
+    raw3) b="--target etcd://${endpoints3[0]#http://} --target-pid $m0_pid"; each=run ;;
+    on1) b="--storage etcd --etcd-endpoints $E1"; each=servers ;;
+    on3) b="--storage etcd --etcd-endpoints $E3"; each=servers ;;
+    embedded) b=""; each=servers ;;
+  esac
+  # shellcheck disable=SC2086
+  {
+    if [ "$each" = run ]; then each="run $backend"; fi
+    $each watch --idle --watchers 10000 --connections 32 $b
+    $each watch --watchers 1000 --connections 32 --writers 32 --duration "$D" $b
+    $each watch --watchers 10000 --connections 32 --writers 32 --duration "$D" $b
+    $each watch --watchers 1000 --connections 32 --writers 32 --rate 100 --duration "$D" $b
+    $each watch --watchers 100 --connections 32 --writers 32 --rate 100 --duration "$D" $b
+    case $backend in raw*) ;; *)
+      $each write --writers 256 --ops create --duration "$D" $b ;;
+    esac
+  }
+done
