@@ -72,6 +72,105 @@ fn from(rv: &str) -> WatchParams {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watch_is_closed_with_a_resumable_error_while_a_fast_one_on_its_connection_sees_every_event()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::embedded_with(
+        dir.path(),
+        config(|c| {
+            c.ring = RingConfig {
+                initial_capacity: 64,
+                max_capacity: 64,
+                min_history: Duration::from_secs(75),
+            };
+        }),
+    )
+    .await;
+    let t = server.transport().await;
+    let start = Pod::list_in(t.clone(), ListParams::default())
+        .await
+        .unwrap()
+        .list_meta()
+        .resource_version;
+    // One connection for both watches: small windows per stream (the slow
+    // one's fills and the server stops sending on it), a large one for the
+    // connection (the unread stream does not hold the other back).
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(64 << 20)
+        .connect()
+        .await
+        .unwrap();
+    let shared = Transport::from_channel(channel, skiff::client::Credentials::none());
+    let mut slow = watch(&shared, from(&start)).await;
+    let mut fast = watch(&shared, from(&start)).await;
+    const N: usize = 300;
+    let collector = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < N {
+            let ev = next(&mut fast).await;
+            seen.push(ev.object.unwrap().resource_version());
+        }
+        seen
+    });
+    let mut written = Vec::new();
+    for i in 0..N {
+        let mut p = pod(&format!("p{i}"));
+        p.meta_mut()
+            .annotations
+            .insert("pad".into(), "x".repeat(4096));
+        written.push(
+            Pod::create_in(t.clone(), p)
+                .await
+                .unwrap()
+                .resource_version(),
+        );
+    }
+    let seen = collector.await.unwrap();
+    assert_eq!(seen, written, "the fast watch saw every event, in order");
+    until(
+        "the slow watch to be closed",
+        Duration::from_secs(20),
+        || server.stats.kind("Pod").unwrap().closed_slow == 1,
+    )
+    .await;
+    // The slow one gets what was already on its way, then the error that
+    // tells it to watch again from the last version it saw.
+    let mut last: u64 = start.parse().unwrap();
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(ev)) => last = ev.object.unwrap().resource_version(),
+            Some(Err(e)) => break e,
+            None => panic!("a slow watch's stream ends with an error"),
+        }
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("watch again from the last resource version"),
+        "{err:?}"
+    );
+    assert_ne!(last, *written.last().unwrap(), "the slow watch fell behind");
+    // Resuming from there: the ring (64 events) no longer reaches back that
+    // far, so the answer is OUT_OF_RANGE — list again — as Kubernetes says.
+    match Pod::watch_in(shared.clone(), from(&last.to_string())).await {
+        Err(e) => assert_eq!(e.code(), Code::OutOfRange, "{e:?}"),
+        Ok(mut w) => {
+            let e = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .unwrap()
+                .expect("an answer")
+                .expect_err("too old a version");
+            assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_never_reads_is_closed_while_a_fast_one_sees_every_event() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::embedded_with(
