@@ -71,12 +71,10 @@ fn from(rv: &str) -> WatchParams {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_watch_is_closed_with_a_resumable_error_while_a_fast_one_on_its_connection_sees_every_event()
- {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::embedded_with(
-        dir.path(),
+/// A server whose watch cache keeps 64 events (so a watch may lag by 64).
+async fn server_with_a_short_ring(dir: &std::path::Path) -> TestServer {
+    TestServer::embedded_with(
+        dir,
         config(|c| {
             c.ring = RingConfig {
                 initial_capacity: 64,
@@ -85,37 +83,51 @@ async fn a_slow_watch_is_closed_with_a_resumable_error_while_a_fast_one_on_its_c
             };
         }),
     )
-    .await;
+    .await
+}
+
+/// A transport on its own connection with HTTP/2 windows of `stream` and
+/// `connection` bytes (hyper's client defaults are megabytes).
+async fn transport_with_windows(server: &TestServer, stream: u32, connection: u32) -> Transport {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(stream)
+        .initial_connection_window_size(connection)
+        .connect()
+        .await
+        .unwrap();
+    Transport::from_channel(channel, skiff::client::Credentials::none())
+}
+
+/// Opens a watch on `slow_t` that is never read and one on `fast_t` that
+/// is, from the current version, writes `n` pods big enough to fill the
+/// slow one's window, and checks that the fast one saw every event in
+/// order and the slow one was closed. Returns the slow stream, the
+/// version it started from, and the written versions.
+async fn slow_and_fast_watches(
+    server: &TestServer,
+    slow_t: &Transport,
+    fast_t: &Transport,
+    n: usize,
+) -> (Streaming<WatchEvent<Pod>>, String, Vec<u64>) {
     let t = server.transport().await;
     let start = Pod::list_in(t.clone(), ListParams::default())
         .await
         .unwrap()
         .list_meta()
         .resource_version;
-    // One connection for both watches: small windows per stream (the slow
-    // one's fills and the server stops sending on it), a large one for the
-    // connection (the unread stream does not hold the other back).
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(64 << 20)
-        .connect()
-        .await
-        .unwrap();
-    let shared = Transport::from_channel(channel, skiff::client::Credentials::none());
-    let mut slow = watch(&shared, from(&start)).await;
-    let mut fast = watch(&shared, from(&start)).await;
-    const N: usize = 300;
+    let slow = watch(slow_t, from(&start)).await;
+    let mut fast = watch(fast_t, from(&start)).await;
     let collector = tokio::spawn(async move {
         let mut seen = Vec::new();
-        while seen.len() < N {
+        while seen.len() < n {
             let ev = next(&mut fast).await;
             seen.push(ev.object.unwrap().resource_version());
         }
         seen
     });
     let mut written = Vec::new();
-    for i in 0..N {
+    for i in 0..n {
         let mut p = pod(&format!("p{i}"));
         p.meta_mut()
             .annotations
@@ -135,19 +147,39 @@ async fn a_slow_watch_is_closed_with_a_resumable_error_while_a_fast_one_on_its_c
         || server.stats.kind("Pod").unwrap().closed_slow == 1,
     )
     .await;
-    // The slow one gets what was already on its way, then the error that
-    // tells it to watch again from the last version it saw.
+    (slow, start, written)
+}
+
+/// Reads the slow watch to its end: what was already on its way, then the
+/// error saying why. Returns the last version it saw and the error.
+async fn drain_to_error(
+    slow: &mut Streaming<WatchEvent<Pod>>,
+    start: &str,
+) -> (u64, tonic::Status) {
     let mut last: u64 = start.parse().unwrap();
-    let err = loop {
+    loop {
         match tokio::time::timeout(Duration::from_secs(10), slow.next())
             .await
             .unwrap()
         {
             Some(Ok(ev)) => last = ev.object.unwrap().resource_version(),
-            Some(Err(e)) => break e,
+            Some(Err(e)) => return (last, e),
             None => panic!("a slow watch's stream ends with an error"),
         }
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watch_is_closed_with_a_resumable_error_while_a_fast_one_on_its_connection_sees_every_event()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_a_short_ring(dir.path()).await;
+    // One connection for both watches: small windows per stream (the slow
+    // one's fills and the server stops sending on it), a large one for the
+    // connection (the unread stream does not hold the other back).
+    let shared = transport_with_windows(&server, 65_535, 64 << 20).await;
+    let (mut slow, start, written) = slow_and_fast_watches(&server, &shared, &shared, 300).await;
+    let (last, err) = drain_to_error(&mut slow, &start).await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message()
@@ -173,82 +205,17 @@ async fn a_slow_watch_is_closed_with_a_resumable_error_while_a_fast_one_on_its_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_never_reads_is_closed_while_a_fast_one_sees_every_event() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::embedded_with(
-        dir.path(),
-        config(|c| {
-            // A watcher may lag by what the ring holds: 64 events here.
-            c.ring = RingConfig {
-                initial_capacity: 64,
-                max_capacity: 64,
-                min_history: Duration::from_secs(75),
-            };
-        }),
-    )
-    .await;
-    let t = server.transport().await;
-    let start = Pod::list_in(t.clone(), ListParams::default())
-        .await
-        .unwrap()
-        .list_meta()
-        .resource_version;
-    // Separate connections: HTTP/2 flow control is shared within one. The
-    // slow client uses HTTP/2's default 64 KiB windows (hyper's client
-    // defaults are megabytes), so backpressure reaches the server soon.
-    let slow_channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let slow_t = Transport::from_channel(slow_channel, skiff::client::Credentials::none());
+    let server = server_with_a_short_ring(dir.path()).await;
+    // Separate connections, the slow one with HTTP/2's default 64 KiB
+    // windows, so backpressure reaches the server soon.
+    let slow_t = transport_with_windows(&server, 65_535, 65_535).await;
     let fast_t = server.transport().await;
-    let mut slow = watch(&slow_t, from(&start)).await;
-    let mut fast = watch(&fast_t, from(&start)).await;
-    const N: usize = 400;
-    let collector = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while seen.len() < N {
-            let ev = next(&mut fast).await;
-            seen.push(ev.object.unwrap().resource_version());
-        }
-        seen
-    });
-    let mut written = Vec::new();
-    for i in 0..N {
-        let mut p = pod(&format!("p{i}"));
-        // Big enough objects that the slow client's HTTP/2 window fills quickly.
-        p.meta_mut()
-            .annotations
-            .insert("pad".into(), "x".repeat(4096));
-        written.push(
-            Pod::create_in(t.clone(), p)
-                .await
-                .unwrap()
-                .resource_version(),
-        );
-    }
-    let seen = collector.await.unwrap();
-    assert_eq!(seen, written, "the fast watcher saw every event, in order");
-    until(
-        "the slow watcher to be closed",
-        Duration::from_secs(20),
-        || server.stats.kind("Pod").unwrap().closed_slow == 1,
-    )
-    .await;
-    // When the slow client finally reads, its stream ends with an error saying why.
-    let mut got = 0;
-    let err = loop {
-        match tokio::time::timeout(Duration::from_secs(10), slow.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(_)) => got += 1,
-            Some(Err(e)) => break e,
-            None => panic!("a slow watcher's stream ends with an error"),
-        }
-    };
-    assert!(got < N, "the slow watcher did not get everything ({got})");
+    let (mut slow, start, written) = slow_and_fast_watches(&server, &slow_t, &fast_t, 400).await;
+    let (last, err) = drain_to_error(&mut slow, &start).await;
+    assert!(
+        last < *written.last().unwrap(),
+        "the slow watcher did not get everything"
+    );
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
 
