@@ -67,6 +67,16 @@ pub struct Args {
     pub server: ServerArgs,
 }
 
+/// Records what was measured: the started server (and its storage) or `--target`.
+fn set_target(r: &mut Report, args: &Args, started: bool, addr: &str) {
+    if started {
+        r.set("target", format!("skiff {addr}"));
+        r.set("storage", args.server.storage.clone());
+    } else {
+        r.set("target", args.target.clone());
+    }
+}
+
 /// RSS of `pid` once it has stopped moving (two readings 500 ms apart
 /// within 64 KiB of each other, or the last of 20).
 async fn settled_rss(pid: u32) -> Option<u64> {
@@ -217,13 +227,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let rss_after = settled_rss(pid).await;
         let mut r = Report::default();
         r.set("scenario", "watch-idle");
-        match &server {
-            Some(_) => {
-                r.set("target", format!("skiff {addr}"));
-                r.set("storage", args.server.storage.clone());
-            }
-            None => r.set("target", args.target.clone()),
-        }
+        set_target(&mut r, &args, server.is_some(), &addr);
         r.set("watchers", args.watchers);
         r.set("connections", connections);
         if let (Some(b), Some(a)) = (rss_before, rss_after) {
@@ -478,13 +482,7 @@ async fn finish(
 
     let mut r = Report::default();
     r.set("scenario", "watch");
-    match &server {
-        Some(_) => {
-            r.set("target", format!("skiff {addr}"));
-            r.set("storage", args.server.storage.clone());
-        }
-        None => r.set("target", args.target.clone()),
-    }
+    set_target(&mut r, &args, server.is_some(), &addr);
     r.set("watchers", args.watchers);
     r.set("connections", connections);
     r.set("writers", args.writers);
