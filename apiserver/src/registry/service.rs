@@ -948,6 +948,10 @@ fn settle<K>(
         Ok(Attempt::Written(k)) => Some(Ok(k)),
         Ok(Attempt::Stale(_)) if retry_stale || from_cache => None,
         Ok(Attempt::Stale(e)) => Some(Err(e)),
+        // Storage did not answer: the write's fate is unknown (it may have
+        // been applied), so it is the caller's to retry, never ours — a try
+        // again would find the write's own result and call it a conflict.
+        Err(e @ ApiError::Unavailable { .. }) => Some(Err(e)),
         Ok(Attempt::Unchanged(_)) | Err(_) if from_cache => None,
         Ok(Attempt::Unchanged(k)) => Some(Ok(k)),
         Err(e) => Some(Err(e)),
