@@ -274,17 +274,6 @@ impl EtcdStorage {
         healthy
     }
 
-    /// The key a transaction's `get` read, if it read one.
-    fn got(&self, resp: &etcd_client::TxnResponse) -> Result<Option<KeyValue>> {
-        resp.op_responses()
-            .into_iter()
-            .find_map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| self.convert(kv)),
-                _ => None,
-            })
-            .transpose()
-    }
-
     fn set_aside(&self, member: usize, why: &dyn std::fmt::Display) {
         let m = &self.inner.members[member];
         if m.healthy.swap(false, Ordering::Relaxed) {
@@ -294,20 +283,6 @@ impl EtcdStorage {
 
     /// Runs `f` against members until one answers, as `retry` allows.
     async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> std::result::Result<T, StorageError>
-    where
-        F: Fn(&Member) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        self.call_counting(retry, f).await.map(|(v, _)| v)
-    }
-
-    /// [`call`](Self::call), also saying whether an earlier attempt failed
-    /// before the answer (a write then went to another member).
-    async fn call_counting<T, F, Fut>(
-        &self,
-        retry: Retry,
-        f: F,
-    ) -> std::result::Result<(T, bool), StorageError>
     where
         F: Fn(&Member) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -323,7 +298,7 @@ impl EtcdStorage {
                 SET_ASIDE_TIMEOUT
             };
             let outcome = match tokio::time::timeout(limit, f(member)).await {
-                Ok(Ok(v)) => return Ok((v, tried.len() > 1)),
+                Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     let failure = classify(&e);
                     if failure == Failure::Answer {
@@ -457,26 +432,15 @@ impl Storage for EtcdStorage {
         let full = self.full(key);
         let txn = Txn::new()
             .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(full.clone(), value.to_vec(), None)])
-            .or_else([TxnOp::get(full.clone(), None)]);
-        let (resp, retried) = self
-            .call_counting(Retry::Write, |m| {
+            .and_then([TxnOp::put(full.clone(), value.to_vec(), None)]);
+        let resp = self
+            .call(Retry::Write, |m| {
                 let mut kv = m.kv.clone();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
             .await?;
         if !resp.succeeded() {
-            // Sent again after a member failed, and the key holds exactly
-            // our bytes, unchanged since: the first attempt was applied and
-            // only its answer was lost. Not a refusal.
-            if retried
-                && let Some(existing) = self.got(&resp)?
-                && existing.value == value
-                && existing.version == 1
-            {
-                return Ok(existing);
-            }
             return Err(StorageError::AlreadyExists {
                 key: key.to_owned(),
             });
@@ -504,20 +468,19 @@ impl Storage for EtcdStorage {
                 TxnOp::get(full.clone(), None),
             ])
             .or_else([TxnOp::get(full.clone(), None)]);
-        let (resp, retried) = self
-            .call_counting(Retry::Write, |m| {
+        let resp = self
+            .call(Retry::Write, |m| {
                 let mut kv = m.kv.clone();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
             .await?;
-        let got = self.got(&resp)?;
+        let got = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| self.convert(kv)),
+            _ => None,
+        });
         match (resp.succeeded(), got) {
-            (true, Some(kv)) => Ok(kv),
-            // Sent again after a member failed, and the key holds exactly
-            // our bytes: the first attempt's swap was applied and only its
-            // answer was lost. Not a conflict.
-            (false, Some(current)) if retried && current.value == value => Ok(current),
+            (true, Some(kv)) => kv,
             (true, None) => Err(StorageError::Corrupt {
                 key: key.to_owned(),
                 reason: "updated key not readable in the same transaction".into(),
@@ -528,7 +491,7 @@ impl Storage for EtcdStorage {
             (false, Some(current)) => Err(StorageError::Conflict {
                 key: key.to_owned(),
                 expected,
-                current: Box::new(current),
+                current: Box::new(current?),
             }),
         }
     }
