@@ -64,6 +64,10 @@ fn main() {
         .build_server(true)
         .btree_map(".")
         .codec_path("crate::wire::Codec")
+        // The multiplexed watch packs objects as Any whose value is shared
+        // `Bytes` (no copy per watcher); its errors are tonic-types' Status.
+        .extern_path(".google.protobuf.Any", "crate::wire::Any")
+        .extern_path(".google.rpc.Status", "::tonic_types::Status")
         .emit_rerun_if_changed(false)
         .out_dir(&out_dir);
     for k in &kinds {
@@ -80,7 +84,10 @@ fn main() {
     // google.rpc details are only described (for reflection); tonic-types
     // provides the Rust side.
     let mut fds = fds;
-    fds.file.retain(|f| f.package() != "google.rpc");
+    // (status.proto stays: its one message is extern, but the message graph
+    // must know it.)
+    fds.file
+        .retain(|f| f.package() != "google.rpc" || f.name() == "google/rpc/status.proto");
     builder.compile_fds(fds).expect("generate gRPC code");
 
     let glue = generate_glue(&kinds);

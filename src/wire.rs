@@ -38,6 +38,16 @@ impl<K> WatchEvent<K> {
         }
     }
 
+    /// An event of type number `event_type` (as received) holding `object`.
+    pub fn from_parts(event_type: i32, object: Option<K>) -> Self {
+        Self {
+            r#type: event_type,
+            object,
+            encoded: None,
+            framed: false,
+        }
+    }
+
     /// An event whose message bytes were produced by [`encode_watch_event`].
     pub fn pre_encoded(bytes: Bytes) -> Self {
         Self {
@@ -78,9 +88,166 @@ impl<K> WatchEvent<K> {
         })
     }
 
+    /// The event's type number and its object's encoding, sharing the
+    /// bytes of an event encoded once (no copy) — what the multiplexed
+    /// watch packs into an [`Any`].
+    pub fn into_type_and_object(self) -> Result<(i32, Bytes), DecodeError>
+    where
+        K: Message,
+    {
+        let Some(bytes) = self.encoded else {
+            let object = self.object.map(|o| Bytes::from(o.encode_to_vec()));
+            return Ok((self.r#type, object.unwrap_or_default()));
+        };
+        let message = if self.framed {
+            bytes.slice(GRPC_PREFIX..)
+        } else {
+            bytes
+        };
+        let (mut event_type, mut object) = (0, Bytes::new());
+        let mut rest = &message[..];
+        while !rest.is_empty() {
+            let (tag, wire_type) = prost::encoding::decode_key(&mut rest)?;
+            match (tag, wire_type) {
+                (1, WireType::Varint) => {
+                    event_type = prost::encoding::decode_varint(&mut rest)? as i32;
+                }
+                (2, WireType::LengthDelimited) => {
+                    let mut field = rest;
+                    // Checks the length against what is there.
+                    prost::encoding::skip_field(
+                        wire_type,
+                        tag,
+                        &mut rest,
+                        DecodeContext::default(),
+                    )?;
+                    let len = prost::encoding::decode_varint(&mut field)? as usize;
+                    let start = message.len() - field.len();
+                    object = message.slice(start..start + len);
+                }
+                _ => prost::encoding::skip_field(
+                    wire_type,
+                    tag,
+                    &mut rest,
+                    DecodeContext::default(),
+                )?,
+            }
+        }
+        Ok((event_type, object))
+    }
+
     /// The event type, or `Unspecified` for unknown numbers.
     pub fn event_type(&self) -> EventType {
         EventType::try_from(self.r#type).unwrap_or(EventType::Unspecified)
+    }
+}
+
+/// `google.protobuf.Any`: a message packed with its type's name. The value
+/// is `Bytes`, so one encoding of an object is shared by every response
+/// that carries it.
+#[derive(Clone, PartialEq, Default)]
+pub struct Any {
+    /// `type.googleapis.com/` and the message's full name.
+    pub type_url: String,
+    /// The message's encoding.
+    pub value: Bytes,
+}
+
+/// The prefix of every [`Any::type_url`] Skiff writes.
+pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
+
+impl Any {
+    /// Packs `value`, the encoding of a `message_name` message.
+    pub fn from_encoded(message_name: &str, value: Bytes) -> Self {
+        Self {
+            type_url: format!("{TYPE_URL_PREFIX}{message_name}"),
+            value,
+        }
+    }
+
+    /// The packed message's full name (the type URL after its last `/`).
+    pub fn message_name(&self) -> &str {
+        self.type_url
+            .rsplit_once('/')
+            .map_or(&self.type_url[..], |(_, name)| name)
+    }
+
+    /// Decodes the packed message as `M`, which must be `message_name`.
+    pub fn unpack<M: Message + Default>(&self, message_name: &str) -> Result<M, UnpackError> {
+        if self.message_name() != message_name {
+            return Err(UnpackError::OtherType {
+                expected: message_name.to_owned(),
+                type_url: self.type_url.clone(),
+            });
+        }
+        Ok(M::decode(self.value.clone())?)
+    }
+}
+
+/// Why an [`Any`] did not unpack.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// It holds another message type.
+    #[error("expected a packed {expected}, got {type_url}")]
+    OtherType {
+        /// The message name asked for.
+        expected: String,
+        /// What it holds.
+        type_url: String,
+    },
+    /// Its bytes are not that message.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl fmt::Debug for Any {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Any")
+            .field("type_url", &self.type_url)
+            .field("value_len", &self.value.len())
+            .finish()
+    }
+}
+
+impl Message for Any {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if !self.type_url.is_empty() {
+            prost::encoding::string::encode(1, &self.type_url, buf);
+        }
+        if !self.value.is_empty() {
+            prost::encoding::bytes::encode(2, &self.value, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => prost::encoding::string::merge(wire_type, &mut self.type_url, buf, ctx),
+            2 => prost::encoding::bytes::merge(wire_type, &mut self.value, buf, ctx),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        (if self.type_url.is_empty() {
+            0
+        } else {
+            prost::encoding::string::encoded_len(1, &self.type_url)
+        }) + if self.value.is_empty() {
+            0
+        } else {
+            prost::encoding::bytes::encoded_len(2, &self.value)
+        }
+    }
+
+    fn clear(&mut self) {
+        self.type_url.clear();
+        self.value.clear();
     }
 }
 
@@ -407,6 +574,39 @@ mod tests {
         assert_eq!(once.encode_to_vec(), plain);
         let decoded = ListResponse::<Pod>::decode(plain.as_slice()).unwrap();
         assert_eq!(decoded.items, items);
+    }
+
+    #[test]
+    fn an_events_object_bytes_are_shared_not_re_encoded() {
+        let p = pod("a");
+        let frame = frame_watch_event(EventType::Deleted, &p.encode_to_vec());
+        let (t, object) = WatchEvent::<Pod>::pre_framed(frame.clone())
+            .into_type_and_object()
+            .unwrap();
+        assert_eq!(t, EventType::Deleted as i32);
+        assert_eq!(object, p.encode_to_vec());
+        // A slice of the frame: the same memory.
+        assert!(frame.as_ptr_range().contains(&object.as_ptr()));
+        let plain = WatchEvent::new(EventType::Added, p.clone());
+        assert_eq!(
+            plain.into_type_and_object().unwrap(),
+            (EventType::Added as i32, Bytes::from(p.encode_to_vec()))
+        );
+    }
+
+    #[test]
+    fn any_round_trips_like_protobufs_own_and_checks_the_type() {
+        let p = pod("a");
+        let any = Any::from_encoded("skiff.core.v1.Pod", p.encode_to_vec().into());
+        let reference = prost_types::Any {
+            type_url: any.type_url.clone(),
+            value: p.encode_to_vec(),
+        };
+        assert_eq!(any.encode_to_vec(), reference.encode_to_vec());
+        let back = Any::decode(&reference.encode_to_vec()[..]).unwrap();
+        assert_eq!(back.unpack::<Pod>("skiff.core.v1.Pod").unwrap(), p);
+        let wrong = back.unpack::<Pod>("skiff.core.v1.Node").unwrap_err();
+        assert!(wrong.to_string().contains("skiff.core.v1.Node"), "{wrong}");
     }
 
     #[test]

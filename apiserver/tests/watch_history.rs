@@ -29,9 +29,10 @@ use skiff::api::core::v1::{
     pod_service_client::PodServiceClient,
 };
 use skiff::api::meta::v1::{EventType, ObjectMeta};
-use skiff::client::{ResourceClient, Transport};
+use skiff::client::{Api, Multiplexer, ResourceClient, Transport};
 use skiff::params::{DeleteParams, WatchParams};
 use skiff::selector::{FieldSelector, LabelSelector};
+use skiff::wire::WatchEvent;
 use skiff_apiserver::ServerConfig;
 use skiff_apiserver::object_store::{INITIAL_EVENTS_END, decode_object};
 use skiff_apiserver::storage::embedded::EmbeddedStorage;
@@ -340,11 +341,65 @@ impl Drop for Watcher {
     }
 }
 
-fn spawn_watcher(t: Transport, selector: Selector, start: Option<i64>) -> Watcher {
+/// How watchers watch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    /// Each its own `WatchPods` call on its own connection.
+    OwnCalls,
+    /// Watches on two shared multiplexed streams, each watcher cancelling
+    /// its watch at random moments and adding it again from where it was,
+    /// beside other watches added and cancelled on the same streams.
+    Multiplexed,
+}
+
+/// A watch's events; an error says whether the version was too old.
+type Events = std::pin::Pin<Box<dyn futures::Stream<Item = Result<WatchEvent<Pod>, bool>> + Send>>;
+
+/// Opens one watch of pods through `mux`, or a call of its own.
+async fn open(
+    t: &Transport,
+    mux: Option<&Multiplexer>,
+    params: WatchParams,
+) -> Result<Events, bool> {
+    match mux {
+        None => match Pod::watch_in(t.clone(), params).await {
+            Ok(s) => Ok(Box::pin(
+                s.map(|r| r.map_err(|e| e.code() == Code::OutOfRange)),
+            )),
+            Err(e) => Err(e.code() == Code::OutOfRange),
+        },
+        Some(m) => match m.watch(&Api::<Pod>::new(t.clone(), ""), &params).await {
+            Ok(s) => Ok(Box::pin(s.map(|r| r.map_err(|e| e.is_expired())))),
+            Err(e) => Err(e.is_expired()),
+        },
+    }
+}
+
+/// Adds and cancels watches of another kind on `mux` until aborted.
+fn churn(mux: Multiplexer, t: Transport, seed: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let api = Api::<Secret>::new(t, "default");
+        loop {
+            let w = mux.watch(&api, &WatchParams::default()).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(1..40))).await;
+            drop(w);
+        }
+    })
+}
+
+fn spawn_watcher(
+    t: Transport,
+    selector: Selector,
+    start: Option<i64>,
+    mux: Option<Multiplexer>,
+    seed: u64,
+) -> Watcher {
     let segments: Arc<Mutex<Vec<Segment>>> = Arc::new(Mutex::new(Vec::new()));
     let out = segments.clone();
     let sel = selector.clone();
     let task = tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
         let mut last = start;
         loop {
             let params = WatchParams {
@@ -355,9 +410,9 @@ fn spawn_watcher(t: Transport, selector: Selector, start: Option<i64>) -> Watche
                 send_initial_events: last.is_none(),
                 ..Default::default()
             };
-            let mut stream = match Pod::watch_in(t.clone(), params).await {
+            let mut stream = match open(&t, mux.as_ref(), params).await {
                 Ok(s) => s,
-                Err(e) if e.code() == Code::OutOfRange => {
+                Err(true) => {
                     last = None;
                     continue;
                 }
@@ -397,8 +452,17 @@ fn spawn_watcher(t: Transport, selector: Selector, start: Option<i64>) -> Watche
                         if !initial {
                             last = Some(rv);
                         }
+                        drop(segs);
+                        // On a shared stream: cancel now and then, and add
+                        // the watch again from where it was.
+                        if mux.is_some() && rng.random_range(0..25) == 0 {
+                            if initial {
+                                last = None;
+                            }
+                            break;
+                        }
                     }
-                    Some(Err(e)) if e.code() == Code::OutOfRange => {
+                    Some(Err(true)) => {
                         last = None;
                         break;
                     }
@@ -607,12 +671,18 @@ async fn inject(
     }
 }
 
-async fn run_history(mut run: Run, faults: &[Fault]) {
+async fn run_history(run: Run, faults: &[Fault]) {
+    run_history_via(run, faults, Via::OwnCalls).await
+}
+
+async fn run_history_via(mut run: Run, faults: &[Fault], via: Via) {
     let seed: u64 = std::env::var("SKIFF_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::rng().random());
-    println!("watch history seed: {seed} (replay with SKIFF_TEST_SEED={seed}), faults {faults:?}");
+    println!(
+        "watch history seed: {seed} (replay with SKIFF_TEST_SEED={seed}), faults {faults:?}, via {via:?}"
+    );
     let mut recorder = Recorder::start(run.truth.clone()).await;
     let t = run.server.transport().await;
     for ns in &NAMESPACES[1..] {
@@ -685,6 +755,16 @@ async fn run_history(mut run: Run, faults: &[Fault]) {
         })
     };
 
+    let mut muxes = Vec::new();
+    let mut churners = Vec::new();
+    if via == Via::Multiplexed {
+        for i in 0..2 {
+            let t = run.server.transport().await;
+            let mux = Multiplexer::new(t.clone());
+            churners.push(churn(mux.clone(), t.clone(), seed.wrapping_add(100 + i)));
+            muxes.push((mux, t));
+        }
+    }
     // Start watchers while the writers run, faults in between.
     let mut rng = StdRng::seed_from_u64(seed);
     let mut watchers = Vec::new();
@@ -713,7 +793,19 @@ async fn run_history(mut run: Run, faults: &[Fault]) {
             let acks = acks.lock().unwrap();
             (!acks.is_empty()).then(|| acks[rng.random_range(0..acks.len())].0)
         };
-        watchers.push(spawn_watcher(run.server.transport().await, selector, start));
+        let watcher_seed = seed.wrapping_add(1000 + i as u64);
+        watchers.push(match muxes.get(i % 2) {
+            Some((mux, t)) => {
+                spawn_watcher(t.clone(), selector, start, Some(mux.clone()), watcher_seed)
+            }
+            None => spawn_watcher(
+                run.server.transport().await,
+                selector,
+                start,
+                None,
+                watcher_seed,
+            ),
+        });
         if i % 4 == 1
             && let Some(fault) = faults.next()
         {
@@ -781,6 +873,9 @@ async fn run_history(mut run: Run, faults: &[Fault]) {
             }
         }
     }
+    for c in churners {
+        c.abort();
+    }
     let pods = run.server.stats.kind("Pod").unwrap();
     let segments: Vec<Vec<Segment>> = watchers
         .iter()
@@ -839,6 +934,39 @@ async fn watchers_receive_exactly_their_history_on_three_etcd_members_losing_lea
     run_history(
         on_etcd(Backend::Cluster(EtcdCluster::start(3).await)).await,
         &[Fault::KillLeader, Fault::CutWatch, Fault::KillFollower],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_watches_added_and_cancelled_at_random_receive_exactly_their_history_on_embedded_storage()
+ {
+    run_history_via(
+        embedded().await,
+        &[Fault::CutWatch, Fault::CompactPastCache],
+        Via::Multiplexed,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_watches_added_and_cancelled_at_random_receive_exactly_their_history_across_etcd_restarts()
+ {
+    run_history_via(
+        on_etcd(Backend::Etcd(EtcdServer::start().await)).await,
+        &[Fault::CutWatch, Fault::RestartEtcd, Fault::CompactPastCache],
+        Via::Multiplexed,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_watches_added_and_cancelled_at_random_receive_exactly_their_history_on_three_etcd_members_losing_their_leader()
+ {
+    run_history_via(
+        on_etcd(Backend::Cluster(EtcdCluster::start(3).await)).await,
+        &[Fault::KillLeader],
+        Via::Multiplexed,
     )
     .await;
 }

@@ -137,6 +137,15 @@ async fn the_example_is_served_through_its_cluster_ip_by_every_pod() {
         .args(["-KILL", &pids[0].to_string()])
         .status()
         .unwrap();
+    // `kill` returns once the signal is queued; a connection made before the
+    // process has exited can still be accepted by its listener and then reset
+    // — a race no proxy can hide. Count from the moment it is gone.
+    eventually(
+        "the killed process to exit",
+        Duration::from_secs(10),
+        async || (!up.pod_processes(&victim.meta().uid).contains(&pids[0])).then_some(()),
+    )
+    .await;
     let mut failures = 0;
     let mut served = 0;
     eventually(

@@ -8,11 +8,13 @@ mod config;
 pub mod dynamic;
 mod error;
 mod failover;
+mod multiplex;
 mod transport;
 
 pub use api::{Api, ExecStream, LogParams, LogStream, ObjectList, ServiceAccountToken};
 pub use config::{Config, ConfigError};
 pub use error::{Error, Result};
+pub use multiplex::Multiplexer;
 pub use transport::{
     ConnectError, Credentials, ResourceClient, TlsOptions, Transport, connect, connect_all,
     connect_with, missing_in_response,

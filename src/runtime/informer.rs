@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use super::store::{Change, Store, Writer};
 use super::watcher::{WatcherConfig, watcher};
 use crate::Resource;
-use crate::client::{Client, ResourceClient};
+use crate::client::{Client, Multiplexer, ResourceClient};
 
 /// Capacity of each informer's change broadcast; a subscriber that falls
 /// further behind is told to resync.
@@ -96,9 +96,11 @@ struct InformerKey {
 }
 
 /// Hands out shared informers: the same (kind, namespace, selectors) always
-/// gets the same informer.
+/// gets the same informer, and all of them watch over one multiplexed
+/// stream.
 pub struct InformerFactory {
     client: Client,
+    multiplexer: Multiplexer,
     informers: Mutex<HashMap<InformerKey, Box<dyn Any + Send + Sync>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -107,6 +109,7 @@ impl InformerFactory {
     /// A factory making informers through `client`.
     pub fn new(client: Client) -> Self {
         Self {
+            multiplexer: Multiplexer::new(client.transport()),
             client,
             informers: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -138,6 +141,12 @@ impl InformerFactory {
         {
             return existing.clone();
         }
+        let config = WatcherConfig {
+            multiplexer: config
+                .multiplexer
+                .or_else(|| Some(self.multiplexer.clone())),
+            ..config
+        };
         let (informer, task) = Informer::<K>::start(&self.client, namespace, config);
         informers.insert(key, Box::new(informer.clone()));
         self.tasks.lock().expect("task lock").push(task);
@@ -147,6 +156,11 @@ impl InformerFactory {
     /// The informer of every `K` (all namespaces, no selectors).
     pub fn all<K: ResourceClient>(&self) -> Informer<K> {
         self.informer("", WatcherConfig::default())
+    }
+
+    /// The stream every informer of this factory watches over.
+    pub fn multiplexer(&self) -> &Multiplexer {
+        &self.multiplexer
     }
 
     /// Number of distinct informers (watches) running.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 
 use crate::api::meta::v1::EventType;
-use crate::client::{Api, Error, ResourceClient, Result};
+use crate::client::{Api, Error, Multiplexer, ResourceClient, Result};
 use crate::params::{ListParams, WatchParams};
 use crate::wire::WatchEvent;
 
@@ -74,6 +74,8 @@ pub struct WatcherConfig {
     pub watch_list: bool,
     /// Backoff after errors.
     pub backoff: Backoff,
+    /// Watch over this shared stream instead of a call of the watch's own.
+    pub multiplexer: Option<Multiplexer>,
 }
 
 impl Default for WatcherConfig {
@@ -84,6 +86,7 @@ impl Default for WatcherConfig {
             page_size: 500,
             watch_list: false,
             backoff: Backoff::default(),
+            multiplexer: None,
         }
     }
 }
@@ -98,6 +101,12 @@ impl WatcherConfig {
     /// Only objects matching this field selector.
     pub fn fields(mut self, selector: &str) -> Self {
         self.field_selector = selector.to_owned();
+        self
+    }
+
+    /// Watch over `multiplexer`'s stream, shared with other watches.
+    pub fn multiplexed(mut self, multiplexer: Multiplexer) -> Self {
+        self.multiplexer = Some(multiplexer);
         self
     }
 }
@@ -236,7 +245,11 @@ async fn step<K: ResourceClient>(s: &mut State<K>) {
                 send_initial_events: initial,
                 ..Default::default()
             };
-            match s.api.watch(&params).await {
+            let opened = match &s.config.multiplexer {
+                Some(m) => m.watch(&s.api, &params).await,
+                None => s.api.watch(&params).await,
+            };
+            match opened {
                 Ok(stream) => Phase::Watching {
                     revision,
                     stream: Some(stream),

@@ -117,7 +117,7 @@ impl Limits {
         }
     }
 
-    pub(super) fn watch_slot(&self, user: &str) -> Result<WatchSlot, ApiError> {
+    pub(crate) fn watch_slot(&self, user: &str) -> Result<WatchSlot, ApiError> {
         let counter = self
             .watches
             .lock()
@@ -137,7 +137,7 @@ impl Limits {
 }
 
 /// One open watch of a user; released when the response stream ends.
-pub(super) struct WatchSlot(Arc<AtomicUsize>);
+pub struct WatchSlot(Arc<AtomicUsize>);
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {

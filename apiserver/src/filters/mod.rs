@@ -23,7 +23,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 pub use audit::{AuditLevel, AuditLog, AuditTarget};
-pub use inflight::{Limits, LimitsConfig};
+pub use inflight::{Limits, LimitsConfig, WatchSlot};
 
 use crate::authn::{Authenticator, UserInfo};
 use crate::error::ApiError;
@@ -202,6 +202,8 @@ where
                         .await
                         .map(|p| permits = Some(p)),
                     RequestKind::LongRunning => {
+                        // A multiplexed watch takes more slots, one per watch.
+                        request.extensions_mut().insert(limits.clone());
                         limits.watch_slot(&user.name).map(|w| watch = Some(w))
                     }
                     RequestKind::Public => Ok(()),
@@ -255,6 +257,16 @@ pub fn caller(extensions: &http::Extensions) -> Arc<UserInfo> {
         .get::<Arc<UserInfo>>()
         .cloned()
         .unwrap_or_else(|| Arc::new(UserInfo::unrestricted()))
+}
+
+/// One more watch for the caller of a long-running request — a watch added
+/// on a multiplexed stream counts against the per-user limit as a watch
+/// call of its own does. `None` when limits are off.
+pub fn another_watch(extensions: &http::Extensions) -> Result<Option<WatchSlot>, ApiError> {
+    let Some(limits) = extensions.get::<Arc<Limits>>() else {
+        return Ok(None);
+    };
+    limits.watch_slot(&caller(extensions).name).map(Some)
 }
 
 /// The request's audit record, to fill in.

@@ -2,10 +2,12 @@
 //! kind's own rules in its [`Strategy`] ([`strategy`]), validation shared by
 //! kinds ([`validation`]), and the subresources some kinds add — a pod's
 //! logs, exec and binding ([`pod`]), the scale of replica sets and
-//! deployments ([`scale`]), a service account's tokens ([`service_account`]). It decides what a request means and what gets
+//! deployments ([`scale`]), a service account's tokens ([`service_account`]);
+//! and the multiplexed watch over every kind ([`multiplex`]). It decides what a request means and what gets
 //! stored; it reads and writes only through an
 //! [`ObjectStore`](crate::object_store::ObjectStore), never raw storage.
 
+pub mod multiplex;
 pub mod pod;
 pub mod scale;
 pub mod service;

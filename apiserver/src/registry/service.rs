@@ -30,10 +30,13 @@ use crate::filters::{audit_target, caller};
 use crate::object_store::keys;
 use crate::object_store::predicate::Predicate;
 use crate::object_store::{
-    ContinueToken, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart, decode_object,
+    ContinueToken, EventStream, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart,
+    decode_object,
 };
+use crate::registry::multiplex::{KindEvents, WatchableKind};
 use crate::registry::strategy::Strategy;
 use crate::registry::validation::{check_name, validate_meta};
+use skiff::api::meta::v1::WatchCreateRequest;
 
 /// Finalizer of an object deleted with `Foreground` propagation.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
@@ -673,6 +676,26 @@ impl<K: Strategy> ResourceServer<K> {
     }
 
     async fn watch_objects(&self, p: WatchParams) -> Result<WatchStream<K>, ApiError> {
+        let timeout = p.timeout_seconds;
+        let stream = self.open_watch(p).await?;
+        // Watches end cleanly when the server shuts down (clients resume elsewhere).
+        let mut shutdown = self.ctx.shutdown.clone();
+        let stream = stream
+            .map(|r| r.map_err(Status::from))
+            .take_until(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            });
+        if timeout > 0 {
+            let deadline = tokio::time::sleep(Duration::from_secs(timeout as u64));
+            Ok(Box::pin(stream.take_until(deadline)))
+        } else {
+            Ok(Box::pin(stream))
+        }
+    }
+
+    /// A watch's events from the store, its parameters checked; the caller
+    /// ends it (timeout, shutdown).
+    async fn open_watch(&self, p: WatchParams) -> Result<EventStream<K>, ApiError> {
         let predicate = Predicate::parse::<K>(&p.namespace, &p.label_selector, &p.field_selector)?;
         let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
         if p.timeout_seconds < 0 {
@@ -689,28 +712,50 @@ impl<K: Strategy> ResourceServer<K> {
             ReadVersion::Latest => WatchStart::CurrentState,
             ReadVersion::AtLeast(n) | ReadVersion::Exact(n) => WatchStart::After(n),
         };
-        let stream = self
-            .store
+        self.store
             .watch(WatchOptions {
                 predicate,
                 start,
                 initial_events_end_bookmark: p.send_initial_events,
                 allow_bookmarks: p.allow_bookmarks,
             })
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl<K: Strategy> WatchableKind for ResourceServer<K> {
+    async fn open(
+        &self,
+        extensions: &http::Extensions,
+        create: &WatchCreateRequest,
+    ) -> Result<KindEvents, ApiError> {
+        let selectors = (
+            create.namespace.as_str(),
+            create.label_selector.as_str(),
+            create.field_selector.as_str(),
+            create.resource_version.as_str(),
+        );
+        self.authorize_collection(extensions, "watch", selectors)
             .await?;
-        // Watches end cleanly when the server shuts down (clients resume elsewhere).
-        let mut shutdown = self.ctx.shutdown.clone();
-        let stream = stream
-            .map(|r| r.map_err(Status::from))
-            .take_until(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            });
-        if p.timeout_seconds > 0 {
-            let deadline = tokio::time::sleep(Duration::from_secs(p.timeout_seconds as u64));
-            Ok(Box::pin(stream.take_until(deadline)))
-        } else {
-            Ok(Box::pin(stream))
-        }
+        let events = self
+            .open_watch(WatchParams {
+                namespace: create.namespace.clone(),
+                label_selector: create.label_selector.clone(),
+                field_selector: create.field_selector.clone(),
+                resource_version: create.resource_version.clone(),
+                allow_bookmarks: create.allow_bookmarks,
+                send_initial_events: create.send_initial_events,
+                timeout_seconds: 0,
+            })
+            .await?;
+        Ok(Box::pin(events.map(|r| {
+            r.and_then(|event| {
+                event.into_type_and_object().map_err(|e| {
+                    ApiError::Internal(format!("a cached {} event: {e}", K::INFO.kind))
+                })
+            })
+        })))
     }
 }
 

@@ -46,6 +46,9 @@ use crate::storage::etcd::EtcdStorage;
 
 pub use crate::authz::node::NODE_LEASE_NAMESPACE;
 
+/// The multiplexed watch's service name (health reports it serving).
+pub const MULTIPLEXED_WATCH: &str = "skiff.meta.v1.WatchService";
+
 /// Namespaces that exist from the first start.
 pub const BOOTSTRAP_NAMESPACES: &[&str] = &[
     "default",
@@ -205,6 +208,8 @@ struct Registrar {
     shared: http::Extensions,
     /// Paths of the streaming methods of the kinds served, for the filters.
     streaming: HashSet<String>,
+    /// Every kind served, for the multiplexed watch.
+    watchable: crate::registry::multiplex::WatchableKinds,
 }
 
 impl Registrar {
@@ -255,6 +260,7 @@ impl Registrar {
         K: Strategy + ServeWith<ResourceServer<K>>,
     {
         let server = Arc::new(server);
+        self.watchable.add(&K::INFO, server.clone());
         K::add_service(
             &mut self.routes,
             server,
@@ -303,6 +309,7 @@ impl ApiServer {
             admission: None,
             shared: http::Extensions::new(),
             streaming: HashSet::new(),
+            watchable: Default::default(),
         };
         let namespaces: Arc<dyn ObjectStore<Namespace>> = Arc::new(
             crate::object_store::ReadYourWrites::new(r.store::<Namespace>()),
@@ -411,6 +418,13 @@ impl ApiServer {
         }
         let mut routes = r.routes;
         routes.add_service(health);
+        routes.add_service(
+            r.watchable
+                .into_service(ctx.shutdown.clone(), MAX_OBJECT_BYTES + 1024),
+        );
+        reporter
+            .set_service_status(MULTIPLEXED_WATCH, ServingStatus::Serving)
+            .await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::descriptor::FILE_DESCRIPTOR_SET)

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use skiff::Resource;
 use skiff::api::core::v1::{Container, Pod, PodSpec};
 use skiff::api::meta::v1::ObjectMeta;
-use skiff::client::{Credentials, ResourceClient, connect};
+use skiff::client::{Api, Credentials, Multiplexer, ResourceClient, connect};
 use skiff::params::{ListParams, WatchParams};
 
 use crate::report::{Latency, Report};
@@ -56,6 +56,11 @@ pub struct Args {
     /// per watch: its RSS growth divided by the number of watches.
     #[arg(long)]
     pub idle: bool,
+    /// Open the watches on multiplexed streams (`WatchService.Watch`, one
+    /// per connection) instead of one `WatchPods` call each. Events are
+    /// decoded whole by the SDK (the plain path decodes only versions).
+    #[arg(long)]
+    pub multiplexed: bool,
     /// Process to sample when this tool starts no server (e.g. etcd's pid
     /// with `--target etcd://…`), for `--idle` and the CPU/RSS figures.
     #[arg(long)]
@@ -230,6 +235,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         set_target(&mut r, &args, server.is_some(), &addr);
         r.set("watchers", args.watchers);
         r.set("connections", connections);
+        r.set("multiplexed", args.multiplexed);
         if let (Some(b), Some(a)) = (rss_before, rss_after) {
             r.set("rss_before", b);
             r.set("rss_after", a);
@@ -380,31 +386,59 @@ async fn skiff_watchers(
         transports.push(connect(addr, Credentials::none()).await?);
     }
     let bar = crate::progress(args.watchers as u64, "starting watchers");
+    let muxes: Vec<Multiplexer> = if args.multiplexed {
+        transports.iter().cloned().map(Multiplexer::new).collect()
+    } else {
+        Vec::new()
+    };
+    let params = WatchParams {
+        namespace: NAMESPACE.into(),
+        label_selector: args.selector.clone(),
+        resource_version: start_rv,
+        ..Default::default()
+    };
     let streams: Vec<_> = futures::stream::iter(0..args.watchers)
         .map(|i| {
             let t = transports[i % connections].clone();
-            let params = WatchParams {
-                namespace: NAMESPACE.into(),
-                label_selector: args.selector.clone(),
-                resource_version: start_rv.clone(),
-                ..Default::default()
-            };
-            async move { crate::lite::watch_pods(t, params).await }
+            let mux = muxes.get(i % connections).cloned();
+            open_revisions(t, mux, params.clone())
         })
         .buffer_unordered(64)
         .inspect(|_| bar.inc(1))
         .collect()
         .await;
     bar.finish_and_clear();
-    let mut out: Vec<Revisions> = Vec::new();
-    for s in streams {
-        let s = s.context("opening a watch")?;
-        out.push(Box::pin(s.map(|e| {
-            e.map(|e| e.resource_version())
-                .map_err(|e| e.message().to_owned())
-        })));
-    }
-    Ok(out)
+    streams.into_iter().collect()
+}
+
+/// One watcher: a `WatchPods` call decoding only versions, or a watch on
+/// `mux`'s shared stream.
+async fn open_revisions(
+    t: skiff::client::Transport,
+    mux: Option<Multiplexer>,
+    params: WatchParams,
+) -> anyhow::Result<Revisions> {
+    Ok(match mux {
+        None => {
+            let s = crate::lite::watch_pods(t, params)
+                .await
+                .context("opening a watch")?;
+            Box::pin(s.map(|e| {
+                e.map(|e| e.resource_version())
+                    .map_err(|e| e.message().to_owned())
+            }))
+        }
+        Some(mux) => {
+            let s = mux
+                .watch(&Api::<Pod>::new(t, NAMESPACE), &params)
+                .await
+                .context("opening a multiplexed watch")?;
+            Box::pin(s.map(|e| {
+                e.map(|e| e.object.map_or(0, |o| o.resource_version()))
+                    .map_err(|e| e.to_string())
+            }))
+        }
+    })
 }
 
 /// What a writer hands back: each acknowledgement (revision, when) and its

@@ -1,0 +1,351 @@
+//! The multiplexed watch, `skiff.meta.v1.WatchService/Watch`: many watches,
+//! of any kinds, on one bidirectional stream (as etcd's watch stream and
+//! xDS's ADS carry many). Each watch is its kind's own watch — authorized,
+//! checked and served from the kind's watch cache by its
+//! [`ResourceServer`](super::ResourceServer), and counted against the
+//! caller's watch limit — and every response carries the client's watch id.
+//! An event's object goes out as the cache's one encoding of it, packed into
+//! an `Any` without a copy.
+//!
+//! Owns the stream's bookkeeping (ids, opening, cancelling, ending); must not
+//! know any kind.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::{AbortHandle, Abortable, BoxFuture};
+use futures::stream::{FuturesUnordered, SelectAll};
+use futures::{FutureExt, Stream, StreamExt};
+use skiff::api::meta::v1::watch_request::Request as Op;
+use skiff::api::meta::v1::watch_service_server::{WatchService, WatchServiceServer};
+use skiff::api::meta::v1::{WatchCreateRequest, WatchRequest, WatchResponse};
+use skiff::resource::KindInfo;
+use skiff::wire::Any;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::ApiError;
+use crate::filters::{WatchSlot, another_watch};
+
+/// One watch's events: each event's type and its object's encoding.
+pub(crate) type KindEvents = Pin<Box<dyn Stream<Item = Result<(i32, Bytes), ApiError>> + Send>>;
+
+/// What the multiplexed watch needs of a kind's service.
+#[tonic::async_trait]
+pub(crate) trait WatchableKind: Send + Sync + 'static {
+    /// Authorizes and opens one watch, as the kind's own Watch call would.
+    async fn open(
+        &self,
+        extensions: &http::Extensions,
+        create: &WatchCreateRequest,
+    ) -> Result<KindEvents, ApiError>;
+}
+
+/// A kind as the multiplexed watch serves it.
+struct Kind {
+    info: &'static KindInfo,
+    type_url: String,
+    server: Arc<dyn WatchableKind>,
+}
+
+/// Every kind the multiplexed watch serves, found by message name, kind,
+/// plural or short name.
+#[derive(Default)]
+pub struct WatchableKinds {
+    kinds: Vec<Arc<Kind>>,
+}
+
+impl WatchableKinds {
+    /// Serves `info`'s watches through `server`.
+    pub(crate) fn add(&mut self, info: &'static KindInfo, server: Arc<dyn WatchableKind>) {
+        self.kinds.push(Arc::new(Kind {
+            info,
+            type_url: format!("{}{}", skiff::wire::TYPE_URL_PREFIX, info.message_name),
+            server,
+        }));
+    }
+
+    fn find(&self, name: &str) -> Option<&Arc<Kind>> {
+        self.kinds
+            .iter()
+            .find(|k| k.info.message_name == name)
+            .or_else(|| self.kinds.iter().find(|k| k.info.matches(name)))
+    }
+
+    /// The gRPC service over these kinds; its streams end when `shutdown` turns true.
+    pub fn into_service(
+        self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        max_decoding: usize,
+    ) -> WatchServiceServer<MultiplexedWatch> {
+        WatchServiceServer::new(MultiplexedWatch {
+            kinds: Arc::new(self),
+            shutdown,
+        })
+        .max_decoding_message_size(max_decoding)
+        .max_encoding_message_size(usize::MAX)
+    }
+}
+
+/// The `WatchService` implementation.
+pub struct MultiplexedWatch {
+    kinds: Arc<WatchableKinds>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl WatchService for MultiplexedWatch {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (_, extensions, requests) = request.into_parts();
+        let mut shutdown = self.shutdown.clone();
+        Ok(Response::new(Box::pin(Session {
+            kinds: self.kinds.clone(),
+            extensions: Arc::new(extensions),
+            requests: Some(requests),
+            opening: FuturesUnordered::new(),
+            open: HashMap::new(),
+            canceled_while_opening: HashSet::new(),
+            watches: SelectAll::new(),
+            outbox: VecDeque::new(),
+            shutdown: async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            }
+            .boxed(),
+        })))
+    }
+}
+
+/// A watch being opened: its id, the opened events, its slot in the limits.
+type Opening = BoxFuture<
+    'static,
+    (
+        i64,
+        Arc<Kind>,
+        Result<(KindEvents, Option<WatchSlot>), ApiError>,
+    ),
+>;
+
+/// One client's stream: its open watches and what is to be said.
+struct Session {
+    kinds: Arc<WatchableKinds>,
+    extensions: Arc<http::Extensions>,
+    /// `None` once the client has sent its last request.
+    requests: Option<Streaming<WatchRequest>>,
+    opening: FuturesUnordered<Opening>,
+    /// Every id in use: `None` while opening, then how to cancel it.
+    open: HashMap<i64, Option<AbortHandle>>,
+    canceled_while_opening: HashSet<i64>,
+    watches: SelectAll<Tagged>,
+    /// Notices (created, canceled, refused) waiting to go out.
+    outbox: VecDeque<WatchResponse>,
+    shutdown: BoxFuture<'static, ()>,
+}
+
+fn notice(watch_id: i64, created: bool, error: Option<Status>) -> WatchResponse {
+    WatchResponse {
+        watch_id,
+        created,
+        canceled: !created,
+        error: error.map(|s| rpc_status(&s)),
+        ..Default::default()
+    }
+}
+
+/// A status as `google.rpc.Status`, its details (BadRequest, RetryInfo…) kept.
+fn rpc_status(status: &Status) -> tonic_types::Status {
+    let details = <tonic_types::Status as prost::Message>::decode(status.details())
+        .map(|s| s.details)
+        .unwrap_or_default();
+    tonic_types::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details,
+    }
+}
+
+impl Session {
+    fn handle(&mut self, request: WatchRequest) {
+        match request.request {
+            Some(Op::Create(create)) => self.create(create),
+            Some(Op::Cancel(cancel)) => {
+                let id = cancel.watch_id;
+                match self.open.get(&id) {
+                    Some(Some(handle)) => handle.abort(),
+                    Some(None) => {
+                        self.canceled_while_opening.insert(id);
+                    }
+                    // Not open: say so, so the client knows the id is free.
+                    None => self.outbox.push_back(notice(id, false, None)),
+                }
+            }
+            None => self.outbox.push_back(notice(
+                0,
+                false,
+                Some(invalid("request", "either create or cancel is required")),
+            )),
+        }
+    }
+
+    fn create(&mut self, create: WatchCreateRequest) {
+        let id = create.watch_id;
+        if id <= 0 {
+            let e = invalid("create.watch_id", "must be positive");
+            return self.outbox.push_back(notice(id, false, Some(e)));
+        }
+        if self.open.contains_key(&id) {
+            let e = invalid(
+                "create.watch_id",
+                &format!("watch {id} is open on this stream"),
+            );
+            return self.outbox.push_back(notice(id, false, Some(e)));
+        }
+        let Some(kind) = self.kinds.find(&create.kind).cloned() else {
+            let e = invalid(
+                "create.kind",
+                &format!(
+                    "{:?} is not a kind this server serves (e.g. \"skiff.core.v1.Pod\", \"Pod\" or \"pods\")",
+                    create.kind
+                ),
+            );
+            return self.outbox.push_back(notice(id, false, Some(e)));
+        };
+        self.open.insert(id, None);
+        let extensions = self.extensions.clone();
+        self.opening.push(Box::pin(async move {
+            let opened = async {
+                let slot = another_watch(&extensions)?;
+                let events = kind.server.open(&extensions, &create).await?;
+                Ok((events, slot))
+            }
+            .await;
+            (id, kind, opened)
+        }));
+    }
+
+    fn opened(
+        &mut self,
+        id: i64,
+        kind: Arc<Kind>,
+        opened: Result<(KindEvents, Option<WatchSlot>), ApiError>,
+    ) {
+        if self.canceled_while_opening.remove(&id) {
+            self.open.remove(&id);
+            return self.outbox.push_back(notice(id, false, None));
+        }
+        match opened {
+            Ok((events, slot)) => {
+                let (handle, registration) = AbortHandle::new_pair();
+                self.open.insert(id, Some(handle));
+                self.watches.push(Tagged {
+                    id,
+                    kind,
+                    events: Abortable::new(events, registration),
+                    _slot: slot,
+                    done: false,
+                });
+                self.outbox.push_back(notice(id, true, None));
+            }
+            Err(e) => {
+                self.open.remove(&id);
+                self.outbox.push_back(notice(id, false, Some(e.into())));
+            }
+        }
+    }
+}
+
+fn invalid(field: &str, description: &str) -> Status {
+    ApiError::invalid("WatchRequest", "", field, description).into()
+}
+
+impl Stream for Session {
+    type Item = Result<WatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.shutdown.poll_unpin(cx).is_ready() {
+            // Clients resume their watches elsewhere, as after a watch call ends.
+            return Poll::Ready(None);
+        }
+        while let Some(requests) = &mut this.requests {
+            match requests.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(request))) => this.handle(request),
+                // The client stopped sending: its open watches go on.
+                Poll::Ready(None) => this.requests = None,
+                // The client is gone (or sent garbage): the stream ends with it.
+                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
+                Poll::Pending => break,
+            }
+        }
+        while let Poll::Ready(Some((id, kind, opened))) = this.opening.poll_next_unpin(cx) {
+            this.opened(id, kind, opened);
+        }
+        if let Some(notice) = this.outbox.pop_front() {
+            return Poll::Ready(Some(Ok(notice)));
+        }
+        match this.watches.poll_next_unpin(cx) {
+            Poll::Ready(Some(response)) => {
+                if response.canceled {
+                    this.open.remove(&response.watch_id);
+                }
+                Poll::Ready(Some(Ok(response)))
+            }
+            Poll::Ready(None) | Poll::Pending => {
+                if this.requests.is_none() && this.open.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+/// One open watch's events as responses tagged with its id, then the
+/// notice that it ended.
+struct Tagged {
+    id: i64,
+    kind: Arc<Kind>,
+    events: Abortable<KindEvents>,
+    _slot: Option<WatchSlot>,
+    done: bool,
+}
+
+impl Stream for Tagged {
+    type Item = WatchResponse;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchResponse>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let id = self.id;
+        Poll::Ready(Some(
+            match futures::ready!(self.events.poll_next_unpin(cx)) {
+                Some(Ok((event_type, object))) => WatchResponse {
+                    watch_id: id,
+                    r#type: event_type,
+                    object: Some(Any {
+                        type_url: self.kind.type_url.clone(),
+                        value: object,
+                    }),
+                    ..Default::default()
+                },
+                Some(Err(e)) => {
+                    self.done = true;
+                    notice(id, false, Some(e.into()))
+                }
+                // Canceled, or ended by the server.
+                None => {
+                    self.done = true;
+                    notice(id, false, None)
+                }
+            },
+        ))
+    }
+}
