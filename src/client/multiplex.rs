@@ -69,6 +69,9 @@ struct Connection {
     routes: Mutex<HashMap<i64, mpsc::Sender<Routed>>>,
     /// Why the stream broke, once it has.
     broken: Mutex<Option<Status>>,
+    /// The server ended the stream cleanly (it shuts down): its watches end
+    /// as a watch call's stream would, without an error.
+    ended_cleanly: AtomicBool,
 }
 
 impl Connection {
@@ -208,6 +211,7 @@ impl Multiplexer {
             requests,
             routes: Mutex::new(HashMap::new()),
             broken: Mutex::new(None),
+            ended_cleanly: AtomicBool::new(false),
         });
         tokio::spawn(read(
             self.inner.transport.clone(),
@@ -253,7 +257,12 @@ async fn read(
                         // A watch nobody reads any more was dropped: fine.
                         let _ = route.send(routed).await;
                     }
-                    Ok(None) => break Status::unavailable("the multiplexed watch stream ended"),
+                    Ok(None) => {
+                        if let Some(c) = connection.upgrade() {
+                            c.ended_cleanly.store(true, Ordering::Relaxed);
+                        }
+                        break Status::unavailable("the multiplexed watch stream ended");
+                    }
                     Err(status) => break status,
                 }
             }
@@ -311,7 +320,11 @@ impl<K: ResourceClient> Stream for WatchStream<K> {
             }
             None => {
                 self.ended = true;
-                Some(Err(self.connection.why_broken().into()))
+                if self.connection.ended_cleanly.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    Some(Err(self.connection.why_broken().into()))
+                }
             }
         })
     }
