@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use skiff::Resource;
-use skiff::client::{Client, Config};
+use skiff::client::{Client, Config, Multiplexer};
 use skiff::runtime::watcher::{Event, WatcherConfig, watcher};
 use skiff::testing::{pod, until};
 use skiff_apiserver::ServerConfig;
@@ -27,10 +27,17 @@ struct Seen {
     synced: bool,
 }
 
-fn spawn_watcher(client: &Client) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+fn spawn_watcher(
+    client: &Client,
+    multiplexed: bool,
+) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let out = seen.clone();
-    let stream = watcher(client.pods("default"), WatcherConfig::default());
+    let mut config = WatcherConfig::default();
+    if multiplexed {
+        config = config.multiplexed(Multiplexer::new(client.transport()));
+    }
+    let stream = watcher(client.pods("default"), config);
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
@@ -76,8 +83,9 @@ async fn wait_seen(seen: &Arc<Mutex<Seen>>, n: usize) {
     }
 }
 
-/// Two servers `a` and `b` over storages made by `storage` (called twice).
-async fn one_server_down_at_a_time<F, Fut>(storage: F)
+/// Two servers `a` and `b` over storages made by `storage` (called twice);
+/// the watcher on a multiplexed stream or a watch call of its own.
+async fn one_server_down_at_a_time<F, Fut>(storage: F, multiplexed: bool)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Arc<dyn Storage>>,
@@ -88,7 +96,7 @@ where
     let client = Client::connect(&Config::for_server(&format!("{},{}", a.addr, b.addr)))
         .await
         .unwrap();
-    let (seen, task) = spawn_watcher(&client);
+    let (seen, task) = spawn_watcher(&client, multiplexed);
     until("the watcher has listed", Duration::from_secs(30), || {
         seen.lock().unwrap().synced
     })
@@ -143,29 +151,59 @@ async fn a_client_of_two_servers_on_embedded_storage_writes_and_watches_through_
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> =
         Arc::new(skiff_apiserver::storage::embedded::EmbeddedStorage::open(dir.path()).unwrap());
-    one_server_down_at_a_time(|| {
-        let s = storage.clone();
-        async move { s }
-    })
+    one_server_down_at_a_time(
+        || {
+            let s = storage.clone();
+            async move { s }
+        },
+        false,
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_of_two_servers_on_etcd_writes_and_watches_through_either_one_going_away() {
     let etcd = EtcdServer::start().await;
-    let endpoint = etcd.endpoint.clone();
-    one_server_down_at_a_time(|| {
+    one_server_down_at_a_time(etcd_storage(&etcd.endpoint), false).await;
+}
+
+/// Storages on the etcd at `endpoint`, one per call.
+fn etcd_storage(
+    endpoint: &str,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Arc<dyn Storage>> {
+    let endpoint = endpoint.to_owned();
+    move || {
         let endpoint = endpoint.clone();
-        async move {
+        Box::pin(async move {
             let s: Arc<dyn Storage> = Arc::new(
                 EtcdStorage::connect(&[endpoint], "/skiff")
                     .await
                     .expect("connect to etcd"),
             );
             s
-        }
-    })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiplexed_watch_over_two_servers_on_embedded_storage_moves_when_either_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> =
+        Arc::new(skiff_apiserver::storage::embedded::EmbeddedStorage::open(dir.path()).unwrap());
+    one_server_down_at_a_time(
+        || {
+            let s = storage.clone();
+            async move { s }
+        },
+        true,
+    )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiplexed_watch_over_two_servers_on_etcd_moves_when_either_goes_away() {
+    let etcd = EtcdServer::start().await;
+    one_server_down_at_a_time(etcd_storage(&etcd.endpoint), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

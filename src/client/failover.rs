@@ -175,9 +175,12 @@ impl Pool {
         if self.servers.len() == 1 {
             return self.servers[0].send(req).await;
         }
+        if is_client_streaming(req.uri().path()) {
+            return self.send_stream(req).await;
+        }
         let (parts, body) = req.into_parts();
-        // The API has no client-streaming method: a request body is one
-        // message, so it can be kept and sent again.
+        // Every other method's request body is one message, so it can be
+        // kept and sent again.
         let body = body.collect().await?.to_bytes();
         let rereadable = is_read(parts.uri.path());
         let mut tried = vec![false; self.servers.len()];
@@ -215,6 +218,42 @@ impl Pool {
         }
         last.unwrap_or_else(|| Err("no API server configured".into()))
     }
+}
+
+impl Pool {
+    /// A call whose request body streams (the multiplexed watch): it goes
+    /// to one server and cannot be sent again; when that server fails, the
+    /// caller opens a new stream, which goes elsewhere.
+    async fn send_stream(
+        self: Arc<Self>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, BoxError> {
+        let tried = vec![false; self.servers.len()];
+        let i = self.pick(&tried).ok_or("no API server configured")?;
+        match self.servers[i].send(req).await {
+            Ok(response) => {
+                if grpc_status(response.headers()) == Some(tonic::Code::Unavailable) {
+                    self.suspect(i);
+                }
+                Ok(response.map(|inner| {
+                    Body::new(Watched {
+                        inner,
+                        pool: Arc::downgrade(&self),
+                        server: i,
+                    })
+                }))
+            }
+            Err(e) => {
+                self.suspect(i);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whether the method at `path` streams its requests.
+fn is_client_streaming(path: &str) -> bool {
+    path == "/skiff.meta.v1.WatchService/Watch"
 }
 
 /// Probes server `i` with the gRPC health check until it answers SERVING.
