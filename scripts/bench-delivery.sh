@@ -4,7 +4,9 @@
 # storage and Skiff on etcd (one member and three), every row in one run.
 # etcd and the API server are pinned to core 0, the load generator to core 1.
 # With BASE_SKIFF=/path/to/an/older/skiff the Skiff rows run on that binary
-# too (rows then carry "server": "base"), for a before/after in the same run.
+# too (rows then carry "server": "base"), for a before/after in the same run;
+# with MULTIPLEXED=1 each Skiff watch row is measured again with the
+# watches on multiplexed streams, one per connection ("server": "…/mux").
 # Prints one JSON line per measurement to stdout; progress goes to stderr.
 # Needs `etcd` (Debian: etcd-server), `taskset` (util-linux) and a release build:
 #   cargo build --release -p skiff-cli -p skiff-loadtest
@@ -28,9 +30,11 @@ run() {
   echo "== [$label] $*" >&2
   taskset -c "$LOAD_CPU" "$L" "$@" --server-cpus "$SERVER_CPU" --json | sed "s|^{|{\"server\":\"$label\",|"
 }
-servers() { # ARGS…: the measurement on this build, and on BASE_SKIFF if set
+servers() { # ARGS…: the measurement on this build, on BASE_SKIFF if set, and
+  # with MULTIPLEXED=1 a watch again with its watches on multiplexed streams
   run "$backend/new" "$@"
   if [ -n "${BASE_SKIFF:-}" ]; then SKIFF_BIN=$BASE_SKIFF run "$backend/base" "$@"; fi
+  if [ -n "${MULTIPLEXED:-}" ] && [ "$1" = watch ]; then run "$backend/mux" "$@" --multiplexed; fi
 }
 
 for backend in $BACKENDS; do

@@ -6,6 +6,8 @@
 //! clients in any language and grpcurl see nothing unusual; on the server
 //! they can hold bytes produced once and shared by every receiver.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -143,12 +145,12 @@ impl<K> WatchEvent<K> {
 }
 
 /// `google.protobuf.Any`: a message packed with its type's name. The value
-/// is `Bytes`, so one encoding of an object is shared by every response
-/// that carries it.
+/// is `Bytes` and the type URL may be static, so one encoding of an object
+/// is shared by every response that carries it, with nothing allocated.
 #[derive(Clone, PartialEq, Default)]
 pub struct Any {
     /// `type.googleapis.com/` and the message's full name.
-    pub type_url: String,
+    pub type_url: Cow<'static, str>,
     /// The message's encoding.
     pub value: Bytes,
 }
@@ -156,11 +158,24 @@ pub struct Any {
 /// The prefix of every [`Any::type_url`] Skiff writes.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
+/// The type URL of `message_name`, made once per name for the life of the
+/// process (the names are the API's kinds: a bounded set).
+pub fn type_url_of(message_name: &str) -> &'static str {
+    static URLS: std::sync::OnceLock<std::sync::Mutex<HashMap<String, &'static str>>> =
+        std::sync::OnceLock::new();
+    let mut urls = URLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    urls.entry(message_name.to_owned())
+        .or_insert_with(|| Box::leak(format!("{TYPE_URL_PREFIX}{message_name}").into_boxed_str()))
+}
+
 impl Any {
     /// Packs `value`, the encoding of a `message_name` message.
     pub fn from_encoded(message_name: &str, value: Bytes) -> Self {
         Self {
-            type_url: format!("{TYPE_URL_PREFIX}{message_name}"),
+            type_url: Cow::Borrowed(type_url_of(message_name)),
             value,
         }
     }
@@ -177,10 +192,69 @@ impl Any {
         if self.message_name() != message_name {
             return Err(UnpackError::OtherType {
                 expected: message_name.to_owned(),
-                type_url: self.type_url.clone(),
+                type_url: self.type_url.to_string(),
             });
         }
         Ok(M::decode(self.value.clone())?)
+    }
+}
+
+impl fmt::Debug for Any {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Any")
+            .field("type_url", &self.type_url)
+            .field("value_len", &self.value.len())
+            .finish()
+    }
+}
+
+impl Message for Any {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if !self.type_url.is_empty() {
+            prost::encoding::encode_key(1, WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(self.type_url.len() as u64, buf);
+            buf.put_slice(self.type_url.as_bytes());
+        }
+        if !self.value.is_empty() {
+            prost::encoding::bytes::encode(2, &self.value, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => {
+                let mut url = std::mem::take(&mut self.type_url).into_owned();
+                let merged = prost::encoding::string::merge(wire_type, &mut url, buf, ctx);
+                self.type_url = Cow::Owned(url);
+                merged
+            }
+            2 => prost::encoding::bytes::merge(wire_type, &mut self.value, buf, ctx),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let url = self.type_url.len();
+        (if url == 0 {
+            0
+        } else {
+            prost::encoding::key_len(1) + prost::encoding::encoded_len_varint(url as u64) + url
+        }) + if self.value.is_empty() {
+            0
+        } else {
+            prost::encoding::bytes::encoded_len(2, &self.value)
+        }
+    }
+
+    fn clear(&mut self) {
+        self.type_url = Cow::Borrowed("");
+        self.value.clear();
     }
 }
 
@@ -198,57 +272,6 @@ pub enum UnpackError {
     /// Its bytes are not that message.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-}
-
-impl fmt::Debug for Any {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Any")
-            .field("type_url", &self.type_url)
-            .field("value_len", &self.value.len())
-            .finish()
-    }
-}
-
-impl Message for Any {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        if !self.type_url.is_empty() {
-            prost::encoding::string::encode(1, &self.type_url, buf);
-        }
-        if !self.value.is_empty() {
-            prost::encoding::bytes::encode(2, &self.value, buf);
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        match tag {
-            1 => prost::encoding::string::merge(wire_type, &mut self.type_url, buf, ctx),
-            2 => prost::encoding::bytes::merge(wire_type, &mut self.value, buf, ctx),
-            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        (if self.type_url.is_empty() {
-            0
-        } else {
-            prost::encoding::string::encoded_len(1, &self.type_url)
-        }) + if self.value.is_empty() {
-            0
-        } else {
-            prost::encoding::bytes::encoded_len(2, &self.value)
-        }
-    }
-
-    fn clear(&mut self) {
-        self.type_url.clear();
-        self.value.clear();
-    }
 }
 
 /// Initial size of the buffer each call's stream encodes and decodes
@@ -599,7 +622,7 @@ mod tests {
         let p = pod("a");
         let any = Any::from_encoded("skiff.core.v1.Pod", p.encode_to_vec().into());
         let reference = prost_types::Any {
-            type_url: any.type_url.clone(),
+            type_url: any.type_url.to_string(),
             value: p.encode_to_vec(),
         };
         assert_eq!(any.encode_to_vec(), reference.encode_to_vec());

@@ -46,7 +46,7 @@ pub(crate) trait WatchableKind: Send + Sync + 'static {
 /// A kind as the multiplexed watch serves it.
 struct Kind {
     info: &'static KindInfo,
-    type_url: String,
+    type_url: &'static str,
     server: Arc<dyn WatchableKind>,
 }
 
@@ -62,7 +62,7 @@ impl WatchableKinds {
     pub(crate) fn add(&mut self, info: &'static KindInfo, server: Arc<dyn WatchableKind>) {
         self.kinds.push(Arc::new(Kind {
             info,
-            type_url: format!("{}{}", skiff::wire::TYPE_URL_PREFIX, info.message_name),
+            type_url: skiff::wire::type_url_of(info.message_name),
             server,
         }));
     }
@@ -331,7 +331,7 @@ impl Stream for Tagged {
                     watch_id: id,
                     r#type: event_type,
                     object: Some(Any {
-                        type_url: self.kind.type_url.clone(),
+                        type_url: std::borrow::Cow::Borrowed(self.kind.type_url),
                         value: object,
                     }),
                     ..Default::default()

@@ -184,3 +184,85 @@ pub async fn list_pods(
         .await?
         .into_inner())
 }
+
+/// A response of the multiplexed watch (`WatchService.Watch`), decoded
+/// shallowly: the packed object is read as a [`LiteObject`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteMuxResponse {
+    /// The watch it is about.
+    #[prost(int64, tag = "1")]
+    pub watch_id: i64,
+    /// Event type (0 for news about the watch).
+    #[prost(int32, tag = "2")]
+    pub r#type: i32,
+    /// The packed object.
+    #[prost(message, optional, tag = "3")]
+    pub object: Option<LiteAny>,
+    /// The watch is established.
+    #[prost(bool, tag = "4")]
+    pub created: bool,
+    /// The watch has ended.
+    #[prost(bool, tag = "5")]
+    pub canceled: bool,
+    /// Why it ended, if the server ended it.
+    #[prost(message, optional, tag = "6")]
+    pub error: Option<LiteStatus>,
+}
+
+/// `google.protobuf.Any` whose value is read as an object's metadata.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteAny {
+    /// The packed object (Any's `value` bytes are its encoding).
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<LiteObject>,
+}
+
+/// `google.rpc.Status`, code and message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LiteStatus {
+    /// Status code.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// Message.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+impl LiteMuxResponse {
+    /// The event's resource version, 0 if absent.
+    pub fn resource_version(&self) -> u64 {
+        self.object
+            .as_ref()
+            .and_then(|a| a.value.as_ref())
+            .and_then(|o| o.metadata.as_ref())
+            .and_then(|m| m.resource_version.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Opens one multiplexed watch stream carrying `creates`, responses decoded
+/// shallowly (one reader for all its watches, as the SDK's multiplexer
+/// has, without building the objects).
+pub async fn watch_multiplexed(
+    transport: Transport,
+    creates: Vec<skiff::api::meta::v1::WatchCreateRequest>,
+) -> Result<impl Stream<Item = Result<LiteMuxResponse, tonic::Status>>, tonic::Status> {
+    use futures::StreamExt;
+    use skiff::api::meta::v1::WatchRequest;
+    use skiff::api::meta::v1::watch_request::Request as Op;
+    let mut grpc = tonic::client::Grpc::new(transport).max_decoding_message_size(usize::MAX);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    // The creates, then nothing: the stream stays open.
+    let requests = futures::stream::iter(creates.into_iter().map(|c| WatchRequest {
+        request: Some(Op::Create(c)),
+    }))
+    .chain(futures::stream::pending());
+    let codec = tonic_prost::ProstCodec::<WatchRequest, LiteMuxResponse>::default();
+    let path = PathAndQuery::from_static("/skiff.meta.v1.WatchService/Watch");
+    let response = grpc
+        .streaming(tonic::Request::new(requests), path, codec)
+        .await?;
+    Ok(response.into_inner())
+}

@@ -15,7 +15,8 @@ use futures::StreamExt;
 use skiff::Resource;
 use skiff::api::core::v1::{Container, Pod, PodSpec};
 use skiff::api::meta::v1::ObjectMeta;
-use skiff::client::{Api, Credentials, Multiplexer, ResourceClient, connect};
+use skiff::api::meta::v1::WatchCreateRequest;
+use skiff::client::{Credentials, ResourceClient, connect};
 use skiff::params::{ListParams, WatchParams};
 
 use crate::report::{Latency, Report};
@@ -57,8 +58,8 @@ pub struct Args {
     #[arg(long)]
     pub idle: bool,
     /// Open the watches on multiplexed streams (`WatchService.Watch`, one
-    /// per connection) instead of one `WatchPods` call each. Events are
-    /// decoded whole by the SDK (the plain path decodes only versions).
+    /// per connection, read by one task each) instead of one `WatchPods`
+    /// call each. Both paths decode only what the figures need.
     #[arg(long)]
     pub multiplexed: bool,
     /// Process to sample when this tool starts no server (e.g. etcd's pid
@@ -97,8 +98,10 @@ async fn settled_rss(pid: u32) -> Option<u64> {
     Some(last)
 }
 
-/// A watcher's events, as the revisions they carry.
-type Revisions = std::pin::Pin<Box<dyn futures::Stream<Item = Result<u64, String>> + Send>>;
+/// A watcher's events (or a multiplexed stream's, of many watchers), as the
+/// revisions they carry and whether the arrival is timed (a sampled
+/// watcher's).
+type Revisions = std::pin::Pin<Box<dyn futures::Stream<Item = Result<(u64, bool), String>> + Send>>;
 
 /// Opens the watchers against etcd: `connections` clients, each serving its
 /// share of watches on `prefix`.
@@ -127,10 +130,10 @@ async fn etcd_watchers(
         let revisions = futures::stream::unfold(stream, |mut s| async move {
             match s.message().await {
                 Ok(Some(resp)) => {
-                    let revs: Vec<Result<u64, String>> = resp
+                    let revs: Vec<Result<(u64, bool), String>> = resp
                         .events()
                         .iter()
-                        .filter_map(|e| e.kv().map(|kv| Ok(kv.mod_revision() as u64)))
+                        .filter_map(|e| e.kv().map(|kv| Ok((kv.mod_revision() as u64, true))))
                         .collect();
                     Some((futures::stream::iter(revs), s))
                 }
@@ -272,9 +275,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     _ = &mut stop => break,
                 };
                 match ev {
-                    Some(Ok(rv)) => {
+                    Some(Ok((rv, timed))) => {
                         delivered.fetch_add(1, Ordering::Relaxed);
-                        if sampled {
+                        if sampled && timed {
                             seen.push((rv, Instant::now()));
                         }
                     }
@@ -386,11 +389,29 @@ async fn skiff_watchers(
         transports.push(connect(addr, Credentials::none()).await?);
     }
     let bar = crate::progress(args.watchers as u64, "starting watchers");
-    let muxes: Vec<Multiplexer> = if args.multiplexed {
-        transports.iter().cloned().map(Multiplexer::new).collect()
-    } else {
-        Vec::new()
-    };
+    if args.multiplexed {
+        // Watcher i is watch i + 1 on connection i % connections.
+        let mut creates = vec![Vec::new(); connections];
+        for i in 0..args.watchers {
+            creates[i % connections].push(WatchCreateRequest {
+                watch_id: i as i64 + 1,
+                kind: "pods".into(),
+                namespace: NAMESPACE.into(),
+                label_selector: args.selector.clone(),
+                resource_version: start_rv.clone(),
+                ..Default::default()
+            });
+        }
+        let sampled = args.sampled_watchers as i64;
+        let mut out = Vec::new();
+        for (t, creates) in transports.into_iter().zip(creates) {
+            let n = creates.len() as u64;
+            out.push(multiplexed_revisions(t, creates, sampled).await?);
+            bar.inc(n);
+        }
+        bar.finish_and_clear();
+        return Ok(out);
+    }
     let params = WatchParams {
         namespace: NAMESPACE.into(),
         label_selector: args.selector.clone(),
@@ -398,47 +419,61 @@ async fn skiff_watchers(
         ..Default::default()
     };
     let streams: Vec<_> = futures::stream::iter(0..args.watchers)
-        .map(|i| {
-            let t = transports[i % connections].clone();
-            let mux = muxes.get(i % connections).cloned();
-            open_revisions(t, mux, params.clone())
-        })
+        .map(|i| crate::lite::watch_pods(transports[i % connections].clone(), params.clone()))
         .buffer_unordered(64)
         .inspect(|_| bar.inc(1))
         .collect()
         .await;
     bar.finish_and_clear();
-    streams.into_iter().collect()
+    let mut out: Vec<Revisions> = Vec::new();
+    for s in streams {
+        let s = s.context("opening a watch")?;
+        out.push(Box::pin(s.map(|e| {
+            e.map(|e| (e.resource_version(), true))
+                .map_err(|e| e.message().to_owned())
+        })));
+    }
+    Ok(out)
 }
 
-/// One watcher: a `WatchPods` call decoding only versions, or a watch on
-/// `mux`'s shared stream.
-async fn open_revisions(
+/// One multiplexed stream carrying `creates`, once every watch on it is
+/// established; arrivals of watches numbered up to `sampled` are timed.
+async fn multiplexed_revisions(
     t: skiff::client::Transport,
-    mux: Option<Multiplexer>,
-    params: WatchParams,
+    creates: Vec<WatchCreateRequest>,
+    sampled: i64,
 ) -> anyhow::Result<Revisions> {
-    Ok(match mux {
-        None => {
-            let s = crate::lite::watch_pods(t, params)
-                .await
-                .context("opening a watch")?;
-            Box::pin(s.map(|e| {
-                e.map(|e| e.resource_version())
-                    .map_err(|e| e.message().to_owned())
-            }))
+    let mut waiting = creates.len();
+    let mut s = Box::pin(
+        crate::lite::watch_multiplexed(t, creates)
+            .await
+            .context("opening a multiplexed watch")?,
+    );
+    while waiting > 0 {
+        let r = s
+            .next()
+            .await
+            .context("the multiplexed watch ended while opening")??;
+        if r.canceled {
+            let why = r.error.map(|e| e.message).unwrap_or_default();
+            anyhow::bail!("watch {} was refused: {why}", r.watch_id);
         }
-        Some(mux) => {
-            let s = mux
-                .watch(&Api::<Pod>::new(t, NAMESPACE), &params)
-                .await
-                .context("opening a multiplexed watch")?;
-            Box::pin(s.map(|e| {
-                e.map(|e| e.object.map_or(0, |o| o.resource_version()))
-                    .map_err(|e| e.to_string())
-            }))
+        if r.created {
+            waiting -= 1;
         }
-    })
+    }
+    Ok(Box::pin(s.filter_map(move |r| async move {
+        match r {
+            Ok(r) if r.canceled => Some(Err(format!(
+                "watch {} ended: {}",
+                r.watch_id,
+                r.error.map(|e| e.message).unwrap_or_default()
+            ))),
+            Ok(r) if r.object.is_some() => Some(Ok((r.resource_version(), r.watch_id <= sampled))),
+            Ok(_) => None,
+            Err(e) => Some(Err(e.message().to_owned())),
+        }
+    })))
 }
 
 /// What a writer hands back: each acknowledgement (revision, when) and its
