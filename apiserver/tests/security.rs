@@ -523,6 +523,87 @@ async fn every_identity_may_do_exactly_what_rbac_grants_on_every_kind_verb_and_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_watch_on_a_multiplexed_stream_is_authorized_as_its_kinds_own_watch() {
+    use skiff::api::meta::v1::watch_request::Request as Op;
+    use skiff::api::meta::v1::watch_service_client::WatchServiceClient;
+    use skiff::api::meta::v1::{WatchCreateRequest, WatchRequest};
+    use tokio_stream::StreamExt;
+    let s = Secure::start(None, false).await;
+    let robot_token = set_up_policies(&s).await;
+    let identities = [
+        ("scheduler", "scheduler-token".to_owned()),
+        ("proxy", "proxy-token".into()),
+        ("alice", "alice-token".into()),
+        ("bob", "bob-token".into()),
+        ("robot", robot_token),
+    ];
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for (identity, token) in &identities {
+        // Every kind in a, in b and across namespaces, on one stream.
+        let mut asked = BTreeMap::new();
+        for info in skiff::KINDS {
+            let spaces: &[&str] = if info.namespaced {
+                &["a", "b", ""]
+            } else {
+                &[""]
+            };
+            for ns in spaces {
+                let id = asked.len() as i64 + 1;
+                asked.insert(id, (info.plural, *ns));
+            }
+        }
+        let requests: Vec<WatchRequest> = asked
+            .iter()
+            .map(|(id, (plural, ns))| WatchRequest {
+                request: Some(Op::Create(WatchCreateRequest {
+                    watch_id: *id,
+                    kind: (*plural).into(),
+                    namespace: (*ns).into(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let mut responses = WatchServiceClient::new(s.as_token(token).await)
+            .watch(futures::stream::iter(requests).chain(futures::stream::pending()))
+            .await
+            .expect("any authenticated user may open the stream")
+            .into_inner();
+        let mut answered = BTreeMap::new();
+        while answered.len() < asked.len() {
+            let r = tokio::time::timeout(TEN_SECONDS, responses.next())
+                .await
+                .expect("an answer for every watch")
+                .expect("the stream is open")
+                .expect("no stream error");
+            if r.created || r.canceled {
+                answered.insert(r.watch_id, r.error.map(|e| e.code));
+            }
+        }
+        for (id, (plural, ns)) in &asked {
+            checked += 1;
+            let want = expected(identity, plural, "watch", ns);
+            let got = answered[id];
+            if want != got.is_none()
+                || got.is_some_and(|c| c != tonic::Code::PermissionDenied as i32)
+            {
+                wrong.push(format!(
+                    "{identity} watch {plural} in {ns:?}: expected {}, got {got:?}",
+                    if want { "created" } else { "PERMISSION_DENIED" }
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {checked} checks wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert!(checked > 200, "{checked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubelet_reaches_only_its_own_node_lease_pods_and_their_secrets() {
     let s = Secure::start(None, false).await;
     let admin = s.admin().await;
