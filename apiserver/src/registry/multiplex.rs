@@ -13,11 +13,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::future::{AbortHandle, Abortable, BoxFuture};
-use futures::stream::{FuturesUnordered, SelectAll};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::task::{ArcWake, AtomicWaker};
 use futures::{FutureExt, Stream, StreamExt};
 use skiff::api::meta::v1::watch_request::Request as Op;
 use skiff::api::meta::v1::watch_service_server::{WatchService, WatchServiceServer};
@@ -110,9 +112,10 @@ impl WatchService for MultiplexedWatch {
             extensions: Arc::new(extensions),
             requests: Some(requests),
             opening: FuturesUnordered::new(),
-            open: HashMap::new(),
+            opening_ids: HashSet::new(),
             canceled_while_opening: HashSet::new(),
-            watches: SelectAll::new(),
+            watches: HashMap::new(),
+            ready: Arc::new(ReadyQueue::default()),
             outbox: VecDeque::new(),
             shutdown: async move {
                 let _ = shutdown.wait_for(|s| *s).await;
@@ -139,10 +142,14 @@ struct Session {
     /// `None` once the client has sent its last request.
     requests: Option<Streaming<WatchRequest>>,
     opening: FuturesUnordered<Opening>,
-    /// Every id in use: `None` while opening, then how to cancel it.
-    open: HashMap<i64, Option<AbortHandle>>,
+    /// Ids of the watches being opened.
+    opening_ids: HashSet<i64>,
     canceled_while_opening: HashSet<i64>,
-    watches: SelectAll<Tagged>,
+    /// The open watches. Each is polled only when its own waker says it
+    /// has something (ids in `ready`), so an event wakes this one task
+    /// once, and an idle watch costs its entry and its waker.
+    watches: HashMap<i64, Watch>,
+    ready: Arc<ReadyQueue>,
     /// Notices (created, canceled, refused) waiting to go out.
     outbox: VecDeque<WatchResponse>,
     shutdown: BoxFuture<'static, ()>,
@@ -176,13 +183,13 @@ impl Session {
             Some(Op::Create(create)) => self.create(create),
             Some(Op::Cancel(cancel)) => {
                 let id = cancel.watch_id;
-                match self.open.get(&id) {
-                    Some(Some(handle)) => handle.abort(),
-                    Some(None) => {
-                        self.canceled_while_opening.insert(id);
-                    }
-                    // Not open: say so, so the client knows the id is free.
-                    None => self.outbox.push_back(notice(id, false, None)),
+                if self.opening_ids.contains(&id) {
+                    self.canceled_while_opening.insert(id);
+                } else {
+                    // Dropping it ends its cache watcher. Said even when
+                    // it was not open, so the client knows the id is free.
+                    self.watches.remove(&id);
+                    self.outbox.push_back(notice(id, false, None));
                 }
             }
             None => self.outbox.push_back(notice(
@@ -199,7 +206,7 @@ impl Session {
             let e = invalid("create.watch_id", "must be positive");
             return self.outbox.push_back(notice(id, false, Some(e)));
         }
-        if self.open.contains_key(&id) {
+        if self.opening_ids.contains(&id) || self.watches.contains_key(&id) {
             let e = invalid(
                 "create.watch_id",
                 &format!("watch {id} is open on this stream"),
@@ -216,7 +223,7 @@ impl Session {
             );
             return self.outbox.push_back(notice(id, false, Some(e)));
         };
-        self.open.insert(id, None);
+        self.opening_ids.insert(id);
         let extensions = self.extensions.clone();
         self.opening.push(Box::pin(async move {
             let opened = async {
@@ -235,27 +242,37 @@ impl Session {
         kind: Arc<Kind>,
         opened: Result<(KindEvents, Option<WatchSlot>), ApiError>,
     ) {
+        self.opening_ids.remove(&id);
         if self.canceled_while_opening.remove(&id) {
-            self.open.remove(&id);
             return self.outbox.push_back(notice(id, false, None));
         }
         match opened {
             Ok((events, slot)) => {
-                let (handle, registration) = AbortHandle::new_pair();
-                self.open.insert(id, Some(handle));
-                self.watches.push(Tagged {
+                let flag = Arc::new(WatchWaker {
                     id,
-                    kind,
-                    events: Abortable::new(events, registration),
-                    _slot: slot,
-                    done: false,
+                    queued: AtomicBool::new(false),
+                    ready: self.ready.clone(),
                 });
+                let waker = futures::task::waker(flag.clone());
+                // Polled once to start (and register its waker).
+                waker.wake_by_ref();
+                self.watches.insert(
+                    id,
+                    Watch {
+                        tagged: Tagged {
+                            id,
+                            kind,
+                            events,
+                            _slot: slot,
+                            done: false,
+                        },
+                        waker,
+                        flag,
+                    },
+                );
                 self.outbox.push_back(notice(id, true, None));
             }
-            Err(e) => {
-                self.open.remove(&id);
-                self.outbox.push_back(notice(id, false, Some(e.into())));
-            }
+            Err(e) => self.outbox.push_back(notice(id, false, Some(e.into()))),
         }
     }
 }
@@ -289,20 +306,80 @@ impl Stream for Session {
         if let Some(notice) = this.outbox.pop_front() {
             return Poll::Ready(Some(Ok(notice)));
         }
-        match this.watches.poll_next_unpin(cx) {
-            Poll::Ready(Some(response)) => {
-                if response.canceled {
-                    this.open.remove(&response.watch_id);
+        this.ready.session.register(cx.waker());
+        while let Some(id) = this.ready.pop() {
+            let Some(watch) = this.watches.get_mut(&id) else {
+                // Cancelled since it was woken.
+                continue;
+            };
+            // A wake-up during the poll queues it again.
+            watch.flag.queued.store(false, Ordering::Release);
+            let mut watch_cx = Context::from_waker(&watch.waker);
+            match watch.tagged.poll_next_unpin(&mut watch_cx) {
+                Poll::Ready(Some(response)) => {
+                    if response.canceled {
+                        this.watches.remove(&id);
+                    } else {
+                        // It may have more: after the others (fairness).
+                        watch.waker.wake_by_ref();
+                    }
+                    return Poll::Ready(Some(Ok(response)));
                 }
-                Poll::Ready(Some(Ok(response)))
-            }
-            Poll::Ready(None) | Poll::Pending => {
-                if this.requests.is_none() && this.open.is_empty() {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Pending
+                Poll::Ready(None) => {
+                    this.watches.remove(&id);
                 }
+                Poll::Pending => {}
             }
+        }
+        if this.requests.is_none() && this.watches.is_empty() && this.opening_ids.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// An open watch: its responses, and the waker that queues it to be polled.
+struct Watch {
+    tagged: Tagged,
+    waker: std::task::Waker,
+    flag: Arc<WatchWaker>,
+}
+
+/// Ids of the watches that have something to say, and the session's task.
+#[derive(Default)]
+struct ReadyQueue {
+    ids: std::sync::Mutex<VecDeque<i64>>,
+    session: AtomicWaker,
+}
+
+impl ReadyQueue {
+    fn pop(&self) -> Option<i64> {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+}
+
+/// One watch's waker: queues its id (once until it is polled) and wakes
+/// the session.
+struct WatchWaker {
+    id: i64,
+    queued: AtomicBool,
+    ready: Arc<ReadyQueue>,
+}
+
+impl ArcWake for WatchWaker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        if !arc_self.queued.swap(true, Ordering::AcqRel) {
+            arc_self
+                .ready
+                .ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(arc_self.id);
+            arc_self.ready.session.wake();
         }
     }
 }
@@ -312,7 +389,7 @@ impl Stream for Session {
 struct Tagged {
     id: i64,
     kind: Arc<Kind>,
-    events: Abortable<KindEvents>,
+    events: KindEvents,
     _slot: Option<WatchSlot>,
     done: bool,
 }
@@ -340,7 +417,7 @@ impl Stream for Tagged {
                     self.done = true;
                     notice(id, false, Some(e.into()))
                 }
-                // Canceled, or ended by the server.
+                // Ended by the server.
                 None => {
                     self.done = true;
                     notice(id, false, None)
