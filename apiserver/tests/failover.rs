@@ -148,6 +148,17 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_of_two_servers_on_embedded_storage_writes_and_watches_through_either_one_going_away()
  {
+    embedded_pair(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_two_servers_on_etcd_writes_and_watches_through_either_one_going_away() {
+    let etcd = EtcdServer::start().await;
+    one_server_down_at_a_time(etcd_storage(&etcd.endpoint), false).await;
+}
+
+/// Two servers over one embedded storage, one going away at a time.
+async fn embedded_pair(multiplexed: bool) {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> =
         Arc::new(skiff_apiserver::storage::embedded::EmbeddedStorage::open(dir.path()).unwrap());
@@ -156,15 +167,9 @@ async fn a_client_of_two_servers_on_embedded_storage_writes_and_watches_through_
             let s = storage.clone();
             async move { s }
         },
-        false,
+        multiplexed,
     )
     .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_of_two_servers_on_etcd_writes_and_watches_through_either_one_going_away() {
-    let etcd = EtcdServer::start().await;
-    one_server_down_at_a_time(etcd_storage(&etcd.endpoint), false).await;
 }
 
 /// Storages on the etcd at `endpoint`, one per call.
@@ -187,17 +192,7 @@ fn etcd_storage(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multiplexed_watch_over_two_servers_on_embedded_storage_moves_when_either_goes_away() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn Storage> =
-        Arc::new(skiff_apiserver::storage::embedded::EmbeddedStorage::open(dir.path()).unwrap());
-    one_server_down_at_a_time(
-        || {
-            let s = storage.clone();
-            async move { s }
-        },
-        true,
-    )
-    .await;
+    embedded_pair(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

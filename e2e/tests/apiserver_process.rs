@@ -34,16 +34,7 @@ fn pod(name: &str) -> Pod {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_creates_gets_conflicts_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let server = SkiffProcess::start_listening(&[
-        "apiserver",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data,
-    ])
-    .await;
+    let server = insecure_apiserver(dir.path()).await;
     let addr = server.addr.as_str();
 
     let (ok, out, err) = grpcurl(&["-plaintext", addr, "list"]).await;
@@ -262,20 +253,24 @@ async fn apiserver_on_etcd_serves_and_keeps_data_across_restarts() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watching_from_grpcurl_shows_live_events_as_json() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let server = SkiffProcess::start_listening(&[
+/// `skiff apiserver --insecure` on a free port, its data in `dir`.
+async fn insecure_apiserver(dir: &std::path::Path) -> SkiffProcess {
+    SkiffProcess::start_listening(&[
         "apiserver",
         "--insecure",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
-        data,
+        dir.to_str().unwrap(),
     ])
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_from_grpcurl_shows_live_events_as_json() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = insecure_apiserver(dir.path()).await;
     let t = connect(&server.addr, Credentials::none()).await.unwrap();
     let start = Pod::list_in(t.clone(), ListParams::default())
         .await
@@ -327,16 +322,7 @@ async fn watching_from_grpcurl_shows_live_events_as_json() {
 async fn the_multiplexed_watch_from_grpcurl_shows_two_kinds_tagged_by_watch_id() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let server = SkiffProcess::start_listening(&[
-        "apiserver",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data,
-    ])
-    .await;
+    let server = insecure_apiserver(dir.path()).await;
     let t = connect(&server.addr, Credentials::none()).await.unwrap();
     let mut grpcurl = tokio::process::Command::new("grpcurl")
         .args([
