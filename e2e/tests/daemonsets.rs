@@ -250,8 +250,12 @@ async fn a_rolling_update_replaces_every_pod_and_on_delete_waits_for_the_user() 
         done.then_some(())
     })
     .await;
-    let s = api.get("rolling").await.unwrap().status.unwrap();
-    assert_eq!(s.updated_number_scheduled, 3);
+    // The status follows the pods by one reconcile.
+    skiff::testing::eventually("the status to count 3 updated pods", WAIT, async || {
+        let s = api.get("rolling").await.ok()?.status?;
+        (s.updated_number_scheduled == 3).then_some(())
+    })
+    .await;
     let out = skiff_e2e::skiff(
         &cluster.server,
         &[
