@@ -180,11 +180,13 @@ pub fn decode_object<K: Resource>(
     Ok(obj)
 }
 
-/// Encodes an object for storage (without its resource version).
-pub fn encode_object<K: Resource>(obj: &K) -> Bytes {
-    let mut copy = obj.clone();
-    copy.meta_mut().resource_version.clear();
-    Bytes::from(copy.encode_to_vec())
+/// Encodes an object for storage (without its resource version, which the
+/// object gets back afterwards).
+pub fn encode_object<K: Resource>(obj: &mut K) -> Bytes {
+    let version = std::mem::take(&mut obj.meta_mut().resource_version);
+    let bytes = Bytes::from(obj.encode_to_vec());
+    obj.meta_mut().resource_version = version;
+    bytes
 }
 
 /// What a storage event means to a watcher with `predicate`, given the
@@ -380,15 +382,13 @@ pub struct Change<K> {
 
 #[async_trait::async_trait]
 impl<K: Resource> ObjectStore<K> for StorageStore<K> {
-    async fn create(&self, obj: K) -> Result<K, ApiError> {
-        let (ns, name) = (obj.namespace().to_owned(), obj.name().to_owned());
-        let key = keys::object_key(&K::INFO, &ns, &name);
+    async fn create(&self, mut obj: K) -> Result<K, ApiError> {
+        let key = keys::object_key(&K::INFO, obj.namespace(), obj.name());
         let kv = self
             .storage
-            .create(&key, encode_object(&obj))
+            .create(&key, encode_object(&mut obj))
             .await
-            .map_err(|e| self.err(&Self::name_of(&ns, &name), e))?;
-        let mut obj = obj;
+            .map_err(|e| self.err(&Self::name_of(obj.namespace(), obj.name()), e))?;
         obj.meta_mut().resource_version = kv.mod_revision.to_string();
         Ok(obj)
     }
@@ -513,15 +513,13 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
         ))
     }
 
-    async fn update(&self, obj: K, expected: Revision) -> Result<K, ApiError> {
-        let (ns, name) = (obj.namespace().to_owned(), obj.name().to_owned());
-        let key = keys::object_key(&K::INFO, &ns, &name);
+    async fn update(&self, mut obj: K, expected: Revision) -> Result<K, ApiError> {
+        let key = keys::object_key(&K::INFO, obj.namespace(), obj.name());
         let kv = self
             .storage
-            .update(&key, encode_object(&obj), expected)
+            .update(&key, encode_object(&mut obj), expected)
             .await
-            .map_err(|e| self.err(&Self::name_of(&ns, &name), e))?;
-        let mut obj = obj;
+            .map_err(|e| self.err(&Self::name_of(obj.namespace(), obj.name()), e))?;
         obj.meta_mut().resource_version = kv.mod_revision.to_string();
         Ok(obj)
     }

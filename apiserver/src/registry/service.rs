@@ -341,10 +341,18 @@ impl<K: Strategy> ResourceServer<K> {
             return Err(e);
         }
         let mut charge = charge;
+        // The object is needed again only to retry a generated name or to
+        // tell the hooks of a failure; otherwise it moves into the store.
+        let keep = generate || self.hooks.is_some();
         // A generated name may collide; try a few others, as Kubernetes' clients do.
         let mut attempts = 0;
         loop {
-            match self.store.create(obj.clone()).await {
+            let attempt = if keep {
+                obj.clone()
+            } else {
+                std::mem::take(&mut obj)
+            };
+            match self.store.create(attempt).await {
                 Err(ApiError::AlreadyExists { .. }) if generate && attempts < 5 => {
                     attempts += 1;
                     let prefix = obj.meta().generate_name.clone();
