@@ -275,6 +275,37 @@ async fn every_component_serves_prometheus_metrics_that_move_with_work() {
         2.0,
     )
     .await;
+    // Bound pods report their time from queue to binding, the framework's
+    // extension points their time, and the queue its pending pods by queue.
+    until_metric(
+        &scheduler_metrics,
+        "scheduler_pod_scheduling_duration_seconds_count",
+        &[],
+        2.0,
+    )
+    .await;
+    for point in ["PreFilter", "Filter", "Score", "Bind"] {
+        let having = [
+            &format!("extension_point=\"{point}\"")[..],
+            "status=\"Success\"",
+        ];
+        until_metric(
+            &scheduler_metrics,
+            "scheduler_framework_extension_point_duration_seconds_count",
+            &having,
+            1.0,
+        )
+        .await;
+    }
+    let scheduler_samples = scrape(&scheduler_metrics).await;
+    for queue in ["active", "backoff", "unschedulable"] {
+        let series = format!("scheduler_pending_pods{{queue=\"{queue}\"}}");
+        assert_eq!(
+            scheduler_samples.get(&series),
+            Some(&0.0),
+            "{series}: every pod is bound, none pending"
+        );
+    }
     until_metric(
         &kubelet_metrics,
         "kubelet_pod_start_duration_seconds_count",

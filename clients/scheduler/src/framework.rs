@@ -312,6 +312,10 @@ pub struct Search {
     pub failures: BTreeMap<String, Vec<Reason>>,
     /// How many nodes were tried.
     pub tried: usize,
+    /// Time spent filtering the nodes tried (with their per-node scores).
+    pub filter_time: std::time::Duration,
+    /// Time spent scoring the feasible nodes against each other.
+    pub score_time: std::time::Duration,
 }
 
 /// A node's outcome: (score, pods of the same owner) when feasible, reasons otherwise.
@@ -326,6 +330,7 @@ pub fn search(
     weights: Weights,
     percentage: Option<u32>,
 ) -> Search {
+    let started = std::time::Instant::now();
     let order = cache.order();
     let n = order.len();
     if n == 0 {
@@ -333,6 +338,8 @@ pub fn search(
             feasible: Vec::new(),
             failures: BTreeMap::new(),
             tried: 0,
+            filter_time: started.elapsed(),
+            score_time: std::time::Duration::ZERO,
         };
     }
     let want = feasible_nodes_to_find(n, percentage);
@@ -374,6 +381,7 @@ pub fn search(
             }
         }
     }
+    let filtered = std::time::Instant::now();
     // Spreading is relative to the busiest feasible node.
     let max_same = scored.iter().map(|(_, (_, c))| *c).max().unwrap_or(0);
     // Inter-pod scores are relative to the feasible nodes' range.
@@ -419,6 +427,8 @@ pub fn search(
         feasible,
         failures,
         tried,
+        filter_time: filtered - started,
+        score_time: filtered.elapsed(),
     }
 }
 

@@ -5,7 +5,7 @@
 //! unschedulable pod is retried after a while in any case.
 
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::Duration;
 
 use skiff::Resource;
@@ -22,6 +22,8 @@ pub struct QueuedPod {
     pub pod: Arc<Pod>,
     /// Failed attempts so far.
     pub attempts: u32,
+    /// When the pod first entered the queue (kept across retries).
+    pub queued_at: Instant,
     seq: u64,
 }
 
@@ -54,6 +56,7 @@ impl Ord for QueuedPod {
 struct Waiting {
     pod: Arc<Pod>,
     attempts: u32,
+    queued_at: Instant,
     /// Not retried before this.
     backoff_until: Instant,
     /// Retried at this time even if nothing changes.
@@ -69,8 +72,82 @@ struct State {
     unschedulable: HashMap<PodKey, Waiting>,
     /// Pods being scheduled right now.
     in_flight: HashMap<PodKey, u64>,
+    /// When each pod the queue holds first entered it.
+    first_queued: HashMap<PodKey, Instant>,
     next_seq: u64,
     closed: bool,
+}
+
+/// Pods waiting, by the queues Kubernetes' scheduler reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// To be tried now (new, or due for another attempt).
+    pub active: usize,
+    /// Failed, and something relevant changed: waiting out their backoff.
+    pub backoff: usize,
+    /// Failed, and waiting for a change in the cluster (or the periodic retry).
+    pub unschedulable: usize,
+}
+
+impl State {
+    fn pending(&self, now: Instant) -> Pending {
+        let mut p = Pending {
+            active: self.in_active.len(),
+            ..Pending::default()
+        };
+        for w in self.unschedulable.values() {
+            if (w.moved && w.backoff_until <= now) || w.flush_at <= now {
+                p.active += 1;
+            } else if w.moved {
+                p.backoff += 1;
+            } else {
+                p.unschedulable += 1;
+            }
+        }
+        p
+    }
+}
+
+/// Every live queue of the process, summed into `scheduler_pending_pods`
+/// when metrics are scraped.
+static QUEUES: Mutex<Vec<Weak<Mutex<State>>>> = Mutex::new(Vec::new());
+
+fn expose(state: &Arc<Mutex<State>>) {
+    static REGISTERED: Once = Once::new();
+    QUEUES
+        .lock()
+        .expect("queues lock")
+        .push(Arc::downgrade(state));
+    REGISTERED.call_once(|| {
+        skiff::metrics::global().collect(Box::new(|e| {
+            let now = Instant::now();
+            let mut total = Pending::default();
+            QUEUES
+                .lock()
+                .expect("queues lock")
+                .retain(|q| match q.upgrade() {
+                    Some(state) => {
+                        let p = state.lock().expect("queue lock").pending(now);
+                        total.active += p.active;
+                        total.backoff += p.backoff;
+                        total.unschedulable += p.unschedulable;
+                        true
+                    }
+                    None => false,
+                });
+            e.gauge_header(
+                "scheduler_pending_pods",
+                "Pending pods by queue: active, backoff or unschedulable.",
+            );
+            for (queue, n) in [
+                ("active", total.active),
+                ("backoff", total.backoff),
+                ("unschedulable", total.unschedulable),
+            ] {
+                e.sample("scheduler_pending_pods", &[("queue", queue)], n as f64);
+            }
+        }));
+    });
 }
 
 /// Backoff and flush timing.
@@ -105,26 +182,42 @@ pub struct SchedulingQueue {
 impl SchedulingQueue {
     /// An empty queue.
     pub fn new(config: QueueConfig) -> Self {
-        Self {
+        let queue = Self {
             state: Arc::new(Mutex::new(State {
                 active: BinaryHeap::new(),
                 in_active: HashMap::new(),
                 unschedulable: HashMap::new(),
                 in_flight: HashMap::new(),
+                first_queued: HashMap::new(),
                 next_seq: 0,
                 closed: false,
             })),
             notify: Arc::new(Notify::new()),
             config,
-        }
+        };
+        expose(&queue.state);
+        queue
     }
 
-    fn push(&self, s: &mut State, pod: Arc<Pod>, attempts: u32) {
+    /// Pods waiting now, by queue.
+    pub fn pending(&self) -> Pending {
+        self.state
+            .lock()
+            .expect("queue lock")
+            .pending(Instant::now())
+    }
+
+    fn push(&self, s: &mut State, pod: Arc<Pod>, attempts: u32, queued_at: Instant) {
         let key = pod_key(&pod);
         s.next_seq += 1;
         let seq = s.next_seq;
         s.in_active.insert(key, seq);
-        s.active.push(QueuedPod { pod, attempts, seq });
+        s.active.push(QueuedPod {
+            pod,
+            attempts,
+            queued_at,
+            seq,
+        });
         self.notify.notify_one();
     }
 
@@ -144,7 +237,9 @@ impl SchedulingQueue {
             return;
         }
         let attempts = 0;
-        self.push(&mut s, pod, attempts);
+        // A refreshed pod keeps the time it first entered the queue.
+        let queued_at = *s.first_queued.entry(key).or_insert_with(Instant::now);
+        self.push(&mut s, pod, attempts, queued_at);
     }
 
     /// Forgets a pod (bound elsewhere, or deleted).
@@ -152,6 +247,7 @@ impl SchedulingQueue {
         let mut s = self.state.lock().expect("queue lock");
         s.in_active.remove(key);
         s.unschedulable.remove(key);
+        s.first_queued.remove(key);
     }
 
     /// Waits for the highest-priority pod; `None` once closed.
@@ -191,7 +287,9 @@ impl SchedulingQueue {
 
     /// Marks a popped pod done (scheduled, or given up).
     pub fn done(&self, key: &str) {
-        self.state.lock().expect("queue lock").in_flight.remove(key);
+        let mut s = self.state.lock().expect("queue lock");
+        s.in_flight.remove(key);
+        s.first_queued.remove(key);
     }
 
     /// Puts a pod that fit nowhere into the unschedulable set.
@@ -212,6 +310,7 @@ impl SchedulingQueue {
             Waiting {
                 pod: q.pod,
                 attempts,
+                queued_at: q.queued_at,
                 backoff_until: now + backoff,
                 flush_at: now + self.config.flush_after,
                 moved: false,
@@ -255,7 +354,7 @@ impl SchedulingQueue {
             .collect();
         for key in due {
             if let Some(w) = s.unschedulable.remove(&key) {
-                self.push(s, w.pod, w.attempts);
+                self.push(s, w.pod, w.attempts, w.queued_at);
             }
         }
     }
@@ -315,6 +414,64 @@ mod tests {
             max_backoff: Duration::from_secs(4),
             flush_after: Duration::from_secs(30),
         })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_pods_are_counted_by_queue_and_keep_their_first_queued_time() {
+        let q = queue();
+        let first = Instant::now();
+        q.add(pod("a", 0));
+        q.add(pod("b", 0));
+        q.add(pod("c", 0));
+        assert_eq!(
+            q.pending(),
+            Pending {
+                active: 3,
+                backoff: 0,
+                unschedulable: 0
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let a = q.pop().await.unwrap();
+        let b = q.pop().await.unwrap();
+        assert_eq!(a.queued_at, first);
+        q.unschedulable(a);
+        q.unschedulable(b);
+        assert_eq!(
+            q.pending(),
+            Pending {
+                active: 1,
+                backoff: 0,
+                unschedulable: 2
+            }
+        );
+        // A change moves them to backoff until it has passed.
+        q.move_all();
+        assert_eq!(
+            q.pending(),
+            Pending {
+                active: 1,
+                backoff: 2,
+                unschedulable: 0
+            }
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(q.pending().active, 3);
+        // Retried after their backoff, they still carry the time they first came in.
+        let mut names = Vec::new();
+        for _ in 0..3 {
+            let p = q.pop().await.unwrap();
+            assert_eq!(p.queued_at, first, "{}", p.pod.meta().name);
+            names.push(p.pod.meta().name.clone());
+            q.done(&pod_key(&p.pod));
+        }
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(q.pending(), Pending::default());
+        // A pod that left the queue and comes back starts a new wait.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        q.add(pod("a", 0));
+        assert!(q.pop().await.unwrap().queued_at > first);
     }
 
     #[tokio::test(start_paused = true)]

@@ -65,6 +65,36 @@ struct Metrics {
     attempts: Arc<skiff::metrics::CounterVec>,
     duration: Arc<skiff::metrics::HistogramVec>,
     bound: Arc<skiff::metrics::CounterVec>,
+    pod_duration: Arc<skiff::metrics::HistogramVec>,
+    extension_points: Arc<skiff::metrics::HistogramVec>,
+}
+
+/// An extension point's status label: "Success" or "Error".
+fn status_of(ok: bool) -> &'static str {
+    if ok { "Success" } else { "Error" }
+}
+
+/// Records how long one extension point of the scheduling framework took.
+fn extension_point(point: &str, status: &str, profile: &str, took: std::time::Duration) {
+    metrics()
+        .extension_points
+        .with(&[point, status, profile])
+        .observe_duration(took);
+}
+
+/// Buckets of the time from queueing to binding: 10 ms doubling to ~87 min.
+const POD_SCHEDULING_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92, 163.84,
+    327.68, 655.36, 1310.72, 2621.44, 5242.88,
+];
+
+/// The `attempts` label of a bound pod: its attempt count, "16+" from 16 on.
+fn attempts_label(attempts: u32) -> String {
+    if attempts >= 16 {
+        "16+".to_owned()
+    } else {
+        attempts.to_string()
+    }
 }
 
 fn metrics() -> &'static Metrics {
@@ -84,6 +114,20 @@ fn metrics() -> &'static Metrics {
                 skiff::metrics::LATENCY_BUCKETS,
             ),
             bound: r.counter("scheduler_pods_bound_total", "Pods bound to a node.", &[]),
+            pod_duration: r.histogram(
+                "scheduler_pod_scheduling_duration_seconds",
+                "Time from a pod entering the scheduling queue to its binding, by the \
+                 number of attempts it took.",
+                &["attempts"],
+                POD_SCHEDULING_BUCKETS,
+            ),
+            extension_points: r.histogram(
+                "scheduler_framework_extension_point_duration_seconds",
+                "Time one extension point took for one pod (PreFilter, Filter, Score, \
+                 PostFilter, PreBind, Bind), by its status and the scheduler's profile.",
+                &["extension_point", "status", "profile"],
+                skiff::metrics::LATENCY_BUCKETS,
+            ),
         }
     })
 }
@@ -339,9 +383,12 @@ impl Scheduling {
         self.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let attempt_started = std::time::Instant::now();
         let mut info = PodInfo::new(latest.clone());
+        let profile = self.config.scheduler_name.as_str();
         let needs = match crate::volumes::needs(&latest, &self.volumes) {
             Ok(n) => n,
             Err(why) => {
+                let took = attempt_started.elapsed();
+                extension_point("PreFilter", "UnschedulableAndUnresolvable", profile, took);
                 let total = self.cache.lock().expect("cache").node_count();
                 let message = format!("0/{total} nodes are available: {why}.");
                 self.unschedulable(q, latest, &info, &Failures::new(), message);
@@ -359,6 +406,7 @@ impl Scheduling {
             };
             info.constraints =
                 crate::interpod::Constraints::of(&cache, &latest, &labels).map(Arc::new);
+            extension_point("PreFilter", "Success", profile, attempt_started.elapsed());
             let s = search(
                 &cache,
                 &info,
@@ -394,6 +442,15 @@ impl Scheduling {
         } else {
             "scheduled"
         };
+        let filter_status = if result.feasible.is_empty() {
+            "Unschedulable"
+        } else {
+            "Success"
+        };
+        extension_point("Filter", filter_status, profile, result.filter_time);
+        if !result.feasible.is_empty() {
+            extension_point("Score", "Success", profile, result.score_time);
+        }
         m.attempts.with(&[outcome]).inc();
         m.duration
             .with(&[outcome])
@@ -441,18 +498,43 @@ impl Scheduling {
             self.stats.clone(),
             self.events.clone(),
         );
+        let (attempts, queued_at) = (q.attempts + 1, q.queued_at);
+        let profile = self.config.scheduler_name.clone();
         tokio::spawn(async move {
             // Claims waiting for their first consumer learn the node first.
-            let result =
-                match crate::volumes::select_node(&client, &pod, &delayed_claims, &node).await {
-                    Ok(()) => client.pods(pod.namespace()).bind(pod.name(), &node).await,
-                    Err(e) => Err(e),
-                };
+            let started = std::time::Instant::now();
+            let selected = crate::volumes::select_node(&client, &pod, &delayed_claims, &node).await;
+            if !delayed_claims.is_empty() {
+                extension_point(
+                    "PreBind",
+                    status_of(selected.is_ok()),
+                    &profile,
+                    started.elapsed(),
+                );
+            }
+            let result = match selected {
+                Ok(()) => {
+                    let started = std::time::Instant::now();
+                    let bound = client.pods(pod.namespace()).bind(pod.name(), &node).await;
+                    extension_point(
+                        "Bind",
+                        status_of(bound.is_ok()),
+                        &profile,
+                        started.elapsed(),
+                    );
+                    bound
+                }
+                Err(e) => Err(e),
+            };
             drop(permit);
             match result {
                 Ok(bound) => {
                     stats.bound.fetch_add(1, Ordering::Relaxed);
-                    metrics().bound.with(&[]).inc();
+                    let m = metrics();
+                    m.bound.with(&[]).inc();
+                    m.pod_duration
+                        .with(&[&attempts_label(attempts)])
+                        .observe_duration(queued_at.elapsed());
                     queue.done(&key);
                     let message = format!("Successfully assigned {key} to {node}");
                     events.send(Arc::new(bound), NORMAL, "Scheduled", message);
@@ -485,7 +567,18 @@ impl Scheduling {
         message: String,
     ) {
         self.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let nominated = self.preempt(&pod, info, failures);
+        extension_point(
+            "PostFilter",
+            if nominated.is_some() {
+                "Success"
+            } else {
+                "Unschedulable"
+            },
+            &self.config.scheduler_name,
+            started.elapsed(),
+        );
         tracing::debug!(pod = %pod_key(&pod), %message, "unschedulable");
         self.events
             .send(pod.clone(), WARNING, "FailedScheduling", message.clone());
