@@ -7,7 +7,10 @@
 //!
 //! All writes go through one writer thread that takes every request waiting
 //! in its queue and commits them in one transaction (one fsync for the
-//! batch), then publishes the batch's events to watchers. An acknowledged
+//! batch), then publishes the batch's events to watchers. Woken by a batch's
+//! first write, the writer first lets the request tasks that are ready run,
+//! so that a busy core commits a hundred writes at a time rather than a
+//! handful. An acknowledged
 //! write has been committed with `Durability::Immediate`.
 //!
 //! Owns its files and its writer thread; must not know about objects or kinds
