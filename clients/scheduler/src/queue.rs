@@ -67,13 +67,12 @@ struct Waiting {
 
 struct State {
     active: BinaryHeap<QueuedPod>,
-    /// Current sequence number of each pod in `active` (stale heap entries are skipped).
-    in_active: HashMap<PodKey, u64>,
+    /// Current sequence number of each pod in `active` (stale heap entries
+    /// are skipped), and when it first entered the queue (a refresh keeps it).
+    in_active: HashMap<PodKey, (u64, Instant)>,
     unschedulable: HashMap<PodKey, Waiting>,
     /// Pods being scheduled right now.
     in_flight: HashMap<PodKey, u64>,
-    /// When each pod the queue holds first entered it.
-    first_queued: HashMap<PodKey, Instant>,
     next_seq: u64,
     closed: bool,
 }
@@ -188,7 +187,6 @@ impl SchedulingQueue {
                 in_active: HashMap::new(),
                 unschedulable: HashMap::new(),
                 in_flight: HashMap::new(),
-                first_queued: HashMap::new(),
                 next_seq: 0,
                 closed: false,
             })),
@@ -211,7 +209,7 @@ impl SchedulingQueue {
         let key = pod_key(&pod);
         s.next_seq += 1;
         let seq = s.next_seq;
-        s.in_active.insert(key, seq);
+        s.in_active.insert(key, (seq, queued_at));
         s.active.push(QueuedPod {
             pod,
             attempts,
@@ -238,7 +236,7 @@ impl SchedulingQueue {
         }
         let attempts = 0;
         // A refreshed pod keeps the time it first entered the queue.
-        let queued_at = *s.first_queued.entry(key).or_insert_with(Instant::now);
+        let queued_at = s.in_active.get(&key).map_or_else(Instant::now, |e| e.1);
         self.push(&mut s, pod, attempts, queued_at);
     }
 
@@ -247,7 +245,6 @@ impl SchedulingQueue {
         let mut s = self.state.lock().expect("queue lock");
         s.in_active.remove(key);
         s.unschedulable.remove(key);
-        s.first_queued.remove(key);
     }
 
     /// Waits for the highest-priority pod; `None` once closed.
@@ -264,7 +261,7 @@ impl SchedulingQueue {
                 self.release_due(&mut s);
                 while let Some(q) = s.active.pop() {
                     let key = pod_key(&q.pod);
-                    if s.in_active.get(&key) == Some(&q.seq) {
+                    if s.in_active.get(&key).map(|e| e.0) == Some(q.seq) {
                         s.in_active.remove(&key);
                         s.in_flight.insert(key, q.seq);
                         return Some(q);
@@ -287,9 +284,7 @@ impl SchedulingQueue {
 
     /// Marks a popped pod done (scheduled, or given up).
     pub fn done(&self, key: &str) {
-        let mut s = self.state.lock().expect("queue lock");
-        s.in_flight.remove(key);
-        s.first_queued.remove(key);
+        self.state.lock().expect("queue lock").in_flight.remove(key);
     }
 
     /// Puts a pod that fit nowhere into the unschedulable set.

@@ -437,15 +437,10 @@ impl Scheduling {
             (self.next_start + result.tried) % total
         };
         let m = metrics();
-        let outcome = if result.feasible.is_empty() {
-            "unschedulable"
+        let (outcome, filter_status) = if result.feasible.is_empty() {
+            ("unschedulable", "Unschedulable")
         } else {
-            "scheduled"
-        };
-        let filter_status = if result.feasible.is_empty() {
-            "Unschedulable"
-        } else {
-            "Success"
+            ("scheduled", "Success")
         };
         extension_point("Filter", filter_status, profile, result.filter_time);
         if !result.feasible.is_empty() {
