@@ -449,7 +449,12 @@ async fn a_rolling_update_goes_from_the_highest_ordinal_down_to_the_partition() 
     })
     .await;
     assert!(!seen_one_without_two, "roll-1 was updated before roll-2");
-    let s = api.get("roll").await.unwrap().status.unwrap();
+    // The status follows the pods by one reconcile.
+    let s = skiff::testing::eventually("the status to count 2 updated pods", WAIT, async || {
+        let s = api.get("roll").await.ok()?.status?;
+        (s.updated_replicas == 2).then_some(s)
+    })
+    .await;
     assert_eq!(s.updated_replicas, 2);
     assert_ne!(
         s.current_revision, s.update_revision,
