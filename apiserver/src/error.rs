@@ -226,6 +226,19 @@ impl From<ApiError> for Status {
     }
 }
 
+/// A status as `google.rpc.Status` (for errors carried inside a response,
+/// one per item), its details (BadRequest, RetryInfo…) kept.
+pub fn rpc_status(status: &Status) -> tonic_types::Status {
+    let details = <tonic_types::Status as prost::Message>::decode(status.details())
+        .map(|s| s.details)
+        .unwrap_or_default();
+    tonic_types::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details,
+    }
+}
+
 fn with_resource(code: Code, message: String, kind: &str, name: &str) -> Status {
     let details = ErrorDetails::with_resource_info(kind, name, "", "");
     Status::with_error_details(code, message, details)

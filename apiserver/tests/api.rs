@@ -10,8 +10,8 @@ use skiff::api::apps::v1::{
     replica_set_service_client::ReplicaSetServiceClient,
 };
 use skiff::api::core::v1::{
-    BindPodRequest, ConfigMap, Container, Namespace, Node, Pod, PodSpec, PodStatus,
-    PodTemplateSpec, pod_service_client::PodServiceClient,
+    BindPodRequest, BindPodsRequest, ConfigMap, Container, Namespace, Node, Pod, PodSpec,
+    PodStatus, PodTemplateSpec, pod_service_client::PodServiceClient,
 };
 use skiff::api::meta::v1::{EventType, LabelSelector, ObjectMeta, Preconditions};
 use skiff::client::{ResourceClient, Transport};
@@ -112,6 +112,7 @@ on_both_backends!(
     oversized_requests_are_resource_exhausted_and_change_nothing,
     finalizers_hold_deletion_until_removed,
     bind_pod_binds_once,
+    bind_pods_binds_each_pod_once_and_reports_each_failure_alone,
     list_filters_by_label_and_field_and_pages_consistently,
     deleting_a_bound_pod_is_graceful,
     namespaces_terminate_and_refuse_new_objects,
@@ -610,6 +611,142 @@ async fn bind_pod_binds_once(s: &TestServer) {
         Pod::update_in(t, moved).await.unwrap_err().code(),
         Code::InvalidArgument
     );
+}
+
+async fn bind_pods_binds_each_pod_once_and_reports_each_failure_alone(s: &TestServer) {
+    let t = s.transport().await;
+    let mut uids = BTreeMap::new();
+    for name in ["a", "b", "c", "d", "sentinel"] {
+        let p = Pod::create_in(t.clone(), pod("default", name))
+            .await
+            .unwrap();
+        uids.insert(name, p.meta().uid.clone());
+    }
+    let mut held = pod("default", "leaving");
+    held.meta_mut().finalizers.push("example.com/hold".into());
+    Pod::create_in(t.clone(), held).await.unwrap();
+    Pod::delete_in(t.clone(), del("default", "leaving"))
+        .await
+        .unwrap();
+    let mut client = PodServiceClient::new(t.clone());
+    let binding = |name: &str, node: &str, uid: &str| BindPodRequest {
+        namespace: "default".into(),
+        name: name.into(),
+        node_name: node.into(),
+        uid: uid.into(),
+    };
+    client.bind_pod(binding("b", "n0", "")).await.unwrap();
+    let before = Pod::list_in(t.clone(), ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .unwrap()
+        .resource_version;
+
+    let results = client
+        .bind_pods(BindPodsRequest {
+            bindings: vec![
+                binding("a", "n1", &uids["a"]),
+                binding("b", "n2", ""),
+                binding("missing", "n1", ""),
+                binding("c", "n1", "not-its-uid"),
+                binding("leaving", "n1", ""),
+                binding("d", "Not_A_Node", ""),
+                binding("d", "n2", ""),
+                binding("d", "n3", ""),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<(String, i32)> = results
+        .iter()
+        .map(|r| (r.name.clone(), r.error.as_ref().map_or(0, |e| e.code)))
+        .collect();
+    let expected = [
+        ("a", Code::Ok),
+        ("b", Code::FailedPrecondition),
+        ("missing", Code::NotFound),
+        ("c", Code::Aborted),
+        ("leaving", Code::FailedPrecondition),
+        ("d", Code::InvalidArgument),
+    ];
+    for (i, (name, code)) in expected.iter().enumerate() {
+        assert_eq!(codes[i], (name.to_string(), *code as i32), "{results:?}");
+    }
+    assert!(results[0].resource_version.parse::<i64>().unwrap() > 0);
+    assert!(results[1].error.as_ref().unwrap().message.contains("n0"));
+    assert!(
+        results[5]
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("node_name")
+    );
+    // Two bindings of one pod in one call: exactly one wins.
+    let d: Vec<i32> = results[6..]
+        .iter()
+        .map(|r| r.error.as_ref().map_or(0, |e| e.code))
+        .collect();
+    assert!(
+        d.contains(&0) && d.contains(&(Code::FailedPrecondition as i32)),
+        "{d:?}"
+    );
+    let node = |name: &'static str| {
+        let t = t.clone();
+        async move {
+            Pod::get_in(t, get("default", name))
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .node_name
+        }
+    };
+    assert_eq!(node("a").await, "n1");
+    assert_eq!(node("b").await, "n0", "a bound pod stays where it is");
+    assert_eq!(node("c").await, "");
+    assert_eq!(node("leaving").await, "");
+    let d_node = node("d").await;
+    assert!(d_node == "n2" || d_node == "n3", "{d_node}");
+
+    // Storage saw exactly the two successful bindings: a watch from before
+    // the call sees a and d change, then the sentinel bound after it.
+    let mut events = Pod::watch_in(
+        t.clone(),
+        WatchParams {
+            namespace: "default".into(),
+            resource_version: before,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    client
+        .bind_pod(binding("sentinel", "n9", ""))
+        .await
+        .unwrap();
+    let mut changed = Vec::new();
+    while let Some(e) = events.next().await {
+        let e = e.unwrap();
+        let name = e.object.unwrap().name().to_owned();
+        if name == "sentinel" {
+            break;
+        }
+        changed.push(name);
+    }
+    assert_eq!(changed, ["a", "d"], "one write per successful binding");
+
+    let too_many = BindPodsRequest {
+        bindings: (0..1001)
+            .map(|i| binding(&format!("p{i}"), "n1", ""))
+            .collect(),
+    };
+    let err = client.bind_pods(too_many).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("bindings"), "{}", err.message());
 }
 
 async fn list_filters_by_label_and_field_and_pages_consistently(s: &TestServer) {

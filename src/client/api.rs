@@ -13,8 +13,9 @@ use crate::api::apps::v1::{
     replica_set_service_client::ReplicaSetServiceClient,
 };
 use crate::api::core::v1::{
-    BindPodRequest, BoundObjectReference, CreateServiceAccountTokenRequest, ExecPodRequest,
-    ExecPodResponse, GetPodLogsRequest, Pod, ServiceAccount, pod_service_client::PodServiceClient,
+    BindPodRequest, BindPodsRequest, BoundObjectReference, CreateServiceAccountTokenRequest,
+    ExecPodRequest, ExecPodResponse, GetPodLogsRequest, Pod, ServiceAccount,
+    pod_service_client::PodServiceClient,
     service_account_service_client::ServiceAccountServiceClient,
 };
 use crate::api::meta::v1::ListMeta;
@@ -189,6 +190,42 @@ impl Api<Pod> {
             .pod
             .ok_or_else(|| Error::from(super::transport::missing_in_response("pod")))
     }
+
+    /// Binds many pods at once, each to its node (`BindPods`, at most 1,000
+    /// a call); a binding with no namespace is in this API's. One result
+    /// per binding, in order: the bound pod's resource_version, or why that
+    /// binding failed (as [`Self::bind`] would have).
+    pub async fn bind_all(&self, bindings: Vec<BindPodRequest>) -> Result<Vec<Result<String>>> {
+        let bindings = bindings
+            .into_iter()
+            .map(|mut b| {
+                if b.namespace.is_empty() {
+                    b.namespace = self.namespace.clone();
+                }
+                b
+            })
+            .collect();
+        let r = PodServiceClient::new(self.transport.clone())
+            .bind_pods(BindPodsRequest { bindings })
+            .await?;
+        Ok(r.into_inner()
+            .results
+            .into_iter()
+            .map(|r| match r.error {
+                None => Ok(r.resource_version),
+                Some(e) => Err(Error::from(status_of(e))),
+            })
+            .collect())
+    }
+}
+
+/// A `google.rpc.Status` carried in a response as the `tonic::Status` a
+/// call failing with it would have returned (details kept).
+fn status_of(s: tonic_types::Status) -> tonic::Status {
+    let code = tonic::Code::from(s.code);
+    let message = s.message.clone();
+    let details = prost::Message::encode_to_vec(&s);
+    tonic::Status::with_details(code, message, details.into())
 }
 
 /// A token issued for a service account.

@@ -160,20 +160,8 @@ fn notice(watch_id: i64, created: bool, error: Option<Status>) -> WatchResponse 
         watch_id,
         created,
         canceled: !created,
-        error: error.map(|s| rpc_status(&s)),
+        error: error.map(|s| crate::error::rpc_status(&s)),
         ..Default::default()
-    }
-}
-
-/// A status as `google.rpc.Status`, its details (BadRequest, RetryInfo…) kept.
-fn rpc_status(status: &Status) -> tonic_types::Status {
-    let details = <tonic_types::Status as prost::Message>::decode(status.details())
-        .map(|s| s.details)
-        .unwrap_or_default();
-    tonic_types::Status {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
-        details,
     }
 }
 

@@ -65,6 +65,54 @@ impl ResourceServer<api::core::v1::Pod> {
         }
         Ok((pod, container, spec.node_name))
     }
+
+    /// Binds one pod to `r.node_name` unless it is bound already, being
+    /// deleted, or not the pod `r.uid` names.
+    async fn bind_one(
+        &self,
+        ns: &str,
+        r: &api::core::v1::BindPodRequest,
+    ) -> Result<api::core::v1::Pod, ApiError> {
+        Self::require_name(ns, &r.name)?;
+        let key = object_key(ns, &r.name);
+        if let Err(e) = skiff::names::validate_dns1123_subdomain(&r.node_name) {
+            return Err(ApiError::invalid("Pod", &key, "node_name", e));
+        }
+        self.guaranteed_update(ns, &r.name, |old| {
+            if !r.uid.is_empty() && r.uid != old.meta().uid {
+                return Err(ApiError::Conflict {
+                    kind: "Pod".into(),
+                    name: key.clone(),
+                    reason: format!(
+                        "precondition failed: uid is {}, not {}",
+                        old.meta().uid,
+                        r.uid
+                    ),
+                });
+            }
+            if old.meta().deletion_timestamp.is_some() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "pod {key:?} is being deleted and cannot be bound"
+                )));
+            }
+            let current = old
+                .spec
+                .as_ref()
+                .map(|s| s.node_name.as_str())
+                .unwrap_or("");
+            if !current.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "pod {key:?} is already bound to node {current:?}"
+                )));
+            }
+            let mut new = old.clone();
+            new.spec.get_or_insert_with(Default::default).node_name = r.node_name.clone();
+            let status = new.status.get_or_insert_with(Default::default);
+            set_pod_condition(&mut status.conditions, "PodScheduled", "True", "", "");
+            Ok(Some(new))
+        })
+        .await
+    }
 }
 
 #[tonic::async_trait]
@@ -172,51 +220,71 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         )
         .await?;
         let r = request.into_inner();
-        Self::require_name(&ns, &r.name)?;
-        let key = object_key(&ns, &r.name);
-        if let Err(e) = skiff::names::validate_dns1123_subdomain(&r.node_name) {
-            return Err(ApiError::invalid("Pod", &key, "node_name", e).into());
-        }
-        let pod = self
-            .guaranteed_update(&ns, &r.name, |old| {
-                if !r.uid.is_empty() && r.uid != old.meta().uid {
-                    return Err(ApiError::Conflict {
-                        kind: "Pod".into(),
-                        name: key.clone(),
-                        reason: format!(
-                            "precondition failed: uid is {}, not {}",
-                            old.meta().uid,
-                            r.uid
-                        ),
-                    });
-                }
-                if old.meta().deletion_timestamp.is_some() {
-                    return Err(ApiError::FailedPrecondition(format!(
-                        "pod {key:?} is being deleted and cannot be bound"
-                    )));
-                }
-                let current = old
-                    .spec
-                    .as_ref()
-                    .map(|s| s.node_name.as_str())
-                    .unwrap_or("");
-                if !current.is_empty() {
-                    return Err(ApiError::FailedPrecondition(format!(
-                        "pod {key:?} is already bound to node {current:?}"
-                    )));
-                }
-                let mut new = old.clone();
-                new.spec.get_or_insert_with(Default::default).node_name = r.node_name.clone();
-                let status = new.status.get_or_insert_with(Default::default);
-                set_pod_condition(&mut status.conditions, "PodScheduled", "True", "", "");
-                Ok(Some(new))
-            })
-            .await?;
+        let pod = self.bind_one(&ns, &r).await?;
         Ok(Response::new(api::core::v1::BindPodResponse {
             pod: Some(pod),
         }))
     }
+
+    async fn bind_pods(
+        &self,
+        request: Request<api::core::v1::BindPodsRequest>,
+    ) -> Result<Response<api::core::v1::BindPodsResponse>, Status> {
+        let count = request.get_ref().bindings.len();
+        if count > MAX_BINDINGS {
+            return Err(ApiError::invalid(
+                "Pod",
+                "",
+                "bindings",
+                format!("{count} bindings in one call; at most {MAX_BINDINGS}, split the rest"),
+            )
+            .into());
+        }
+        let user = self
+            .authorize_unaudited(request.extensions(), "create", "binding", "", "")
+            .await;
+        let extensions = request.extensions().clone();
+        let r = request.into_inner();
+        let results = futures::future::join_all(r.bindings.into_iter().map(|b| {
+            let extensions = &extensions;
+            let user = &user;
+            async move {
+                let ns = Self::namespace_of(&b.namespace);
+                // Allowed everywhere, or checked for this pod by name.
+                let allowed = match user {
+                    Ok(_) => Ok(()),
+                    Err(_) => self
+                        .authorize_unaudited(extensions, "create", "binding", &ns, &b.name)
+                        .await
+                        .map(drop),
+                };
+                let bound = match allowed {
+                    Ok(()) => self.bind_one(&ns, &b).await,
+                    Err(e) => Err(e),
+                };
+                match bound {
+                    Ok(pod) => api::core::v1::BindPodResult {
+                        namespace: ns,
+                        name: b.name,
+                        resource_version: pod.meta().resource_version.clone(),
+                        error: None,
+                    },
+                    Err(e) => api::core::v1::BindPodResult {
+                        namespace: ns,
+                        name: b.name,
+                        resource_version: String::new(),
+                        error: Some(crate::error::rpc_status(&Status::from(e))),
+                    },
+                }
+            }
+        }))
+        .await;
+        Ok(Response::new(api::core::v1::BindPodsResponse { results }))
+    }
 }
+
+/// Most bindings one BindPods call may carry.
+pub const MAX_BINDINGS: usize = 1000;
 
 /// Sets a pod condition, moving its transition time only when its status changes.
 pub fn set_pod_condition(

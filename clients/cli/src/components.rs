@@ -22,6 +22,12 @@ pub struct SchedulerArgs {
     /// Percentage of nodes to evaluate on big clusters (default: adaptive).
     #[arg(long)]
     pub percentage_of_nodes_to_score: Option<u32>,
+    /// Most pods one binding call carries; 1 binds each pod on its own.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub bind_batch_size: u64,
+    /// Binding calls in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub bind_concurrency: u64,
 }
 
 /// Leader election flags, as kube-scheduler's and kube-controller-manager's.
@@ -86,6 +92,8 @@ pub async fn scheduler(args: SchedulerArgs, server: Option<&str>) -> anyhow::Res
         .unwrap_or_else(|| default_identity("scheduler"));
     let mut config = skiff_scheduler::SchedulerConfig::new(&identity);
     config.percentage_of_nodes_to_score = args.percentage_of_nodes_to_score;
+    config.bind_batch_size = args.bind_batch_size as usize;
+    config.bind_concurrency = args.bind_concurrency as usize;
     config.leader_election = args.election.config("skiff-scheduler", &identity)?;
     let client = ctx::client(server).await?;
     tracing::info!(server = client.server(), %identity, "scheduler starting");

@@ -47,6 +47,10 @@ pub struct Args {
     /// Do not start a scheduler (one already runs against --server).
     #[arg(long)]
     pub no_scheduler: bool,
+    /// A flag for the `skiff scheduler` started (repeatable), e.g.
+    /// `--scheduler-arg=--bind-batch-size=1`.
+    #[arg(long = "scheduler-arg", allow_hyphen_values = true)]
+    pub scheduler_args: Vec<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -133,10 +137,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _scheduler = if args.no_scheduler {
         None
     } else {
-        Some(Component::start(
-            &server.addr,
-            &["scheduler", "--leader-elect=false"],
-        )?)
+        let mut flags = vec!["scheduler", "--leader-elect=false"];
+        flags.extend(args.scheduler_args.iter().map(String::as_str));
+        Some(Component::start(&server.addr, &flags)?)
     };
 
     // Observe every pod of the namespace.

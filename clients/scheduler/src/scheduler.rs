@@ -1,6 +1,7 @@
 //! The scheduling loop: informers keep the cache and the queue current;
 //! one pod at a time is taken from the queue, filtered and scored against
-//! the cache, assumed onto the best node, and bound asynchronously. A pod
+//! the cache, assumed onto the best node, and bound asynchronously (in
+//! batches, by [`crate::binder`]). A pod
 //! that fits nowhere may preempt lower-priority pods; otherwise it is marked
 //! `PodScheduled=False` with the reasons, an Event is recorded, and it waits
 //! in the unschedulable set.
@@ -18,8 +19,9 @@ use skiff::runtime::events::{NORMAL, WARNING};
 use skiff::runtime::{
     Change, InformerFactory, LeaderElectionConfig, LeaderElector, ObjectKey, Recorder, Store,
 };
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 
+use crate::binder::{Assumed, Binder, Outcome};
 use crate::cache::{Cache, is_terminal, pod_key};
 use crate::framework::{PodInfo, Reason, Weights, failure_message, search};
 use crate::preemption::select_victims;
@@ -37,8 +39,11 @@ pub struct SchedulerConfig {
     pub weights: Weights,
     /// Percentage of nodes to evaluate on big clusters; `None` adapts to size.
     pub percentage_of_nodes_to_score: Option<u32>,
-    /// Bindings written at once.
+    /// Binding calls in flight at once.
     pub bind_concurrency: usize,
+    /// Most pods one binding call carries (`BindPods`); 1 binds each pod
+    /// with its own `BindPod` call.
+    pub bind_batch_size: usize,
     /// Queue timing.
     pub queue: QueueConfig,
     /// Run only while holding this lease.
@@ -46,14 +51,16 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    /// Defaults: "default-scheduler", adaptive node sampling, 256 concurrent bindings.
+    /// Defaults: "default-scheduler", adaptive node sampling, 8 binding
+    /// calls in flight of up to 256 pods each.
     pub fn new(identity: &str) -> Self {
         Self {
             scheduler_name: "default-scheduler".into(),
             identity: identity.to_owned(),
             weights: Weights::default(),
             percentage_of_nodes_to_score: None,
-            bind_concurrency: 256,
+            bind_concurrency: 8,
+            bind_batch_size: 256,
             queue: QueueConfig::default(),
             leader_election: None,
         }
@@ -61,21 +68,21 @@ impl SchedulerConfig {
 }
 
 /// The scheduler's Prometheus metrics (Kubernetes' names).
-struct Metrics {
-    attempts: Arc<skiff::metrics::CounterVec>,
-    duration: Arc<skiff::metrics::HistogramVec>,
-    bound: Arc<skiff::metrics::CounterVec>,
-    pod_duration: Arc<skiff::metrics::HistogramVec>,
-    extension_points: Arc<skiff::metrics::HistogramVec>,
+pub(crate) struct Metrics {
+    pub(crate) attempts: Arc<skiff::metrics::CounterVec>,
+    pub(crate) duration: Arc<skiff::metrics::HistogramVec>,
+    pub(crate) bound: Arc<skiff::metrics::CounterVec>,
+    pub(crate) pod_duration: Arc<skiff::metrics::HistogramVec>,
+    pub(crate) extension_points: Arc<skiff::metrics::HistogramVec>,
 }
 
 /// An extension point's status label: "Success" or "Error".
-fn status_of(ok: bool) -> &'static str {
+pub(crate) fn status_of(ok: bool) -> &'static str {
     if ok { "Success" } else { "Error" }
 }
 
 /// Records how long one extension point of the scheduling framework took.
-fn extension_point(point: &str, status: &str, profile: &str, took: std::time::Duration) {
+pub(crate) fn extension_point(point: &str, status: &str, profile: &str, took: std::time::Duration) {
     metrics()
         .extension_points
         .with(&[point, status, profile])
@@ -89,7 +96,7 @@ const POD_SCHEDULING_BUCKETS: &[f64] = &[
 ];
 
 /// The `attempts` label of a bound pod: its attempt count, "16+" from 16 on.
-fn attempts_label(attempts: u32) -> String {
+pub(crate) fn attempts_label(attempts: u32) -> String {
     if attempts >= 16 {
         "16+".to_owned()
     } else {
@@ -97,7 +104,7 @@ fn attempts_label(attempts: u32) -> String {
     }
 }
 
-fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
     M.get_or_init(|| {
         let r = skiff::metrics::global();
@@ -150,7 +157,7 @@ pub struct SchedulerStats {
 /// Events are sent by a background task; when it falls behind they are
 /// dropped rather than slowing scheduling (as Kubernetes' broadcaster does).
 #[derive(Clone)]
-struct EventSink(mpsc::Sender<(Arc<Pod>, &'static str, &'static str, String)>);
+pub(crate) struct EventSink(mpsc::Sender<(Arc<Pod>, &'static str, &'static str, String)>);
 
 impl EventSink {
     fn start(recorder: Recorder) -> Self {
@@ -163,7 +170,13 @@ impl EventSink {
         Self(tx)
     }
 
-    fn send(&self, pod: Arc<Pod>, t: &'static str, reason: &'static str, message: String) {
+    pub(crate) fn send(
+        &self,
+        pod: Arc<Pod>,
+        t: &'static str,
+        reason: &'static str,
+        message: String,
+    ) {
         let _ = self.0.try_send((pod, t, reason, message));
     }
 }
@@ -258,8 +271,20 @@ pub async fn schedule(
         &config.scheduler_name,
         &config.identity,
     ));
+    let binder = Binder::start(
+        client.clone(),
+        Outcome {
+            cache: cache.clone(),
+            queue: queue.clone(),
+            stats: stats.clone(),
+            events: events.clone(),
+            profile: config.scheduler_name.clone(),
+        },
+        config.bind_concurrency,
+        config.bind_batch_size,
+    );
     let mut scheduling = Scheduling {
-        binds: Arc::new(Semaphore::new(config.bind_concurrency.max(1))),
+        binder,
         client,
         config,
         stats,
@@ -281,6 +306,7 @@ pub async fn schedule(
         scheduling.schedule_one(q).await;
     }
     queue.close();
+    scheduling.binder.stop();
     for h in handlers.into_iter().chain(volume_tasks) {
         h.abort();
     }
@@ -353,8 +379,8 @@ struct Scheduling {
     cache: Arc<Mutex<Cache>>,
     queue: SchedulingQueue,
     events: EventSink,
-    /// Bindings in flight at once.
-    binds: Arc<Semaphore>,
+    /// Where assumed pods go to be bound.
+    binder: Binder,
     pods: Store<Pod>,
     /// Namespaces, for pod affinity terms that select them by label.
     namespaces: Store<skiff::api::core::v1::Namespace>,
@@ -467,88 +493,15 @@ impl Scheduling {
             .lock()
             .expect("cache")
             .assume(latest.clone(), &node);
-        self.bind(q, latest, key, node, needs.delayed).await;
-    }
-
-    /// Binds `pod` (assumed onto `node`) in the background, once a binding
-    /// slot is free; a failed binding forgets the assumption and retries.
-    async fn bind(
-        &self,
-        q: QueuedPod,
-        pod: Arc<Pod>,
-        key: String,
-        node: String,
-        delayed_claims: Vec<String>,
-    ) {
-        let permit = self
-            .binds
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
-        let (client, cache, queue, stats, events) = (
-            self.client.clone(),
-            self.cache.clone(),
-            self.queue.clone(),
-            self.stats.clone(),
-            self.events.clone(),
-        );
-        let (attempts, queued_at) = (q.attempts + 1, q.queued_at);
-        let profile = self.config.scheduler_name.clone();
-        tokio::spawn(async move {
-            // Claims waiting for their first consumer learn the node first.
-            let started = std::time::Instant::now();
-            let selected = crate::volumes::select_node(&client, &pod, &delayed_claims, &node).await;
-            if !delayed_claims.is_empty() {
-                extension_point(
-                    "PreBind",
-                    status_of(selected.is_ok()),
-                    &profile,
-                    started.elapsed(),
-                );
-            }
-            let result = match selected {
-                Ok(()) => {
-                    let started = std::time::Instant::now();
-                    let bound = client.pods(pod.namespace()).bind(pod.name(), &node).await;
-                    extension_point(
-                        "Bind",
-                        status_of(bound.is_ok()),
-                        &profile,
-                        started.elapsed(),
-                    );
-                    bound
-                }
-                Err(e) => Err(e),
-            };
-            drop(permit);
-            match result {
-                Ok(bound) => {
-                    stats.bound.fetch_add(1, Ordering::Relaxed);
-                    let m = metrics();
-                    m.bound.with(&[]).inc();
-                    m.pod_duration
-                        .with(&[&attempts_label(attempts)])
-                        .observe_duration(queued_at.elapsed());
-                    queue.done(&key);
-                    let message = format!("Successfully assigned {key} to {node}");
-                    events.send(Arc::new(bound), NORMAL, "Scheduled", message);
-                }
-                Err(e) => {
-                    stats.bind_errors.fetch_add(1, Ordering::Relaxed);
-                    metrics().attempts.with(&["error"]).inc();
-                    cache.lock().expect("cache").forget(&key);
-                    match e {
-                        // Bound by someone else, or gone: nothing to retry.
-                        Error::FailedPrecondition(_) | Error::NotFound(_) => queue.done(&key),
-                        _ => {
-                            tracing::warn!(pod = %key, node, error = %e, "binding failed; retrying");
-                            queue.retry(q);
-                        }
-                    }
-                }
-            }
-        });
+        self.binder
+            .bind(Assumed {
+                q,
+                pod: latest,
+                key,
+                node,
+                delayed_claims: needs.delayed,
+            })
+            .await;
     }
 
     /// A pod that fits nowhere: preempt lower-priority pods if that makes
