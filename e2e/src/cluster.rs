@@ -945,10 +945,11 @@ impl Up {
 }
 
 impl Drop for Up {
+    /// Kills `skiff up` if it still runs, then every pod process its nodes
+    /// recorded: also after [`Up::stop`], whose clean stop leaves none, but
+    /// which may have timed out (the test then panics and its pods would
+    /// outlive it, holding their addresses against later tests).
     fn drop(&mut self) {
-        if self.process.is_none() {
-            return;
-        }
         self.process.take();
         for (_, pid, _) in self.records() {
             let _ = std::process::Command::new("kill")

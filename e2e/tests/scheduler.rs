@@ -537,3 +537,158 @@ async fn of_two_scheduler_replicas_only_the_leader_binds() {
         t.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_bind_5000_pods_exactly_once_across_a_leader_crash_on_embedded_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::embedded(dir.path()).await;
+    binds_exactly_once_across_a_leader_crash(&server, 5000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_bind_5000_pods_exactly_once_across_a_leader_crash_on_etcd() {
+    let etcd = skiff_apiserver::testing::EtcdServer::start().await;
+    let storage = skiff_apiserver::storage::etcd::EtcdStorage::connect(
+        std::slice::from_ref(&etcd.endpoint),
+        "/skiff",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::start(Arc::new(storage)).await;
+    binds_exactly_once_across_a_leader_crash(&server, 5000).await;
+}
+
+/// Two replicas with leader election schedule `count` pods; the leader is
+/// killed (its task aborted, its lease left to expire, bindings it had in
+/// flight still landing) once a third are bound, and the standby takes
+/// over. Every bind the API server accepts is counted from a watch: each
+/// pod is bound exactly once and never moves.
+async fn binds_exactly_once_across_a_leader_crash(server: &TestServer, count: usize) {
+    use futures::StreamExt;
+    let client = Client::connect_to(&server.addr.to_string()).await.unwrap();
+    let nodes = count.div_ceil(100);
+    for i in 0..nodes {
+        client
+            .nodes()
+            .create(&node(&format!("n{i}"), "64", "64Gi", 110, &[]))
+            .await
+            .unwrap();
+    }
+    let api = client.pods("default");
+    let start = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    // Count bindings as the API server stores them.
+    let binds: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+    let mut events = api
+        .watch(&skiff::params::WatchParams {
+            resource_version: start,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let seen = binds.clone();
+    let counter = tokio::spawn(async move {
+        let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+        while let Some(Ok(e)) = events.next().await {
+            let Some(p) = e.object else { continue };
+            let now = p
+                .spec
+                .as_ref()
+                .map(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let before = nodes
+                .insert(p.name().to_owned(), now.clone())
+                .unwrap_or_default();
+            if now != before && !now.is_empty() {
+                seen.lock()
+                    .unwrap()
+                    .entry(p.name().to_owned())
+                    .or_default()
+                    .push(now);
+            }
+        }
+    });
+
+    let mut replicas = Vec::new();
+    for id in ["s1", "s2"] {
+        let stats = Arc::new(SchedulerStats::default());
+        let config = SchedulerConfig {
+            leader_election: Some(LeaderElectionConfig {
+                lease_duration: Duration::from_secs(2),
+                renew_deadline: Duration::from_millis(1500),
+                retry_period: Duration::from_millis(200),
+                ..LeaderElectionConfig::new("skiff-system", "skiff-scheduler", id)
+            }),
+            queue: fast_queue(),
+            ..SchedulerConfig::new(id)
+        };
+        let c = Client::connect_to(&server.addr.to_string()).await.unwrap();
+        let task = tokio::spawn(skiff_scheduler::run(
+            c,
+            config,
+            stats.clone(),
+            std::future::pending(),
+        ));
+        replicas.push((stats, Some(task)));
+    }
+    let creating = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(0..count)
+                .map(|i| {
+                    let api = api.clone();
+                    async move { api.create(&pod(&format!("p{i:05}"), "100m")).await.unwrap() }
+                })
+                .buffer_unordered(32)
+                .count()
+                .await
+        })
+    };
+    let bound =
+        |binds: &Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>>| binds.lock().unwrap().len();
+    eventually(
+        "a third of the pods to be bound",
+        Duration::from_secs(120),
+        async || (bound(&binds) >= count / 3).then_some(()),
+    )
+    .await;
+    let leader = replicas
+        .iter()
+        .position(|(s, _)| s.bound.load(Ordering::Relaxed) > 0)
+        .expect("one replica binds");
+    replicas[leader].1.take().unwrap().abort();
+    assert_eq!(creating.await.unwrap(), count);
+    eventually(
+        "every pod to be bound",
+        Duration::from_secs(180),
+        async || (bound(&binds) == count).then_some(()),
+    )
+    .await;
+    let standby = 1 - leader;
+    // Let bindings still in flight land (or be refused) before counting.
+    eventually("the replicas' counts to settle", WAIT, async || {
+        let total: u64 = replicas
+            .iter()
+            .map(|(s, _)| s.bound.load(Ordering::Relaxed))
+            .sum();
+        (total == count as u64).then_some(())
+    })
+    .await;
+    let binds = binds.lock().unwrap().clone();
+    let twice: Vec<_> = binds.iter().filter(|(_, n)| n.len() != 1).collect();
+    assert!(twice.is_empty(), "pods bound more than once: {twice:?}");
+    assert!(
+        replicas[standby].0.bound.load(Ordering::Relaxed) > 0,
+        "the standby took over and bound the rest"
+    );
+    counter.abort();
+    for (_, t) in replicas {
+        if let Some(t) = t {
+            t.abort();
+        }
+    }
+}

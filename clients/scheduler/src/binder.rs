@@ -69,9 +69,12 @@ impl Binder {
         // The receiver lives as long as this binder.
         let _ = self.tx.send(a).await;
     }
+}
 
-    /// Stops sending new calls (calls in flight finish).
-    pub(crate) fn stop(self) {
+impl Drop for Binder {
+    /// Stops sending new calls (calls in flight finish): a replica that
+    /// stops scheduling binds nothing more it had queued.
+    fn drop(&mut self) {
         self.task.abort();
     }
 }

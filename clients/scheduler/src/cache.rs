@@ -72,6 +72,13 @@ pub struct NodeInfo {
     pub host_ports: HashSet<(i32, String, String)>,
     /// Pods per controller uid (for spreading).
     pub owners: HashMap<String, u32>,
+    /// Its Ready condition is True (kept here so that a search over
+    /// thousands of nodes reads this entry, not each node object).
+    pub ready: bool,
+    /// Marked unschedulable (cordoned).
+    pub cordoned: bool,
+    /// Its NoSchedule and NoExecute taints.
+    pub taints: Vec<skiff::api::core::v1::Taint>,
 }
 
 impl NodeInfo {
@@ -217,6 +224,19 @@ impl Cache {
             .as_ref()
             .map(|s| Resources::from_list(&s.allocatable))
             .unwrap_or_default();
+        info.ready = node.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "True")
+        });
+        info.cordoned = node.spec.as_ref().is_some_and(|s| s.unschedulable);
+        info.taints = node
+            .spec
+            .iter()
+            .flat_map(|s| &s.taints)
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .cloned()
+            .collect();
         info.node = Some(node);
     }
 
@@ -333,6 +353,9 @@ impl Cache {
     /// Room reserved on `node` for nominated pods of at least `priority`, other than `except`.
     pub fn reserved(&self, node: &str, priority: i32, except: &str) -> Resources {
         let mut r = Resources::default();
+        if self.nominated.is_empty() {
+            return r;
+        }
         if let Some(m) = self.nominated.get(node) {
             for (k, n) in m {
                 if k != except && n.priority >= priority {

@@ -109,6 +109,9 @@ pub struct PodInfo {
     pub host_ports: Vec<(i32, String, String)>,
     /// Inter-pod rules (affinity, spreading), when any apply.
     pub constraints: Option<std::sync::Arc<crate::interpod::Constraints>>,
+    /// It has a node selector or required node affinity (nodes' labels
+    /// need reading).
+    pub selects_nodes: bool,
 }
 
 impl PodInfo {
@@ -122,16 +125,19 @@ impl PodInfo {
             owner: owner_uid(&pod),
             host_ports: host_ports(&pod),
             constraints: None,
+            selects_nodes: pod.spec.as_ref().is_some_and(|s| {
+                !s.node_selector.is_empty()
+                    || s.affinity
+                        .as_ref()
+                        .and_then(|a| a.node_affinity.as_ref())
+                        .is_some_and(|a| {
+                            a.required_during_scheduling_ignored_during_execution
+                                .is_some()
+                        })
+            }),
             pod,
         }
     }
-}
-
-fn condition_true(node: &Node, kind: &str) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.r#type == kind))
-        .is_some_and(|c| c.status == "True")
 }
 
 pub use skiff::scheduling::tolerates;
@@ -160,11 +166,10 @@ pub fn filter(p: &PodInfo, info: &NodeInfo, reserved: Resources) -> Vec<Reason> 
         .as_ref()
         .map(|s| s.tolerations.as_slice())
         .unwrap_or(&[]);
-    if !condition_true(node, "Ready") {
+    if !info.ready {
         reasons.push(Reason::NotReady);
     }
-    let cordoned = node.spec.as_ref().is_some_and(|s| s.unschedulable);
-    if cordoned {
+    if info.cordoned {
         let taint = Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             effect: "NoSchedule".into(),
@@ -185,18 +190,15 @@ pub fn filter(p: &PodInfo, info: &NodeInfo, reserved: Resources) -> Vec<Reason> 
     if requested.pods + 1 > a.pods {
         reasons.push(Reason::TooManyPods);
     }
-    if !affinity_matches(&p.pod, node) {
+    if p.selects_nodes && !affinity_matches(&p.pod, node) {
         reasons.push(Reason::AffinityMismatch);
     }
-    if let Some(spec) = &node.spec {
-        for taint in &spec.taints {
-            if (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-                && !tolerations.iter().any(|t| tolerates(t, taint))
-            {
-                reasons.push(Reason::UntoleratedTaint(taint_text(taint)));
-                break;
-            }
-        }
+    if let Some(taint) = info
+        .taints
+        .iter()
+        .find(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
+    {
+        reasons.push(Reason::UntoleratedTaint(taint_text(taint)));
     }
     for (port, proto, ip) in &p.host_ports {
         let taken = info.host_ports.iter().any(|(hp, hproto, hip)| {
@@ -303,6 +305,9 @@ pub fn feasible_nodes_to_find(n: usize, percentage: Option<u32>) -> usize {
     (n * pct / 100).max(MIN)
 }
 
+/// Feasible nodes to find from which a search uses the thread pool.
+const PARALLEL_SEARCH_MIN: usize = 2048;
+
 /// The outcome of a search.
 #[derive(Debug, Clone)]
 pub struct Search {
@@ -360,15 +365,24 @@ pub fn search(
             + weights.balanced_allocation * balanced_allocation(p, info);
         Some((name.clone(), Ok((score, same_owner_count(p, info)))))
     };
-    // Small clusters are not worth the threads.
-    let results: Vec<_> = if n >= 512 {
+    // Threads pay only for long searches: waking the pool for each pod of
+    // a few hundred nodes (a few microseconds of work each) cost more, in
+    // context switches, than the search itself.
+    let results: Vec<_> = if want >= PARALLEL_SEARCH_MIN {
         (0..n)
             .into_par_iter()
             .with_min_len(64)
             .map(evaluate)
             .collect()
     } else {
-        (0..n).map(evaluate).collect()
+        let mut results = Vec::with_capacity(want.min(n));
+        for i in 0..n {
+            if found.load(Ordering::Relaxed) >= want {
+                break;
+            }
+            results.push(evaluate(i));
+        }
+        results
     };
     let tried = results.iter().filter(|r| r.is_some()).count();
     let mut failures = BTreeMap::new();

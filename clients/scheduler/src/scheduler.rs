@@ -306,7 +306,7 @@ pub async fn schedule(
         scheduling.schedule_one(q).await;
     }
     queue.close();
-    scheduling.binder.stop();
+    drop(scheduling);
     for h in handlers.into_iter().chain(volume_tasks) {
         h.abort();
     }
