@@ -470,6 +470,32 @@ async fn a_high_priority_pod_preempts_lower_priority_pods() {
     c.stop().await;
 }
 
+/// A scheduler replica campaigning for the lease (2 s) against `server`.
+async fn start_replica(
+    server: &TestServer,
+    id: &str,
+) -> (Arc<SchedulerStats>, tokio::task::JoinHandle<()>) {
+    let stats = Arc::new(SchedulerStats::default());
+    let config = SchedulerConfig {
+        leader_election: Some(LeaderElectionConfig {
+            lease_duration: Duration::from_secs(2),
+            renew_deadline: Duration::from_millis(1500),
+            retry_period: Duration::from_millis(200),
+            ..LeaderElectionConfig::new("skiff-system", "skiff-scheduler", id)
+        }),
+        queue: fast_queue(),
+        ..SchedulerConfig::new(id)
+    };
+    let c = Client::connect_to(&server.addr.to_string()).await.unwrap();
+    let task = tokio::spawn(skiff_scheduler::run(
+        c,
+        config,
+        stats.clone(),
+        std::future::pending(),
+    ));
+    (stats, task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_scheduler_replicas_only_the_leader_binds() {
     let dir = tempfile::tempdir().unwrap();
@@ -484,25 +510,7 @@ async fn of_two_scheduler_replicas_only_the_leader_binds() {
     }
     let mut replicas = Vec::new();
     for id in ["s1", "s2"] {
-        let stats = Arc::new(SchedulerStats::default());
-        let config = SchedulerConfig {
-            leader_election: Some(LeaderElectionConfig {
-                lease_duration: Duration::from_secs(2),
-                renew_deadline: Duration::from_millis(1500),
-                retry_period: Duration::from_millis(200),
-                ..LeaderElectionConfig::new("skiff-system", "skiff-scheduler", id)
-            }),
-            queue: fast_queue(),
-            ..SchedulerConfig::new(id)
-        };
-        let c = Client::connect_to(&server.addr.to_string()).await.unwrap();
-        let task = tokio::spawn(skiff_scheduler::run(
-            c,
-            config,
-            stats.clone(),
-            std::future::pending(),
-        ));
-        replicas.push((stats, task));
+        replicas.push(start_replica(&server, id).await);
     }
     let api = client.pods("default");
     for i in 0..30 {
@@ -615,24 +623,7 @@ async fn binds_exactly_once_across_a_leader_crash(server: &TestServer, count: us
 
     let mut replicas = Vec::new();
     for id in ["s1", "s2"] {
-        let stats = Arc::new(SchedulerStats::default());
-        let config = SchedulerConfig {
-            leader_election: Some(LeaderElectionConfig {
-                lease_duration: Duration::from_secs(2),
-                renew_deadline: Duration::from_millis(1500),
-                retry_period: Duration::from_millis(200),
-                ..LeaderElectionConfig::new("skiff-system", "skiff-scheduler", id)
-            }),
-            queue: fast_queue(),
-            ..SchedulerConfig::new(id)
-        };
-        let c = Client::connect_to(&server.addr.to_string()).await.unwrap();
-        let task = tokio::spawn(skiff_scheduler::run(
-            c,
-            config,
-            stats.clone(),
-            std::future::pending(),
-        ));
+        let (stats, task) = start_replica(server, id).await;
         replicas.push((stats, Some(task)));
     }
     let creating = {
