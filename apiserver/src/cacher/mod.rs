@@ -380,7 +380,7 @@ impl<K: Strategy> Cacher<K> {
                     Box::new(
                         objects
                             .into_iter()
-                            .filter(move |c| c.matches(&predicate))
+                            .filter(move |c| predicate.matches(&c.object))
                             .map(|c| c.added_frame()),
                     )
                 }
@@ -470,9 +470,7 @@ impl<K: Strategy> KindCache for Fed<K> {
                 .await?;
             for kv in &page.kvs {
                 match decode_object::<K>(&kv.key, &kv.value, kv.mod_revision) {
-                    Ok(o) => {
-                        items.push((kv.key.clone(), Arc::new(Cached::new(o, K::TRIGGER_FIELD))))
-                    }
+                    Ok(o) => items.push((kv.key.clone(), Arc::new(Cached::new(o)))),
                     Err(e) => {
                         tracing::error!(kind = K::INFO.kind, error = %e, "watch cache: skipping an object that does not decode")
                     }
@@ -502,7 +500,7 @@ impl<K: Strategy> KindCache for Fed<K> {
                 let current = match e.kind {
                     EventKind::Put => {
                         match decode_object::<K>(&e.kv.key, &e.kv.value, e.kv.mod_revision) {
-                            Ok(o) => Some(Arc::new(Cached::new(o, K::TRIGGER_FIELD))),
+                            Ok(o) => Some(Arc::new(Cached::new(o))),
                             Err(err) => {
                                 tracing::error!(kind = K::INFO.kind, error = %err, "watch cache: skipping a change that does not decode");
                                 return None;
@@ -557,9 +555,7 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
                 let key = keys::object_key(&K::INFO, namespace, name);
                 let cache = self.shared.lock();
                 if cache.ready() {
-                    let cached = cache.get(&key);
-                    drop(cache);
-                    return Ok(cached.map(|c| c.object()));
+                    return Ok(cache.get(&key).map(|c| c.object.clone()));
                 }
                 drop(cache);
                 self.fallback(Fallback::NotReady);
