@@ -86,36 +86,40 @@ async fn send_batches(
     slots: Arc<Semaphore>,
     batch: usize,
 ) {
+    // A pod whose claims wait for their first consumer is bound on its own
+    // (its claims learn the node first); it ends the batch being gathered.
+    let mut held: Option<Assumed> = None;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else { return };
-        if !first.delayed_claims.is_empty() {
-            // Its claims learn the node before it is bound: on its own.
-            let (client, outcome) = (client.clone(), outcome.clone());
-            tokio::spawn(async move {
-                bind_with_claims(&client, &outcome, first).await;
-                drop(permit);
-            });
-            continue;
-        }
+        let first = match held.take() {
+            Some(a) => a,
+            None => match rx.recv().await {
+                Some(a) => a,
+                None => return,
+            },
+        };
         let mut pods = vec![first];
-        while pods.len() < batch {
+        while pods[0].delayed_claims.is_empty() && pods.len() < batch {
             match rx.try_recv() {
                 Ok(a) if a.delayed_claims.is_empty() => pods.push(a),
                 Ok(a) => {
-                    let (client, outcome) = (client.clone(), outcome.clone());
-                    tokio::spawn(async move { bind_with_claims(&client, &outcome, a).await });
+                    held = Some(a);
+                    break;
                 }
                 Err(_) => break,
             }
         }
         let (client, outcome) = (client.clone(), outcome.clone());
         tokio::spawn(async move {
-            if batch == 1 {
+            if pods.len() == 1 {
                 let a = pods.pop().expect("one pod");
-                bind_one(&client, &outcome, a).await;
+                if a.delayed_claims.is_empty() {
+                    bind_one(&client, &outcome, a).await;
+                } else {
+                    bind_with_claims(&client, &outcome, a).await;
+                }
             } else {
                 bind_all(&client, &outcome, pods).await;
             }
@@ -150,10 +154,7 @@ async fn bind_one(client: &Client, outcome: &Outcome, a: Assumed) {
     let took = started.elapsed();
     match bound {
         Ok(_) => outcome.bound(a, took),
-        Err(e) => {
-            extension_point("Bind", "Error", &outcome.profile, took);
-            outcome.failed(a, &e);
-        }
+        Err(e) => outcome.bind_failed(a, &e, took),
     }
 }
 
@@ -176,10 +177,7 @@ async fn bind_all(client: &Client, outcome: &Outcome, pods: Vec<Assumed>) {
             for (a, result) in pods.into_iter().zip(results) {
                 match result {
                     Ok(_) => outcome.bound(a, took),
-                    Err(e) => {
-                        extension_point("Bind", "Error", &outcome.profile, took);
-                        outcome.failed(a, &e);
-                    }
+                    Err(e) => outcome.bind_failed(a, &e, took),
                 }
             }
         }
@@ -195,8 +193,7 @@ async fn bind_all(client: &Client, outcome: &Outcome, pods: Vec<Assumed>) {
         }
         Err(e) => {
             for a in pods {
-                extension_point("Bind", "Error", &outcome.profile, took);
-                outcome.failed(a, &e);
+                outcome.bind_failed(a, &e, took);
             }
         }
     }
@@ -214,6 +211,12 @@ impl Outcome {
         self.queue.done(&a.key);
         let message = format!("Successfully assigned {} to {}", a.key, a.node);
         self.events.send(a.pod, NORMAL, "Scheduled", message);
+    }
+
+    /// A binding call (or its part for `a`) failed after `took`.
+    fn bind_failed(&self, a: Assumed, e: &Error, took: std::time::Duration) {
+        extension_point("Bind", "Error", &self.profile, took);
+        self.failed(a, e);
     }
 
     fn failed(&self, a: Assumed, e: &Error) {
