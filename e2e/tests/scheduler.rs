@@ -566,6 +566,26 @@ async fn two_replicas_bind_5000_pods_exactly_once_across_a_leader_crash_on_etcd(
     binds_exactly_once_across_a_leader_crash(&server, 5000).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_bind_5000_pods_exactly_once_across_a_leader_crash_on_three_etcd_members_losing_their_leader()
+ {
+    let mut cluster = skiff_apiserver::testing::EtcdCluster::start(3).await;
+    let storage =
+        skiff_apiserver::storage::etcd::EtcdStorage::connect(&cluster.endpoints(), "/skiff")
+            .await
+            .unwrap();
+    let server = TestServer::start(Arc::new(storage)).await;
+    let victim = cluster.leader().await;
+    tokio::join!(
+        async {
+            // etcd's leader goes while pods are being created and bound.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.kill(victim);
+        },
+        binds_exactly_once_across_a_leader_crash(&server, 5000)
+    );
+}
+
 /// Two replicas with leader election schedule `count` pods; the leader is
 /// killed (its task aborted, its lease left to expire, bindings it had in
 /// flight still landing) once a third are bound, and the standby takes
@@ -632,7 +652,20 @@ async fn binds_exactly_once_across_a_leader_crash(server: &TestServer, count: us
             futures::stream::iter(0..count)
                 .map(|i| {
                     let api = api.clone();
-                    async move { api.create(&pod(&format!("p{i:05}"), "100m")).await.unwrap() }
+                    async move {
+                        // As a client does: retry while storage is unavailable
+                        // (a create that landed before the error is then there).
+                        let p = pod(&format!("p{i:05}"), "100m");
+                        loop {
+                            match api.create(&p).await {
+                                Ok(_) | Err(skiff::client::Error::AlreadyExists(_)) => break,
+                                Err(skiff::client::Error::Unavailable { .. }) => {
+                                    tokio::time::sleep(Duration::from_millis(200)).await
+                                }
+                                Err(e) => panic!("creating {}: {e}", p.name()),
+                            }
+                        }
+                    }
                 })
                 .buffer_unordered(32)
                 .count()
