@@ -379,6 +379,11 @@ impl FieldSelector {
             .map(|r| r.value.as_str())
     }
 
+    /// The field paths it reads.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.requirements.iter().map(|r| r.field.as_str())
+    }
+
     /// Whether an object matches, given a lookup of its fields by path.
     pub fn matches<'a>(&self, field: impl Fn(&str) -> Option<Cow<'a, str>>) -> bool {
         self.requirements.iter().all(|r| {

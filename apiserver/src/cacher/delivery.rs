@@ -56,8 +56,8 @@ impl<K: Resource> Entry<K> {
         let namespace = slot_hash(event.namespace());
         let mut triggers = [None, None];
         if let Some(field) = trigger_field {
-            let cur = event.current.as_ref().and_then(|c| c.object.field(field));
-            let prev = event.prev.as_ref().and_then(|c| c.object.field(field));
+            let cur = event.current.as_ref().and_then(|c| c.kept_field(field));
+            let prev = event.prev.as_ref().and_then(|c| c.kept_field(field));
             triggers[0] = cur.as_deref().map(slot_hash);
             if prev != cur {
                 triggers[1] = prev.as_deref().map(slot_hash);

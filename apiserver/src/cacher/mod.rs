@@ -380,7 +380,7 @@ impl<K: Strategy> Cacher<K> {
                     Box::new(
                         objects
                             .into_iter()
-                            .filter(move |c| predicate.matches(&c.object))
+                            .filter(move |c| c.matches(&predicate))
                             .map(|c| c.added_frame()),
                     )
                 }
@@ -470,7 +470,9 @@ impl<K: Strategy> KindCache for Fed<K> {
                 .await?;
             for kv in &page.kvs {
                 match decode_object::<K>(&kv.key, &kv.value, kv.mod_revision) {
-                    Ok(o) => items.push((kv.key.clone(), Arc::new(Cached::new(o)))),
+                    Ok(o) => {
+                        items.push((kv.key.clone(), Arc::new(Cached::new(o, K::TRIGGER_FIELD))))
+                    }
                     Err(e) => {
                         tracing::error!(kind = K::INFO.kind, error = %e, "watch cache: skipping an object that does not decode")
                     }
@@ -500,7 +502,7 @@ impl<K: Strategy> KindCache for Fed<K> {
                 let current = match e.kind {
                     EventKind::Put => {
                         match decode_object::<K>(&e.kv.key, &e.kv.value, e.kv.mod_revision) {
-                            Ok(o) => Some(Arc::new(Cached::new(o))),
+                            Ok(o) => Some(Arc::new(Cached::new(o, K::TRIGGER_FIELD))),
                             Err(err) => {
                                 tracing::error!(kind = K::INFO.kind, error = %err, "watch cache: skipping a change that does not decode");
                                 return None;
@@ -555,7 +557,9 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
                 let key = keys::object_key(&K::INFO, namespace, name);
                 let cache = self.shared.lock();
                 if cache.ready() {
-                    return Ok(cache.get(&key).map(|c| c.object.clone()));
+                    let cached = cache.get(&key);
+                    drop(cache);
+                    return Ok(cached.map(|c| c.object()));
                 }
                 drop(cache);
                 self.fallback(Fallback::NotReady);

@@ -3,11 +3,14 @@
 //! the revision it has reached. It owns no tasks and does no I/O; the cacher
 //! feeds it and serves from it under one lock.
 //!
-//! Objects are held once, as [`Cached`]: the decoded object (for selectors)
-//! and its protobuf encoding (for lists and watch events). Each event's wire
+//! Objects are held once, as [`Cached`]: their protobuf encoding (for
+//! lists and watch events) and what selectors read (namespace, name,
+//! labels, the trigger field); not decoded. Each event's wire
 //! frames are built at most once, however many watchers receive them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
+use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -16,28 +19,103 @@ use skiff::Resource;
 use skiff::api::meta::v1::EventType;
 use skiff::wire::frame_watch_event;
 
-use crate::object_store::classify;
+use crate::object_store::classify_matches;
 use crate::object_store::predicate::Predicate;
 use crate::storage::{EventKind, Revision};
 
-/// One object as the cache holds it.
+/// One object as the cache holds it: its encoding, and what selectors and
+/// the trigger index read without decoding it. The decoded object is not
+/// kept (it is several times the size of its encoding); [`Cached::object`]
+/// decodes it for the rare reader that wants it whole.
 #[derive(Debug)]
 pub struct Cached<K> {
-    /// The object, with its resource version set.
-    pub object: K,
-    /// Its protobuf encoding.
+    /// Its protobuf encoding, resource version set.
     pub encoded: Bytes,
+    namespace: Box<str>,
+    name: Box<str>,
+    labels: BTreeMap<String, String>,
+    /// The kind's trigger field and its value.
+    trigger: Option<(&'static str, Box<str>)>,
     added_frame: OnceLock<Bytes>,
+    kind: PhantomData<fn() -> K>,
 }
 
 impl<K: Resource> Cached<K> {
-    /// Wraps and encodes an object.
-    pub fn new(object: K) -> Self {
+    /// Keeps what selectors read of `object` (with the value of
+    /// `trigger_field`, the field its kind indexes watchers by) and its
+    /// encoding.
+    pub fn new(mut object: K, trigger_field: Option<&'static str>) -> Self {
         let encoded = Bytes::from(prost::Message::encode_to_vec(&object));
+        let trigger = trigger_field.map(|f| {
+            let value = object.field(f).unwrap_or_default();
+            (f, Box::from(value.as_ref()))
+        });
+        let meta = object.meta_mut();
         Self {
-            object,
             encoded,
+            namespace: std::mem::take(&mut meta.namespace).into_boxed_str(),
+            name: std::mem::take(&mut meta.name).into_boxed_str(),
+            labels: std::mem::take(&mut meta.labels),
+            trigger,
             added_frame: OnceLock::new(),
+            kind: PhantomData,
+        }
+    }
+
+    /// The object, decoded from its encoding.
+    pub fn object(&self) -> K {
+        // The cache encoded these bytes itself from a `K`.
+        <K as prost::Message>::decode(&self.encoded[..]).expect("the cache's own encoding decodes")
+    }
+
+    /// Its namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Its labels.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+
+    /// A field selectors and the trigger index read, if kept without
+    /// decoding: name, namespace and the kind's trigger field.
+    pub fn kept_field(&self, path: &str) -> Option<&str> {
+        match path {
+            "metadata.name" => Some(&self.name),
+            "metadata.namespace" => Some(&self.namespace),
+            _ => match &self.trigger {
+                Some((field, value)) if *field == path => Some(value),
+                _ => None,
+            },
+        }
+    }
+
+    /// Whether it matches `predicate`; decodes it only for a field
+    /// selector on a field not kept.
+    pub fn matches(&self, predicate: &Predicate) -> bool {
+        if let Some(ns) = &predicate.namespace
+            && *self.namespace != **ns
+        {
+            return false;
+        }
+        if !predicate.labels.matches(&self.labels) {
+            return false;
+        }
+        if predicate.fields.is_everything() {
+            return true;
+        }
+        if predicate
+            .fields
+            .paths()
+            .all(|p| self.kept_field(p).is_some())
+        {
+            predicate
+                .fields
+                .matches(|path: &str| self.kept_field(path).map(Cow::Borrowed))
+        } else {
+            let object = self.object();
+            predicate.fields.matches(|path: &str| object.field(path))
         }
     }
 
@@ -83,13 +161,11 @@ impl<K: Resource> CacheEvent<K> {
         let t = if everything {
             self.natural_type()
         } else {
-            classify(
-                predicate,
+            classify_matches(
                 self.kind,
-                self.current.as_ref().map(|c| &c.object),
-                self.prev.as_ref().map(|c| &c.object),
+                self.current.as_ref().map(|c| c.matches(predicate)),
+                self.prev.as_ref().is_some_and(|c| c.matches(predicate)),
             )?
-            .0
         };
         self.frame(t)
     }
@@ -112,7 +188,7 @@ impl<K: Resource> CacheEvent<K> {
                     self.deleted
                         .get_or_init(|| {
                             // The last state, stamped with the revision of its removal.
-                            let mut obj = p.object.clone();
+                            let mut obj = p.object();
                             obj.meta_mut().resource_version = self.revision.to_string();
                             frame_watch_event(
                                 EventType::Deleted,
@@ -131,7 +207,7 @@ impl<K: Resource> CacheEvent<K> {
         self.current
             .as_ref()
             .or(self.prev.as_ref())
-            .map(|c| c.object.meta().namespace.as_str())
+            .map(|c| c.namespace())
             .unwrap_or("")
     }
 }
@@ -422,7 +498,7 @@ impl<K: Resource> WatchCache<K> {
                 (k.as_str(), Some(v))
             };
             let Some(item) = item else { continue };
-            if !predicate.matches(&item.object) {
+            if !item.matches(predicate) {
                 continue;
             }
             if items.len() == limit {
@@ -466,7 +542,7 @@ mod tests {
     }
 
     fn put(c: &mut WatchCache<Pod>, name: &str, rev: Revision, app: &str) -> Arc<CacheEvent<Pod>> {
-        let obj = Arc::new(Cached::new(pod(name, rev, app)));
+        let obj = Arc::new(Cached::new(pod(name, rev, app), None));
         c.apply(EventKind::Put, key(name), rev, Some(obj), Instant::now())
             .unwrap()
     }
@@ -474,7 +550,7 @@ mod tests {
     fn cached(items: Vec<(String, Pod)>) -> Vec<(String, Arc<Cached<Pod>>)> {
         items
             .into_iter()
-            .map(|(k, o)| (k, Arc::new(Cached::new(o))))
+            .map(|(k, o)| (k, Arc::new(Cached::new(o, None))))
             .collect()
     }
 
@@ -491,7 +567,7 @@ mod tests {
                 .prev
                 .as_ref()
                 .unwrap()
-                .object
+                .object()
                 .meta()
                 .resource_version,
             "11"
@@ -590,7 +666,7 @@ mod tests {
         let names: Vec<_> = now
             .items
             .iter()
-            .map(|i| i.object.meta().name.clone())
+            .map(|i| i.object().meta().name.clone())
             .collect();
         assert_eq!(names, ["a", "c"]);
         let past = c
@@ -601,8 +677,8 @@ mod tests {
             .iter()
             .map(|i| {
                 (
-                    i.object.meta().name.clone(),
-                    i.object.meta().labels["app"].clone(),
+                    i.object().meta().name.clone(),
+                    i.object().meta().labels["app"].clone(),
                 )
             })
             .collect();
@@ -613,7 +689,7 @@ mod tests {
         let page = c
             .list("/registry/pods/", &key("a"), Some(12), &everything, 1)
             .unwrap();
-        assert_eq!(page.items[0].object.meta().name, "b");
+        assert_eq!(page.items[0].object().meta().name, "b");
         assert!(page.more);
         assert!(matches!(
             c.list("/registry/pods/", "", Some(9), &everything, 0),

@@ -198,25 +198,32 @@ pub fn classify<'a, K: Resource>(
     current: Option<&'a K>,
     previous: Option<&'a K>,
 ) -> Option<(EventType, &'a K)> {
-    let prev_matches = previous.is_some_and(|p| predicate.matches(p));
+    let t = classify_matches(
+        kind,
+        current.map(|c| predicate.matches(c)),
+        previous.is_some_and(|p| predicate.matches(p)),
+    )?;
+    match t {
+        EventType::Deleted => previous.map(|p| (t, p)),
+        _ => current.map(|c| (t, c)),
+    }
+}
+
+/// [`classify`] from whether the object matches after the change (`None`
+/// for a delete or no object) and before it.
+pub fn classify_matches(
+    kind: EventKind,
+    current: Option<bool>,
+    prev_matches: bool,
+) -> Option<EventType> {
     match kind {
-        EventKind::Delete => {
-            if prev_matches {
-                previous.map(|p| (EventType::Deleted, p))
-            } else {
-                None
-            }
-        }
-        EventKind::Put => {
-            let cur = current?;
-            let cur_matches = predicate.matches(cur);
-            match (cur_matches, prev_matches) {
-                (true, true) => Some((EventType::Modified, cur)),
-                (true, false) => Some((EventType::Added, cur)),
-                (false, true) => previous.map(|p| (EventType::Deleted, p)),
-                (false, false) => None,
-            }
-        }
+        EventKind::Delete => prev_matches.then_some(EventType::Deleted),
+        EventKind::Put => match (current?, prev_matches) {
+            (true, true) => Some(EventType::Modified),
+            (true, false) => Some(EventType::Added),
+            (false, true) => Some(EventType::Deleted),
+            (false, false) => None,
+        },
     }
 }
 
