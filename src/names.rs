@@ -7,18 +7,23 @@
 /// of at most 63 characters of alphanumerics, '-', '_' and '.', starting and
 /// ending alphanumeric.
 pub fn validate_label_key(key: &str) -> Result<(), String> {
+    validate_qualified_name(key, "label key")
+}
+
+/// Checks a qualified name (the shape of a label key) that the message calls
+/// `what`: "annotation key", "finalizer", "topology key"…
+pub fn validate_qualified_name(key: &str, what: &str) -> Result<(), String> {
     if key.is_empty() {
-        return Err("label key must not be empty".into());
+        return Err(format!("{what} must not be empty"));
     }
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
     if let Some(prefix) = prefix {
-        validate_dns1123_subdomain(prefix)
-            .map_err(|e| format!("label key prefix {prefix:?}: {e}"))?;
+        validate_dns1123_subdomain(prefix).map_err(|e| format!("{what} prefix {prefix:?}: {e}"))?;
     }
-    validate_qualified_name_part(name).map_err(|e| format!("label key {key:?}: {e}"))
+    validate_qualified_name_part(name).map_err(|e| format!("{what} {key:?}: {e}"))
 }
 
 /// Checks a label value: empty, or at most 63 alphanumerics, '-', '_' and '.',

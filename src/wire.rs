@@ -300,7 +300,7 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = tonic_prost::ProstEncoder<T>;
-    type Decoder = tonic_prost::ProstDecoder<U>;
+    type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::new(
@@ -310,10 +310,41 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::new(
-            STREAM_BUFFER,
-            YIELD_THRESHOLD,
+        Decoder(tonic_prost::ProstDecoder::new(
+            tonic::codec::BufferSettings::new(STREAM_BUFFER, YIELD_THRESHOLD),
         ))
+    }
+}
+
+/// prost's decoder, answering bytes that are not the message (invalid
+/// UTF-8 in a string, a wrong wire type, a truncated field) with
+/// INVALID_ARGUMENT rather than gRPC's default INTERNAL: on a server the
+/// sender's bytes are at fault, and DESIGN.md gives an invalid request
+/// INVALID_ARGUMENT.
+pub struct Decoder<U>(tonic_prost::ProstDecoder<U>);
+
+impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<U>, tonic::Status> {
+        tonic::codec::Decoder::decode(&mut self.0, buf).map_err(|s| {
+            if s.code() == tonic::Code::Internal {
+                tonic::Status::invalid_argument(format!(
+                    "the message does not decode as protobuf: {}",
+                    s.message()
+                ))
+            } else {
+                s
+            }
+        })
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        tonic::codec::Decoder::buffer_settings(&self.0)
     }
 }
 

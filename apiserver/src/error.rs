@@ -77,7 +77,7 @@ pub enum ApiError {
         reason: String,
     },
     /// The request is invalid; each violation names a field.
-    #[error("{kind} {name:?} is invalid: {}", summarize(violations))]
+    #[error("{}", invalid_message(kind, name, violations))]
     Invalid {
         /// Kind of the object (or of the request).
         kind: String,
@@ -128,6 +128,16 @@ pub enum ApiError {
     /// A server-side fault.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// `Pod "default/web" is invalid: …` for an object; `invalid Pod request: …`
+/// when the request names none (a list, a watch, a pod's logs).
+fn invalid_message(kind: &str, name: &str, violations: &[FieldViolation]) -> String {
+    if name.is_empty() {
+        format!("invalid {kind} request: {}", summarize(violations))
+    } else {
+        format!("{kind} {name:?} is invalid: {}", summarize(violations))
+    }
 }
 
 fn summarize(violations: &[FieldViolation]) -> String {

@@ -122,6 +122,7 @@ on_both_backends!(
     workload_and_storage_kinds_default_as_kubernetes_and_refuse_bad_input_naming_the_field,
     the_kubernetes_documentation_examples_are_accepted_unchanged,
     the_system_namespaces_refuse_deletion,
+    malformed_and_contradictory_requests_are_refused_naming_the_field_and_change_nothing,
 );
 
 async fn revision(s: &TestServer) -> i64 {
@@ -1611,4 +1612,210 @@ async fn the_system_namespaces_refuse_deletion(s: &TestServer) {
     Namespace::delete_in(t.clone(), del("", "kube-node-lease"))
         .await
         .unwrap();
+}
+
+/// Sends already-encoded request bytes as they are: what a client with a
+/// bug, or an attacker, puts on the wire.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let v = bytes::Buf::chunk(src).to_vec();
+        bytes::Buf::advance(src, v.len());
+        Ok(Some(v))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+async fn malformed_and_contradictory_requests_are_refused_naming_the_field_and_change_nothing(
+    s: &TestServer,
+) {
+    let t = s.transport().await;
+    for name in ["m1", "m2", "m3"] {
+        Pod::create_in(t.clone(), pod("default", name))
+            .await
+            .unwrap();
+    }
+    let before = revision(s).await;
+
+    // Bytes that are not a CreatePodRequest: a name that is not UTF-8, and
+    // a varint where a message belongs.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for bytes in [
+        vec![0x0a, 0x06, 0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe],
+        vec![0x08, 0x01],
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let err = grpc
+            .unary(
+                tonic::Request::new(bytes.clone()),
+                http::uri::PathAndQuery::from_static("/skiff.core.v1.PodService/CreatePod"),
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bytes:x?}: {err:?}");
+        assert!(err.message().contains("does not decode"), "{err:?}");
+    }
+
+    // A page token fixes the revision: a resource version beside it is refused.
+    let first = Pod::list_in(
+        t.clone(),
+        ListParams {
+            namespace: "default".into(),
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let token = first.metadata.unwrap().next_page_token;
+    assert!(!token.is_empty());
+    let err = Pod::list_in(
+        t.clone(),
+        ListParams {
+            namespace: "default".into(),
+            page_size: 1,
+            page_token: token.clone(),
+            resource_version: "0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "resource_version"
+    );
+    // The token alone still pages.
+    Pod::list_in(
+        t.clone(),
+        ListParams {
+            namespace: "default".into(),
+            page_size: 1,
+            page_token: token,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // A hand-made token with a negative revision was never issued here.
+    use base64::Engine as _;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode("v1\n-5\n/registry/pods/default/m1");
+    let err = Pod::list_in(
+        t.clone(),
+        ListParams {
+            namespace: "default".into(),
+            page_token: forged,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("not a token this server issued"),
+        "{err:?}"
+    );
+
+    // A list's error names the request, not an object called "".
+    let err = Pod::list_in(
+        t.clone(),
+        ListParams {
+            label_selector: "app in (".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(!err.message().contains("\"\""), "{}", err.message());
+    assert!(
+        err.message().contains("label_selector"),
+        "{}",
+        err.message()
+    );
+
+    // Negative tail lines are a mistake, not an empty log.
+    let mut pods = PodServiceClient::new(t.clone());
+    let err = pods
+        .get_pod_logs(skiff::api::core::v1::GetPodLogsRequest {
+            namespace: "default".into(),
+            name: "m1".into(),
+            tail_lines: Some(-5),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "tail_lines"
+    );
+
+    // An annotation key is called one.
+    let mut p = pod("default", "annotated");
+    p.meta_mut()
+        .annotations
+        .insert("bad key!".into(), "v".into());
+    let err = Pod::create_in(t.clone(), p).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("annotation key"),
+        "{}",
+        err.message()
+    );
+    assert!(!err.message().contains("label key"), "{}", err.message());
+
+    assert_eq!(
+        revision(s).await,
+        before,
+        "a refused request changed storage"
+    );
 }

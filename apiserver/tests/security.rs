@@ -758,6 +758,15 @@ async fn expired_forged_revoked_and_malformed_credentials_are_refused() {
 
     // No credentials, unknown and malformed tokens.
     unauthenticated(pods(s.anonymous().await).list(&ListParams::default()).await);
+    // A token of no known shape is unknown to this server, not "malformed".
+    let r = pods(s.as_token("nope").await)
+        .list(&ListParams::default())
+        .await;
+    let Err(Error::Unauthenticated(message)) = &r else {
+        panic!("{r:?}");
+    };
+    assert!(message.contains("unknown token"), "{message}");
+    assert!(!message.contains("malformed"), "{message}");
     for bad in [
         "nope",
         "a.b.c",

@@ -122,6 +122,9 @@ impl<K: ResourceClient> Api<K> {
             if page.metadata.next_page_token.is_empty() {
                 return Ok(out);
             }
+            // Later pages are read at the first page's revision, which
+            // the token carries; the server refuses a version beside it.
+            params.resource_version.clear();
             params.page_token = page.metadata.next_page_token;
         }
     }

@@ -309,6 +309,9 @@ impl DynamicClient {
             if meta.next_page_token.is_empty() {
                 return Ok((all, meta));
             }
+            // Later pages are read at the first page's revision, which
+            // the token carries; the server refuses a version beside it.
+            params.resource_version.clear();
             params.page_token = meta.next_page_token;
         }
     }

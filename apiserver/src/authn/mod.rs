@@ -88,6 +88,11 @@ impl UserInfo {
     }
 }
 
+/// A bearer token that is neither one of the server's static tokens nor a
+/// service-account token it can verify.
+const UNKNOWN_TOKEN: &str =
+    "unknown token: not one of this server's static tokens nor a service-account token it signed";
+
 /// Why credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -263,8 +268,13 @@ impl Authenticator {
     }
 
     async fn service_account(&self, token: &str) -> Result<UserInfo, AuthError> {
+        // Not shaped as a service-account token (three dot-separated parts):
+        // a static token this server does not know, not a "malformed" one.
+        if token.split('.').count() != 3 {
+            return Err(AuthError::InvalidToken(UNKNOWN_TOKEN.into()));
+        }
         let Some(key) = &self.config.service_account_key else {
-            return Err(AuthError::InvalidToken("unknown token".into()));
+            return Err(AuthError::InvalidToken(UNKNOWN_TOKEN.into()));
         };
         let claims =
             skiff::token::verify(token, key).map_err(|e| AuthError::InvalidToken(e.to_string()))?;

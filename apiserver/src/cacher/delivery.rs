@@ -58,9 +58,9 @@ impl<K: Resource> Entry<K> {
         if let Some(field) = trigger_field {
             let cur = event.current.as_ref().and_then(|c| c.kept_field(field));
             let prev = event.prev.as_ref().and_then(|c| c.kept_field(field));
-            triggers[0] = cur.as_deref().map(slot_hash);
+            triggers[0] = cur.map(slot_hash);
             if prev != cur {
-                triggers[1] = prev.as_deref().map(slot_hash);
+                triggers[1] = prev.map(slot_hash);
             }
         }
         Entry::Event {

@@ -60,16 +60,37 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let limit = self.limit;
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let fut = self.inner.call(request);
         Box::pin(async move {
             let mut response = fut.await?;
-            rewrite_too_large(response.headers_mut(), limit);
+            rewrite_too_large(response.headers_mut(), limit, &method);
             Ok(response)
         })
     }
 }
 
-fn rewrite_too_large(headers: &mut http::HeaderMap, limit: usize) {
+/// What to do about a request of `method` over the limit: an object is
+/// split or its data stored elsewhere; anything else (a selector, a
+/// command) is made shorter.
+fn advice(method: &str) -> &'static str {
+    if ["Create", "Update", "Apply", "Replace"]
+        .iter()
+        .any(|p| method.starts_with(p))
+    {
+        "split the object or store large data elsewhere"
+    } else {
+        "shorten it (a selector or a command this long is not supported)"
+    }
+}
+
+fn rewrite_too_large(headers: &mut http::HeaderMap, limit: usize, method: &str) {
     let is_out_of_range = headers
         .get("grpc-status")
         .is_some_and(|v| v.as_bytes() == b"11");
@@ -82,7 +103,8 @@ fn rewrite_too_large(headers: &mut http::HeaderMap, limit: usize) {
     if is_out_of_range && is_too_large {
         headers.insert("grpc-status", HeaderValue::from_static("8"));
         let message = format!(
-            "request is too large: the limit is {limit} bytes (1.5 MiB); split the object or store large data elsewhere"
+            "{method} request is too large: the limit is {limit} bytes (1.5 MiB); {}",
+            advice(method)
         );
         if let Ok(v) = HeaderValue::from_str(&message) {
             headers.insert("grpc-message", v);
@@ -94,8 +116,8 @@ fn rewrite_too_large(headers: &mut http::HeaderMap, limit: usize) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_tonics_size_refusal_is_rewritten() {
+    /// The headers of tonic's refusal of a message over its limit.
+    fn tonics_refusal() -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
         h.insert("grpc-status", HeaderValue::from_static("11"));
         h.insert(
@@ -104,8 +126,17 @@ mod tests {
                 "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
             ),
         );
-        rewrite_too_large(&mut h, 4);
+        h
+    }
+
+    #[test]
+    fn only_tonics_size_refusal_is_rewritten() {
+        let mut h = tonics_refusal();
+        rewrite_too_large(&mut h, 4, "CreatePod");
         assert_eq!(h["grpc-status"], "8");
+        let m = h["grpc-message"].to_str().unwrap();
+        assert!(m.starts_with("CreatePod request is too large"), "{m}");
+        assert!(m.contains("split the object"), "{m}");
 
         let mut other = http::HeaderMap::new();
         other.insert("grpc-status", HeaderValue::from_static("11"));
@@ -113,7 +144,17 @@ mod tests {
             "grpc-message",
             HeaderValue::from_static("resource version 3 is too old"),
         );
-        rewrite_too_large(&mut other, 4);
+        rewrite_too_large(&mut other, 4, "ListPods");
         assert_eq!(other["grpc-status"], "11");
+    }
+
+    #[test]
+    fn an_oversized_list_is_told_to_shorten_its_selector_not_to_split_an_object() {
+        let mut h = tonics_refusal();
+        rewrite_too_large(&mut h, 4, "ListPods");
+        let m = h["grpc-message"].to_str().unwrap();
+        assert!(m.starts_with("ListPods request is too large"), "{m}");
+        assert!(m.contains("a selector"), "{m}");
+        assert!(!m.contains("split the object"), "{m}");
     }
 }

@@ -122,8 +122,10 @@ impl ContinueToken {
             return Err(bad("not a token this server issued"));
         };
         let revision = rev
-            .parse()
-            .map_err(|_| bad("not a token this server issued"))?;
+            .parse::<Revision>()
+            .ok()
+            .filter(|r| *r > 0)
+            .ok_or_else(|| bad("not a token this server issued"))?;
         if !key.starts_with(prefix) {
             return Err(bad(
                 "the token belongs to another list (namespace or kind differs)",

@@ -73,7 +73,7 @@ impl ResourceServer<api::core::v1::Pod> {
         ns: &str,
         r: &api::core::v1::BindPodRequest,
     ) -> Result<api::core::v1::Pod, ApiError> {
-        Self::require_name(ns, &r.name)?;
+        Self::require_name(&r.name)?;
         let key = object_key(ns, &r.name);
         if let Err(e) = skiff::names::validate_dns1123_subdomain(&r.node_name) {
             return Err(ApiError::invalid("Pod", &key, "node_name", e));
@@ -138,7 +138,16 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         )
         .await?;
         let r = request.into_inner();
-        Self::require_name(&ns, &r.name)?;
+        Self::require_name(&r.name)?;
+        if r.tail_lines.is_some_and(|n| n < 0) {
+            return Err(ApiError::invalid(
+                "Pod",
+                &object_key(&ns, &r.name),
+                "tail_lines",
+                "must not be negative (leave it unset for the whole log)",
+            )
+            .into());
+        }
         let (pod, container, node) = self.pod_container(&ns, &r.name, &r.container).await?;
         let mut kubelet = self.ctx.kubelets.client(&node).await?;
         let stream = kubelet
@@ -177,7 +186,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         )
         .await?;
         let r = request.into_inner();
-        Self::require_name(&ns, &r.name)?;
+        Self::require_name(&r.name)?;
         if r.command.is_empty() {
             return Err(
                 ApiError::invalid("Pod", &object_key(&ns, &r.name), "command", "required").into(),

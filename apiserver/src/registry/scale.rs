@@ -27,7 +27,7 @@ macro_rules! scale_subresource {
                 .await?;
                 let r = request.into_inner();
                 let ns = Self::namespace_of(&r.namespace);
-                Self::require_name(&ns, &r.name)?;
+                Self::require_name(&r.name)?;
                 if r.replicas < 0 {
                     return Err(ApiError::invalid(
                         Self::kind(),

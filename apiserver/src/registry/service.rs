@@ -223,9 +223,9 @@ impl<K: Strategy> ResourceServer<K> {
         }
     }
 
-    pub(crate) fn require_name(ns: &str, name: &str) -> Result<(), ApiError> {
+    pub(crate) fn require_name(name: &str) -> Result<(), ApiError> {
         if name.is_empty() {
-            return Err(ApiError::invalid(Self::kind(), ns, "name", "required"));
+            return Err(ApiError::invalid(Self::kind(), "", "name", "required"));
         }
         Ok(())
     }
@@ -428,7 +428,7 @@ impl<K: Strategy> ResourceServer<K> {
     async fn update_object(&self, obj: K, status_only: bool) -> Result<K, ApiError> {
         let ns = Self::namespace_of(obj.namespace());
         let name = obj.name().to_owned();
-        Self::require_name(&ns, &name)
+        Self::require_name(&name)
             .map_err(|_| ApiError::invalid(Self::kind(), &ns, "metadata.name", "required"))?;
         let requested: Option<u64> = match obj.meta().resource_version.as_str() {
             "" => None,
@@ -533,7 +533,7 @@ impl<K: Strategy> ResourceServer<K> {
 
     async fn delete_object(&self, p: DeleteParams) -> Result<K, ApiError> {
         let ns = Self::namespace_of(&p.namespace);
-        Self::require_name(&ns, &p.name)?;
+        Self::require_name(&p.name)?;
         let key = object_key(&ns, &p.name);
         if !matches!(
             p.propagation_policy.as_str(),
@@ -683,6 +683,15 @@ impl<K: Strategy> ResourceServer<K> {
         }
         let continue_token = if p.page_token.is_empty() {
             None
+        } else if !p.resource_version.is_empty() {
+            // Kubernetes refuses the combination too: the token fixes the
+            // revision every page is read at.
+            return Err(ApiError::invalid(
+                Self::kind(),
+                "",
+                "resource_version",
+                "must be empty with page_token: later pages are read at the first page's revision",
+            ));
         } else {
             let prefix = keys::prefix(&K::INFO, predicate.namespace.as_deref());
             Some(ContinueToken::decode(Self::kind(), &p.page_token, &prefix)?)
@@ -859,7 +868,7 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
             )
             .await?;
         let p = request.into_inner();
-        Self::require_name(&ns, &p.name)?;
+        Self::require_name(&p.name)?;
         let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
         let obj = self
             .store

@@ -50,7 +50,7 @@ impl skiff::subresources::ServiceAccountSubresources
             .await?;
         let user = caller(request.extensions());
         let r = request.into_inner();
-        Self::require_name(&ns, &name)?;
+        Self::require_name(&name)?;
         let key = object_key(&ns, &name);
         let Some(signer) = self.ctx.token_signer.clone() else {
             return Err(ApiError::FailedPrecondition(format!(

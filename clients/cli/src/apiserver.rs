@@ -109,9 +109,10 @@ pub struct SecurityArgs {
     /// Mutating requests in flight at once (0: no limit).
     #[arg(long, default_value_t = 200)]
     pub max_mutating_requests_inflight: usize,
-    /// Watches one user may hold open.
-    #[arg(long, default_value_t = 1000)]
-    pub max_watches_per_user: usize,
+    /// Watches one user may hold open [default: 1000; 0: no limit]. Not with
+    /// --insecure, where every request is the same user.
+    #[arg(long)]
+    pub max_watches_per_user: Option<usize>,
 }
 
 /// Authorization modes.
@@ -136,19 +137,31 @@ pub enum AuditLevelFlag {
     Request,
 }
 
+/// Watches one user may hold open when `--max-watches-per-user` is not given.
+const DEFAULT_MAX_WATCHES_PER_USER: usize = 1000;
+
 /// The server's security configuration from flags.
 pub fn security_config(args: &SecurityArgs) -> anyhow::Result<SecurityConfig> {
     use skiff_apiserver::authn::{AuthConfig, StaticTokens};
     use skiff_apiserver::filters::{AuditLevel, LimitsConfig};
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    if args.insecure && args.max_watches_per_user.is_some_and(|n| n > 0) {
+        anyhow::bail!(
+            "--max-watches-per-user limits each user, and with --insecure every request is the same \
+             administrator: drop the flag (or pass 0), or run with credentials (`skiff up` sets them up)"
+        );
+    }
+    let max_watches_per_user = args
+        .max_watches_per_user
+        .unwrap_or(DEFAULT_MAX_WATCHES_PER_USER);
     let mut security = SecurityConfig {
         limits: (args.max_requests_inflight > 0
             || args.max_mutating_requests_inflight > 0
-            || args.max_watches_per_user > 0)
+            || max_watches_per_user > 0)
             .then(|| LimitsConfig {
                 max_read_only: nonzero_or_max(args.max_requests_inflight),
                 max_mutating: nonzero_or_max(args.max_mutating_requests_inflight),
-                max_watches_per_user: nonzero_or_max(args.max_watches_per_user),
+                max_watches_per_user: nonzero_or_max(max_watches_per_user),
                 ..Default::default()
             }),
         audit: match (&args.audit_log_path, args.audit_level) {
@@ -373,5 +386,36 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        security: SecurityArgs,
+    }
+
+    fn parse(args: &[&str]) -> SecurityArgs {
+        Flags::parse_from(std::iter::once("apiserver").chain(args.iter().copied())).security
+    }
+
+    #[test]
+    fn insecure_refuses_a_per_user_watch_limit_it_cannot_apply() {
+        let Err(e) = security_config(&parse(&["--insecure", "--max-watches-per-user", "5"])) else {
+            panic!("--insecure accepted a per-user watch limit");
+        };
+        assert!(e.to_string().contains("--max-watches-per-user"), "{e}");
+        assert!(security_config(&parse(&["--insecure", "--max-watches-per-user", "0"])).is_ok());
+        let defaults = security_config(&parse(&["--insecure"])).expect("accepted");
+        assert_eq!(
+            defaults.limits.map(|l| l.max_watches_per_user),
+            Some(nonzero_or_max(0))
+        );
     }
 }

@@ -50,7 +50,9 @@ pub enum ServeError {
 impl From<ServeError> for Status {
     fn from(e: ServeError) -> Self {
         match &e {
-            ServeError::NotStarted { .. } | ServeError::NotRunning { .. } => {
+            ServeError::NotStarted { .. }
+            | ServeError::NotRunning { .. }
+            | ServeError::Runtime(RuntimeError::NotRunning(_)) => {
                 Status::failed_precondition(e.to_string())
             }
             ServeError::NoPrevious { .. } => Status::not_found(e.to_string()),

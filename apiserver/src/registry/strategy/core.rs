@@ -93,7 +93,7 @@ impl Strategy for Node {
         let mut v = Vec::new();
         if let Some(spec) = &self.spec {
             for (i, t) in spec.taints.iter().enumerate() {
-                if let Err(e) = skiff::names::validate_label_key(&t.key) {
+                if let Err(e) = skiff::names::validate_qualified_name(&t.key, "taint key") {
                     v.push(FieldViolation::new(format!("spec.taints[{i}].key"), e));
                 }
                 validate_taint_effect(

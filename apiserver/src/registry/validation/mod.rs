@@ -10,6 +10,7 @@ use skiff::api::core::v1 as core;
 use skiff::api::meta::v1 as meta;
 use skiff::names::{
     validate_dns1123_label, validate_dns1123_subdomain, validate_label_key, validate_label_value,
+    validate_qualified_name,
 };
 use skiff::quantity::Quantity;
 use skiff::selector::LabelSelector;
@@ -81,7 +82,7 @@ pub fn validate_meta(m: &meta::ObjectMeta, rule: NameRule, v: &mut Violations) {
     validate_labels(&m.labels, "metadata.labels", v);
     let mut total = 0;
     for k in m.annotations.keys() {
-        if let Err(e) = validate_label_key(k) {
+        if let Err(e) = validate_qualified_name(k, "annotation key") {
             v.push(FieldViolation::new(format!("metadata.annotations[{k}]"), e));
         }
     }
@@ -119,7 +120,7 @@ pub fn validate_meta(m: &meta::ObjectMeta, rule: NameRule, v: &mut Violations) {
         ));
     }
     for (i, f) in m.finalizers.iter().enumerate() {
-        if let Err(e) = validate_label_key(f) {
+        if let Err(e) = validate_qualified_name(f, "finalizer") {
             v.push(FieldViolation::new(format!("metadata.finalizers[{i}]"), e));
         }
     }

@@ -34,7 +34,8 @@ fn validate_term(term: &core::PodAffinityTerm, path: &str, v: &mut Violations) {
             format!("{path}.topologyKey"),
             "can not be empty",
         ));
-    } else if let Err(e) = validate_label_key(&term.topology_key) {
+    } else if let Err(e) = skiff::names::validate_qualified_name(&term.topology_key, "topology key")
+    {
         v.push(FieldViolation::new(format!("{path}.topologyKey"), e));
     }
 }
@@ -111,7 +112,9 @@ pub fn validate_topology_spread(
                 format!("{p}.topologyKey"),
                 "can not be empty",
             ));
-        } else if let Err(e) = validate_label_key(&c.topology_key) {
+        } else if let Err(e) =
+            skiff::names::validate_qualified_name(&c.topology_key, "topology key")
+        {
             v.push(FieldViolation::new(format!("{p}.topologyKey"), e));
         }
         match c.when_unsatisfiable.as_str() {

@@ -32,6 +32,9 @@ pub enum RuntimeError {
     /// No such container or sandbox.
     #[error("no such container or sandbox {0:?}")]
     NotFound(String),
+    /// The container has exited: nothing runs in it to exec into.
+    #[error("container {0:?} is not running")]
+    NotRunning(String),
     /// The operation is not supported by this runtime.
     #[error("{0}")]
     Unsupported(String),

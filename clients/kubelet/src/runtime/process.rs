@@ -73,6 +73,9 @@ struct SandboxRecord {
 pub struct ProcessRuntime {
     dir: PathBuf,
     records: Arc<Mutex<HashMap<String, Record>>>,
+    /// Per container, what its exec sessions wait on: `true` once the
+    /// container is stopped or removed (its execs die with it).
+    execs: Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>>,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -327,6 +330,93 @@ fn alive(pid: u32, ticks: u64) -> bool {
 }
 
 impl ProcessRuntime {
+    /// Stops the container's own processes: SIGTERM, SIGKILL after `grace`.
+    async fn stop_main(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let pid = {
+            let records = self.records.lock().expect("records");
+            let r = records
+                .get(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+            if r.exit.is_some() {
+                return Ok(());
+            }
+            r.pid
+        };
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if matches!(
+                self.container_state(id).await?,
+                ContainerState::Exited { .. }
+            ) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        for _ in 0..100 {
+            if matches!(
+                self.container_state(id).await?,
+                ContainerState::Exited { .. }
+            ) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(RuntimeError::Failure(format!(
+            "container {id} did not die after SIGKILL"
+        )))
+    }
+
+    /// Forgets container `id`, removing the mount points it made.
+    fn remove_record(&self, id: &str) -> Result<(), RuntimeError> {
+        let to_remove = {
+            let mut records = self.records.lock().expect("records");
+            let removed = records.remove(id);
+            let points = removed.map(|r| r.created_mount_points).unwrap_or_default();
+            // A mount point another live container (of any pod) is mounted
+            // at stays: removing it would detach that container's mount.
+            // That container inherits it, to remove when it goes.
+            let mut free = Vec::new();
+            for point in points {
+                let user = records.values_mut().find(|o| {
+                    o.exit.is_none() && o.mount_points.iter().any(|m| m.starts_with(&point))
+                });
+                match user {
+                    Some(user) => {
+                        user.created_mount_points.push(point);
+                        Self::save(&self.dir, user);
+                    }
+                    None => free.push(point),
+                }
+            }
+            free
+        };
+        // Mount points this pod made on the host go if nothing else put
+        // anything there (remove_dir only removes empty directories; a file
+        // mount point is removed only if still empty).
+        for p in &to_remove {
+            if p.is_dir() {
+                let _ = remove_empty_dirs(p);
+            } else if p.metadata().is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let _ = std::fs::remove_file(Self::record_path(&self.dir, id));
+        Ok(())
+    }
+
+    /// Ends every exec session in container `id` (they die with it).
+    fn end_execs(&self, id: &str) {
+        if let Some(stopped) = self.execs.lock().expect("execs").remove(id) {
+            stopped.send_replace(true);
+        }
+    }
+
     /// A runtime keeping its records under `dir`; finds the records of a previous run.
     pub fn new(dir: &Path) -> Result<Self, RuntimeError> {
         for sub in ["containers", "sandboxes", "pods"] {
@@ -344,6 +434,7 @@ impl ProcessRuntime {
         Ok(Self {
             dir: dir.to_owned(),
             records: Arc::new(Mutex::new(records)),
+            execs: Arc::default(),
         })
     }
 
@@ -643,81 +734,14 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let pid = {
-            let records = self.records.lock().expect("records");
-            let r = records
-                .get(id)
-                .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
-            if r.exit.is_some() {
-                return Ok(());
-            }
-            r.pid
-        };
-        let group = Pid::from_raw(pid as i32);
-        let _ = killpg(group, Signal::SIGTERM);
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            if matches!(
-                self.container_state(id).await?,
-                ContainerState::Exited { .. }
-            ) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = killpg(group, Signal::SIGKILL);
-        for _ in 0..100 {
-            if matches!(
-                self.container_state(id).await?,
-                ContainerState::Exited { .. }
-            ) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(RuntimeError::Failure(format!(
-            "container {id} did not die after SIGKILL"
-        )))
+        let stopped = self.stop_main(id, grace).await;
+        self.end_execs(id);
+        stopped
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        let to_remove = {
-            let mut records = self.records.lock().expect("records");
-            let removed = records.remove(id);
-            let points = removed.map(|r| r.created_mount_points).unwrap_or_default();
-            // A mount point another live container (of any pod) is mounted
-            // at stays: removing it would detach that container's mount.
-            // That container inherits it, to remove when it goes.
-            let mut free = Vec::new();
-            for point in points {
-                let user = records.values_mut().find(|o| {
-                    o.exit.is_none() && o.mount_points.iter().any(|m| m.starts_with(&point))
-                });
-                match user {
-                    Some(user) => {
-                        user.created_mount_points.push(point);
-                        Self::save(&self.dir, user);
-                    }
-                    None => free.push(point),
-                }
-            }
-            free
-        };
-        // Mount points this pod made on the host go if nothing else put
-        // anything there (remove_dir only removes empty directories; a file
-        // mount point is removed only if still empty).
-        for p in &to_remove {
-            if p.is_dir() {
-                let _ = remove_empty_dirs(p);
-            } else if p.metadata().is_ok_and(|m| m.len() == 0) {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        let _ = std::fs::remove_file(Self::record_path(&self.dir, id));
-        Ok(())
+        self.end_execs(id);
+        self.remove_record(id)
     }
 
     async fn containers(&self) -> Result<Vec<ContainerRecord>, RuntimeError> {
@@ -753,6 +777,9 @@ impl Runtime for ProcessRuntime {
             let r = records
                 .get(id)
                 .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+            if r.exit.is_some() {
+                return Err(RuntimeError::NotRunning(id.to_owned()));
+            }
             // Enter its mount and UTS namespaces first, then take its identity.
             // (Entering a mount namespace moves to its root: --wd keeps the
             // container's working directory, as exec in Kubernetes does.)
@@ -780,7 +807,7 @@ impl Runtime for ProcessRuntime {
         let Some(program) = command.first() else {
             return Err(RuntimeError::CannotStart("empty command".into()));
         };
-        let mut child = tokio::process::Command::new(program)
+        let spawned = tokio::process::Command::new(program)
             .args(&command[1..])
             .env_clear()
             .env(
@@ -792,10 +819,36 @@ impl Runtime for ProcessRuntime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so that what it starts goes with it.
+            .process_group(0)
             .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| RuntimeError::CannotStart(format!("{program:?}: {e}")))?;
+            .spawn();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut child = match spawned {
+            Ok(child) => child,
+            // The command is the user's mistake: answer as a shell does
+            // (127 not found, 126 not executable) rather than fail the call.
+            Err(e) => {
+                let code = match e.kind() {
+                    std::io::ErrorKind::NotFound => 127,
+                    std::io::ErrorKind::PermissionDenied => 126,
+                    _ => return Err(RuntimeError::CannotStart(format!("{program:?}: {e}"))),
+                };
+                let _ = tx.try_send(ExecOutput::Stderr(Bytes::from(format!(
+                    "exec: {program:?}: {e}\n"
+                ))));
+                let _ = tx.try_send(ExecOutput::Exit(code));
+                return Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
+            }
+        };
+        let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+        let mut stopped = self
+            .execs
+            .lock()
+            .expect("execs")
+            .entry(id.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(false).0)
+            .subscribe();
         let mut stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
         tokio::spawn(async move {
@@ -826,8 +879,33 @@ impl Runtime for ProcessRuntime {
                     }
                 }
             };
-            tokio::join!(out, err);
-            let code = match child.wait().await {
+            let output = async {
+                tokio::join!(out, err);
+            };
+            // The session ends when the client goes (the stream is
+            // dropped) or the container stops, whether or not the command
+            // writes anything.
+            let ended = async {
+                tokio::select! {
+                    () = tx.closed() => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
+            };
+            tokio::pin!(output, ended);
+            let (mut output_done, mut killed) = (false, false);
+            let status = loop {
+                tokio::select! {
+                    () = &mut output, if !output_done => output_done = true,
+                    status = child.wait(), if output_done => break status,
+                    () = &mut ended, if !killed => {
+                        killed = true;
+                        if let Some(group) = group {
+                            let _ = killpg(group, Signal::SIGKILL);
+                        }
+                    }
+                }
+            };
+            let code = match status {
                 Ok(s) => s.code().unwrap_or_else(|| {
                     128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)
                 }),
@@ -1018,6 +1096,106 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(out.last(), Some(&ExecOutput::Exit(4)));
+        rt.stop_container(&id, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+
+    /// A runtime with one container running `sleep 60`.
+    async fn sleeping() -> (tempfile::TempDir, ProcessRuntime, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        let sb = sandbox(&rt).await;
+        let id = rt
+            .start_container(&sb, &config(dir.path(), "c", &["sleep", "60"]))
+            .await
+            .unwrap();
+        (dir, rt, id)
+    }
+
+    /// Waits until process `pid` is gone (reaped), for at most 10 s.
+    async fn gone(pid: &str) -> bool {
+        for _ in 0..1000 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Reads the pid a command wrote to `file`, waiting for it.
+    async fn pid_in(file: &Path) -> String {
+        for _ in 0..1000 {
+            if let Ok(s) = std::fs::read_to_string(file)
+                && s.ends_with('\n')
+            {
+                return s.trim().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("nothing wrote {}", file.display());
+    }
+
+    /// An exec that prints nothing, with a child of its own (`sleep` in the
+    /// background, its pid written to `file`).
+    fn silent(file: &Path) -> Vec<String> {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("sleep 171 & echo $! > {}; wait", file.display()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_silent_exec_and_its_children_end_when_the_client_goes_away() {
+        let (dir, rt, id) = sleeping().await;
+        let file = dir.path().join("exec.pid");
+        let stream = rt.exec(&id, &silent(&file)).await.unwrap();
+        let pid = pid_in(&file).await;
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        drop(stream);
+        assert!(gone(&pid).await, "exec child {pid} outlived its client");
+        rt.stop_container(&id, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_silent_exec_ends_when_its_container_is_stopped() {
+        let (dir, rt, id) = sleeping().await;
+        let file = dir.path().join("exec.pid");
+        let stream = rt.exec(&id, &silent(&file)).await.unwrap();
+        let pid = pid_in(&file).await;
+        rt.stop_container(&id, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let out: Vec<ExecOutput> = tokio::time::timeout(Duration::from_secs(10), stream.collect())
+            .await
+            .expect("the exec stream ends with its container");
+        assert_eq!(out.last(), Some(&ExecOutput::Exit(128 + 9)), "{out:?}");
+        assert!(gone(&pid).await, "exec child {pid} outlived its container");
+        assert!(matches!(
+            rt.exec(&id, &["true".to_owned()]).await,
+            Err(RuntimeError::NotRunning(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn exec_of_a_missing_program_exits_127_as_a_shell_would() {
+        let (_dir, rt, id) = sleeping().await;
+        let out: Vec<ExecOutput> = rt
+            .exec(&id, &["/no/such/bin".to_owned()])
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(out.last(), Some(&ExecOutput::Exit(127)), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, ExecOutput::Stderr(b) if String::from_utf8_lossy(b).contains("/no/such/bin"))),
+            "{out:?}"
+        );
         rt.stop_container(&id, Duration::from_secs(5))
             .await
             .unwrap();
