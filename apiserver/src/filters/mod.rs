@@ -2,13 +2,15 @@
 //! chain), in order: authentication ([`crate::authn`]), which attaches the
 //! caller; the limits on requests in flight ([`inflight`]); and, when the
 //! response is known, the audit line and request metrics ([`audit`]).
-//! [`request_size`] refuses oversized messages before they are decoded.
+//! [`request_size`] refuses oversized messages before they are decoded;
+//! [`panic`] turns a handler's panic into INTERNAL for that request alone.
 //! The filters own who gets in and what is recorded; they must not read or
 //! write objects. Authorization happens in the registry, which knows the
 //! namespace and name; it records both in the request's [`AuditTarget`].
 
 pub mod audit;
 pub mod inflight;
+pub mod panic;
 pub mod request_size;
 
 use std::collections::HashSet;

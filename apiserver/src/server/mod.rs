@@ -527,6 +527,7 @@ impl ApiServer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(1 << 20))
+            .layer(crate::filters::panic::CatchPanicLayer)
             .layer(crate::filters::FiltersLayer::new(self.filters.clone()))
             .layer(RequestSizeLayer::new(MAX_OBJECT_BYTES))
             .add_routes(self.routes.routes())

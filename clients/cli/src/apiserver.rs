@@ -337,6 +337,8 @@ async fn open_storage_waiting(
 /// Runs the API server until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let server_config = server_config(&args)?;
+    // A request whose handler panics is logged in one line naming it.
+    skiff_apiserver::filters::panic::install_hook();
     if args.security.insecure {
         tracing::warn!(
             "--insecure: plaintext and no authentication; every request is an administrator's"

@@ -160,6 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     security.token_signer = Some(skiff_apiserver::registry::service_account::TokenSigner(
         Arc::new(key.clone()),
     ));
+    skiff_apiserver::filters::panic::install_hook();
     let server_config = ServerConfig {
         service_cidr: args.service_cluster_ip_range.clone(),
         node_ports: args.service_node_port_range.clone(),
