@@ -64,7 +64,10 @@ impl KubeletConnector {
             });
         };
         let url = format!("http://{address}:{port}");
-        let mut channels = self.channels.lock().expect("kubelet channels");
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let channel = match channels.get(&url) {
             Some(c) => c.clone(),
             None => {

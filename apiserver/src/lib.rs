@@ -8,6 +8,20 @@
 //! [`allocation`] hands out Service IPs and node ports; [`kubelet_client`]
 //! reaches nodes for logs and exec; [`server`] wires it all together.
 //! `ARCHITECTURE.md` at the repository root draws the map.
+//!
+//! No panic is reachable from the network: outside tests, `unwrap`,
+//! `expect` and indexing that can fail are refused by clippy here; the few
+//! that hold by construction say why in an `allow` with a reason.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::string_slice
+    )
+)]
 
 pub mod admission;
 pub mod allocation;
@@ -24,6 +38,13 @@ pub mod server;
 pub mod storage;
 
 #[cfg(any(test, feature = "testing"))]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "test support, built only for tests: a failed step fails the test"
+)]
 pub mod testing;
 
 pub use server::{ApiServer, ServerConfig, ServerError, StorageConfig, open_storage};

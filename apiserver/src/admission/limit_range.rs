@@ -57,10 +57,10 @@ impl Admission {
                             let Ok(max_q) = Quantity::parse(max) else {
                                 continue;
                             };
-                            match r.limits.get(res).and_then(|l| Quantity::parse(l).ok()) {
-                                Some(l) if l.milli() > max_q.milli() => violations.push(FieldViolation::new(
+                            match r.limits.get(res).and_then(|l| Some((l, Quantity::parse(l).ok()?))) {
+                                Some((limit, l)) if l.milli() > max_q.milli() => violations.push(FieldViolation::new(
                                     at("limits", res),
-                                    format!("maximum {res} usage per Container is {max} (LimitRange {}), but limit is {}", range.name(), r.limits[res]),
+                                    format!("maximum {res} usage per Container is {max} (LimitRange {}), but limit is {limit}", range.name()),
                                 )),
                                 None => violations.push(FieldViolation::new(
                                     at("limits", res),
@@ -73,10 +73,10 @@ impl Admission {
                             let Ok(min_q) = Quantity::parse(min) else {
                                 continue;
                             };
-                            match r.requests.get(res).and_then(|l| Quantity::parse(l).ok()) {
-                                Some(q) if q.milli() < min_q.milli() => violations.push(FieldViolation::new(
+                            match r.requests.get(res).and_then(|l| Some((l, Quantity::parse(l).ok()?))) {
+                                Some((request, q)) if q.milli() < min_q.milli() => violations.push(FieldViolation::new(
                                     at("requests", res),
-                                    format!("minimum {res} usage per Container is {min} (LimitRange {}), but request is {}", range.name(), r.requests[res]),
+                                    format!("minimum {res} usage per Container is {min} (LimitRange {}), but request is {request}", range.name()),
                                 )),
                                 None => violations.push(FieldViolation::new(
                                     at("requests", res),

@@ -78,6 +78,9 @@ impl Admission {
 
     /// Counts a served kind's objects when a new quota is created.
     pub fn count_kind(&self, counter: UsageCounter) {
-        self.counters.write().expect("counters lock").push(counter);
+        self.counters
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(counter);
     }
 }

@@ -174,7 +174,11 @@ impl Admission {
         let ns = quota.namespace().to_owned();
         let hard_limits = hard(quota);
         let mut used = Usage::new();
-        let counters = self.counters.read().expect("counters lock").clone();
+        let counters = self
+            .counters
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         for c in counters.iter().filter(|c| c.info.namespaced) {
             let names = count_names(&c.info);
             let wanted = names

@@ -106,7 +106,7 @@ impl ServiceAllocator {
             uid: svc.meta().uid.clone(),
             at: now_secs(),
         })
-        .expect("a reservation encodes");
+        .map_err(|e| ApiError::Internal(format!("encoding a reservation: {e}")))?;
         match self.storage.create(key, Bytes::from(value)).await {
             Ok(_) => Ok(true),
             Err(StorageError::AlreadyExists { .. }) => {
@@ -322,15 +322,17 @@ impl ObjectHooks<Service> for ServiceAllocator {
             "" => {
                 let ip = self.allocate_ip(svc).await?;
                 ip_taken = Some(ip.clone());
-                let spec = svc.spec.as_mut().expect("spec");
-                spec.cluster_ip = ip.clone();
-                spec.cluster_ips = vec![ip];
+                if let Some(spec) = svc.spec.as_mut() {
+                    spec.cluster_ip = ip.clone();
+                    spec.cluster_ips = vec![ip];
+                }
             }
             requested => {
                 self.reserve_ip(svc, requested).await?;
                 ip_taken = Some(requested.to_owned());
-                let spec = svc.spec.as_mut().expect("spec");
-                if spec.cluster_ips.is_empty() {
+                if let Some(spec) = svc.spec.as_mut()
+                    && spec.cluster_ips.is_empty()
+                {
                     spec.cluster_ips = vec![requested.to_owned()];
                 }
             }

@@ -110,8 +110,8 @@ impl ServiceAllocator {
             }
             match self.reserve_port(svc, i, port, &protocol).await {
                 Ok(p) => {
-                    if let Some(spec) = svc.spec.as_mut() {
-                        spec.ports[i].node_port = p;
+                    if let Some(port) = svc.spec.as_mut().and_then(|s| s.ports.get_mut(i)) {
+                        port.node_port = p;
                     }
                     taken.push(port_key(p, &protocol));
                 }

@@ -46,6 +46,10 @@ impl ServiceAllocator {
     pub(super) async fn allocate_ip(&self, svc: &Service) -> Result<String, ApiError> {
         let range = self.ips;
         let hosts = (range.size() - 2) as u32;
+        #[allow(
+            clippy::expect_used,
+            reason = "pick offers offsets below `hosts`, all inside the range"
+        )]
         let ip = self
             .pick(
                 svc,

@@ -147,7 +147,15 @@ impl StaticTokens {
                 continue;
             }
             let fields = split_csv(line);
-            if fields.len() < 3 || fields[0].is_empty() || fields[1].is_empty() {
+            let (Some(token), Some(name), Some(uid)) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                return Err(format!(
+                    "line {}: expected token,user,uid[,\"groups\"]",
+                    i + 1
+                ));
+            };
+            if token.is_empty() || name.is_empty() {
                 return Err(format!(
                     "line {}: expected token,user,uid[,\"groups\"]",
                     i + 1
@@ -162,9 +170,9 @@ impl StaticTokens {
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut user = UserInfo::new(&fields[1], &groups);
-            user.uid = fields[2].clone();
-            users.insert(fields[0].clone(), user);
+            let mut user = UserInfo::new(name, &groups);
+            user.uid = uid.clone();
+            users.insert(token.clone(), user);
         }
         Ok(Self { users })
     }

@@ -104,7 +104,10 @@ impl<K: Resource> Default for DeliveryLog<K> {
 impl<K: Resource> DeliveryLog<K> {
     /// The position the next entry will take.
     pub fn end(&self) -> u64 {
-        let w = self.window.read().expect("log lock");
+        let w = self
+            .window
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.first + w.entries.len() as u64
     }
 
@@ -115,7 +118,10 @@ impl<K: Resource> DeliveryLog<K> {
         entries: impl IntoIterator<Item = Entry<K>>,
         capacity: usize,
     ) -> (u64, u64) {
-        let mut w = self.window.write().expect("log lock");
+        let mut w = self
+            .window
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let start = w.first + w.entries.len() as u64;
         w.entries.extend(entries);
         let excess = w.entries.len().saturating_sub(capacity.max(1));
@@ -140,7 +146,10 @@ impl<K: Resource> DeliveryLog<K> {
         max: usize,
         out: &mut VecDeque<Bytes>,
     ) -> Result<(u64, bool), Lagged> {
-        let w = self.window.read().expect("log lock");
+        let w = self
+            .window
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if from < w.first {
             return Err(Lagged);
         }
@@ -148,7 +157,9 @@ impl<K: Resource> DeliveryLog<K> {
         let mut pos = from;
         let mut taken = 0;
         while pos < end && taken < max {
-            let entry = &w.entries[(pos - w.first) as usize];
+            let Some(entry) = w.entries.get((pos - w.first) as usize) else {
+                break;
+            };
             pos += 1;
             let frame = match entry {
                 Entry::Event {

@@ -126,7 +126,9 @@ pub fn dispatch<K: Resource>(
         })
         .collect();
     let (start, oldest) = log.append(entries, capacity);
-    let index = index.lock().expect("watcher index lock");
+    let index = index
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if index.is_empty() {
         return;
     }
@@ -190,7 +192,7 @@ pub(super) async fn run<K: crate::registry::strategy::Strategy>(
                         shared
                             .watchers
                             .lock()
-                            .expect("watcher index lock")
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .close_all(CloseReason::Relist);
                         cursor = Some((epoch, cache.revision()));
                         continue;
@@ -233,7 +235,9 @@ pub fn bookmark<K: Resource>(
     capacity: usize,
 ) {
     let (seq, oldest) = log.append([Entry::Bookmark { revision, frame }], capacity);
-    let index = index.lock().expect("watcher index lock");
+    let index = index
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut closed = 0;
     for w in index.all() {
         if w.allow_bookmarks && revision + 1 >= w.min_revision && w.notify(seq, oldest) {

@@ -153,7 +153,11 @@ impl Feed {
     /// Adds a kind's cache: it is loaded at the feed's current revision and
     /// fed from there.
     pub fn register(&self, cache: Arc<dyn KindCache>) {
-        self.shared.pending.lock().expect("feed lock").push(cache);
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(cache);
         self.shared.registered.notify_one();
     }
 
@@ -236,7 +240,12 @@ async fn run(shared: Arc<Shared>) {
     let mut from: Option<Revision> = None;
     loop {
         // Caches registered meanwhile join the next listing.
-        for k in std::mem::take(&mut *shared.pending.lock().expect("feed lock")) {
+        for k in std::mem::take(
+            &mut *shared
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ) {
             routes.insert(k.plural(), kinds.len());
             kinds.push(k);
         }
@@ -291,7 +300,7 @@ async fn run(shared: Arc<Shared>) {
             tokio::select! {
                 biased;
                 _ = shared.registered.notified() => {
-                    let joining = std::mem::take(&mut *shared.pending.lock().expect("feed lock"));
+                    let joining = std::mem::take(&mut *shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
                     let at = *shared.progress.borrow();
                     let mut failed = false;
                     for k in joining {
@@ -389,7 +398,9 @@ fn route(
         }
     }
     for (i, events) in by_kind {
-        kinds[i].apply(events);
+        if let Some(kind) = kinds.get(i) {
+            kind.apply(events);
+        }
     }
     last
 }

@@ -180,7 +180,10 @@ impl<K: Resource> Shared<K> {
     /// before the lock: every event up to it is in the cache by then.
     fn lock(&self) -> MutexGuard<'_, WatchCache<K>> {
         let progress = *self.progress.borrow();
-        let mut cache = self.cache.lock().expect("cache lock");
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.ready() {
             cache.advance(progress);
         }
@@ -243,10 +246,19 @@ impl<K: Strategy> Cacher<K> {
             let c = self.shared.lock();
             (c.len(), c.ring_usage(), c.revision())
         };
-        let fallbacks_by_reason =
-            Fallback::ALL.map(|r| self.shared.fallbacks[r as usize].load(Ordering::Relaxed));
+        let fallbacks_by_reason = Fallback::ALL.map(|r| {
+            self.shared
+                .fallbacks
+                .get(r as usize)
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        });
         CacherStats {
-            watchers: self.shared.watchers.lock().expect("watcher lock").len(),
+            watchers: self
+                .shared
+                .watchers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len(),
             objects,
             ring,
             revision,
@@ -331,7 +343,9 @@ impl<K: Strategy> Cacher<K> {
     }
 
     fn fallback(&self, reason: Fallback) {
-        self.shared.fallbacks[reason as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.shared.fallbacks.get(reason as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         fallback_metric()
             .with(&[K::INFO.kind, reason.as_str()])
             .inc();
@@ -414,7 +428,7 @@ impl<K: Strategy> Cacher<K> {
             self.shared
                 .watchers
                 .lock()
-                .expect("watcher lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(watcher.clone());
             (initial, watcher, cursor, revision)
         };
@@ -433,7 +447,11 @@ impl<K: Strategy> Cacher<K> {
         let weak = Arc::downgrade(&self.shared);
         let guard = OnDrop::new(move || {
             if let Some(shared) = weak.upgrade() {
-                shared.watchers.lock().expect("watcher lock").remove(id);
+                shared
+                    .watchers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(id);
             }
         });
         let stream = WatcherStream::new(initial, watcher, self.shared.log.clone(), cursor, guard)
@@ -486,7 +504,7 @@ impl<K: Strategy> KindCache for Fed<K> {
         self.0
             .cache
             .lock()
-            .expect("cache lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace(items, revision);
         self.0.ready.send_replace(true);
         self.0.wake.notify_one();
@@ -515,7 +533,11 @@ impl<K: Strategy> KindCache for Fed<K> {
             })
             .collect();
         {
-            let mut cache = self.0.cache.lock().expect("cache lock");
+            let mut cache = self
+                .0
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (kind, key, revision, current) in decoded {
                 cache.apply(kind, key, revision, current, now);
             }
@@ -527,12 +549,16 @@ impl<K: Strategy> KindCache for Fed<K> {
         {
             // One critical section: no watch can register on the old state
             // once its watchers have been told to go.
-            let mut cache = self.0.cache.lock().expect("cache lock");
+            let mut cache = self
+                .0
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             cache.set_unready();
             self.0
                 .watchers
                 .lock()
-                .expect("watcher lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .close_all(CloseReason::Relist);
         }
         self.0.ready.send_replace(false);

@@ -63,8 +63,11 @@ impl<K: Resource> Cached<K> {
     }
 
     /// The object, decoded from its encoding.
+    #[allow(
+        clippy::expect_used,
+        reason = "the cache encoded these bytes itself from a `K`"
+    )]
     pub fn object(&self) -> K {
-        // The cache encoded these bytes itself from a `K`.
         <K as prost::Message>::decode(&self.encoded[..]).expect("the cache's own encoding decodes")
     }
 
@@ -488,13 +491,13 @@ impl<K: Resource> WatchCache<K> {
                 (Some((ck, _)), Some((uk, _))) => *uk <= ck.as_str(),
             };
             let (key, item) = if take_undo {
-                let (k, v) = undo.next().expect("peeked");
+                let Some((k, v)) = undo.next() else { break };
                 if current.peek().is_some_and(|(ck, _)| ck.as_str() == k) {
                     current.next();
                 }
                 (k, v)
             } else {
-                let (k, v) = current.next().expect("peeked");
+                let Some((k, v)) = current.next() else { break };
                 (k.as_str(), Some(v))
             };
             let Some(item) = item else { continue };

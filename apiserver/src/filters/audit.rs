@@ -59,7 +59,10 @@ impl AuditLog {
     }
 
     fn write(&self, line: &serde_json::Value) {
-        let mut out = self.out.lock().expect("audit log lock");
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
@@ -74,14 +77,20 @@ pub struct AuditTarget {
 impl AuditTarget {
     /// Records the namespace and name the request acts on.
     pub fn set(&self, namespace: &str, name: &str) {
-        let mut t = self.inner.lock().expect("audit target lock");
+        let mut t = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.0 = namespace.to_owned();
         t.1 = name.to_owned();
     }
 
     /// Records the request's options (selectors, versions) for the Request level.
     pub fn set_request(&self, request: serde_json::Value) {
-        self.inner.lock().expect("audit target lock").2 = Some(request);
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .2 = Some(request);
     }
 }
 
@@ -156,7 +165,11 @@ pub(super) fn record(
         return;
     }
     let (verb, kind) = verb_and_kind(path);
-    let (namespace, name, request) = target.inner.lock().expect("audit target lock").clone();
+    let (namespace, name, request) = target
+        .inner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let ts = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -176,8 +189,9 @@ pub(super) fn record(
     });
     if log.level == AuditLevel::Request
         && let Some(r) = request
+        && let Some(fields) = line.as_object_mut()
     {
-        line["request"] = r;
+        fields.insert("request".to_owned(), r);
     }
     log.write(&line);
 }

@@ -61,7 +61,10 @@ impl Class {
     }
 
     fn user(&self, name: &str) -> Arc<Semaphore> {
-        let mut users = self.users.lock().expect("limits lock");
+        let mut users = self
+            .users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if users.len() > 10_000 {
             let per_user = self.per_user;
             users.retain(|_, s| s.available_permits() < per_user);
@@ -121,7 +124,7 @@ impl Limits {
         let counter = self
             .watches
             .lock()
-            .expect("watches lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(user.to_owned())
             .or_default()
             .clone();

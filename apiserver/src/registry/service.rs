@@ -832,7 +832,8 @@ fn generated_name(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
     let suffix: String = (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .filter_map(|_| ALPHABET.get(rng.random_range(0..ALPHABET.len())))
+        .map(|&b| char::from(b))
         .collect();
     // At most 58 bytes of the prefix, cut where a character starts (names
     // of RBAC kinds may hold any character but '/' and '%').
@@ -840,7 +841,7 @@ fn generated_name(prefix: &str) -> String {
     while !prefix.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}{suffix}", &prefix[..cut])
+    format!("{}{suffix}", prefix.get(..cut).unwrap_or_default())
 }
 
 #[tonic::async_trait]

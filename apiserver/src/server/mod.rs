@@ -430,16 +430,22 @@ impl ApiServer {
                 .register_encoded_file_descriptor_set(skiff::descriptor::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        routes.add_service(
-            reflection()
-                .build_v1()
-                .expect("the API's descriptors form a valid reflection set"),
-        );
-        routes.add_service(
-            reflection()
-                .build_v1alpha()
-                .expect("the API's descriptors form a valid reflection set"),
-        );
+        #[allow(
+            clippy::expect_used,
+            reason = "the descriptors are compiled in and checked by tests; this runs at start-up, not per request"
+        )]
+        {
+            routes.add_service(
+                reflection()
+                    .build_v1()
+                    .expect("the API's descriptors form a valid reflection set"),
+            );
+            routes.add_service(
+                reflection()
+                    .build_v1alpha()
+                    .expect("the API's descriptors form a valid reflection set"),
+            );
+        }
 
         bootstrap_namespaces(&*namespaces, &ctx).await?;
         bootstrap_storage_class(storage_classes, &ctx).await?;
@@ -592,10 +598,12 @@ async fn report_storage_health(
 fn register_cache_metrics(handle: CacheStatsHandle) {
     static CURRENT: std::sync::Mutex<Option<CacheStatsHandle>> = std::sync::Mutex::new(None);
     static REGISTERED: std::sync::Once = std::sync::Once::new();
-    *CURRENT.lock().expect("metrics lock") = Some(handle);
+    *CURRENT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
     REGISTERED.call_once(|| {
         skiff::metrics::global().collect(Box::new(|e| {
-            let Some(handle) = CURRENT.lock().expect("metrics lock").clone() else {
+            let Some(handle) = CURRENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() else {
                 return;
             };
             let stats = handle.get();

@@ -599,7 +599,9 @@ impl Inner {
                 (Some(c), Some((k, _))) => k.as_str() <= c.key.as_str(),
             };
             let item = if take_undo {
-                let (k, v) = undo_iter.next().expect("peeked");
+                let Some((k, v)) = undo_iter.next() else {
+                    break;
+                };
                 if next_current.as_ref().is_some_and(|c| c.key == k) {
                     next_current = None;
                 }

@@ -66,7 +66,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.prober.lock().expect("prober lock").take() {
+        if let Some(task) = self
+            .prober
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
             task.abort();
         }
     }
@@ -225,7 +230,11 @@ impl EtcdStorage {
             }),
         };
         let prober = tokio::spawn(probe_members(Arc::downgrade(&storage.inner)));
-        *storage.inner.prober.lock().expect("prober lock") = Some(prober);
+        *storage
+            .inner
+            .prober
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(prober);
         // Fail now, clearly, if no member answers.
         storage.current_revision().await?;
         Ok(storage)
@@ -268,14 +277,20 @@ impl EtcdStorage {
         let n = self.inner.members.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let rotated = (0..n).map(|i| (start + i) % n);
-        let (mut healthy, sick): (Vec<usize>, Vec<usize>) =
-            rotated.partition(|&i| self.inner.members[i].healthy.load(Ordering::Relaxed));
+        let (mut healthy, sick): (Vec<usize>, Vec<usize>) = rotated.partition(|&i| {
+            self.inner
+                .members
+                .get(i)
+                .is_some_and(|m| m.healthy.load(Ordering::Relaxed))
+        });
         healthy.extend(sick);
         healthy
     }
 
     fn set_aside(&self, member: usize, why: &dyn std::fmt::Display) {
-        let m = &self.inner.members[member];
+        let Some(m) = self.inner.members.get(member) else {
+            return;
+        };
         if m.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(member = %m.url, error = %why, "etcd member set aside until it answers again");
         }
@@ -290,7 +305,9 @@ impl EtcdStorage {
         let mut tried = Vec::new();
         let mut last: Option<CallError> = None;
         for i in self.order() {
-            let member = &self.inner.members[i];
+            let Some(member) = self.inner.members.get(i) else {
+                continue;
+            };
             tried.push(member.url.as_str());
             let limit = if member.healthy.load(Ordering::Relaxed) {
                 REQUEST_TIMEOUT
@@ -642,7 +659,10 @@ impl EtcdStorage {
         let mut last = None;
         let mut opened = None;
         for i in self.order() {
-            let mut client = self.inner.members[i].watch.clone();
+            let Some(member) = self.inner.members.get(i) else {
+                continue;
+            };
+            let mut client = member.watch.clone();
             match tokio::time::timeout(
                 REQUEST_TIMEOUT,
                 client.watch(full.clone(), Some(options.clone())),
@@ -661,7 +681,7 @@ impl EtcdStorage {
                     last = Some(map_err(e));
                 }
                 Err(_) => {
-                    let url = self.inner.members[i].url.clone();
+                    let url = member.url.clone();
                     self.set_aside(i, &TimedOut(url.clone()));
                     last = Some(StorageError::unavailable(TimedOut(url)));
                 }

@@ -167,7 +167,12 @@ impl FaultyStorage {
 
     fn calls_where(&self, keep: impl Fn(&str) -> bool) -> Calls {
         let mut c = Calls::default();
-        for (op, key) in self.log.lock().expect("log lock").iter() {
+        for (op, key) in self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             if !keep(key) {
                 continue;
             }
@@ -189,7 +194,7 @@ impl FaultyStorage {
     fn count(&self, op: Op, key: &str) {
         self.log
             .lock()
-            .expect("log lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((op, key.to_owned()));
     }
 

@@ -10,8 +10,22 @@ pub mod etcd;
 pub mod metered;
 
 #[cfg(any(test, feature = "testing"))]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "test support, built only for tests: a failed step fails the test"
+)]
 pub mod conformance;
 #[cfg(any(test, feature = "testing"))]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "test support, built only for tests: a failed step fails the test"
+)]
 pub mod faults;
 
 use std::pin::Pin;

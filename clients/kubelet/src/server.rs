@@ -1,6 +1,16 @@
 //! The kubelet's own gRPC service, which the API server calls for what only
 //! a node can serve: container logs and exec.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::string_slice
+    )
+)]
+
 use std::pin::Pin;
 use std::sync::Arc;
 

@@ -27,7 +27,10 @@ impl Balancer {
     pub fn set_endpoints(&self, mut endpoints: Vec<SocketAddr>) {
         endpoints.sort();
         endpoints.dedup();
-        let mut current = self.endpoints.write().expect("endpoints lock");
+        let mut current = self
+            .endpoints
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if **current != endpoints {
             *current = Arc::new(endpoints);
         }
@@ -35,15 +38,24 @@ impl Balancer {
 
     /// Pins clients to an endpoint for `timeout` after their last connection (`None`: no pinning).
     pub fn set_affinity(&self, timeout: Option<Duration>) {
-        *self.affinity.write().expect("affinity lock") = timeout;
+        *self
+            .affinity
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = timeout;
         if timeout.is_none() {
-            self.pins.lock().expect("pins lock").clear();
+            self.pins
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
         }
     }
 
     /// The ready endpoints.
     pub fn endpoints(&self) -> Arc<Vec<SocketAddr>> {
-        self.endpoints.read().expect("endpoints lock").clone()
+        self.endpoints
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether any endpoint is ready.
@@ -59,20 +71,30 @@ impl Balancer {
             return Vec::new();
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        let mut order: Vec<SocketAddr> = endpoints[start..]
+        let mut order: Vec<SocketAddr> = endpoints
             .iter()
-            .chain(&endpoints[..start])
+            .cycle()
+            .skip(start)
+            .take(endpoints.len())
             .copied()
             .collect();
-        let affinity = *self.affinity.read().expect("affinity lock");
+        let affinity = *self
+            .affinity
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(timeout) = affinity {
             let now = Instant::now();
-            let mut pins = self.pins.lock().expect("pins lock");
+            let mut pins = self
+                .pins
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let pinned = pins
                 .get(&client)
                 .filter(|(ep, at)| now.duration_since(*at) < timeout && endpoints.contains(ep))
                 .map(|(ep, _)| *ep);
-            let chosen = pinned.unwrap_or(order[0]);
+            let Some(&chosen) = pinned.as_ref().or(order.first()) else {
+                return order;
+            };
             pins.insert(client, (chosen, now));
             if pins.len() > 4096 {
                 pins.retain(|_, (_, at)| now.duration_since(*at) < timeout);
@@ -86,7 +108,10 @@ impl Balancer {
 
     /// `client` could not reach `endpoint`: forget the pin so the next try goes elsewhere.
     pub fn failed(&self, client: IpAddr, endpoint: SocketAddr) {
-        let mut pins = self.pins.lock().expect("pins lock");
+        let mut pins = self
+            .pins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if pins.get(&client).is_some_and(|(e, _)| *e == endpoint) {
             pins.remove(&client);
         }
@@ -94,10 +119,15 @@ impl Balancer {
 
     /// Records that `client` ended up on `endpoint` (after a failover).
     pub fn used(&self, client: IpAddr, endpoint: SocketAddr) {
-        if self.affinity.read().expect("affinity lock").is_some() {
+        if self
+            .affinity
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+        {
             self.pins
                 .lock()
-                .expect("pins lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(client, (endpoint, Instant::now()));
         }
     }

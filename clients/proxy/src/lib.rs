@@ -10,6 +10,16 @@
 //! - [`balancer`]: round-robin and client-IP affinity.
 //! - [`tcp`], [`udp`]: the data paths.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::string_slice
+    )
+)]
+
 pub mod balancer;
 pub mod tcp;
 pub mod udp;

@@ -50,7 +50,9 @@ pub async fn serve(
             }
         };
         let existing = {
-            let s = sessions.lock().expect("sessions lock");
+            let s = sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             s.get(&client)
                 .map(|s| (s.upstream.clone(), s.last_sent.clone()))
         };
@@ -62,9 +64,13 @@ pub async fn serve(
             },
         };
         last_sent.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let _ = upstream.send(&buf[..n]).await;
+        let _ = upstream.send(buf.get(..n).unwrap_or_default()).await;
     }
-    for (_, s) in sessions.lock().expect("sessions lock").drain() {
+    for (_, s) in sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .drain()
+    {
         s.task.abort();
     }
 }
@@ -79,10 +85,10 @@ async fn open(
     epoch: Instant,
 ) -> Option<(Arc<UdpSocket>, Arc<AtomicU64>)> {
     let endpoint = *balancer.pick(client.ip()).first()?;
-    let bind: SocketAddr = if endpoint.is_ipv4() {
-        "0.0.0.0:0".parse().expect("address")
+    let bind = if endpoint.is_ipv4() {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
     } else {
-        "[::]:0".parse().expect("address")
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     };
     let upstream = Arc::new(UdpSocket::bind(bind).await.ok()?);
     upstream.connect(endpoint).await.ok()?;
@@ -102,7 +108,9 @@ async fn open(
             match tokio::time::timeout_at(deadline, from.recv(&mut buf)).await {
                 Ok(Ok(n)) => {
                     last_reply = Instant::now();
-                    let _ = reply_to.send_to(&buf[..n], client).await;
+                    let _ = reply_to
+                        .send_to(buf.get(..n).unwrap_or_default(), client)
+                        .await;
                 }
                 // The endpoint is unreachable: end the session.
                 Ok(Err(_)) => break,
@@ -115,15 +123,20 @@ async fn open(
                 }
             }
         }
-        all.lock().expect("sessions lock").remove(&client);
+        all.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&client);
     });
-    sessions.lock().expect("sessions lock").insert(
-        client,
-        Session {
-            upstream: upstream.clone(),
-            last_sent: last_sent.clone(),
-            task: task.abort_handle(),
-        },
-    );
+    sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            client,
+            Session {
+                upstream: upstream.clone(),
+                last_sent: last_sent.clone(),
+                task: task.abort_handle(),
+            },
+        );
     Some((upstream, last_sent))
 }

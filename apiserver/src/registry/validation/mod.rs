@@ -508,7 +508,7 @@ fn validate_node_selector_operator(p: &str, op: &str, values: &[String], v: &mut
             }
         }
         "Gt" | "Lt" => {
-            if values.len() != 1 || values[0].parse::<i64>().is_err() {
+            if values.len() != 1 || values.first().is_none_or(|v| v.parse::<i64>().is_err()) {
                 v.push(FieldViolation::new(
                     format!("{p}.values"),
                     "must be one integer for Gt and Lt",
