@@ -87,6 +87,11 @@ impl Quantity {
         } else {
             total / den
         };
+        // Beyond this no canonical form fits the 20 integer digits the
+        // parser reads back (and no resource comes near it).
+        if milli.unsigned_abs() >= MAX_UNITS * 1000 {
+            return Err(err("too large: at most 10^20 (100E)"));
+        }
         Ok(Self { milli })
     }
 
@@ -146,12 +151,22 @@ impl std::iter::Sum for Quantity {
     }
 }
 
+/// Largest magnitude a quantity may have, in units (exclusive).
+const MAX_UNITS: u128 = 100_000_000_000_000_000_000;
+
 impl fmt::Display for Quantity {
     /// Canonical form: whole units when exact, binary suffixes for exact
-    /// multiples of 1024, milli-units otherwise.
+    /// multiples of 1024, milli-units otherwise (a decimal fraction when
+    /// milli-units would need more than the 20 digits the parser reads).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.milli % 1000 != 0 {
-            return write!(f, "{}m", self.milli);
+            if self.milli.unsigned_abs() < MAX_UNITS {
+                return write!(f, "{}m", self.milli);
+            }
+            let sign = if self.milli < 0 { "-" } else { "" };
+            let abs = self.milli.unsigned_abs();
+            let frac = format!("{:03}", abs % 1000);
+            return write!(f, "{sign}{}.{}", abs / 1000, frac.trim_end_matches('0'));
         }
         let units = self.milli / 1000;
         if units != 0 {

@@ -337,20 +337,38 @@ impl FieldSelector {
         }
         for part in input.split(',') {
             let part = part.trim();
-            let (field, operator, value) = if let Some((f, v)) = part.split_once("!=") {
-                (f, FieldOperator::NotEquals, v)
-            } else if let Some((f, v)) = part.split_once("==") {
-                (f, FieldOperator::Equals, v)
-            } else if let Some((f, v)) = part.split_once('=') {
-                (f, FieldOperator::Equals, v)
-            } else {
+            // The operator is the first one in the term (Kubernetes'
+            // splitTerm): "a=b!=c" is a = "b!=c", not "a=b" != c.
+            let Some(at) = part.char_indices().map(|(i, _)| i).find(|&i| {
+                part.get(i..)
+                    .is_some_and(|rest| rest.starts_with('=') || rest.starts_with("!="))
+            }) else {
                 return Err(err(format!(
                     "{part:?} is not of the form field=value or field!=value"
                 )));
             };
+            let (field, rest) = part.split_at(at);
+            let (operator, value) = if let Some(v) = rest.strip_prefix("!=") {
+                (FieldOperator::NotEquals, v)
+            } else if let Some(v) = rest.strip_prefix("==") {
+                (FieldOperator::Equals, v)
+            } else {
+                (
+                    FieldOperator::Equals,
+                    rest.strip_prefix('=').unwrap_or(rest),
+                )
+            };
             let field = field.trim();
             if field.is_empty() {
                 return Err(err("empty field name".into()));
+            }
+            if !field
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+            {
+                return Err(err(format!(
+                    "field name {field:?} may hold only letters, digits, '.', '_', '-' and '/'"
+                )));
             }
             requirements.push(FieldRequirement {
                 field: field.to_owned(),
@@ -403,6 +421,8 @@ impl fmt::Display for FieldSelector {
                 f.write_str(",")?;
             }
             let op = match r.operator {
+                // "a==b" for a value starting with '=', which "a=" + "=b" would lose.
+                FieldOperator::Equals if r.value.starts_with('=') => "==",
                 FieldOperator::Equals => "=",
                 FieldOperator::NotEquals => "!=",
             };
