@@ -9,6 +9,7 @@
 pub mod api;
 pub mod client;
 pub mod descriptor;
+pub mod duration;
 pub mod manifest;
 pub mod metrics;
 pub mod names;

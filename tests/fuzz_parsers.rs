@@ -1,6 +1,6 @@
 //! Property-based fuzzing of every parser a user reaches in the `skiff`
 //! crate: label and field selectors, quantities, names, cron schedules,
-//! CIDRs and manifests (YAML/JSON to protobuf through descriptors).
+//! durations, CIDRs and manifests (YAML/JSON to protobuf through descriptors).
 //!
 //! Invariants: no input panics; a refusal says what is wrong; where a
 //! printer exists, parse → print → parse gives the same value. CI runs the
@@ -104,6 +104,26 @@ proptest! {
                 let _ = schedule.next_after(std::time::SystemTime::now());
             }
             Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn durations_never_panic_and_refusals_say_what_is_accepted(
+        s in text(r"[+-]?[0-9]{0,40}(\.[0-9]{0,8})?(ms|s|m|h|d|e[0-9]{1,3})?"),
+    ) {
+        match skiff::duration::parse_duration(&s) {
+            Ok(d) => {
+                // The same span written in milliseconds reads back alike (to
+                // the millisecond, which that form keeps).
+                let again = skiff::duration::parse_duration(&format!("{}ms", d.as_millis()));
+                prop_assert!(
+                    again.as_ref().is_ok_and(|a| a.as_millis() == d.as_millis()),
+                    "{:?} -> {:?}",
+                    d,
+                    again
+                );
+            }
+            Err(e) => prop_assert!(e.contains(&format!("{:?}", s.trim())), "{}", e),
         }
     }
 

@@ -141,11 +141,22 @@ fn invalid_message(kind: &str, name: &str, violations: &[FieldViolation]) -> Str
 }
 
 fn summarize(violations: &[FieldViolation]) -> String {
-    violations
+    let mut s = violations
         .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
+        .take(MAX_VIOLATIONS)
+        .map(|v| {
+            format!(
+                "{}: {}",
+                clip(&v.field, MAX_DESCRIPTION),
+                clip(&v.description, MAX_DESCRIPTION)
+            )
+        })
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if violations.len() > MAX_VIOLATIONS {
+        s.push_str(&format!("; and {} more", violations.len() - MAX_VIOLATIONS));
+    }
+    s
 }
 
 impl ApiError {
@@ -192,9 +203,34 @@ impl ApiError {
     }
 }
 
+/// Most bytes of a status message: it travels in an HTTP/2 trailer, and a
+/// client refuses (resets the call) trailers over its header list limit
+/// (16 KiB in hyper), so a request that quotes huge values back fails
+/// with a protocol error instead of its own.
+const MAX_MESSAGE: usize = 2048;
+/// Most violations carried in the details, and bytes of each.
+const MAX_VIOLATIONS: usize = 20;
+const MAX_DESCRIPTION: usize = 256;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} bytes in all)",
+        s.get(..end).unwrap_or_default(),
+        s.len()
+    )
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let message = e.to_string();
+        let message = clip(&e.to_string(), MAX_MESSAGE);
         match e {
             ApiError::NotFound { kind, name } => {
                 with_resource(Code::NotFound, message, &kind, &name)
@@ -214,8 +250,11 @@ impl From<ApiError> for Status {
             }
             ApiError::Invalid { violations, .. } => {
                 let mut details = ErrorDetails::new();
-                for v in &violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                for v in violations.iter().take(MAX_VIOLATIONS) {
+                    details.add_bad_request_violation(
+                        clip(&v.field, MAX_DESCRIPTION),
+                        clip(&v.description, MAX_DESCRIPTION),
+                    );
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
@@ -266,6 +305,37 @@ fn with_retry(code: Code, message: String, retry_after: Option<Duration>) -> Sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_quoting_huge_values_stays_within_what_a_client_accepts_in_trailers() {
+        let violations = (0..500)
+            .map(|i| FieldViolation::new(format!("metadata.labels[{i}]"), "ü".repeat(5000)))
+            .collect();
+        let status = Status::from(ApiError::Invalid {
+            kind: "Pod".into(),
+            name: "default/web".into(),
+            violations,
+        });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().len() < 3 * 1024,
+            "{}",
+            status.message().len()
+        );
+        let details = status.get_details_bad_request().unwrap();
+        assert_eq!(details.field_violations.len(), MAX_VIOLATIONS);
+        assert!(
+            details
+                .field_violations
+                .iter()
+                .all(|v| v.description.len() < 512)
+        );
+        assert!(
+            status.details().len() < 16 * 1024,
+            "{}",
+            status.details().len()
+        );
+    }
 
     #[test]
     fn invalid_maps_to_invalid_argument_with_bad_request_fields() {

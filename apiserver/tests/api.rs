@@ -1614,58 +1614,6 @@ async fn the_system_namespaces_refuse_deletion(s: &TestServer) {
         .unwrap();
 }
 
-/// Sends already-encoded request bytes as they are: what a client with a
-/// bug, or an attacker, puts on the wire.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-struct RawEncoder;
-
-struct RawDecoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let v = bytes::Buf::chunk(src).to_vec();
-        bytes::Buf::advance(src, v.len());
-        Ok(Some(v))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
-
 async fn malformed_and_contradictory_requests_are_refused_naming_the_field_and_change_nothing(
     s: &TestServer,
 ) {
@@ -1694,7 +1642,7 @@ async fn malformed_and_contradictory_requests_are_refused_naming_the_field_and_c
             .unary(
                 tonic::Request::new(bytes.clone()),
                 http::uri::PathAndQuery::from_static("/skiff.core.v1.PodService/CreatePod"),
-                RawCodec,
+                skiff_apiserver::testing::RawCodec,
             )
             .await
             .unwrap_err();

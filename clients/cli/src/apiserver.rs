@@ -246,25 +246,7 @@ pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String
     Ok(lo..=hi)
 }
 
-/// Parses "500ms", "30s", "5m", "1h" or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s or 5m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use skiff::duration::parse_duration;
 
 /// Server configuration from flags.
 pub fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {

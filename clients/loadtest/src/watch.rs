@@ -149,22 +149,7 @@ async fn etcd_watchers(
     Ok(out)
 }
 
-/// Parses "500ms", "30s", "5m".
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
-    Ok(Duration::from_secs_f64(n * mul))
-}
+pub use skiff::duration::parse_duration;
 
 /// Namespace the scenarios write in.
 pub const NAMESPACE: &str = "loadtest";
