@@ -442,6 +442,22 @@ fn process_records(data_dir: &Path) -> Vec<(String, u32, PathBuf)> {
         .collect()
 }
 
+/// Processes whose working directory is under `dir` (pods of a cluster
+/// whose data directory it is), this process excepted.
+fn processes_under(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    entries
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            (pid != me && cwd.starts_with(dir)).then_some(pid)
+        })
+        .collect()
+}
+
 /// A process's start time in clock ticks since boot (field 22 of /proc/pid/stat).
 fn started_at(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -954,6 +970,15 @@ impl Drop for Up {
         for (_, pid, _) in self.records() {
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        // A pod process whose record went first (its node stopped midway)
+        // still runs in its pod's directory, inside this cluster's: seen
+        // holding its pod address against the next test to get the range.
+        for pid in processes_under(&self.data_dir) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
                 .stderr(Stdio::null())
                 .status();
         }
