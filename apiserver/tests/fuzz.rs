@@ -17,8 +17,7 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, Value};
-use skiff::api::core::v1::{Container, Pod, PodSpec};
-use skiff::api::meta::v1::ObjectMeta;
+use skiff::api::core::v1::Pod;
 use skiff::client::ResourceClient;
 use skiff_apiserver::object_store::{ContinueToken, ReadVersion};
 use skiff_apiserver::testing::TestServer;
@@ -141,9 +140,12 @@ impl Fuzz {
             let server = runtime.block_on(async {
                 let server = TestServer::embedded(dir.path()).await;
                 for name in ["keep", "fuzz-target"] {
-                    Pod::create_in(server.transport().await, pod(name))
-                        .await
-                        .expect("create");
+                    Pod::create_in(
+                        server.transport().await,
+                        skiff::testing::pod("default", name),
+                    )
+                    .await
+                    .expect("create");
                 }
                 server
             });
@@ -167,25 +169,6 @@ impl Fuzz {
                 methods,
             }
         })
-    }
-}
-
-fn pod(name: &str) -> Pod {
-    Pod {
-        metadata: Some(ObjectMeta {
-            name: name.into(),
-            namespace: "default".into(),
-            ..Default::default()
-        }),
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "c".into(),
-                image: "busybox".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        status: None,
     }
 }
 
