@@ -398,10 +398,12 @@ fn unreachable(n: &skiff::api::core::v1::Node) -> bool {
 }
 
 /// Kubernetes' full-disruption mode: when every node goes silent at once,
-/// the fault is taken to be the control plane's side, and no pod is evicted
-/// until a node is back.
+/// the fault is taken to be the control plane's side: the health taints go,
+/// no pod is evicted, and when a node is back the others get a new grace
+/// period before they are tainted (and their pods evicted) again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_every_node_goes_silent_no_pod_is_evicted_until_one_returns() {
+async fn when_every_node_goes_silent_no_pod_is_evicted_until_one_returns_and_the_rest_get_a_new_grace_period()
+ {
     let mut c = Cluster::start(3).await;
     c.client
         .deployments("default")
@@ -412,10 +414,17 @@ async fn when_every_node_goes_silent_no_pod_is_evicted_until_one_returns() {
     for n in &c.nodes {
         n.stop();
     }
-    c.eventually("every node to be marked unreachable", async || {
-        let nodes = c.client.nodes().list(&ListParams::default()).await.ok()?;
-        nodes.items.iter().all(unreachable).then_some(())
-    })
+    c.eventually(
+        "every node Ready=Unknown and, in full disruption, none tainted",
+        async || {
+            let nodes = c.client.nodes().list(&ListParams::default()).await.ok()?;
+            nodes
+                .items
+                .iter()
+                .all(|n| ready_status(n) == "Unknown" && !unreachable(n))
+                .then_some(())
+        },
+    )
     .await;
     // The pods tolerate the taint for 1 s and nodes are checked every
     // 200 ms: for 3 s, a deletion would have come many times over.
@@ -432,10 +441,28 @@ async fn when_every_node_goes_silent_no_pod_is_evicted_until_one_returns() {
             deleted.is_empty(),
             "evicted in full disruption: {deleted:?}"
         );
+        let tainted: Vec<String> = c
+            .client
+            .nodes()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|n| unreachable(n))
+            .map(|n| n.name().to_owned())
+            .collect();
+        assert!(
+            tainted.is_empty(),
+            "tainted in full disruption: {tainted:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // One node returns: two of three silent is no longer a disruption, the
-    // others' pods are evicted (one node every 10 s) and replaced on n0.
+    // others' pods are evicted (one node every 10 s) and replaced on n0 —
+    // but only after the others were given a whole new grace period from
+    // n0's return, so that nodes on their way back are not evicted for a
+    // silence that was not theirs.
     let client = c.client.clone();
     c.nodes[0] = SimNode::start(client, "n0", 0, Duration::from_millis(300)).await;
     c.eventually("three ready pods on the node that came back", async || {
@@ -447,6 +474,46 @@ async fn when_every_node_goes_silent_no_pod_is_evicted_until_one_returns() {
         (good == 3).then_some(())
     })
     .await;
+    let nodes = c.client.nodes().list(&ListParams::default()).await.unwrap();
+    let back = nodes
+        .items
+        .iter()
+        .find(|n| n.name() == "n0")
+        .and_then(|n| ready_condition(n)?.last_transition_time)
+        .map(|t| std::time::SystemTime::try_from(t).unwrap())
+        .expect("n0 Ready since it came back");
+    let grace = controllers_config().node_monitor_grace;
+    for n in nodes.items.iter().filter(|n| n.name() != "n0") {
+        let taint = n
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.taints
+                    .iter()
+                    .find(|t| t.key == "node.kubernetes.io/unreachable")
+            })
+            .unwrap_or_else(|| panic!("{} tainted unreachable again", n.name()));
+        let added = std::time::SystemTime::try_from(taint.time_added.unwrap()).unwrap();
+        assert!(
+            added >= back + grace,
+            "{} tainted {:?} after n0 came back, within the new grace period of {grace:?}",
+            n.name(),
+            added.duration_since(back).unwrap_or_default(),
+        );
+    }
+}
+
+/// The status of `n`'s Ready condition.
+fn ready_status(n: &skiff::api::core::v1::Node) -> &str {
+    ready_condition(n).map_or("", |c| c.status.as_str())
+}
+
+fn ready_condition(n: &skiff::api::core::v1::Node) -> Option<&skiff::api::core::v1::NodeCondition> {
+    n.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Ready")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,9 @@
 //! where more than 55 % of the nodes (and more than two) are unhealthy,
 //! 0.01 per second if the zone is large (over 50 nodes), else none; and
 //! when every node of every zone is unhealthy at once, the fault is taken
-//! to be this side's (the network, the control plane), not the nodes', and
-//! no pod is evicted until some node is back.
+//! to be this side's (the network, the control plane), not the nodes': the
+//! health taints are removed, no pod is evicted, and when some node is back
+//! every node gets a new grace period before it can be tainted again.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -253,7 +254,7 @@ pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) 
         let (node_store, lease_store, pod_store) = (nodes.store(), leases.store(), pods.store());
         let mut checked = Vec::new();
         for node in node_store.list() {
-            match monitor(&ctx, &node, &lease_store, &mut seen).await {
+            match observe(&ctx, &node, &lease_store, &mut seen).await {
                 Ok(c) => checked.push(c),
                 Err(e) => {
                     tracing::warn!(node = node.name(), error = %e, "node lifecycle check failed")
@@ -262,25 +263,41 @@ pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) 
         }
         let health: Vec<(String, String, bool)> = checked
             .iter()
-            .map(|(n, taints)| (n.name().to_owned(), zone_of(n), unhealthy(taints)))
+            .map(|(n, stale)| (n.name().to_owned(), zone_of(n), unhealthy(n, *stale)))
             .collect();
         let now = Instant::now();
         let was_down = pacer.all_down;
         let all_down = pacer.observe(&health, now);
-        if all_down != was_down {
-            if all_down {
-                tracing::warn!(
-                    "every node is unhealthy: entering full disruption mode, no evictions"
-                );
-            } else {
-                tracing::info!("some nodes are healthy again: leaving full disruption mode");
+        if all_down && !was_down {
+            tracing::warn!(
+                "every node is unhealthy: entering full disruption mode, no evictions, their taints removed"
+            );
+        } else if was_down && !all_down {
+            // As Kubernetes does: every node gets a fresh grace period, so
+            // that the nodes still on their way back are not evicted at
+            // once for a silence that was not theirs.
+            tracing::info!(
+                "some nodes are healthy again: leaving full disruption mode, every node given a new grace period"
+            );
+            for s in seen.values_mut() {
+                s.at = now;
+            }
+            for (_, stale) in &mut checked {
+                *stale = false;
             }
         }
-        for ((node, taints), (name, zone, bad)) in checked.iter().zip(&health) {
+        for ((node, stale), (name, zone, bad)) in checked.iter().zip(&health) {
+            let taints = match reconcile_taints(&ctx, node, *stale, all_down).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(node = node.name(), error = %e, "tainting the node failed");
+                    continue;
+                }
+            };
             if !bad || !pacer.may_evict(name, zone, now) {
                 continue;
             }
-            if let Err(e) = evict(&ctx, node, taints, &pod_store).await {
+            if let Err(e) = evict(&ctx, node, &taints, &pod_store).await {
                 tracing::warn!(node = node.name(), error = %e, "evicting pods failed");
             }
         }
@@ -296,6 +313,11 @@ fn ready_condition(node: &Node) -> Option<&NodeCondition> {
         .find(|c| c.r#type == "Ready")
 }
 
+/// The status of a node's Ready condition ("" when it has none yet).
+fn ready_status(node: &Node) -> &str {
+    ready_condition(node).map_or("", |c| c.status.as_str())
+}
+
 /// A node's zone (empty when it has none).
 fn zone_of(node: &Node) -> String {
     node.meta()
@@ -305,21 +327,43 @@ fn zone_of(node: &Node) -> String {
         .unwrap_or_default()
 }
 
-/// Whether a node's taints say it is unreachable or not ready.
-fn unhealthy(taints: &[Taint]) -> bool {
-    taints
-        .iter()
-        .any(|t| t.key == UNREACHABLE || t.key == NOT_READY)
+/// Whether a node counts as unhealthy for its zone's state: silent past
+/// the grace period, or not reporting Ready (as Kubernetes counts zones).
+fn unhealthy(node: &Node, stale: bool) -> bool {
+    stale || matches!(ready_status(node), "False" | "Unknown")
 }
 
-/// Brings a node's conditions and taints in line with its heartbeats;
-/// returns the node as written and its taints.
-async fn monitor(
+/// The health taint a node should carry, given its Ready status, whether
+/// its heartbeats are past the grace period, the health taint it carries
+/// now, and whether every node is down (then none: the fault is taken to
+/// be this side's). An `Unknown` node whose heartbeats resumed keeps what
+/// it has until its kubelet reports again.
+fn wanted_taint(
+    ready: &str,
+    stale: bool,
+    current: Option<&str>,
+    all_down: bool,
+) -> Option<&'static str> {
+    if all_down {
+        return None;
+    }
+    match ready {
+        "False" => Some(NOT_READY),
+        _ if stale => Some(UNREACHABLE),
+        "Unknown" => current.and_then(|c| [UNREACHABLE, NOT_READY].into_iter().find(|k| *k == c)),
+        _ => None,
+    }
+}
+
+/// Records a node's heartbeats and marks its conditions `Unknown` once its
+/// kubelet has been silent for the grace period; returns the node as
+/// written and whether it is silent.
+async fn observe(
     ctx: &Context,
     node: &Node,
     leases: &Store<Lease>,
     seen: &mut HashMap<String, Seen>,
-) -> Result<(Node, Vec<Taint>), Error> {
+) -> Result<(Node, bool), Error> {
     let name = node.name().to_owned();
     let renew = leases
         .get(&ObjectKey::new(NODE_LEASE_NAMESPACE, &name))
@@ -335,13 +379,10 @@ async fn monitor(
         entry.at = now;
     }
     let stale = now.duration_since(entry.at) > ctx.config.node_monitor_grace;
-    let ready = ready_condition(node)
-        .map(|c| c.status.clone())
-        .unwrap_or_default();
 
     // A silent kubelet: its conditions become Unknown.
     let mut node = node.clone();
-    if stale && ready != "Unknown" {
+    if stale && ready_status(&node) != "Unknown" {
         let status = node.status.get_or_insert_with(Default::default);
         let t: prost_types::Timestamp = SystemTime::now().into();
         for kind in ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"] {
@@ -372,21 +413,27 @@ async fn monitor(
             )
             .await;
     }
-    let ready = ready_condition(&node)
-        .map(|c| c.status.clone())
-        .unwrap_or_default();
-    let wanted: Option<&str> = match ready.as_str() {
-        "True" if !stale => None,
-        "False" => Some(NOT_READY),
-        "" | "True" => None,
-        _ => Some(UNREACHABLE),
-    };
-    // Taints follow health.
+    Ok((node, stale))
+}
+
+/// Brings a node's health taints in line with its state; returns its
+/// taints as written.
+async fn reconcile_taints(
+    ctx: &Context,
+    node: &Node,
+    stale: bool,
+    all_down: bool,
+) -> Result<Vec<Taint>, Error> {
     let taints = node
         .spec
         .as_ref()
         .map(|s| s.taints.clone())
         .unwrap_or_default();
+    let current = taints
+        .iter()
+        .find(|t| t.key == UNREACHABLE || t.key == NOT_READY)
+        .map(|t| t.key.as_str());
+    let wanted = wanted_taint(ready_status(node), stale, current, all_down);
     let mut next: Vec<Taint> = taints
         .iter()
         .filter(|t| {
@@ -405,10 +452,16 @@ async fn monitor(
         });
     }
     if next != taints {
+        let mut node = node.clone();
+        let name = node.name().to_owned();
         node.spec.get_or_insert_with(Default::default).taints = next.clone();
-        node = ctx.client.nodes().update(&node).await?;
+        let node = ctx.client.nodes().update(&node).await?;
         let (reason, message) = match wanted {
             Some(k) => ("NodeTainted", format!("Node {name} tainted {k}:NoExecute")),
+            None if all_down => (
+                "NodeUntainted",
+                format!("Node {name}: every node is unhealthy; health taints removed"),
+            ),
             None => (
                 "NodeReady",
                 format!("Node {name} is healthy again; taints removed"),
@@ -416,7 +469,7 @@ async fn monitor(
         };
         ctx.recorder.record(&node, NORMAL, reason, &message).await;
     }
-    Ok((node, next))
+    Ok(next)
 }
 
 /// When a pod on a node with `taint` must go: `None` if it tolerates the
@@ -615,6 +668,38 @@ mod tests {
         let t2 = t0 + Duration::from_secs(101);
         pacer.observe(&nodes, t2);
         assert!(pacer.may_evict("n1", "big", t2));
+    }
+
+    #[test]
+    fn health_taints_follow_the_node_unless_every_node_is_down() {
+        // (ready, stale, current taint, all down) -> wanted
+        let table = [
+            ("True", false, None, false, None),
+            ("True", false, Some(UNREACHABLE), false, None),
+            ("False", false, None, false, Some(NOT_READY)),
+            ("Unknown", true, None, false, Some(UNREACHABLE)),
+            ("", true, None, false, Some(UNREACHABLE)),
+            // Heartbeats resumed, status not posted yet: keep what it has.
+            (
+                "Unknown",
+                false,
+                Some(UNREACHABLE),
+                false,
+                Some(UNREACHABLE),
+            ),
+            // ... and after a full disruption (taints gone, grace renewed),
+            // no taint until it is silent for a whole grace period again.
+            ("Unknown", false, None, false, None),
+            ("Unknown", true, Some(UNREACHABLE), true, None),
+            ("False", false, Some(NOT_READY), true, None),
+        ];
+        for (ready, stale, current, all_down, want) in table {
+            assert_eq!(
+                wanted_taint(ready, stale, current, all_down),
+                want,
+                "{ready} stale={stale} current={current:?} all_down={all_down}"
+            );
+        }
     }
 
     #[test]
