@@ -84,3 +84,15 @@ pub mod rbac {
         include!(concat!(env!("OUT_DIR"), "/skiff.rbac.v1.rs"));
     }
 }
+
+/// `grpc.health.v1`: the standard gRPC health-checking protocol, generated
+/// here (rather than taken from `tonic-health`) so that it decodes requests
+/// with the same codec as every other service: a request that does not
+/// decode is INVALID_ARGUMENT, not INTERNAL.
+pub mod health {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+    }
+}

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod fuzz;
+
 use crate::api::core::v1::{Container, Pod, PodSpec};
 use crate::api::meta::v1::ObjectMeta;
 

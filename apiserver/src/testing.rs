@@ -465,57 +465,5 @@ pub async fn reopen_embedded(dir: &std::path::Path) -> crate::storage::embedded:
     }
 }
 
-/// A gRPC codec that sends already-encoded request bytes as they are (what
-/// a buggy client or an attacker puts on the wire) and returns responses
-/// undecoded.
-#[derive(Clone, Copy, Default)]
-pub struct RawCodec;
-
-/// Encoder of [`RawCodec`].
-pub struct RawEncoder;
-
-/// Decoder of [`RawCodec`].
-pub struct RawDecoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let v = bytes::Buf::chunk(src).to_vec();
-        bytes::Buf::advance(src, v.len());
-        Ok(Some(v))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
+/// The codec fuzzers use to put raw bytes on the wire.
+pub use skiff::testing::fuzz::RawCodec;

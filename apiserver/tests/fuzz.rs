@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use prost::Message as _;
-use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, Value};
+use prost_reflect::MessageDescriptor;
 use skiff::api::core::v1::Pod;
 use skiff::client::ResourceClient;
+use skiff::testing::fuzz::boundary_request;
 use skiff_apiserver::object_store::{ContinueToken, ReadVersion};
 use skiff_apiserver::testing::TestServer;
 use tonic::Code;
@@ -151,10 +151,12 @@ impl Fuzz {
             });
             let methods = skiff::descriptor::pool()
                 .services()
-                // Every service of the API (the kubelet's is served by nodes).
+                // Every service of the API (the kubelet's is served by
+                // nodes), and health, generated with the API's codec.
                 .filter(|s| {
-                    s.full_name().starts_with("skiff.")
-                        && !s.full_name().starts_with("skiff.kubelet.")
+                    (s.full_name().starts_with("skiff.")
+                        && !s.full_name().starts_with("skiff.kubelet."))
+                        || s.full_name() == "grpc.health.v1.Health"
                 })
                 .flat_map(|s| {
                     s.methods()
@@ -196,90 +198,5 @@ async fn call(server: &TestServer, path: &str, request: Vec<u8>) -> Result<(), t
     match tokio::time::timeout(Duration::from_secs(2), responses.message()).await {
         Ok(r) => r.map(|_| ()),
         Err(_) => Ok(()),
-    }
-}
-
-/// A request of type `desc` whose fields, as `choices` pick them, hold
-/// boundary values.
-fn boundary_request(desc: &MessageDescriptor, choices: &[u8]) -> Vec<u8> {
-    let mut picks = choices.iter().copied().chain(std::iter::repeat(0));
-    fill(desc, &mut picks, 0).encode_to_vec()
-}
-
-fn fill(
-    desc: &MessageDescriptor,
-    picks: &mut impl Iterator<Item = u8>,
-    depth: usize,
-) -> DynamicMessage {
-    let mut msg = DynamicMessage::new(desc.clone());
-    for field in desc.fields() {
-        let pick = picks.next().unwrap_or(0);
-        if pick.is_multiple_of(3) {
-            continue;
-        }
-        let value = if field.is_map() {
-            let Kind::Message(entry) = field.kind() else {
-                continue;
-            };
-            let key = boundary_string(pick);
-            let value = match entry.map_entry_value_field().kind() {
-                Kind::String => Value::String(boundary_string(picks.next().unwrap_or(0))),
-                _ => continue,
-            };
-            Value::Map([(MapKey::String(key), value)].into_iter().collect())
-        } else {
-            let Some(one) = scalar_or_message(&field.kind(), pick, picks, depth) else {
-                continue;
-            };
-            if field.is_list() {
-                Value::List(vec![one.clone(), one])
-            } else {
-                one
-            }
-        };
-        msg.set_field(&field, value);
-    }
-    msg
-}
-
-fn scalar_or_message(
-    kind: &Kind,
-    pick: u8,
-    picks: &mut impl Iterator<Item = u8>,
-    depth: usize,
-) -> Option<Value> {
-    let i = usize::from(pick / 3);
-    Some(match kind {
-        Kind::String => Value::String(boundary_string(pick)),
-        Kind::Bytes => Value::Bytes(vec![0xff; i % 3 * 100].into()),
-        Kind::Bool => Value::Bool(pick.is_multiple_of(2)),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            Value::I32([0, -1, 1, i32::MIN, i32::MAX][i % 5])
-        }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            Value::I64([0, -1, 1, i64::MIN, i64::MAX][i % 5])
-        }
-        Kind::Uint32 | Kind::Fixed32 => Value::U32([0, 1, u32::MAX][i % 3]),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64([0, 1, u64::MAX][i % 3]),
-        Kind::Float => Value::F32([0.0, -1.0, f32::NAN, f32::INFINITY][i % 4]),
-        Kind::Double => Value::F64([0.0, -1.0, f64::NAN, f64::INFINITY][i % 4]),
-        Kind::Enum(_) => Value::EnumNumber([0, 1, 2, 99, -1][i % 5]),
-        Kind::Message(m) if depth < 4 => Value::Message(fill(m, picks, depth + 1)),
-        Kind::Message(_) => return None,
-    })
-}
-
-fn boundary_string(pick: u8) -> String {
-    match pick / 3 % 10 {
-        0 => String::new(),
-        1 => "default".into(),
-        2 => "fuzz-target".into(),
-        3 => "no-such-thing".into(),
-        4 => "x".repeat(300),
-        5 => "-1".into(),
-        6 => "ünï¢ødé ✓".into(),
-        7 => "../../etc/passwd".into(),
-        8 => "a=b,c!=d,(".into(),
-        _ => "\u{0}\u{7f}".into(),
     }
 }

@@ -46,6 +46,11 @@ async fn grpcurl_lists_describes_creates_gets_conflicts_and_deletes() {
     ] {
         assert!(out.contains(svc), "{svc} missing from:\n{out}");
     }
+    // What nodes serve is not listed as if this server answered it.
+    assert!(
+        !out.contains("skiff.kubelet.v1.KubeletService"),
+        "the kubelet's service is listed by the API server:\n{out}"
+    );
     let (ok, out, err) = grpcurl(&["-plaintext", addr, "describe", "skiff.core.v1.Pod"]).await;
     assert!(ok, "{err}");
     assert!(out.contains(".skiff.core.v1.PodSpec spec = 2"), "{out}");

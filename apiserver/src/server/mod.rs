@@ -7,6 +7,7 @@
 //! owns its own).
 
 pub mod connection;
+mod health;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -407,7 +408,7 @@ impl ApiServer {
         skiff::for_each_kind!(serve_every_kind);
         filters.streaming = Arc::new(std::mem::take(&mut r.streaming));
 
-        let (reporter, health) = tonic_health::server::health_reporter();
+        let reporter = tonic_health::server::HealthReporter::new();
         reporter
             .set_service_status("", ServingStatus::Serving)
             .await;
@@ -417,7 +418,7 @@ impl ApiServer {
                 .await;
         }
         let mut routes = r.routes;
-        routes.add_service(health);
+        routes.add_service(health::service(reporter.clone()));
         routes.add_service(
             r.watchable
                 .into_service(ctx.shutdown.clone(), MAX_OBJECT_BYTES + 1024),
@@ -425,10 +426,28 @@ impl ApiServer {
         reporter
             .set_service_status(MULTIPLEXED_WATCH, ServingStatus::Serving)
             .await;
+        // Reflection lists what this server serves, not every service the
+        // descriptors hold (the kubelet's is served by nodes).
+        let mut served: Vec<&str> = r.services.clone();
+        served.extend([
+            MULTIPLEXED_WATCH,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]);
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(skiff::descriptor::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            served.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(skiff::descriptor::FILE_DESCRIPTOR_SET)
+                    // Each version's builder adds its own; both are listed.
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    )
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                    ),
+                |b, name| b.with_service_name(*name),
+            )
         };
         #[allow(
             clippy::expect_used,

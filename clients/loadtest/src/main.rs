@@ -2,6 +2,7 @@
 
 mod density;
 mod dns;
+mod fuzz;
 mod list;
 mod lite;
 mod proxy;
@@ -38,6 +39,11 @@ enum Scenario {
     Proxy(proxy::Args),
     /// The cluster DNS server alone: queries per second and latency.
     Dns(dns::Args),
+    /// Every method of every service with requests made wrong on purpose,
+    /// against a server with RBAC: codes per method, and a failure on any
+    /// server error a client caused, panic, lost answer or refused write
+    /// that changed storage.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Scheduler(args) => scheduler::run(args).await,
             Scenario::Proxy(args) => proxy::run(args).await,
             Scenario::Dns(args) => dns::run(args).await,
+            Scenario::Fuzz(args) => fuzz::run(args).await,
         }
     })
 }

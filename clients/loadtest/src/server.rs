@@ -35,6 +35,8 @@ pub struct ServerUnderTest {
     pub addr: String,
     child: Option<Child>,
     _data: Option<tempfile::TempDir>,
+    /// Lines of a started server's log that report a panic.
+    pub panics: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// The `skiff` binary: `$SKIFF_BIN`, else beside this one.
@@ -49,13 +51,25 @@ pub fn skiff_bin() -> PathBuf {
 }
 
 impl ServerUnderTest {
-    /// Connects to `--server` or starts a server.
+    /// Connects to `--server` or starts a server (insecure: no
+    /// authentication, no authorization).
     pub async fn start(args: &ServerArgs) -> anyhow::Result<Self> {
+        Self::start_with(args, None).await
+    }
+
+    /// Connects to `--server` or starts a server; with `tokens` (a static
+    /// token file), one that authenticates by those tokens and authorizes
+    /// by RBAC, over plaintext.
+    pub async fn start_with(
+        args: &ServerArgs,
+        tokens: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         if let Some(addr) = &args.server {
             return Ok(Self {
                 addr: addr.clone(),
                 child: None,
                 _data: None,
+                panics: Default::default(),
             });
         }
         let data = tempfile::tempdir()?;
@@ -69,9 +83,22 @@ impl ServerUnderTest {
             }
             None => Command::new(&bin),
         };
+        cmd.arg("apiserver");
+        match tokens {
+            Some(file) => {
+                cmd.args([
+                    "--plaintext",
+                    "--authorization-mode",
+                    "RBAC",
+                    "--token-auth-file",
+                ])
+                .arg(file);
+            }
+            None => {
+                cmd.arg("--insecure");
+            }
+        }
         cmd.args([
-            "apiserver",
-            "--insecure",
             "--listen",
             "127.0.0.1:0",
             "--compaction-interval",
@@ -103,13 +130,39 @@ impl ServerUnderTest {
         }
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} (build it with `cargo build --release -p skiff-cli`, or set SKIFF_BIN)", bin.display()))?;
+        // The log is read to its end (a full pipe would stall the server):
+        // what reports a panic is kept, and the last lines, to say why a
+        // server did not start.
+        let panics: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let last: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let stderr = child.stderr.take().context("server stderr")?;
+        let (kept, tail) = (panics.clone(), last.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let lock = |m: &std::sync::Mutex<Vec<String>>| {
+                    m.lock()
+                        .map(|mut v| {
+                            if v.len() >= 20 {
+                                v.remove(0);
+                            }
+                            v.push(line.clone());
+                        })
+                        .ok();
+                };
+                if line.contains("panicked") {
+                    lock(&kept);
+                }
+                lock(&tail);
+            }
+        });
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        let listening = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(a) = line.strip_prefix("listening on ") {
                     return Ok::<_, anyhow::Error>(a.trim().to_owned());
@@ -118,13 +171,32 @@ impl ServerUnderTest {
             bail!("the server exited before listening")
         })
         .await
-        .context("the server did not start within 60 s")??;
+        .context("the server did not start within 60 s")
+        .and_then(|r| r);
+        let addr = match listening {
+            Ok(a) => a,
+            Err(e) => {
+                // Let the log reader catch up with the server's last words.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let said = last.lock().map(|v| v.join("\n")).unwrap_or_default();
+                return Err(e.context(format!("{} said:\n{said}", bin.display())));
+            }
+        };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             addr,
             child: Some(child),
             _data: Some(data),
+            panics,
         })
+    }
+
+    /// How a started server ended, if it has (`None` while it runs, and for
+    /// a server given with `--server`).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Process id of a server this tool started.
