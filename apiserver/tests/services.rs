@@ -61,6 +61,7 @@ on_both_backends!(
     repair_does_not_re_record_a_service_deleted_while_it_runs,
     the_cluster_dns_service_exists_from_the_first_start,
     a_taken_dns_address_does_not_stop_the_server,
+    a_create_refused_for_a_name_in_use_allocates_nothing,
 );
 
 /// A server whose cluster IPs come from a /28 (14 addresses), all free:
@@ -443,4 +444,33 @@ async fn repair_frees_leaked_reservations_and_records_missing_ones(storage: Arc<
         ),
         ghost_ip
     );
+}
+
+/// Found by `skiff-loadtest fuzz`: a second Service of the same name was
+/// refused ALREADY_EXISTS only after a cluster IP had been reserved (and
+/// released again), so a refused request wrote twice. The name is now
+/// checked first: the refusal leaves the storage revision where it was.
+async fn a_create_refused_for_a_name_in_use_allocates_nothing(storage: Arc<dyn Storage>) {
+    let (s, c) = server(storage).await;
+    let services = c.services("default");
+    services.create(&service("web", "")).await.unwrap();
+    let before = s.storage.current_revision().await.unwrap();
+    for ip in ["", "127.99.0.9"] {
+        let err = services.create(&service("web", ip)).await.unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists(_)), "{ip:?}: {err:?}");
+        assert_eq!(
+            s.storage.current_revision().await.unwrap(),
+            before,
+            "a refused create ({ip:?}) wrote to storage"
+        );
+    }
+    // A name deleted just before is free at once (a consistent read).
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    services
+        .create(&service("web", "127.99.0.9"))
+        .await
+        .unwrap();
 }

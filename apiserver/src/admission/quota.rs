@@ -75,6 +75,14 @@ impl Admission {
             .collect())
     }
 
+    /// Whether charging `usage` in `ns` would write to a quota.
+    pub async fn would_charge(&self, ns: &str, usage: &Usage) -> Result<bool, ApiError> {
+        if ns.is_empty() || usage.is_empty() {
+            return Ok(false);
+        }
+        Ok(!self.quotas_tracking(ns, usage).await?.is_empty())
+    }
+
     /// Charges `usage` to the quotas of `ns` that track any of it; the
     /// returned charge is refunded if storing the object fails.
     pub async fn charge(&self, ns: &str, usage: Usage) -> Result<Charge, ApiError> {

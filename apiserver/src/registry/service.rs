@@ -347,6 +347,9 @@ impl<K: Strategy> ResourceServer<K> {
         Self::invalid_if_any(&obj, violations)?;
         Self::check_size(&obj)?;
         self.check_namespace_for_create(&ns).await?;
+        if !generate {
+            self.refuse_a_name_in_use(&obj).await?;
+        }
         let charge = self.admit(&mut obj).await?;
         if let Err(e) = self.run_before_create(&mut obj).await {
             if let (Some(a), Some(c)) = (&self.ctx.admission, charge) {
@@ -388,6 +391,30 @@ impl<K: Strategy> ResourceServer<K> {
                     return Ok(created);
                 }
             }
+        }
+    }
+
+    /// Refuses a create whose name is in use before anything is allocated
+    /// (a Service's cluster IP) or charged (a quota), so that the refusal
+    /// writes nothing — where either would happen; otherwise the store's
+    /// own check is enough. A consistent read: a name deleted just before
+    /// is free. (The store still decides a race between two creates.)
+    async fn refuse_a_name_in_use(&self, obj: &K) -> Result<(), ApiError> {
+        let would_write = self.hooks.is_some()
+            || match &self.ctx.admission {
+                Some(a) => a.would_charge(obj.namespace(), &usage_of(obj)).await?,
+                None => false,
+            };
+        if !would_write {
+            return Ok(());
+        }
+        let (ns, name) = (obj.namespace(), obj.name());
+        match self.store.get(ns, name, ReadVersion::Latest).await? {
+            Some(_) => Err(ApiError::AlreadyExists {
+                kind: Self::kind().to_owned(),
+                name: object_key(ns, name),
+            }),
+            None => Ok(()),
         }
     }
 

@@ -52,7 +52,8 @@ pub struct Args {
     /// Seed of the generator (printed when chosen at random), to repeat a run.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// With `--server`: an administrator's bearer token for it.
+    /// With `--server` (a plaintext server, `skiff apiserver --plaintext`):
+    /// an administrator's bearer token for it.
     #[arg(long)]
     pub token: Option<String>,
     /// With `--server`: a token of a user RBAC grants nothing (optional).
