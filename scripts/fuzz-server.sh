@@ -7,6 +7,7 @@
 # Needs `etcd` (Debian: etcd-server), `taskset` and a release build:
 #   cargo build --release -p skiff-cli -p skiff-loadtest
 # Usage: scripts/fuzz-server.sh [DURATION per backend, default 10m] [SEED]
+#        BACKENDS="etcd1 etcd3" scripts/fuzz-server.sh 5m   # some of them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 L=target/release/skiff-loadtest
@@ -20,7 +21,7 @@ export SKIFF_BIN=${SKIFF_BIN:-target/release/skiff}
 source scripts/bench-etcd.sh
 
 status=0
-for backend in embedded etcd1 etcd3; do
+for backend in ${BACKENDS:-embedded etcd1 etcd3}; do
   case $backend in
     embedded) storage=(--storage embedded) ;;
     etcd1) storage=(--storage etcd --etcd-endpoints "$E1") ;;
