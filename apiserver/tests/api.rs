@@ -1780,6 +1780,32 @@ async fn malformed_and_contradictory_requests_are_refused_naming_the_field_and_c
     );
     assert!(!err.message().contains("label key"), "{}", err.message());
 
+    // Grace periods and deadlines past what a clock holds (found by
+    // `skiff-loadtest fuzz`: a delete with i64::MAX seconds panicked adding
+    // them to the present).
+    let err = Pod::delete_in(
+        t.clone(),
+        DeleteParams {
+            grace_period_seconds: Some(i64::MAX),
+            ..del("default", "m1")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "grace_period_seconds"
+    );
+    let mut p = pod("default", "forever");
+    p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(i64::MAX);
+    let err = Pod::create_in(t.clone(), p).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "spec.terminationGracePeriodSeconds"
+    );
+
     assert_eq!(
         revision(s).await,
         before,

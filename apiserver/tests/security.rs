@@ -28,7 +28,6 @@ use skiff_apiserver::authn::{AuthConfig, StaticTokens};
 use skiff_apiserver::filters::LimitsConfig;
 use skiff_apiserver::pki::{CertificateAuthority, CertifiedKey};
 use skiff_apiserver::server::{SecurityConfig, TlsPem};
-use skiff_apiserver::storage::Storage as _;
 use skiff_apiserver::testing::TestServer;
 
 /// How long a change of credentials or limits may take to apply.

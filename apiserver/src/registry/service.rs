@@ -584,6 +584,20 @@ impl<K: Strategy> ResourceServer<K> {
                 "must not be negative",
             ));
         }
+        if let Some(g) = p
+            .grace_period_seconds
+            .filter(|g| *g > crate::registry::validation::MAX_SECONDS)
+        {
+            return Err(ApiError::invalid(
+                Self::kind(),
+                &key,
+                "grace_period_seconds",
+                format!(
+                    "{g}: must be at most {} (ten years)",
+                    crate::registry::validation::MAX_SECONDS
+                ),
+            ));
+        }
         let precondition_rv: Option<u64> = match p
             .preconditions
             .as_ref()
@@ -851,7 +865,17 @@ pub fn now() -> prost_types::Timestamp {
 }
 
 fn timestamp_after(d: Duration) -> prost_types::Timestamp {
-    (SystemTime::now() + d).into()
+    // Requests are bounded (MAX_SECONDS); an object stored before the
+    // bound existed saturates instead of overflowing.
+    let now = SystemTime::now();
+    now.checked_add(d)
+        .or_else(|| {
+            now.checked_add(Duration::from_secs(
+                crate::registry::validation::MAX_SECONDS.unsigned_abs(),
+            ))
+        })
+        .unwrap_or(now)
+        .into()
 }
 
 /// `prefix` plus five random characters, as Kubernetes generates names.

@@ -407,7 +407,10 @@ impl Jobs {
                 "Job has reached the specified backoff limit",
             ))
         } else if let Some(deadline) = spec.active_deadline_seconds {
-            let end = started + Duration::from_secs(deadline.max(0) as u64);
+            // A deadline past what a clock holds never comes.
+            let end = started
+                .checked_add(Duration::from_secs(deadline.max(0) as u64))
+                .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600));
             match end.duration_since(now) {
                 Ok(left) if !left.is_zero() => {
                     wait = Some(left);

@@ -70,6 +70,11 @@ fn validate_job_spec(spec: &JobSpec, path: &str, selector_required: bool) -> Vec
             "must be greater than 0",
         ));
     }
+    crate::registry::validation::check_max_seconds(
+        spec.active_deadline_seconds,
+        &format!("{path}.activeDeadlineSeconds"),
+        &mut v,
+    );
     match spec.completion_mode.as_str() {
         "" | "NonIndexed" => {}
         "Indexed" => {

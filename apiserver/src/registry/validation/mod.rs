@@ -39,6 +39,24 @@ pub enum NameRule {
 }
 
 /// Checks a name against a rule.
+
+/// The longest grace period or deadline accepted, in seconds (ten years):
+/// beyond it, a deadline is not a time a clock holds (and a sum with the
+/// present overflows), and "never" is meant anyway.
+pub const MAX_SECONDS: i64 = 10 * 365 * 24 * 3600;
+
+/// A violation if `seconds` (at `field`) is past [`MAX_SECONDS`].
+pub fn check_max_seconds(seconds: Option<i64>, field: &str, v: &mut Vec<FieldViolation>) {
+    if let Some(s) = seconds
+        && s > MAX_SECONDS
+    {
+        v.push(FieldViolation::new(
+            field.to_owned(),
+            format!("{s}: must be at most {MAX_SECONDS} (ten years)"),
+        ));
+    }
+}
+
 pub fn check_name(rule: NameRule, name: &str) -> Result<(), String> {
     match rule {
         NameRule::Subdomain => validate_dns1123_subdomain(name),
@@ -329,6 +347,16 @@ pub fn validate_pod_spec(spec: Option<&core::PodSpec>, path: &str, v: &mut Viola
             "must be positive",
         ));
     }
+    check_max_seconds(
+        spec.termination_grace_period_seconds,
+        &format!("{path}.terminationGracePeriodSeconds"),
+        v,
+    );
+    check_max_seconds(
+        spec.active_deadline_seconds,
+        &format!("{path}.activeDeadlineSeconds"),
+        v,
+    );
     validate_labels(&spec.node_selector, &format!("{path}.nodeSelector"), v);
     if !spec.node_name.is_empty()
         && let Err(e) = validate_dns1123_subdomain(&spec.node_name)
@@ -694,6 +722,11 @@ fn validate_container(c: &core::Container, p: &str, init: bool, v: &mut Violatio
                 ));
             }
             validate_probe(probe, &format!("{p}.{name}"), v);
+            check_max_seconds(
+                probe.termination_grace_period_seconds,
+                &format!("{p}.{name}.terminationGracePeriodSeconds"),
+                v,
+            );
             if let Some(g) = probe.termination_grace_period_seconds {
                 if name == "readinessProbe" {
                     v.push(FieldViolation::new(
