@@ -38,8 +38,6 @@ pub enum NameRule {
     PathSegment,
 }
 
-/// Checks a name against a rule.
-
 /// The longest grace period or deadline accepted, in seconds (ten years):
 /// beyond it, a deadline is not a time a clock holds (and a sum with the
 /// present overflows), and "never" is meant anyway.
@@ -57,6 +55,7 @@ pub fn check_max_seconds(seconds: Option<i64>, field: &str, v: &mut Vec<FieldVio
     }
 }
 
+/// Checks a name against a rule.
 pub fn check_name(rule: NameRule, name: &str) -> Result<(), String> {
     match rule {
         NameRule::Subdomain => validate_dns1123_subdomain(name),
