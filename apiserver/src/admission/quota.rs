@@ -75,26 +75,30 @@ impl Admission {
             .collect())
     }
 
-    /// Whether charging `usage` in `ns` would write to a quota.
-    pub async fn would_charge(&self, ns: &str, usage: &Usage) -> Result<bool, ApiError> {
+    /// The quotas of `ns` that track any of `usage`: those a create using
+    /// it would be charged to (none outside a namespace or for no usage).
+    pub async fn tracking(&self, ns: &str, usage: &Usage) -> Result<Vec<String>, ApiError> {
         if ns.is_empty() || usage.is_empty() {
-            return Ok(false);
+            return Ok(Vec::new());
         }
-        Ok(!self.quotas_tracking(ns, usage).await?.is_empty())
+        self.quotas_tracking(ns, usage).await
     }
 
-    /// Charges `usage` to the quotas of `ns` that track any of it; the
-    /// returned charge is refunded if storing the object fails.
-    pub async fn charge(&self, ns: &str, usage: Usage) -> Result<Charge, ApiError> {
+    /// Charges `usage` to `quotas` of `ns`, as found by [`Self::tracking`]
+    /// (a quota deleted since is skipped); the returned charge is refunded
+    /// if storing the object fails.
+    pub async fn charge_tracked(
+        &self,
+        ns: &str,
+        usage: Usage,
+        quotas: Vec<String>,
+    ) -> Result<Charge, ApiError> {
         let mut charge = Charge {
             namespace: ns.to_owned(),
             usage,
             quotas: Vec::new(),
         };
-        if charge.usage.is_empty() {
-            return Ok(charge);
-        }
-        for q in self.quotas_tracking(ns, &charge.usage).await? {
+        for q in quotas {
             match self.adjust(ns, &q, &charge.usage, 1).await {
                 Ok(()) => charge.quotas.push(q),
                 Err(ApiError::NotFound { .. }) => {}

@@ -271,17 +271,28 @@ impl<K: Strategy> ResourceServer<K> {
     }
 
     /// Runs the kind's admission plugins, then charges the object to its
-    /// namespace's quotas; the charge is refunded if storing fails.
-    async fn admit(&self, obj: &mut K) -> Result<Option<Charge>, ApiError> {
+    /// namespace's quotas; the charge is refunded if storing fails. For a
+    /// create of a `named` object (not a generated name) the name is checked
+    /// first wherever the create would charge a quota or allocate (hooks),
+    /// so that a refusal for a name in use writes nothing.
+    async fn admit(&self, obj: &mut K, named: bool) -> Result<Option<Charge>, ApiError> {
         let Some(a) = &self.ctx.admission else {
+            if named && self.hooks.is_some() {
+                self.refuse_a_name_in_use(obj).await?;
+            }
             return Ok(None);
         };
         obj.admit(a).await?;
         let ns = obj.namespace().to_owned();
+        let usage = usage_of(obj);
+        let quotas = a.tracking(&ns, &usage).await?;
+        if named && (self.hooks.is_some() || !quotas.is_empty()) {
+            self.refuse_a_name_in_use(obj).await?;
+        }
         if ns.is_empty() {
             return Ok(Some(Charge::default()));
         }
-        Ok(Some(a.charge(&ns, usage_of(obj)).await?))
+        Ok(Some(a.charge_tracked(&ns, usage, quotas).await?))
     }
 
     fn check_size(obj: &K) -> Result<(), ApiError> {
@@ -347,10 +358,7 @@ impl<K: Strategy> ResourceServer<K> {
         Self::invalid_if_any(&obj, violations)?;
         Self::check_size(&obj)?;
         self.check_namespace_for_create(&ns).await?;
-        if !generate {
-            self.refuse_a_name_in_use(&obj).await?;
-        }
-        let charge = self.admit(&mut obj).await?;
+        let charge = self.admit(&mut obj, !generate).await?;
         if let Err(e) = self.run_before_create(&mut obj).await {
             if let (Some(a), Some(c)) = (&self.ctx.admission, charge) {
                 a.refund(c).await;
@@ -394,20 +402,11 @@ impl<K: Strategy> ResourceServer<K> {
         }
     }
 
-    /// Refuses a create whose name is in use before anything is allocated
-    /// (a Service's cluster IP) or charged (a quota), so that the refusal
-    /// writes nothing — where either would happen; otherwise the store's
-    /// own check is enough. A consistent read: a name deleted just before
-    /// is free. (The store still decides a race between two creates.)
+    /// Refuses a create whose name is in use, before anything is allocated
+    /// (a Service's cluster IP) or charged (a quota). A consistent read: a
+    /// name deleted just before is free. (The store still decides a race
+    /// between two creates.)
     async fn refuse_a_name_in_use(&self, obj: &K) -> Result<(), ApiError> {
-        let would_write = self.hooks.is_some()
-            || match &self.ctx.admission {
-                Some(a) => a.would_charge(obj.namespace(), &usage_of(obj)).await?,
-                None => false,
-            };
-        if !would_write {
-            return Ok(());
-        }
         let (ns, name) = (obj.namespace(), obj.name());
         match self.store.get(ns, name, ReadVersion::Latest).await? {
             Some(_) => Err(ApiError::AlreadyExists {

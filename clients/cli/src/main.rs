@@ -111,6 +111,12 @@ fn exit_quietly_on_broken_pipe() {
     }));
 }
 
+/// mimalloc instead of glibc's allocator: under load, glibc's malloc and
+/// free took about a third of every component's CPU (`perf` during
+/// `skiff-loadtest density`), most of it in freeing across threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     exit_quietly_on_broken_pipe();
     let cli = Cli::parse();

@@ -46,6 +46,12 @@ enum Scenario {
     Fuzz(fuzz::Args),
 }
 
+/// mimalloc instead of glibc's allocator: under load, glibc's malloc and
+/// free took about a third of the load generator's CPU (`perf` during
+/// `skiff-loadtest density`), most of it in freeing across threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = skiff::rt::multi_thread()?;

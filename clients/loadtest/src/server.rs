@@ -37,6 +37,8 @@ pub struct ServerUnderTest {
     _data: Option<tempfile::TempDir>,
     /// Lines of a started server's log that report a panic.
     pub panics: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Address of a started server's Prometheus endpoint.
+    pub metrics: Option<String>,
 }
 
 /// The `skiff` binary: `$SKIFF_BIN`, else beside this one.
@@ -70,6 +72,7 @@ impl ServerUnderTest {
                 child: None,
                 _data: None,
                 panics: Default::default(),
+                metrics: None,
             });
         }
         let data = tempfile::tempdir()?;
@@ -99,6 +102,8 @@ impl ServerUnderTest {
             }
         }
         cmd.args([
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--listen",
             "127.0.0.1:0",
             "--compaction-interval",
@@ -162,8 +167,12 @@ impl ServerUnderTest {
         });
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
         let listening = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("metrics on ") {
+                    metrics = Some(a.trim().to_owned());
+                }
                 if let Some(a) = line.strip_prefix("listening on ") {
                     return Ok::<_, anyhow::Error>(a.trim().to_owned());
                 }
@@ -188,7 +197,24 @@ impl ServerUnderTest {
             child: Some(child),
             _data: Some(data),
             panics,
+            metrics,
         })
+    }
+
+    /// The started server's own latency histogram `name` for the series
+    /// with `labels` (e.g. `apiserver_request_duration_seconds`, verb
+    /// create, resource Pod): what Kubernetes' API-call latency SLIs are
+    /// computed from. `None` for a server given with `--server`.
+    pub async fn histogram(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Option<Buckets>> {
+        let Some(addr) = &self.metrics else {
+            return Ok(None);
+        };
+        let text = scrape(addr).await?;
+        Ok(Some(Buckets::parse(&text, name, labels)))
     }
 
     /// How a started server ended, if it has (`None` while it runs, and for
@@ -299,5 +325,186 @@ impl Sampler {
         let cpu =
             cpu_seconds(pid).map(|c| (c - self.cpu_start) / self.started.elapsed().as_secs_f64());
         (rss, Some(peak), cpu)
+    }
+}
+
+/// Reads `http://addr/metrics` (Prometheus text).
+async fn scrape(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the server's metrics on {addr}"))?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: loadtest\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await?;
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(body))
+}
+
+/// A latency histogram's cumulative buckets as a server exposes them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Buckets(Vec<(f64, u64)>);
+
+impl Buckets {
+    /// The buckets of `name` whose series carries every one of `labels`.
+    pub fn parse(text: &str, name: &str, labels: &[(&str, &str)]) -> Self {
+        let prefix = format!("{name}_bucket{{");
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((series, count)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            if !labels
+                .iter()
+                .all(|(k, v)| series.split(',').any(|l| l == format!("{k}=\"{v}\"")))
+            {
+                continue;
+            }
+            let Some(le) = series
+                .split(',')
+                .find_map(|l| l.strip_prefix("le=\""))
+                .map(|l| l.trim_end_matches('"'))
+            else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            if let Ok(c) = count.trim().parse::<u64>() {
+                out.push((le, c));
+            }
+        }
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Self(out)
+    }
+
+    /// What was observed between `earlier` and this reading.
+    pub fn since(&self, earlier: &Buckets) -> Buckets {
+        Self(
+            self.0
+                .iter()
+                .map(|(le, c)| {
+                    let before = earlier
+                        .0
+                        .iter()
+                        .find(|(l, _)| l == le)
+                        .map_or(0, |(_, c)| *c);
+                    (*le, c.saturating_sub(before))
+                })
+                .collect(),
+        )
+    }
+
+    /// Observations counted.
+    pub fn count(&self) -> u64 {
+        self.0.last().map_or(0, |(_, c)| *c)
+    }
+
+    /// The smallest bucket bound every observation is within, in seconds
+    /// (`None` if empty or past the last finite bound).
+    pub fn upper_bound(&self) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        self.0
+            .iter()
+            .find(|(_, c)| *c == total)
+            .map(|(le, _)| *le)
+            .filter(|le| le.is_finite())
+    }
+
+    /// The `q` quantile in seconds, interpolated linearly within its
+    /// bucket as Prometheus' `histogram_quantile` does; `None` if empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let (mut lower, mut below) = (0.0, 0u64);
+        for &(le, c) in &self.0 {
+            if c as f64 >= rank {
+                if le.is_infinite() {
+                    return Some(lower);
+                }
+                let inside = (c - below) as f64;
+                let frac = if inside > 0.0 {
+                    (rank - below as f64) / inside
+                } else {
+                    1.0
+                };
+                return Some(lower + (le - lower) * frac);
+            }
+            (lower, below) = (le, c);
+        }
+        Some(lower)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buckets;
+
+    const TEXT: &str = r#"# TYPE apiserver_request_duration_seconds histogram
+apiserver_request_duration_seconds_bucket{verb="create",resource="Pod",le="0.01"} 50
+apiserver_request_duration_seconds_bucket{verb="create",resource="Pod",le="0.1"} 90
+apiserver_request_duration_seconds_bucket{verb="create",resource="Pod",le="+Inf"} 100
+apiserver_request_duration_seconds_bucket{verb="get",resource="Pod",le="0.01"} 7
+"#;
+
+    #[test]
+    fn a_quantile_is_interpolated_within_its_bucket_of_the_chosen_series() {
+        let b = Buckets::parse(
+            TEXT,
+            "apiserver_request_duration_seconds",
+            &[("verb", "create"), ("resource", "Pod")],
+        );
+        assert_eq!(b.count(), 100);
+        assert!((b.quantile(0.5).unwrap() - 0.01).abs() < 1e-9);
+        // Rank 70 of 100 is half-way through the 0.01..0.1 bucket.
+        assert!((b.quantile(0.7).unwrap() - 0.055).abs() < 1e-9);
+        // Past the last finite bound: that bound.
+        assert!((b.quantile(0.99).unwrap() - 0.1).abs() < 1e-9);
+        let none = Buckets::parse(
+            TEXT,
+            "apiserver_request_duration_seconds",
+            &[("verb", "list")],
+        );
+        assert_eq!(none.quantile(0.99), None);
+    }
+
+    #[test]
+    fn the_difference_of_two_readings_counts_only_what_came_between() {
+        let labels = [("verb", "create"), ("resource", "Pod")];
+        let after = Buckets::parse(TEXT, "apiserver_request_duration_seconds", &labels);
+        let before = Buckets::parse(
+            &TEXT
+                .replace("} 50", "} 20")
+                .replace("} 90", "} 40")
+                .replace("} 100", "} 40"),
+            "apiserver_request_duration_seconds",
+            &labels,
+        );
+        let d = after.since(&before);
+        assert_eq!(d.count(), 60);
+        assert_eq!(
+            Buckets::parse(
+                &TEXT.replace("} 100", "} 90"),
+                "apiserver_request_duration_seconds",
+                &labels
+            )
+            .upper_bound(),
+            Some(0.1)
+        );
+        assert!((d.quantile(0.5).unwrap() - 0.01).abs() < 1e-9);
     }
 }
