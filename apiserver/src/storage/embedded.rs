@@ -3,7 +3,10 @@
 //! Tables: `kv` holds the latest record of every key; `log` holds one record
 //! per revision (the change and the key's previous state) until compaction,
 //! which serves watches from a past revision and reads at a past revision;
-//! `meta` holds the current and compacted revisions.
+//! `meta` holds the current and compacted revisions. Compaction takes
+//! effect at once (reads and watches before the compacted revision are
+//! refused) while its log records are removed a bounded number per commit,
+//! so that a compaction never holds the writes of one commit for long.
 //!
 //! All writes go through one writer thread that takes every request waiting
 //! in its queue and commits them in one transaction (one fsync for the
@@ -45,6 +48,11 @@ const LOG_CHUNK: usize = 1024;
 /// Most times the writer lets request tasks run before cutting a batch
 /// (it stops as soon as the queue stops growing).
 const MAX_YIELDS: usize = 8;
+/// Most compacted log records removed in a commit that carries writes.
+const PURGE_WITH_WRITES: u64 = 1024;
+/// Most compacted log records removed in a commit of their own (taken when
+/// no write waits).
+const PURGE_IDLE: u64 = 16 * 1024;
 /// Buckets of the commit batch size histogram.
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -184,14 +192,24 @@ pub struct EmbeddedStorage {
 impl EmbeddedStorage {
     /// Opens (or creates) the store in `dir`, as `dir/skiff.redb`.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(
+            dir,
+            PurgeLimits {
+                with_writes: PURGE_WITH_WRITES,
+                idle: PURGE_IDLE,
+            },
+        )
+    }
+
+    fn open_with(dir: &Path, limits: PurgeLimits) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(StorageError::unavailable)?;
         let db = Database::create(dir.join("skiff.redb")).map_err(db_err)?;
-        let (revision, compacted) = {
+        let (revision, compacted, purged) = {
             let txn = db.begin_write().map_err(db_err)?;
-            let (revision, compacted) = {
+            let (revision, compacted, purged) = {
                 let mut meta = txn.open_table(META).map_err(db_err)?;
                 txn.open_table(KV).map_err(db_err)?;
-                txn.open_table(LOG).map_err(db_err)?;
+                let log = txn.open_table(LOG).map_err(db_err)?;
                 let revision = meta
                     .get(META_REVISION)
                     .map_err(db_err)?
@@ -203,10 +221,16 @@ impl EmbeddedStorage {
                     .map(|g| g.value())
                     .unwrap_or(0);
                 meta.insert(META_REVISION, revision).map_err(db_err)?;
-                (revision, compacted)
+                // Records below the compacted revision a previous run had
+                // not removed yet are removed from here on.
+                let purged = log
+                    .first()
+                    .map_err(db_err)?
+                    .map_or(compacted, |(k, _)| k.value().min(compacted));
+                (revision, compacted, purged)
             };
             txn.commit().map_err(db_err)?;
-            (revision as i64, compacted as i64)
+            (revision as i64, compacted as i64, purged)
         };
         let (events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
@@ -219,7 +243,7 @@ impl EmbeddedStorage {
         let writer = inner.clone();
         std::thread::Builder::new()
             .name("skiff-storage-writer".into())
-            .spawn(move || writer_loop(&writer, rx))
+            .spawn(move || writer_loop(&writer, rx, purged, limits))
             .map_err(StorageError::unavailable)?;
         Ok(Self { inner, writes })
     }
@@ -238,7 +262,20 @@ impl EmbeddedStorage {
 #[error("embedded storage writer has stopped")]
 struct Closed;
 
-fn writer_loop(inner: &Inner, mut rx: mpsc::Receiver<WriteRequest>) {
+/// How many compacted log records a commit removes.
+#[derive(Debug, Clone, Copy)]
+struct PurgeLimits {
+    with_writes: u64,
+    idle: u64,
+}
+
+/// The writer thread. `purged`: every log record below it is removed.
+fn writer_loop(
+    inner: &Inner,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    mut purged: u64,
+    limits: PurgeLimits,
+) {
     let batch_sizes = global()
         .histogram(
             "skiff_storage_commit_batch_size",
@@ -269,13 +306,24 @@ fn writer_loop(inner: &Inner, mut rx: mpsc::Receiver<WriteRequest>) {
             }
         }
         batch_sizes.observe(batch.len() as f64);
-        commit_batch(inner, batch);
+        commit_batch(inner, batch, &mut purged, limits.with_writes);
+        // What a compaction left is removed while nothing else waits.
+        while purged < inner.compacted.load(Ordering::Acquire) as u64 && rx.is_empty() {
+            let before = purged;
+            commit_batch(inner, Vec::new(), &mut purged, limits.idle);
+            if purged == before {
+                break;
+            }
+        }
     }
 }
 
-fn commit_batch(inner: &Inner, batch: Vec<WriteRequest>) {
+/// Commits `batch` in one transaction, with at most `purge_limit` log
+/// records below the compacted revision removed from `purged` on.
+fn commit_batch(inner: &Inner, batch: Vec<WriteRequest>, purged: &mut u64, purge_limit: u64) {
     let mut results = Vec::with_capacity(batch.len());
     let mut events = Vec::new();
+    let mut new_purged = *purged;
     let outcome = (|| -> Result<Revision> {
         let txn = inner.db.begin_write().map_err(db_err)?;
         let mut revision = inner.revision.load(Ordering::Acquire);
@@ -291,6 +339,12 @@ fn commit_batch(inner: &Inner, batch: Vec<WriteRequest>) {
                     result
                 }));
             }
+            let purge_to = (compacted as u64).min(purged.saturating_add(purge_limit));
+            if *purged < purge_to {
+                log.retain_in(*purged..purge_to, |_, _| false)
+                    .map_err(db_err)?;
+            }
+            new_purged = purge_to.max(*purged);
             meta.insert(META_REVISION, revision as u64)
                 .map_err(db_err)?;
             meta.insert(META_COMPACTED, compacted as u64)
@@ -300,6 +354,9 @@ fn commit_batch(inner: &Inner, batch: Vec<WriteRequest>) {
         inner.compacted.store(compacted, Ordering::Release);
         Ok(revision)
     })();
+    if outcome.is_ok() {
+        *purged = new_purged;
+    }
     match outcome {
         Ok(revision) => {
             inner.revision.store(revision, Ordering::Release);
@@ -477,8 +534,7 @@ fn apply(
                     compacted: *compacted,
                 }));
             }
-            log.retain_in(..(*target as u64), |_, _| false)
-                .map_err(db_err)?;
+            // The records go a chunk per commit (see `commit_batch`).
             *compacted = *target;
             Ok(Ok((OpResult::Compacted, None)))
         }
@@ -837,5 +893,127 @@ impl Storage for EmbeddedStorage {
 
     fn reports_progress(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Log records below `revision` still stored.
+    fn records_below(s: &EmbeddedStorage, revision: Revision) -> usize {
+        records_in(s, 0, revision)
+    }
+
+    /// Log records of revisions `from..to` stored.
+    fn records_in(s: &EmbeddedStorage, from: Revision, to: Revision) -> usize {
+        let txn = s.inner.db.begin_read().unwrap();
+        let log = txn.open_table(LOG).unwrap();
+        log.range(from as u64..to as u64).unwrap().count()
+    }
+
+    async fn write_many(s: &EmbeddedStorage, n: usize) -> Revision {
+        let writes = (0..n).map(|i| s.create_or_put(format!("/k/{i}")));
+        futures::future::join_all(writes).await;
+        s.current_revision().await.unwrap()
+    }
+
+    impl EmbeddedStorage {
+        async fn create_or_put(&self, key: String) {
+            self.submit(Op::Put {
+                key,
+                value: Bytes::from_static(b"v"),
+            })
+            .await
+            .unwrap();
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compaction_refuses_old_revisions_at_once_and_removes_its_records_a_chunk_per_commit()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = PurgeLimits {
+            with_writes: 10,
+            idle: 50,
+        };
+        let s = EmbeddedStorage::open_with(dir.path(), limits).unwrap();
+        let rev = write_many(&s, 600).await;
+        assert!(records_below(&s, rev) >= 599);
+        s.compact(rev).await.unwrap();
+        // Refused at once, whatever is still stored.
+        match s.watch("/k/", rev - 100).await {
+            Err(StorageError::Compacted { compacted, .. }) => assert_eq!(compacted, rev),
+            Err(e) => panic!("expected Compacted, got {e}"),
+            Ok(_) => panic!("a watch from a compacted revision must fail"),
+        }
+        // The compacted revision itself is still readable.
+        let at = s
+            .range(RangeRequest {
+                prefix: "/k/".into(),
+                revision: Some(rev),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(at.kvs.len(), 600);
+        // Removed a chunk per idle commit: every one of them, in the end.
+        until("the compacted records to be removed", || {
+            records_below(&s, rev) == 0
+        })
+        .await;
+        // Writes go on and stay in the log.
+        let later = write_many(&s, 20).await;
+        assert_eq!(
+            records_in(&s, rev, later + 1),
+            21,
+            "the compacted revision's and the new"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_a_compaction_left_are_removed_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let rev = {
+            // Limits of 0: nothing is removed by this instance.
+            let none = PurgeLimits {
+                with_writes: 0,
+                idle: 0,
+            };
+            let s = EmbeddedStorage::open_with(dir.path(), none).unwrap();
+            let rev = write_many(&s, 200).await;
+            s.compact(rev).await.unwrap();
+            write_many(&s, 5).await;
+            assert!(records_below(&s, rev) >= 199, "nothing removed yet");
+            rev
+        };
+        let s = loop {
+            match EmbeddedStorage::open(dir.path()) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        // The next commit takes the first chunk; idle commits the rest.
+        write_many(&s, 1).await;
+        until("the records left behind to be removed", || {
+            records_below(&s, rev) == 0
+        })
+        .await;
+        assert_eq!(
+            records_in(&s, rev, rev + 6),
+            6,
+            "the compacted revision's and those after it kept"
+        );
     }
 }
