@@ -40,6 +40,16 @@ pub mod batch {
     }
 }
 
+/// `skiff.apiextensions.v1`: kinds defined at run time (Kubernetes'
+/// `apiextensions.k8s.io/v1`, with protobuf schemas).
+pub mod apiextensions {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        include!(concat!(env!("OUT_DIR"), "/skiff.apiextensions.v1.rs"));
+    }
+}
+
 /// `skiff.storage.v1`: storage classes (Kubernetes' `storage.k8s.io/v1`).
 pub mod storage {
     /// Version 1.

@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod descriptor;
 pub mod duration;
+pub mod dynamic_object;
 pub mod manifest;
 pub mod metrics;
 pub mod names;

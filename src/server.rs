@@ -167,25 +167,41 @@ where
                 Err(status) => return Ok(status.into_http()),
             };
             Ok(match call(parts, message).await {
-                Ok(stream) => {
-                    let mut response = http::Response::new(tonic::body::Body::new(FramedBody {
-                        stream,
-                        done: false,
-                    }));
-                    response.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/grpc"),
-                    );
-                    response
-                }
+                Ok(stream) => streaming_response(stream),
                 Err(status) => status.into_http(),
             })
         })
     }
 }
 
-/// The one message of a unary request body (gRPC framing, uncompressed).
-async fn read_unary_message(body: tonic::body::Body, max: usize) -> Result<Bytes, Status> {
+/// The response of a server-streaming call: each of `stream`'s events
+/// (written as framed, when it was framed once for every receiver), then
+/// the status it ends with.
+pub fn streaming_response<K: prost::Message + Default + Send + 'static>(
+    stream: WatchStream<K>,
+) -> HttpResponse {
+    let mut response = http::Response::new(tonic::body::Body::new(FramedBody {
+        stream,
+        done: false,
+    }));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// The response of a unary call that answers `message` (encoded).
+pub fn unary_response(message: &[u8]) -> HttpResponse {
+    let event = WatchEvent::<crate::dynamic_object::DynamicObject>::pre_framed(
+        crate::wire::grpc_frame(message),
+    );
+    streaming_response(Box::pin(futures::stream::once(async move { Ok(event) })))
+}
+
+/// The one message of a unary request body (gRPC framing, uncompressed),
+/// at most `max` bytes.
+pub async fn read_unary_message(body: tonic::body::Body, max: usize) -> Result<Bytes, Status> {
     use http_body_util::BodyExt;
     let bytes = http_body_util::Limited::new(body, max.saturating_add(crate::wire::GRPC_PREFIX))
         .collect()

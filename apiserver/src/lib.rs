@@ -25,6 +25,7 @@
 
 pub mod admission;
 pub mod allocation;
+pub mod apiextensions;
 pub mod authn;
 pub mod authz;
 pub mod cacher;

@@ -28,15 +28,18 @@ pub struct Charge {
     quotas: Vec<String>,
 }
 
+/// What one stored object of a kind uses, read from its key and value.
+pub type CountFn = std::sync::Arc<dyn Fn(&KeyValue) -> Result<Usage, ApiError> + Send + Sync>;
+
 /// How one kind's stored objects count against a new quota.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct UsageCounter {
     /// The kind.
     pub info: KindInfo,
     /// Resources beyond its object count that it may use.
     pub resources: &'static [&'static str],
     /// What one stored object uses.
-    pub count: fn(&KeyValue) -> Result<Usage, ApiError>,
+    pub count: CountFn,
 }
 
 impl Admission {

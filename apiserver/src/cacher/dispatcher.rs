@@ -186,7 +186,7 @@ pub(super) async fn run<K: crate::registry::strategy::Strategy>(
                         // The ring moved past events not yet logged: nobody
                         // can vouch for the watchers' streams any more.
                         tracing::warn!(
-                            kind = K::INFO.kind,
+                            kind = shared.kind.info.kind,
                             "watch cache: dispatch fell behind the event ring; ending every watch"
                         );
                         shared

@@ -105,6 +105,8 @@ struct Shared {
     /// Highest revision a consistent read asked the feed to confirm.
     requested: watch::Sender<Revision>,
     pending: Mutex<Vec<Arc<dyn KindCache>>>,
+    /// Plurals of kinds no longer served (their definition was deleted).
+    leaving: Mutex<Vec<String>>,
     registered: Notify,
     stalled: Notify,
     counters: Counters,
@@ -134,6 +136,7 @@ impl Feed {
             watching: watch::channel(true).0,
             requested: watch::channel(0).0,
             pending: Mutex::new(Vec::new()),
+            leaving: Mutex::new(Vec::new()),
             registered: Notify::new(),
             stalled: Notify::new(),
             counters: Counters::default(),
@@ -158,6 +161,17 @@ impl Feed {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(cache);
+        self.shared.registered.notify_one();
+    }
+
+    /// Stops feeding the cache of the kind whose keys are under `plural`
+    /// (a kind defined at run time, no longer served).
+    pub fn unregister(&self, plural: &str) {
+        self.shared
+            .leaving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(plural.to_owned());
         self.shared.registered.notify_one();
     }
 
@@ -240,14 +254,14 @@ async fn run(shared: Arc<Shared>) {
     let mut from: Option<Revision> = None;
     loop {
         // Caches registered meanwhile join the next listing.
+        leave(&shared, &mut kinds, &mut routes);
         for k in std::mem::take(
             &mut *shared
                 .pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         ) {
-            routes.insert(k.plural(), kinds.len());
-            kinds.push(k);
+            join(&mut kinds, &mut routes, k);
         }
         let start = match from {
             Some(r) => r,
@@ -300,6 +314,7 @@ async fn run(shared: Arc<Shared>) {
             tokio::select! {
                 biased;
                 _ = shared.registered.notified() => {
+                    leave(&shared, &mut kinds, &mut routes);
                     let joining = std::mem::take(&mut *shared.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
                     let at = *shared.progress.borrow();
                     let mut failed = false;
@@ -309,8 +324,7 @@ async fn run(shared: Arc<Shared>) {
                             tracing::warn!(kind = k.kind(), error = %e, "watch cache: cannot list a new kind; listing everything again");
                             failed = true;
                         }
-                        routes.insert(k.plural(), kinds.len());
-                        kinds.push(k);
+                        join(&mut kinds, &mut routes, k);
                     }
                     if failed {
                         from = None;
@@ -360,6 +374,47 @@ async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// Adds a kind's cache to those fed, in place of one with its plural.
+fn join(
+    kinds: &mut Vec<Arc<dyn KindCache>>,
+    routes: &mut HashMap<&'static str, usize>,
+    k: Arc<dyn KindCache>,
+) {
+    match routes.get(k.plural()) {
+        Some(&i) => {
+            if let Some(slot) = kinds.get_mut(i) {
+                *slot = k;
+            }
+        }
+        None => {
+            routes.insert(k.plural(), kinds.len());
+            kinds.push(k);
+        }
+    }
+}
+
+/// Drops the caches of the kinds that left.
+fn leave(
+    shared: &Shared,
+    kinds: &mut Vec<Arc<dyn KindCache>>,
+    routes: &mut HashMap<&'static str, usize>,
+) {
+    let leaving = std::mem::take(
+        &mut *shared
+            .leaving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if leaving.is_empty() {
+        return;
+    }
+    kinds.retain(|k| !leaving.iter().any(|p| p == k.plural()));
+    routes.clear();
+    for (i, k) in kinds.iter().enumerate() {
+        routes.insert(k.plural(), i);
     }
 }
 

@@ -38,6 +38,7 @@ use self::feed::{Feed, FeedConfig, KindCache};
 use self::watch_cache::{CacheMiss, Cached, RingConfig, WatchCache};
 use crate::error::ApiError;
 use crate::object_store::keys;
+use crate::object_store::kind::ServedKind;
 use crate::object_store::{
     ContinueToken, EventStream, ListOptions, ObjectStore, ReadVersion, StorageStore, WatchOptions,
     WatchStart, decode_object,
@@ -156,6 +157,8 @@ struct Gate {
 }
 
 struct Shared<K: Resource> {
+    /// The kind cached.
+    kind: Arc<ServedKind<K>>,
     cache: Mutex<WatchCache<K>>,
     watchers: Mutex<WatcherIndex>,
     /// Whether the cache holds a listed state.
@@ -214,7 +217,13 @@ enum Freshness {
 impl<K: Strategy> Cacher<K> {
     /// Starts caching kind `K`, fed by `feed`.
     pub fn new(feed: &Arc<Feed>, config: CacherConfig) -> Self {
+        Self::for_kind(feed, config, Arc::new(ServedKind::of_type()))
+    }
+
+    /// Starts caching `kind`, fed by `feed`.
+    pub fn for_kind(feed: &Arc<Feed>, config: CacherConfig, kind: Arc<ServedKind<K>>) -> Self {
         let shared = Arc::new(Shared {
+            kind: kind.clone(),
             cache: Mutex::new(WatchCache::new(config.ring)),
             watchers: Mutex::new(WatcherIndex::new()),
             ready: watch::channel(false).0,
@@ -232,7 +241,7 @@ impl<K: Strategy> Cacher<K> {
         feed.register(Arc::new(Fed(shared.clone())));
         let dispatcher = tokio::spawn(dispatcher::run(shared.clone(), config));
         Self {
-            inner: StorageStore::<K>::new(feed.storage().clone()),
+            inner: StorageStore::for_kind(feed.storage().clone(), kind),
             shared,
             feed: feed.clone(),
             config,
@@ -299,14 +308,14 @@ impl<K: Strategy> Cacher<K> {
             .storage()
             .current_revision()
             .await
-            .map_err(|e| ApiError::from_storage(K::INFO.kind, "", e))
+            .map_err(|e| ApiError::from_storage(self.shared.kind.info.kind, "", e))
     }
 
     fn too_new(&self, n: Revision) -> ApiError {
         ApiError::Unavailable {
             message: format!(
                 "too large resource version: {n}, the {} cache has reached {}; retry",
-                K::INFO.kind,
+                self.shared.kind.info.kind,
                 *self.shared.progress.borrow()
             ),
             retry_after: Some(Duration::from_secs(1)),
@@ -347,10 +356,10 @@ impl<K: Strategy> Cacher<K> {
             c.fetch_add(1, Ordering::Relaxed);
         }
         fallback_metric()
-            .with(&[K::INFO.kind, reason.as_str()])
+            .with(&[self.shared.kind.info.kind, reason.as_str()])
             .inc();
         tracing::debug!(
-            kind = K::INFO.kind,
+            kind = self.shared.kind.info.kind,
             reason = reason.as_str(),
             "watch cache: read served from storage"
         );
@@ -376,7 +385,7 @@ impl<K: Strategy> Cacher<K> {
     /// Registers a watcher on a ready cache; `None` if a re-list began since
     /// the caller's checks (it must wait for the new state).
     fn register(&self, options: &WatchOptions) -> Result<Option<EventStream<K>>, ApiError> {
-        let prefix = keys::prefix(&K::INFO, options.predicate.namespace.as_deref());
+        let prefix = keys::prefix(&*self.shared.kind, options.predicate.namespace.as_deref());
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         // The initial events and the registration are taken under the cache
         // lock, so that every later event reaches the watcher exactly once.
@@ -402,7 +411,7 @@ impl<K: Strategy> Cacher<K> {
                     let events = cache.events_after(n).map_err(|miss| match miss {
                         CacheMiss::TooOld { oldest } => ApiError::Expired(format!(
                             "too old resource version: {n} (the oldest {} version kept is {oldest}); list again",
-                            K::INFO.kind
+                            self.shared.kind.info.kind
                         )),
                         CacheMiss::TooNew { .. } => self.too_new(n),
                     })?;
@@ -466,15 +475,15 @@ struct Fed<K: Resource>(Arc<Shared<K>>);
 #[async_trait::async_trait]
 impl<K: Strategy> KindCache for Fed<K> {
     fn kind(&self) -> &'static str {
-        K::INFO.kind
+        self.0.kind.info.kind
     }
 
     fn plural(&self) -> &'static str {
-        K::INFO.plural
+        self.0.kind.segment
     }
 
     async fn load(&self, storage: &dyn Storage, revision: Revision) -> Result<(), StorageError> {
-        let prefix = keys::prefix(&K::INFO, None);
+        let prefix = keys::prefix(&*self.0.kind, None);
         let mut items = Vec::new();
         let mut start_after = String::new();
         loop {
@@ -492,7 +501,7 @@ impl<K: Strategy> KindCache for Fed<K> {
                         items.push((kv.key.clone(), Arc::new(Cached::new(o, K::TRIGGER_FIELD))))
                     }
                     Err(e) => {
-                        tracing::error!(kind = K::INFO.kind, error = %e, "watch cache: skipping an object that does not decode")
+                        tracing::error!(kind = self.0.kind.info.kind, error = %e, "watch cache: skipping an object that does not decode")
                     }
                 }
             }
@@ -522,7 +531,7 @@ impl<K: Strategy> KindCache for Fed<K> {
                         match decode_object::<K>(&e.kv.key, &e.kv.value, e.kv.mod_revision) {
                             Ok(o) => Some(Arc::new(Cached::new(o, K::TRIGGER_FIELD))),
                             Err(err) => {
-                                tracing::error!(kind = K::INFO.kind, error = %err, "watch cache: skipping a change that does not decode");
+                                tracing::error!(kind = self.0.kind.info.kind, error = %err, "watch cache: skipping a change that does not decode");
                                 return None;
                             }
                         }
@@ -580,7 +589,7 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
     ) -> Result<Option<K>, ApiError> {
         match self.freshness(version).await? {
             Freshness::Cache => {
-                let key = keys::object_key(&K::INFO, namespace, name);
+                let key = keys::object_key(&*self.shared.kind, namespace, name);
                 let cache = self.shared.lock();
                 if cache.ready() {
                     let cached = cache.get(&key);
@@ -596,7 +605,7 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
     }
 
     async fn list(&self, options: ListOptions) -> Result<ListResponse<K>, ApiError> {
-        let prefix = keys::prefix(&K::INFO, options.predicate.namespace.as_deref());
+        let prefix = keys::prefix(&*self.shared.kind, options.predicate.namespace.as_deref());
         let (at, start_after) = match &options.continue_token {
             Some(t) => (Some(t.revision), t.start_after.clone()),
             None => {
@@ -694,7 +703,7 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
                 return Err(ApiError::Unavailable {
                     message: format!(
                         "the {} watch cache is loading from storage; retry",
-                        K::INFO.kind
+                        self.shared.kind.info.kind
                     ),
                     retry_after: Some(Duration::from_secs(1)),
                 });
@@ -705,7 +714,7 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
                 return Err(ApiError::Unavailable {
                     message: format!(
                         "the {} watch cache has not caught up with storage revision {t}; retry",
-                        K::INFO.kind
+                        self.shared.kind.info.kind
                     ),
                     retry_after: Some(Duration::from_secs(1)),
                 });

@@ -116,6 +116,10 @@ impl<K: Resource> Cached<K> {
             predicate
                 .fields
                 .matches(|path: &str| self.kept_field(path).map(Cow::Borrowed))
+        } else if let Some(matched) =
+            predicate.encoded_fields_match(&self.encoded, |p| self.kept_field(p).map(str::to_owned))
+        {
+            matched
         } else {
             let object = self.object();
             predicate.fields.matches(|path: &str| object.field(path))

@@ -4,7 +4,7 @@
 //!
 //! Owns the key layout; nothing else builds a storage key of an object.
 
-use skiff::KindInfo;
+use super::kind::KeyLayout;
 
 /// Root of every object key.
 pub const ROOT: &str = "/registry/";
@@ -19,19 +19,21 @@ pub fn plural_of(key: &str) -> Option<&str> {
 }
 
 /// Key of one object.
-pub fn object_key(info: &KindInfo, namespace: &str, name: &str) -> String {
-    if info.namespaced {
-        format!("{ROOT}{}/{namespace}/{name}", info.plural)
+pub fn object_key(kind: &impl KeyLayout, namespace: &str, name: &str) -> String {
+    if kind.namespaced() {
+        format!("{ROOT}{}/{namespace}/{name}", kind.segment())
     } else {
-        format!("{ROOT}{}/{name}", info.plural)
+        format!("{ROOT}{}/{name}", kind.segment())
     }
 }
 
 /// Prefix of every object of a kind, or of a kind in one namespace.
-pub fn prefix(info: &KindInfo, namespace: Option<&str>) -> String {
+pub fn prefix(kind: &impl KeyLayout, namespace: Option<&str>) -> String {
     match namespace {
-        Some(ns) if info.namespaced && !ns.is_empty() => format!("{ROOT}{}/{ns}/", info.plural),
-        _ => format!("{ROOT}{}/", info.plural),
+        Some(ns) if kind.namespaced() && !ns.is_empty() => {
+            format!("{ROOT}{}/{ns}/", kind.segment())
+        }
+        _ => format!("{ROOT}{}/", kind.segment()),
     }
 }
 

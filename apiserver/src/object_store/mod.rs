@@ -10,6 +10,7 @@
 //! request semantics (metadata, validation, admission are the registry's).
 
 pub mod keys;
+pub mod kind;
 pub mod predicate;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use skiff::{Resource, resource::object_key};
 
 use crate::error::ApiError;
 use crate::storage::{self, EventKind, RangeRequest, Revision, Storage, StorageError};
+use kind::ServedKind;
 use predicate::Predicate;
 
 /// How fresh a read must be (Kubernetes' resourceVersion semantics).
@@ -261,14 +263,14 @@ pub const LIST_PAGE: usize = 1000;
 /// [`ObjectStore`] straight over [`Storage`].
 pub struct StorageStore<K> {
     storage: Arc<dyn Storage>,
-    _kind: std::marker::PhantomData<fn() -> K>,
+    kind: Arc<ServedKind<K>>,
 }
 
 impl<K> Clone for StorageStore<K> {
     fn clone(&self) -> Self {
         Self {
             storage: self.storage.clone(),
-            _kind: std::marker::PhantomData,
+            kind: self.kind.clone(),
         }
     }
 }
@@ -276,10 +278,17 @@ impl<K> Clone for StorageStore<K> {
 impl<K: Resource> StorageStore<K> {
     /// A store of kind `K` in `storage`.
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Self {
-            storage,
-            _kind: std::marker::PhantomData,
-        }
+        Self::for_kind(storage, Arc::new(ServedKind::of_type()))
+    }
+
+    /// A store of `kind`'s objects in `storage`.
+    pub fn for_kind(storage: Arc<dyn Storage>, kind: Arc<ServedKind<K>>) -> Self {
+        Self { storage, kind }
+    }
+
+    /// The kind stored.
+    pub fn kind(&self) -> &Arc<ServedKind<K>> {
+        &self.kind
     }
 
     /// The underlying storage.
@@ -292,7 +301,7 @@ impl<K: Resource> StorageStore<K> {
     }
 
     fn err(&self, name: &str, e: StorageError) -> ApiError {
-        ApiError::from_storage(K::INFO.kind, name, e)
+        ApiError::from_storage(self.kind.info.kind, name, e)
     }
 
     /// Reads every object of the kind at one revision (the latest when
@@ -301,7 +310,7 @@ impl<K: Resource> StorageStore<K> {
         &self,
         revision: Option<Revision>,
     ) -> Result<(Vec<K>, Revision), ApiError> {
-        let prefix = keys::prefix(&K::INFO, None);
+        let prefix = keys::prefix(&*self.kind, None);
         let mut at = revision;
         let mut start_after = String::new();
         let mut items = Vec::new();
@@ -337,7 +346,7 @@ impl<K: Resource> StorageStore<K> {
         impl Stream<Item = Result<Vec<Change<K>>, StorageError>> + Send + use<K>,
         StorageError,
     > {
-        let prefix = keys::prefix(&K::INFO, None);
+        let prefix = keys::prefix(&*self.kind, None);
         let stream = self.storage.watch(&prefix, start).await?;
         Ok(stream.map(|batch| {
             let batch = batch?;
@@ -392,7 +401,7 @@ pub struct Change<K> {
 #[async_trait::async_trait]
 impl<K: Resource> ObjectStore<K> for StorageStore<K> {
     async fn create(&self, mut obj: K) -> Result<K, ApiError> {
-        let key = keys::object_key(&K::INFO, obj.namespace(), obj.name());
+        let key = keys::object_key(&*self.kind, obj.namespace(), obj.name());
         let kv = self
             .storage
             .create(&key, encode_object(&mut obj))
@@ -408,7 +417,7 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
         name: &str,
         version: ReadVersion,
     ) -> Result<Option<K>, ApiError> {
-        let key = keys::object_key(&K::INFO, namespace, name);
+        let key = keys::object_key(&*self.kind, namespace, name);
         let kv = self
             .storage
             .get(&key)
@@ -434,7 +443,7 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
     }
 
     async fn list(&self, options: ListOptions) -> Result<ListResponse<K>, ApiError> {
-        let prefix = keys::prefix(&K::INFO, options.predicate.namespace.as_deref());
+        let prefix = keys::prefix(&*self.kind, options.predicate.namespace.as_deref());
         let (mut revision, mut start_after) = match &options.continue_token {
             Some(t) => (Some(t.revision), t.start_after.clone()),
             None => match options.version {
@@ -523,7 +532,7 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
     }
 
     async fn update(&self, mut obj: K, expected: Revision) -> Result<K, ApiError> {
-        let key = keys::object_key(&K::INFO, obj.namespace(), obj.name());
+        let key = keys::object_key(&*self.kind, obj.namespace(), obj.name());
         let kv = self
             .storage
             .update(&key, encode_object(&mut obj), expected)
@@ -539,7 +548,7 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
         name: &str,
         expected: Option<Revision>,
     ) -> Result<K, ApiError> {
-        let key = keys::object_key(&K::INFO, namespace, name);
+        let key = keys::object_key(&*self.kind, namespace, name);
         let deleted = self
             .storage
             .delete(&key, expected)
@@ -572,7 +581,7 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
         if options.initial_events_end_bookmark && !matches!(options.start, WatchStart::After(_)) {
             head.push(Ok(bookmark::<K>(from, true)));
         }
-        let kind = K::INFO.kind;
+        let kind = self.kind.info.kind;
         let live = changes.flat_map(move |batch| {
             let events: Vec<Result<WatchEvent<K>, ApiError>> = match batch {
                 Err(e) => vec![Err(ApiError::from_storage(kind, "", e))],

@@ -6,6 +6,7 @@
 use skiff::Resource;
 use skiff::selector::{FieldSelector, LabelSelector};
 
+use super::kind::{FieldReader, ServedKind};
 use crate::error::{ApiError, FieldViolation};
 
 /// A filter over objects of one kind.
@@ -17,6 +18,9 @@ pub struct Predicate {
     pub labels: LabelSelector,
     /// Field selector.
     pub fields: FieldSelector,
+    /// How fields are read, for kinds known only by schema; `None`: the
+    /// kind's type reads them.
+    pub reader: Option<FieldReader>,
 }
 
 impl Predicate {
@@ -31,6 +35,21 @@ impl Predicate {
         label_selector: &str,
         field_selector: &str,
     ) -> Result<Self, ApiError> {
+        Self::parse_for(
+            &ServedKind::<K>::of_type(),
+            namespace,
+            label_selector,
+            field_selector,
+        )
+    }
+
+    /// Parses the selectors of a request for `kind`, naming the bad field on error.
+    pub fn parse_for<K: Resource>(
+        kind: &ServedKind<K>,
+        namespace: &str,
+        label_selector: &str,
+        field_selector: &str,
+    ) -> Result<Self, ApiError> {
         let mut violations = Vec::new();
         let labels = LabelSelector::parse(label_selector).unwrap_or_else(|e| {
             violations.push(FieldViolation::new("label_selector", e.to_string()));
@@ -41,28 +60,30 @@ impl Predicate {
             FieldSelector::default()
         });
         for r in fields.requirements() {
-            if !K::SELECTABLE_FIELDS.contains(&r.field.as_str()) {
+            if !kind.selectable_fields.contains(&r.field.as_str()) {
                 violations.push(FieldViolation::new(
                     "field_selector",
                     format!(
                         "field {:?} is not supported for {}; use a scalar field such as metadata.name",
                         r.field,
-                        K::INFO.kind
+                        kind.info.kind
                     ),
                 ));
             }
         }
         if !violations.is_empty() {
             return Err(ApiError::Invalid {
-                kind: K::INFO.kind.to_owned(),
+                kind: kind.info.kind.to_owned(),
                 name: String::new(),
                 violations,
             });
         }
         Ok(Self {
-            namespace: (K::INFO.namespaced && !namespace.is_empty()).then(|| namespace.to_owned()),
+            namespace: (kind.info.namespaced && !namespace.is_empty())
+                .then(|| namespace.to_owned()),
             labels,
             fields,
+            reader: kind.fields.clone(),
         })
     }
 
@@ -79,6 +100,38 @@ impl Predicate {
             return false;
         }
         self.labels.matches(&obj.meta().labels)
-            && (self.fields.is_everything() || self.fields.matches(|path: &str| obj.field(path)))
+            && (self.fields.is_everything() || self.fields_match(obj))
+    }
+
+    fn fields_match<K: Resource>(&self, obj: &K) -> bool {
+        match &self.reader {
+            Some(reader) => {
+                let encoded = obj.encode_to_vec();
+                self.fields.matches(|path: &str| match path {
+                    "metadata.name" => Some(std::borrow::Cow::Borrowed(obj.meta().name.as_str())),
+                    "metadata.namespace" => {
+                        Some(std::borrow::Cow::Borrowed(obj.meta().namespace.as_str()))
+                    }
+                    _ => reader.read(&encoded, path).map(std::borrow::Cow::Owned),
+                })
+            }
+            None => self.fields.matches(|path: &str| obj.field(path)),
+        }
+    }
+
+    /// Whether an object's encoding has the fields this predicate selects
+    /// by (for kinds known only by schema); `None` when the kind's type must
+    /// decode it.
+    pub fn encoded_fields_match(
+        &self,
+        encoded: &[u8],
+        kept: impl Fn(&str) -> Option<String>,
+    ) -> Option<bool> {
+        let reader = self.reader.as_ref()?;
+        Some(self.fields.matches(|path: &str| {
+            kept(path)
+                .or_else(|| reader.read(encoded, path))
+                .map(std::borrow::Cow::Owned)
+        }))
     }
 }

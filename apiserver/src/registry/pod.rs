@@ -73,7 +73,7 @@ impl ResourceServer<api::core::v1::Pod> {
         ns: &str,
         r: &api::core::v1::BindPodRequest,
     ) -> Result<api::core::v1::Pod, ApiError> {
-        Self::require_name(&r.name)?;
+        self.require_name(&r.name)?;
         let key = object_key(ns, &r.name);
         if let Err(e) = skiff::names::validate_dns1123_subdomain(&r.node_name) {
             return Err(ApiError::invalid("Pod", &key, "node_name", e));
@@ -128,7 +128,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         &self,
         request: Request<api::core::v1::GetPodLogsRequest>,
     ) -> Result<Response<Self::GetPodLogsStream>, Status> {
-        let ns = Self::namespace_of(&request.get_ref().namespace);
+        let ns = self.namespace_of(&request.get_ref().namespace);
         self.authorize(
             request.extensions(),
             "get",
@@ -138,7 +138,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         )
         .await?;
         let r = request.into_inner();
-        Self::require_name(&r.name)?;
+        self.require_name(&r.name)?;
         if r.tail_lines.is_some_and(|n| n < 0) {
             return Err(ApiError::invalid(
                 "Pod",
@@ -176,7 +176,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         &self,
         request: Request<api::core::v1::ExecPodRequest>,
     ) -> Result<Response<Self::ExecPodStream>, Status> {
-        let ns = Self::namespace_of(&request.get_ref().namespace);
+        let ns = self.namespace_of(&request.get_ref().namespace);
         self.authorize(
             request.extensions(),
             "create",
@@ -186,7 +186,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         )
         .await?;
         let r = request.into_inner();
-        Self::require_name(&r.name)?;
+        self.require_name(&r.name)?;
         if r.command.is_empty() {
             return Err(
                 ApiError::invalid("Pod", &object_key(&ns, &r.name), "command", "required").into(),
@@ -219,7 +219,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
         &self,
         request: Request<api::core::v1::BindPodRequest>,
     ) -> Result<Response<api::core::v1::BindPodResponse>, Status> {
-        let ns = Self::namespace_of(&request.get_ref().namespace);
+        let ns = self.namespace_of(&request.get_ref().namespace);
         self.authorize(
             request.extensions(),
             "create",
@@ -258,7 +258,7 @@ impl skiff::subresources::PodSubresources for ResourceServer<api::core::v1::Pod>
             let extensions = &extensions;
             let user = &user;
             async move {
-                let ns = Self::namespace_of(&b.namespace);
+                let ns = self.namespace_of(&b.namespace);
                 // Allowed everywhere, or checked for this pod by name.
                 let allowed = match user {
                     Ok(_) => Ok(()),

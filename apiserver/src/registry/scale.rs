@@ -16,7 +16,7 @@ macro_rules! scale_subresource {
         #[tonic::async_trait]
         impl skiff::subresources::$trait for ResourceServer<$kind> {
             async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
-                let ns = Self::namespace_of(&request.get_ref().namespace);
+                let ns = self.namespace_of(&request.get_ref().namespace);
                 self.authorize(
                     request.extensions(),
                     "update",
@@ -26,11 +26,11 @@ macro_rules! scale_subresource {
                 )
                 .await?;
                 let r = request.into_inner();
-                let ns = Self::namespace_of(&r.namespace);
-                Self::require_name(&r.name)?;
+                let ns = self.namespace_of(&r.namespace);
+                self.require_name(&r.name)?;
                 if r.replicas < 0 {
                     return Err(ApiError::invalid(
-                        Self::kind(),
+                        self.kind(),
                         &object_key(&ns, &r.name),
                         "replicas",
                         "must not be negative",

@@ -28,6 +28,7 @@ use crate::authz::rbac::Attributes;
 use crate::error::{ApiError, FieldViolation};
 use crate::filters::{audit_target, caller};
 use crate::object_store::keys;
+use crate::object_store::kind::ServedKind;
 use crate::object_store::predicate::Predicate;
 use crate::object_store::{
     ContinueToken, EventStream, ListOptions, ObjectStore, ReadVersion, WatchOptions, WatchStart,
@@ -92,6 +93,7 @@ pub trait ObjectHooks<K>: Send + Sync {
 /// The generic service of kind `K`.
 pub struct ResourceServer<K: Resource> {
     store: Arc<dyn ObjectStore<K>>,
+    kind: Arc<ServedKind<K>>,
     pub(crate) ctx: Arc<ApiContext>,
     hooks: Option<Arc<dyn ObjectHooks<K>>>,
 }
@@ -100,8 +102,35 @@ impl<K: Strategy> ResourceServer<K> {
     /// A service over `store`.
     /// A service over `store`, with the hooks the kind's strategy names.
     pub fn new(store: Arc<dyn ObjectStore<K>>, ctx: Arc<ApiContext>) -> Self {
+        Self::for_kind(store, ctx, Arc::new(ServedKind::of_type()))
+    }
+
+    /// A service of `kind` over `store` (a kind defined at run time).
+    pub fn for_kind(
+        store: Arc<dyn ObjectStore<K>>,
+        ctx: Arc<ApiContext>,
+        kind: Arc<ServedKind<K>>,
+    ) -> Self {
         let hooks = K::hooks(&ctx);
-        Self { store, ctx, hooks }
+        Self {
+            store,
+            kind,
+            ctx,
+            hooks,
+        }
+    }
+
+    /// The kind served.
+    pub fn served_kind(&self) -> &Arc<ServedKind<K>> {
+        &self.kind
+    }
+
+    /// What `obj` counts against quotas: one of its kind, plus what its
+    /// strategy adds.
+    pub(crate) fn usage_of(&self, obj: &K) -> Usage {
+        let mut usage = crate::admission::quota::count_usage(&self.kind.info);
+        obj.quota_usage(&mut usage);
+        usage
     }
 
     /// Removes an object from storage, then runs the deletion hook.
@@ -113,13 +142,13 @@ impl<K: Strategy> ResourceServer<K> {
         if let Some(a) = &self.ctx.admission
             && K::RELEASES_QUOTA
         {
-            a.release(gone.namespace(), usage_of(&gone)).await;
+            a.release(gone.namespace(), self.usage_of(&gone)).await;
         }
         Ok(gone)
     }
 
-    pub(crate) fn kind() -> &'static str {
-        K::INFO.kind
+    pub(crate) fn kind(&self) -> &'static str {
+        self.kind.info.kind
     }
 
     /// Authorizes a list or watch of `(namespace, labels, fields, version)`
@@ -133,7 +162,7 @@ impl<K: Strategy> ResourceServer<K> {
         let ns = if namespace.is_empty() {
             String::new()
         } else {
-            Self::namespace_of(namespace)
+            self.namespace_of(namespace)
         };
         let user = self.authorize(extensions, verb, "", &ns, "").await?;
         self.restrict_node(&user, verb, &ns, "", fields, None)
@@ -173,8 +202,8 @@ impl<K: Strategy> ResourceServer<K> {
         if let Some(authz) = &self.ctx.authorizer {
             let attrs = Attributes {
                 verb,
-                group: K::INFO.group,
-                resource: K::INFO.plural,
+                group: self.kind.info.group,
+                resource: self.kind.info.plural,
                 subresource: sub,
                 namespace: ns.to_owned(),
                 name: name.to_owned(),
@@ -213,8 +242,8 @@ impl<K: Strategy> ResourceServer<K> {
 
     /// The namespace a request means: "default" when a namespaced kind's is
     /// empty, always empty for cluster-scoped kinds.
-    pub(crate) fn namespace_of(ns: &str) -> String {
-        if !K::INFO.namespaced {
+    pub(crate) fn namespace_of(&self, ns: &str) -> String {
+        if !self.kind.info.namespaced {
             String::new()
         } else if ns.is_empty() {
             "default".to_owned()
@@ -223,9 +252,9 @@ impl<K: Strategy> ResourceServer<K> {
         }
     }
 
-    pub(crate) fn require_name(name: &str) -> Result<(), ApiError> {
+    pub(crate) fn require_name(&self, name: &str) -> Result<(), ApiError> {
         if name.is_empty() {
-            return Err(ApiError::invalid(Self::kind(), "", "name", "required"));
+            return Err(ApiError::invalid(self.kind(), "", "name", "required"));
         }
         Ok(())
     }
@@ -246,7 +275,7 @@ impl<K: Strategy> ResourceServer<K> {
             .get(ns, name, version)
             .await?
             .ok_or_else(|| ApiError::NotFound {
-                kind: Self::kind().to_owned(),
+                kind: self.kind().to_owned(),
                 name: object_key(ns, name),
             })
     }
@@ -263,10 +292,10 @@ impl<K: Strategy> ResourceServer<K> {
     }
 
     async fn check_namespace_for_create(&self, ns: &str) -> Result<(), ApiError> {
-        if !K::INFO.namespaced {
+        if !self.kind.info.namespaced {
             return Ok(());
         }
-        crate::admission::namespace_lifecycle::check_create(&*self.ctx.namespaces, Self::kind(), ns)
+        crate::admission::namespace_lifecycle::check_create(&*self.ctx.namespaces, self.kind(), ns)
             .await
     }
 
@@ -284,7 +313,7 @@ impl<K: Strategy> ResourceServer<K> {
         };
         obj.admit(a).await?;
         let ns = obj.namespace().to_owned();
-        let usage = usage_of(obj);
+        let usage = self.usage_of(obj);
         let quotas = a.tracking(&ns, &usage).await?;
         if named && (self.hooks.is_some() || !quotas.is_empty()) {
             self.refuse_a_name_in_use(obj).await?;
@@ -295,13 +324,13 @@ impl<K: Strategy> ResourceServer<K> {
         Ok(Some(a.charge_tracked(&ns, usage, quotas).await?))
     }
 
-    fn check_size(obj: &K) -> Result<(), ApiError> {
+    fn check_size(&self, obj: &K) -> Result<(), ApiError> {
         let len = obj.encoded_len();
         if len > MAX_OBJECT_BYTES {
             return Err(ApiError::ResourceExhausted {
                 message: format!(
                     "{} {:?} is {len} bytes; the limit is {MAX_OBJECT_BYTES} bytes",
-                    Self::kind(),
+                    self.kind(),
                     object_key(obj.namespace(), obj.name())
                 ),
                 retry_after: None,
@@ -310,12 +339,12 @@ impl<K: Strategy> ResourceServer<K> {
         Ok(())
     }
 
-    fn invalid_if_any(obj: &K, violations: Vec<FieldViolation>) -> Result<(), ApiError> {
+    fn invalid_if_any(&self, obj: &K, violations: Vec<FieldViolation>) -> Result<(), ApiError> {
         if violations.is_empty() {
             Ok(())
         } else {
             Err(ApiError::Invalid {
-                kind: Self::kind().to_owned(),
+                kind: self.kind().to_owned(),
                 name: object_key(obj.namespace(), obj.name()),
                 violations,
             })
@@ -324,7 +353,7 @@ impl<K: Strategy> ResourceServer<K> {
 
     /// Creates an object with Kubernetes' create semantics.
     pub async fn create_object(&self, mut obj: K) -> Result<K, ApiError> {
-        let ns = Self::namespace_of(obj.namespace());
+        let ns = self.namespace_of(obj.namespace());
         let generate = {
             let m = obj.meta_mut();
             m.namespace = ns.clone();
@@ -344,7 +373,7 @@ impl<K: Strategy> ResourceServer<K> {
             let prefix = obj.meta().generate_name.clone();
             if let Err(e) = check_name(K::NAME_RULE, &format!("{prefix}x")) {
                 return Err(ApiError::invalid(
-                    Self::kind(),
+                    self.kind(),
                     &ns,
                     "metadata.generateName",
                     e,
@@ -355,8 +384,8 @@ impl<K: Strategy> ResourceServer<K> {
         let mut violations = Vec::new();
         validate_meta(obj.meta(), K::NAME_RULE, &mut violations);
         violations.extend(obj.validate());
-        Self::invalid_if_any(&obj, violations)?;
-        Self::check_size(&obj)?;
+        self.invalid_if_any(&obj, violations)?;
+        self.check_size(&obj)?;
         self.check_namespace_for_create(&ns).await?;
         let charge = self.admit(&mut obj, !generate).await?;
         if let Err(e) = self.run_before_create(&mut obj).await {
@@ -410,7 +439,7 @@ impl<K: Strategy> ResourceServer<K> {
         let (ns, name) = (obj.namespace(), obj.name());
         match self.store.get(ns, name, ReadVersion::Latest).await? {
             Some(_) => Err(ApiError::AlreadyExists {
-                kind: Self::kind().to_owned(),
+                kind: self.kind().to_owned(),
                 name: object_key(ns, name),
             }),
             None => Ok(()),
@@ -441,7 +470,7 @@ impl<K: Strategy> ResourceServer<K> {
                 let Some(new) = change(&old)? else {
                     return Ok(Attempt::Unchanged(old));
                 };
-                Self::check_size(&new)?;
+                self.check_size(&new)?;
                 written(self.store.update(new, old.resource_version() as i64).await)
             }
             .await;
@@ -452,15 +481,15 @@ impl<K: Strategy> ResourceServer<K> {
     }
 
     async fn update_object(&self, obj: K, status_only: bool) -> Result<K, ApiError> {
-        let ns = Self::namespace_of(obj.namespace());
+        let ns = self.namespace_of(obj.namespace());
         let name = obj.name().to_owned();
-        Self::require_name(&name)
-            .map_err(|_| ApiError::invalid(Self::kind(), &ns, "metadata.name", "required"))?;
+        self.require_name(&name)
+            .map_err(|_| ApiError::invalid(self.kind(), &ns, "metadata.name", "required"))?;
         let requested: Option<u64> = match obj.meta().resource_version.as_str() {
             "" => None,
             rv => Some(rv.parse().map_err(|_| {
                 ApiError::invalid(
-                    Self::kind(),
+                    self.kind(),
                     &object_key(&ns, &name),
                     "metadata.resourceVersion",
                     format!("{rv:?} is not a resource version"),
@@ -494,7 +523,7 @@ impl<K: Strategy> ResourceServer<K> {
             && rv != old.resource_version()
         {
             return Err(ApiError::Conflict {
-                kind: Self::kind().to_owned(),
+                kind: self.kind().to_owned(),
                 name: object_key(ns, name),
                 reason: format!(
                     "the object has been modified (resource version {rv} is stale, current is {}); read it again and retry",
@@ -504,13 +533,13 @@ impl<K: Strategy> ResourceServer<K> {
         }
         let mut new = if status_only {
             let mut n = old.clone();
-            n.copy_status_from(obj);
-            Self::invalid_if_any(&n, n.validate_status())?;
+            self.kind.copy_status_from(&mut n, obj);
+            self.invalid_if_any(&n, n.validate_status())?;
             n
         } else {
             let mut n = obj.clone();
             n.meta_mut().namespace = ns.to_owned();
-            n.copy_status_from(&old);
+            self.kind.copy_status_from(&mut n, &old);
             let mut violations = Vec::new();
             {
                 let om = old.meta();
@@ -525,19 +554,19 @@ impl<K: Strategy> ResourceServer<K> {
                 m.generation = om.generation;
             }
             n.prepare_for_update(&old);
-            if !n.spec_eq(&old) {
+            if !self.kind.spec_eq(&n, &old) {
                 n.meta_mut().generation = old.meta().generation + 1;
             }
             validate_meta(n.meta(), K::NAME_RULE, &mut violations);
             violations.extend(n.validate_update(&old));
-            Self::invalid_if_any(&n, violations)?;
+            self.invalid_if_any(&n, violations)?;
             n
         };
         new.meta_mut().resource_version = old.meta().resource_version.clone();
         if new == old {
             return Ok(Attempt::Unchanged(old));
         }
-        Self::check_size(&new)?;
+        self.check_size(&new)?;
         let old_rv = old.resource_version() as i64;
         if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers() {
             // The last finalizer is gone: the object goes.
@@ -558,15 +587,15 @@ impl<K: Strategy> ResourceServer<K> {
     }
 
     async fn delete_object(&self, p: DeleteParams) -> Result<K, ApiError> {
-        let ns = Self::namespace_of(&p.namespace);
-        Self::require_name(&p.name)?;
+        let ns = self.namespace_of(&p.namespace);
+        self.require_name(&p.name)?;
         let key = object_key(&ns, &p.name);
         if !matches!(
             p.propagation_policy.as_str(),
             "" | "Background" | "Foreground" | "Orphan"
         ) {
             return Err(ApiError::invalid(
-                Self::kind(),
+                self.kind(),
                 &key,
                 "propagation_policy",
                 format!(
@@ -577,7 +606,7 @@ impl<K: Strategy> ResourceServer<K> {
         }
         if p.grace_period_seconds.is_some_and(|g| g < 0) {
             return Err(ApiError::invalid(
-                Self::kind(),
+                self.kind(),
                 &key,
                 "grace_period_seconds",
                 "must not be negative",
@@ -588,7 +617,7 @@ impl<K: Strategy> ResourceServer<K> {
             .filter(|g| *g > crate::registry::validation::MAX_SECONDS)
         {
             return Err(ApiError::invalid(
-                Self::kind(),
+                self.kind(),
                 &key,
                 "grace_period_seconds",
                 format!(
@@ -605,7 +634,7 @@ impl<K: Strategy> ResourceServer<K> {
             None | Some("") => None,
             Some(rv) => Some(rv.parse().map_err(|_| {
                 ApiError::invalid(
-                    Self::kind(),
+                    self.kind(),
                     &key,
                     "preconditions.resource_version",
                     "not a resource version",
@@ -636,13 +665,13 @@ impl<K: Strategy> ResourceServer<K> {
         if let Some(why) = old.deletion_forbidden() {
             return Err(ApiError::Forbidden(format!(
                 "{} {key:?} is forbidden: {why}",
-                K::INFO.plural
+                self.kind.info.plural
             )));
         }
         if let Some(c) = &p.preconditions {
             if !c.uid.is_empty() && c.uid != old.meta().uid {
                 return Err(ApiError::Conflict {
-                    kind: Self::kind().to_owned(),
+                    kind: self.kind().to_owned(),
                     name: key.to_owned(),
                     reason: format!(
                         "precondition failed: uid is {}, not {}",
@@ -655,7 +684,7 @@ impl<K: Strategy> ResourceServer<K> {
                 && rv != old.resource_version()
             {
                 return Err(ApiError::Conflict {
-                    kind: Self::kind().to_owned(),
+                    kind: self.kind().to_owned(),
                     name: key.to_owned(),
                     reason: format!(
                         "precondition failed: resource version is {}, not {rv}",
@@ -711,11 +740,16 @@ impl<K: Strategy> ResourceServer<K> {
     }
 
     async fn list_objects(&self, p: ListParams) -> Result<ListResponse<K>, ApiError> {
-        let predicate = Predicate::parse::<K>(&p.namespace, &p.label_selector, &p.field_selector)?;
-        let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
+        let predicate = Predicate::parse_for(
+            &self.kind,
+            &p.namespace,
+            &p.label_selector,
+            &p.field_selector,
+        )?;
+        let version = ReadVersion::parse(self.kind(), "resource_version", &p.resource_version)?;
         if p.page_size < 0 {
             return Err(ApiError::invalid(
-                Self::kind(),
+                self.kind(),
                 "",
                 "page_size",
                 "must not be negative",
@@ -727,14 +761,14 @@ impl<K: Strategy> ResourceServer<K> {
             // Kubernetes refuses the combination too: the token fixes the
             // revision every page is read at.
             return Err(ApiError::invalid(
-                Self::kind(),
+                self.kind(),
                 "",
                 "resource_version",
                 "must be empty with page_token: later pages are read at the first page's revision",
             ));
         } else {
-            let prefix = keys::prefix(&K::INFO, predicate.namespace.as_deref());
-            Some(ContinueToken::decode(Self::kind(), &p.page_token, &prefix)?)
+            let prefix = keys::prefix(&*self.kind, predicate.namespace.as_deref());
+            Some(ContinueToken::decode(self.kind(), &p.page_token, &prefix)?)
         };
         self.store
             .list(ListOptions {
@@ -767,11 +801,16 @@ impl<K: Strategy> ResourceServer<K> {
     /// A watch's events from the store, its parameters checked; the caller
     /// ends it (timeout, shutdown).
     async fn open_watch(&self, p: WatchParams) -> Result<EventStream<K>, ApiError> {
-        let predicate = Predicate::parse::<K>(&p.namespace, &p.label_selector, &p.field_selector)?;
-        let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
+        let predicate = Predicate::parse_for(
+            &self.kind,
+            &p.namespace,
+            &p.label_selector,
+            &p.field_selector,
+        )?;
+        let version = ReadVersion::parse(self.kind(), "resource_version", &p.resource_version)?;
         if p.timeout_seconds < 0 {
             return Err(ApiError::invalid(
-                Self::kind(),
+                self.kind(),
                 "",
                 "timeout_seconds",
                 "must not be negative",
@@ -820,11 +859,12 @@ impl<K: Strategy> WatchableKind for ResourceServer<K> {
                 timeout_seconds: 0,
             })
             .await?;
-        Ok(Box::pin(events.map(|r| {
+        let kind = self.kind();
+        Ok(Box::pin(events.map(move |r| {
             r.and_then(|event| {
-                event.into_type_and_object().map_err(|e| {
-                    ApiError::Internal(format!("a cached {} event: {e}", K::INFO.kind))
-                })
+                event
+                    .into_type_and_object()
+                    .map_err(|e| ApiError::Internal(format!("a cached {kind} event: {e}")))
             })
         })))
     }
@@ -848,13 +888,21 @@ pub fn streaming_paths<K: Strategy>() -> impl Iterator<Item = String> {
 
 /// How a new quota counts the stored objects of kind `K`.
 pub fn usage_counter<K: Strategy>() -> UsageCounter {
+    usage_counter_of::<K>(K::INFO)
+}
+
+/// How a new quota counts the stored objects of the kind `info` describes,
+/// whose type is `K`.
+pub fn usage_counter_of<K: Strategy>(info: skiff::KindInfo) -> UsageCounter {
     UsageCounter {
-        info: K::INFO,
+        info,
         resources: K::QUOTA_RESOURCES,
-        count: |kv| {
+        count: Arc::new(move |kv| {
             let obj = decode_object::<K>(&kv.key, &kv.value, kv.mod_revision)?;
-            Ok(usage_of(&obj))
-        },
+            let mut usage = crate::admission::quota::count_usage(&info);
+            obj.quota_usage(&mut usage);
+            Ok(usage)
+        }),
     }
 }
 
@@ -898,7 +946,7 @@ fn generated_name(prefix: &str) -> String {
 impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
     async fn create(&self, request: Request<K>) -> Result<K, Status> {
         let obj = request.get_ref();
-        let ns = Self::namespace_of(obj.namespace());
+        let ns = self.namespace_of(obj.namespace());
         let user = self
             .authorize(request.extensions(), "create", "", &ns, obj.name())
             .await?;
@@ -908,7 +956,7 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
     }
 
     async fn get(&self, request: Request<GetParams>) -> Result<K, Status> {
-        let ns = Self::namespace_of(&request.get_ref().namespace);
+        let ns = self.namespace_of(&request.get_ref().namespace);
         let user = self
             .authorize(
                 request.extensions(),
@@ -919,14 +967,14 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
             )
             .await?;
         let p = request.into_inner();
-        Self::require_name(&p.name)?;
-        let version = ReadVersion::parse(Self::kind(), "resource_version", &p.resource_version)?;
+        self.require_name(&p.name)?;
+        let version = ReadVersion::parse(self.kind(), "resource_version", &p.resource_version)?;
         let obj = self
             .store
             .get(&ns, &p.name, version)
             .await?
             .ok_or_else(|| ApiError::NotFound {
-                kind: Self::kind().to_owned(),
+                kind: self.kind().to_owned(),
                 name: object_key(&ns, &p.name),
             })?;
         self.restrict_node(&user, "get", &ns, &p.name, "", Some(&obj))
@@ -949,7 +997,7 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
 
     async fn update(&self, request: Request<K>) -> Result<K, Status> {
         let obj = request.get_ref();
-        let ns = Self::namespace_of(obj.namespace());
+        let ns = self.namespace_of(obj.namespace());
         let user = self
             .authorize(request.extensions(), "update", "", &ns, obj.name())
             .await?;
@@ -959,11 +1007,11 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
     }
 
     async fn update_status(&self, request: Request<K>) -> Result<K, Status> {
-        if !K::INFO.has_status {
-            return Err(ApiError::Unimplemented(format!("{} has no status", Self::kind())).into());
+        if !self.kind.info.has_status {
+            return Err(ApiError::Unimplemented(format!("{} has no status", self.kind())).into());
         }
         let obj = request.get_ref();
-        let ns = Self::namespace_of(obj.namespace());
+        let ns = self.namespace_of(obj.namespace());
         let user = self
             .authorize(request.extensions(), "update", "status", &ns, obj.name())
             .await?;
@@ -974,7 +1022,7 @@ impl<K: Strategy> ResourceService<K> for ResourceServer<K> {
 
     async fn delete(&self, request: Request<DeleteParams>) -> Result<K, Status> {
         let p = request.get_ref();
-        let ns = Self::namespace_of(&p.namespace);
+        let ns = self.namespace_of(&p.namespace);
         let user = self
             .authorize(request.extensions(), "delete", "", &ns, &p.name)
             .await?;

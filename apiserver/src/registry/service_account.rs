@@ -44,13 +44,13 @@ impl skiff::subresources::ServiceAccountSubresources
         &self,
         request: Request<api::core::v1::CreateServiceAccountTokenRequest>,
     ) -> Result<Response<api::core::v1::CreateServiceAccountTokenResponse>, Status> {
-        let ns = Self::namespace_of(&request.get_ref().namespace);
+        let ns = self.namespace_of(&request.get_ref().namespace);
         let name = request.get_ref().name.clone();
         self.authorize(request.extensions(), "create", "token", &ns, &name)
             .await?;
         let user = caller(request.extensions());
         let r = request.into_inner();
-        Self::require_name(&name)?;
+        self.require_name(&name)?;
         let key = object_key(&ns, &name);
         let Some(signer) = self.ctx.token_signer.clone() else {
             return Err(ApiError::FailedPrecondition(format!(

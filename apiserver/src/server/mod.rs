@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff::Resource;
+use skiff::api::apiextensions::v1::ResourceDefinition;
 use skiff::api::core::v1::{
     LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, Service, ServiceAccount, ServicePort,
     ServiceSpec,
@@ -191,6 +192,7 @@ pub struct ApiServer {
     config: ServerConfig,
     cache_stats: CacheStatsHandle,
     health: tonic_health::server::HealthReporter,
+    defined: Arc<crate::apiextensions::DefinedKinds>,
 }
 
 struct Registrar {
@@ -328,6 +330,7 @@ impl ApiServer {
         let storage_classes = r.store::<StorageClass>();
         let priority_classes = r.store::<PriorityClass>();
         let services = r.store::<Service>();
+        let definitions = r.store::<ResourceDefinition>();
         let admission = Arc::new(crate::admission::Admission::new(
             accounts.clone(),
             limit_ranges.clone(),
@@ -400,6 +403,14 @@ impl ApiServer {
         r.shared(storage_classes.clone());
         r.shared(priority_classes.clone());
         r.shared(services.clone());
+        r.shared(definitions.clone());
+        let defined = crate::apiextensions::DefinedKinds::new(
+            storage.clone(),
+            r.feed.clone(),
+            config.watch_cache,
+            ctx.clone(),
+            definitions,
+        );
         // Every kind the API defines, each through its Strategy: a kind
         // without one, or left out here, does not build.
         macro_rules! serve_every_kind {
@@ -435,36 +446,17 @@ impl ApiServer {
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ]);
-        let reflection = || {
-            served.iter().fold(
-                tonic_reflection::server::Builder::configure()
-                    .register_encoded_file_descriptor_set(skiff::descriptor::FILE_DESCRIPTOR_SET)
-                    // Each version's builder adds its own; both are listed.
-                    .register_encoded_file_descriptor_set(
-                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-                    )
-                    .register_encoded_file_descriptor_set(
-                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-                    ),
-                |b, name| b.with_service_name(*name),
-            )
-        };
-        #[allow(
-            clippy::expect_used,
-            reason = "the descriptors are compiled in and checked by tests; this runs at start-up, not per request"
-        )]
-        {
-            routes.add_service(
-                reflection()
-                    .build_v1()
-                    .expect("the API's descriptors form a valid reflection set"),
-            );
-            routes.add_service(
-                reflection()
-                    .build_v1alpha()
-                    .expect("the API's descriptors form a valid reflection set"),
-            );
-        }
+        let reflection = crate::apiextensions::reflection::LiveReflection::new(
+            served.iter().map(|s| (*s).to_owned()).collect(),
+            defined.clone(),
+        )
+        .map_err(|e| ServerError::Config(format!("the API's descriptors: {e}")))?;
+        routes.add_service(crate::apiextensions::reflection::v1::service(
+            reflection.clone(),
+        ));
+        routes.add_service(crate::apiextensions::reflection::v1alpha::service(
+            reflection,
+        ));
 
         bootstrap_namespaces(&*namespaces, &ctx).await?;
         bootstrap_storage_class(storage_classes, &ctx).await?;
@@ -476,6 +468,7 @@ impl ApiServer {
             feed: r.feed.as_ref().map(Arc::downgrade),
         };
         register_cache_metrics(cache_stats.clone());
+        defined.load().await.map_err(ServerError::Bootstrap)?;
         Ok(Self {
             routes,
             allocator,
@@ -486,6 +479,7 @@ impl ApiServer {
             config,
             cache_stats,
             health: reporter,
+            defined,
         })
     }
 
@@ -530,6 +524,7 @@ impl ApiServer {
                 every,
             ))
         });
+        let definitions = tokio::spawn(self.defined.clone().run());
         let streams = self.shutdown;
         let shutdown = async move {
             shutdown.await;
@@ -555,6 +550,9 @@ impl ApiServer {
             .layer(crate::filters::panic::CatchPanicLayer)
             .layer(crate::filters::FiltersLayer::new(self.filters.clone()))
             .layer(RequestSizeLayer::new(MAX_OBJECT_BYTES))
+            .layer(crate::apiextensions::grpc::DefinedKindsLayer::new(
+                self.defined.clone(),
+            ))
             .add_routes(self.routes.routes())
             // Our own listener: tonic's tcp_nodelay only applies to listeners
             // it binds, so set it on the incoming stream (no Nagle delays).
@@ -572,6 +570,7 @@ impl ApiServer {
             c.abort();
         }
         repairs.abort();
+        definitions.abort();
         if let Some(h) = health {
             h.abort();
         }

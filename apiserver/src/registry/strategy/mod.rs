@@ -10,6 +10,7 @@
 //! Strategies state rules; they must not do I/O themselves beyond the
 //! admission and hooks they name.
 
+mod apiextensions;
 mod apps;
 mod batch;
 mod core;
