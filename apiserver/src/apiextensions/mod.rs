@@ -45,6 +45,8 @@ pub const CLEANUP_FINALIZER: &str = "apiextensions.skiff.dev/cleanup";
 pub struct DefinedKind {
     /// Its schema.
     pub schema: KindSchema,
+    /// Its facts (for the lifetime of the process: see [`served_kind`]).
+    pub info: &'static KindInfo,
     /// The generic service over its objects.
     pub server: Arc<ResourceServer<DynamicObject>>,
     /// The definition it came from.
@@ -58,14 +60,14 @@ pub struct DefinedKind {
 pub struct Served {
     /// Kinds by service name (`acme.v1.WidgetService`).
     pub by_service: HashMap<String, Arc<DefinedKind>>,
-    /// Each definition's descriptors and the version they were built from.
-    pub definitions: HashMap<String, (String, DescriptorPool, Vec<String>)>,
+    /// Each definition compiled, with the version it was built from.
+    pub definitions: HashMap<String, (String, Arc<CompiledDefinition>)>,
 }
 
 impl Served {
     /// Every served definition's pool, for reflection.
     pub fn pools(&self) -> impl Iterator<Item = &DescriptorPool> {
-        self.definitions.values().map(|(_, p, _)| p)
+        self.definitions.values().map(|(_, c)| &c.pool)
     }
 }
 
@@ -212,7 +214,7 @@ impl DefinedKinds {
             .current()
             .definitions
             .get(&name)
-            .is_some_and(|(v, _, _)| *v == version);
+            .is_some_and(|(v, _)| *v == version);
         if !already {
             let Some(spec) = &def.spec else { return };
             let compiled = match schema::compile(&name, spec) {
@@ -234,25 +236,25 @@ impl DefinedKinds {
                     .await;
                 return;
             }
+            let compiled = Arc::new(compiled);
             self.serve(&name, version, compiled.clone());
             self.set_status(
                 &name,
                 true,
                 "Established",
                 "the kinds are served",
-                Some(compiled.served_descriptor_set),
+                Some(&compiled),
             )
             .await;
         } else if !is_established(&def)
-            && let Some((_, pool, files)) = self.current().definitions.get(&name)
+            && let Some((_, compiled)) = self.current().definitions.get(&name)
         {
-            let set = served_set(pool, files);
             self.set_status(
                 &name,
                 true,
                 "Established",
                 "the kinds are served",
-                Some(set),
+                Some(compiled),
             )
             .await;
         }
@@ -287,7 +289,7 @@ impl DefinedKinds {
     }
 
     /// Serves a compiled definition's kinds (in place of what it served).
-    fn serve(&self, name: &str, version: String, compiled: CompiledDefinition) {
+    fn serve(&self, name: &str, version: String, compiled: Arc<CompiledDefinition>) {
         let mut kinds = Vec::new();
         for schema in &compiled.kinds {
             kinds.push(Arc::new(self.build(name, schema.clone())));
@@ -314,10 +316,8 @@ impl DefinedKinds {
                 s.by_service
                     .insert(k.schema.service.full_name().to_owned(), k);
             }
-            s.definitions.insert(
-                name.to_owned(),
-                (version, compiled.pool.clone(), compiled.files.clone()),
-            );
+            s.definitions
+                .insert(name.to_owned(), (version, compiled.clone()));
         });
         tracing::info!(definition = %name, "serving the kinds of a resource definition");
     }
@@ -344,9 +344,11 @@ impl DefinedKinds {
                 kind.info,
             ));
         }
+        let info: &'static KindInfo = Box::leak(Box::new(kind.info));
         let server = Arc::new(ResourceServer::for_kind(store, self.ctx.clone(), kind));
         DefinedKind {
             schema,
+            info,
             server,
             definition: definition.to_owned(),
             cacher,
@@ -436,7 +438,7 @@ impl DefinedKinds {
         established: bool,
         reason: &str,
         message: &str,
-        served: Option<Vec<u8>>,
+        served: Option<&CompiledDefinition>,
     ) {
         for _ in 0..5 {
             let Ok(Some(mut def)) = self.definitions.get("", name, ReadVersion::Latest).await
@@ -463,17 +465,20 @@ impl DefinedKinds {
                 && status.conditions.iter().zip(&next).all(|(a, b)| {
                     a.r#type == b.r#type && a.status == b.status && a.message == b.message
                 })
-                && served
-                    .as_ref()
-                    .is_none_or(|s| *s == status.served_descriptor_set);
+                && served.is_none_or(|c| {
+                    c.served_descriptor_set == status.served_descriptor_set
+                        && c.service_files == status.service_files
+                });
             if same {
                 return;
             }
             status.conditions = next;
-            if let Some(s) = &served {
-                status.served_descriptor_set = s.clone();
+            if let Some(c) = served {
+                status.served_descriptor_set = c.served_descriptor_set.clone();
+                status.service_files = c.service_files.clone();
             } else if !established {
                 status.served_descriptor_set.clear();
+                status.service_files.clear();
             }
             let rv = def.resource_version() as i64;
             if self.definitions.update(def, rv).await.is_ok() {
@@ -483,23 +488,36 @@ impl DefinedKinds {
     }
 }
 
+impl crate::registry::multiplex::MoreKinds for DefinedKinds {
+    fn find(
+        &self,
+        name: &str,
+    ) -> Option<(
+        &'static KindInfo,
+        Arc<dyn crate::registry::multiplex::WatchableKind>,
+    )> {
+        let served = self.current();
+        let kind = served
+            .by_service
+            .values()
+            .find(|k| k.info.message_name == name)
+            .or_else(|| {
+                let short = name.split('.').next().unwrap_or(name);
+                served.by_service.values().find(|k| {
+                    k.info.matches(short)
+                        && (short == name || name == format!("{}.{}", k.info.plural, k.info.group))
+                })
+            })?;
+        Some((kind.info, kind.server.clone()))
+    }
+}
+
 fn is_established(def: &ResourceDefinition) -> bool {
     def.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
             .any(|c| c.r#type == "Established" && c.status == "True")
             && !s.served_descriptor_set.is_empty()
-    })
-}
-
-/// The served files of a pool, encoded.
-fn served_set(pool: &DescriptorPool, files: &[String]) -> Vec<u8> {
-    prost::Message::encode_to_vec(&prost_types::FileDescriptorSet {
-        file: pool
-            .files()
-            .filter(|f| files.iter().any(|n| n == f.name()))
-            .map(|f| f.file_descriptor_proto().clone())
-            .collect(),
     })
 }
 

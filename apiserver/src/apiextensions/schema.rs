@@ -76,6 +76,8 @@ pub struct CompiledDefinition {
     pub served_descriptor_set: Vec<u8>,
     /// Names of the files in `served_descriptor_set`.
     pub files: Vec<String>,
+    /// The synthesized services' .proto sources, by path.
+    pub service_files: BTreeMap<String, String>,
     /// The kinds.
     pub kinds: Vec<KindSchema>,
 }
@@ -305,7 +307,7 @@ pub fn compile(
         return Err(v);
     }
     let mut all_sources = sources;
-    all_sources.extend(services.clone());
+    all_sources.extend(services.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut all_roots = roots.clone();
     all_roots.extend(services.keys().cloned());
     let pool = run_compiler(&all_sources, extra.as_ref(), &all_roots).map_err(|e| {
@@ -353,6 +355,7 @@ pub fn compile(
     };
     Ok(CompiledDefinition {
         served_descriptor_set: served.encode_to_vec(),
+        service_files: services,
         files: served.file.iter().map(|f| f.name().to_owned()).collect(),
         pool,
         kinds: out,

@@ -52,11 +52,20 @@ struct Kind {
     server: Arc<dyn WatchableKind>,
 }
 
+/// Kinds beyond those added at start-up (kinds defined at run time),
+/// looked up when a watch names them.
+pub(crate) trait MoreKinds: Send + Sync {
+    /// The kind `name` means (message name, kind, plural or short name)
+    /// and what serves its watches.
+    fn find(&self, name: &str) -> Option<(&'static KindInfo, Arc<dyn WatchableKind>)>;
+}
+
 /// Every kind the multiplexed watch serves, found by message name, kind,
 /// plural or short name.
 #[derive(Default)]
 pub struct WatchableKinds {
     kinds: Vec<Arc<Kind>>,
+    more: Option<Arc<dyn MoreKinds>>,
 }
 
 impl WatchableKinds {
@@ -69,11 +78,25 @@ impl WatchableKinds {
         }));
     }
 
-    fn find(&self, name: &str) -> Option<&Arc<Kind>> {
+    /// Looks kinds up in `more` too, after those added.
+    pub(crate) fn with_more(&mut self, more: Arc<dyn MoreKinds>) {
+        self.more = Some(more);
+    }
+
+    fn find(&self, name: &str) -> Option<Arc<Kind>> {
         self.kinds
             .iter()
             .find(|k| k.info.message_name == name)
             .or_else(|| self.kinds.iter().find(|k| k.info.matches(name)))
+            .cloned()
+            .or_else(|| {
+                let (info, server) = self.more.as_ref()?.find(name)?;
+                Some(Arc::new(Kind {
+                    info,
+                    type_url: skiff::wire::type_url_of(info.message_name),
+                    server,
+                }))
+            })
     }
 
     /// The gRPC service over these kinds; its streams end when `shutdown` turns true.
@@ -201,7 +224,7 @@ impl Session {
             );
             return self.outbox.push_back(notice(id, false, Some(e)));
         }
-        let Some(kind) = self.kinds.find(&create.kind).cloned() else {
+        let Some(kind) = self.kinds.find(&create.kind) else {
             let e = invalid(
                 "create.kind",
                 &format!(

@@ -430,10 +430,9 @@ impl ApiServer {
         }
         let mut routes = r.routes;
         routes.add_service(health::service(reporter.clone()));
-        routes.add_service(
-            r.watchable
-                .into_service(ctx.shutdown.clone(), MAX_OBJECT_BYTES + 1024),
-        );
+        let mut watchable = r.watchable;
+        watchable.with_more(defined.clone());
+        routes.add_service(watchable.into_service(ctx.shutdown.clone(), MAX_OBJECT_BYTES + 1024));
         reporter
             .set_service_status(MULTIPLEXED_WATCH, ServingStatus::Serving)
             .await;

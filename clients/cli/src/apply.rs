@@ -467,8 +467,18 @@ async fn apply_one(client: &DynamicClient, m: &Manifest) -> anyhow::Result<&'sta
 
 /// Runs `skiff apply`.
 pub async fn apply(args: ApplyArgs, server: Option<&str>) -> anyhow::Result<()> {
-    let manifests = load(&args.files, &args.namespace)?;
     let client = ctx::dynamic(server).await?;
+    let manifests = match load(&args.files, &args.namespace) {
+        Ok(m) => m,
+        Err(e) => {
+            // Objects of kinds that resource definitions in these files
+            // define: the definitions first, then everything.
+            if !apply_definitions_first(&client, &args.files).await? {
+                return Err(e);
+            }
+            load(&args.files, &args.namespace)?
+        }
+    };
     let mut failed = 0;
     for m in &manifests {
         let (name, _) = name_and_namespace(m);
@@ -484,6 +494,59 @@ pub async fn apply(args: ApplyArgs, server: Option<&str>) -> anyhow::Result<()> 
         bail!("{failed} of {} objects failed", manifests.len());
     }
     Ok(())
+}
+
+/// Applies the resource definitions among `files`, waits until they are
+/// established and learns their kinds; false if there are none.
+async fn apply_definitions_first(client: &DynamicClient, files: &[String]) -> anyhow::Result<bool> {
+    let mut definitions = Vec::new();
+    for (source, text) in read_sources(files)? {
+        definitions.extend(manifest::parse_kind(&text, &source, "ResourceDefinition"));
+    }
+    if definitions.is_empty() {
+        return Ok(false);
+    }
+    let kind = ctx::kind("resourcedefinitions")?;
+    let mut names = Vec::new();
+    for m in &mut definitions {
+        if let Some(meta) = m.value.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("namespace");
+        }
+        m.object = manifest::to_message(&m.kind.message, m.value.clone(), &m.origin)?;
+        let (name, _) = name_and_namespace(m);
+        let what = apply_one(client, m).await?;
+        println!("{} {what}", ctx::display_name(m.kind.info, &name));
+        names.push(name);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for name in names {
+        loop {
+            let def = client.get(&kind, "", &name).await?;
+            let v = manifest::message_value(&def);
+            let established = v
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.get("type").and_then(Value::as_str) == Some("Established")
+                            && c.get("status").and_then(Value::as_str) == Some("True")
+                    })
+                });
+            if established {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let why = v
+                    .pointer("/status/conditions/0/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no condition yet");
+                bail!("resourcedefinition {name:?} is not established after 30 s: {why}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    client.learn_defined_kinds().await?;
+    Ok(true)
 }
 
 /// Runs `skiff create`.

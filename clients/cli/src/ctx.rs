@@ -24,12 +24,24 @@ pub async fn dynamic(server: Option<&str>) -> anyhow::Result<DynamicClient> {
     Ok(DynamicClient::new(client(server).await?.transport()))
 }
 
-/// The kind a command-line name means ("pods", "po", "Pod", "deployment").
+/// The kind a command-line name means ("pods", "po", "Pod", "deployment",
+/// or a kind defined at run time: "widgets", "widgets.acme.example.com").
 pub fn kind(name: &str) -> anyhow::Result<DynamicKind> {
-    let name = name.split('.').next().unwrap_or(name);
-    match KindInfo::find(name) {
-        Some(info) => Ok(DynamicKind::of(info)),
+    match DynamicKind::find(name) {
+        Some(kind) => Ok(kind),
         None => bail!("the server has no resource type {name:?}; `skiff api-resources` lists them"),
+    }
+}
+
+/// Learns the kinds the server's resource definitions serve, so that
+/// commands name them like the API's own. Quiet when the server cannot say
+/// (not reachable, not allowed): the API's own kinds still work.
+pub async fn learn_kinds(server: Option<&str>) {
+    if let Ok(client) = dynamic(server).await {
+        let learnt = client.learn_defined_kinds().await;
+        if let Err(e) = learnt {
+            tracing::debug!(error = %e, "cannot list resource definitions");
+        }
     }
 }
 

@@ -25,6 +25,9 @@ pub enum Output {
     Name,
     /// A kubectl JSONPath template (`jsonpath={.items[*].metadata.name}`).
     JsonPath(String),
+    /// A resource definition's .proto files with each kind's synthesized
+    /// service, for generating clients in any language.
+    Proto,
 }
 
 /// Parses `-o`: wide, yaml, json, name or jsonpath=TEMPLATE.
@@ -34,6 +37,7 @@ pub fn parse_output(s: &str) -> Result<Output, String> {
         "yaml" => Ok(Output::Yaml),
         "json" => Ok(Output::Json),
         "name" => Ok(Output::Name),
+        "proto" => Ok(Output::Proto),
         _ => match s.split_once('=') {
             Some(("jsonpath", template)) => {
                 let t = template.trim();
@@ -46,7 +50,7 @@ pub fn parse_output(s: &str) -> Result<Output, String> {
                 Ok(Output::JsonPath(t.to_owned()))
             }
             _ => Err(format!(
-                "unknown output format {s:?}: use wide, yaml, json, name or jsonpath=TEMPLATE"
+                "unknown output format {s:?}: use wide, yaml, json, name, proto or jsonpath=TEMPLATE"
             )),
         },
     }
@@ -89,13 +93,32 @@ pub struct Args {
 }
 
 fn print_table(kind: &DynamicKind, items: &[Value], wide: bool, with_ns: bool, headers: bool) {
-    let cols = printers::columns(kind.info.kind);
+    // A kind defined at run time: its declared columns between NAME and AGE.
+    let defined = !skiff::KINDS.iter().any(|k| k == kind.info);
+    let cols = if defined {
+        vec![printers::Column {
+            name: "NAME",
+            wide: false,
+            cell: printers::name,
+        }]
+    } else {
+        printers::columns(kind.info.kind)
+    };
     let cols: Vec<_> = cols.iter().filter(|c| wide || !c.wide).collect();
+    let headings: Vec<String> = kind
+        .printer_columns
+        .iter()
+        .map(|(h, _)| h.to_ascii_uppercase())
+        .collect();
     let mut names: Vec<&str> = Vec::new();
     if with_ns {
         names.push("NAMESPACE");
     }
     names.extend(cols.iter().map(|c| c.name));
+    if defined {
+        names.extend(headings.iter().map(String::as_str));
+        names.push("AGE");
+    }
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|v| {
@@ -109,6 +132,14 @@ fn print_table(kind: &DynamicKind, items: &[Value], wide: bool, with_ns: bool, h
                 );
             }
             row.extend(cols.iter().map(|c| (c.cell)(v)));
+            if defined {
+                row.extend(
+                    kind.printer_columns
+                        .iter()
+                        .map(|(_, path)| printers::at_path(v, path)),
+                );
+                row.push(printers::age(v));
+            }
             row
         })
         .collect();
@@ -119,6 +150,68 @@ fn print_table(kind: &DynamicKind, items: &[Value], wide: bool, with_ns: bool, h
         table.split_once('\n').map(|x| x.1).unwrap_or("")
     };
     print!("{text}");
+}
+
+/// A definition's .proto files, each kind's synthesized service appended
+/// to its kind's file (same package), so that the output of a one-file
+/// definition goes to `protoc` as it is.
+fn definition_proto(v: &Value) -> String {
+    let files = v.pointer("/spec/protoFiles").and_then(Value::as_object);
+    let services = v.pointer("/status/serviceFiles").and_then(Value::as_object);
+    let Some(files) = files else {
+        return String::new();
+    };
+    let several = files.len() > 1;
+    let mut out = String::new();
+    for (path, source) in files {
+        let mut text = source.as_str().unwrap_or_default().to_owned();
+        let import_line = format!("import \"{path}\";");
+        for service in services
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, s)| s.as_str())
+        {
+            if !service.lines().any(|l| l.trim() == import_line) {
+                continue;
+            }
+            if !text.contains("\"skiff/meta/v1/meta.proto\"") {
+                text = add_import(&text, "skiff/meta/v1/meta.proto");
+            }
+            text.push_str("\n// The service the API server synthesizes for this kind.\n");
+            for line in service.lines() {
+                let l = line.trim_start();
+                if l.starts_with("syntax ") || l.starts_with("package ") || l.starts_with("import ")
+                {
+                    continue;
+                }
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        if several {
+            out.push_str(&format!("// ---- file: {path} ----\n"));
+        }
+        out.push_str(&text);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `source` with `import "path";` after its package line.
+fn add_import(source: &str, path: &str) -> String {
+    let mut out = String::new();
+    let mut added = false;
+    for line in source.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !added && line.trim_start().starts_with("package ") {
+            out.push_str(&format!("import \"{path}\";\n"));
+            added = true;
+        }
+    }
+    out
 }
 
 fn print_items(
@@ -162,6 +255,18 @@ fn print_items(
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 println!("{}", ctx::display_name(kind.info, name));
+            }
+        }
+        Some(Output::Proto) => {
+            if kind.info.plural != "resourcedefinitions" {
+                eprintln!(
+                    "error: -o proto prints resource definitions; use -o yaml for {}",
+                    kind.info.plural
+                );
+                return;
+            }
+            for v in items {
+                print!("{}", definition_proto(v));
             }
         }
         Some(Output::Wide) => print_table(kind, items, true, with_ns, true),

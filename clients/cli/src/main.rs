@@ -147,6 +147,18 @@ fn main() {
             }
         }
         let server = server.as_deref();
+        if matches!(
+            cli.command,
+            Command::Get(_)
+                | Command::Describe(_)
+                | Command::Apply(_)
+                | Command::Create(_)
+                | Command::Delete(_)
+                | Command::Scale(_)
+                | Command::ApiResources
+        ) {
+            ctx::learn_kinds(server).await;
+        }
         match cli.command {
             Command::Apiserver(args) => apiserver::run(args).await,
             Command::Scheduler(args) => components::scheduler(args, server).await,

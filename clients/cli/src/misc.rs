@@ -67,8 +67,10 @@ pub async fn version(server: Option<&str>) -> anyhow::Result<()> {
 
 /// Runs `skiff api-resources`.
 pub fn api_resources() {
+    let defined = skiff::client::dynamic::defined_kinds();
     let rows: Vec<Vec<String>> = KINDS
         .iter()
+        .chain(defined.iter().map(|k| k.info))
         .map(|k| {
             vec![
                 k.plural.to_owned(),

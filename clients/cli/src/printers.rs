@@ -100,7 +100,8 @@ pub fn since(ts: &str) -> String {
     human_duration(secs)
 }
 
-fn name(v: &Value) -> String {
+/// The object's name.
+pub fn name(v: &Value) -> String {
     s(v, "/metadata/name")
 }
 
@@ -408,6 +409,40 @@ fn map_selector(v: &Value, pointer: &str) -> String {
             })
             .unwrap_or_default(),
     )
+}
+
+/// The value at a dotted field path (proto or JSON field names), as a cell.
+pub fn at_path(v: &Value, path: &str) -> String {
+    let mut current = v;
+    for part in path.split('.') {
+        let camel = camel(part);
+        match current.get(part).or_else(|| current.get(&camel)) {
+            Some(next) => current = next,
+            None => return "<none>".to_owned(),
+        }
+    }
+    match current {
+        Value::String(s) => s.clone(),
+        Value::Null => "<none>".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// `snake_case` → `snakeCase` (protobuf's JSON names).
+fn camel(name: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The columns of a kind (NAME first; NAMESPACE is added by the caller).
