@@ -554,3 +554,88 @@ async fn a_role_granting_a_defined_kinds_plural_in_its_group_allows_exactly_that
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constraints_written_in_the_schema_are_enforced_with_each_field_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::embedded(dir.path()).await;
+    let addr = server.addr.to_string();
+    let ruled = r#"syntax = "proto3";
+package acme.v1;
+import "skiff/meta/v1/meta.proto";
+import "buf/validate/validate.proto";
+message Widget { skiff.meta.v1.ObjectMeta metadata = 1; WidgetSpec spec = 2 [(buf.validate.field).required = true]; WidgetStatus status = 3; }
+message WidgetSpec {
+  int32 size = 1 [(buf.validate.field).int32 = {gte: 1, lte: 10}];
+  string color = 2 [(buf.validate.field).string = {in: ["red", "blue"]}];
+}
+message WidgetStatus { string phase = 1 [(buf.validate.field).string = {pattern: "^[A-Z][a-z]+$"}]; }
+"#;
+    call(
+        &addr,
+        "skiff.apiextensions.v1.ResourceDefinitionService/CreateResourceDefinition",
+        definition(ruled),
+    )
+    .await;
+    wait_listed(&addr, "acme.v1.WidgetService", true).await;
+    let (ok, _, err) = grpcurl(
+        &addr,
+        &["acme.v1.WidgetService/CreateWidget"],
+        Some(&widget("w1", "gold", "green", 11)),
+    )
+    .await;
+    assert!(!ok && err.contains("InvalidArgument"), "{err}");
+    assert!(
+        err.contains("\"field\":\"spec.size\"") && err.contains("int32.lte"),
+        "{err}"
+    );
+    assert!(
+        err.contains("\"field\":\"spec.color\"") && err.contains("string.in"),
+        "{err}"
+    );
+    let (ok, _, err) = grpcurl(
+        &addr,
+        &["acme.v1.WidgetService/CreateWidget"],
+        Some(&json!({"widget": {"metadata": {"name": "w2", "namespace": "default"}}})),
+    )
+    .await;
+    assert!(
+        !ok && err.contains("\"field\":\"spec\"") && err.contains("required"),
+        "{err}"
+    );
+    // Nothing was stored by the refused creates; a valid one is.
+    let list = call(&addr, "acme.v1.WidgetService/ListWidgets", json!({})).await;
+    assert!(names(&list).is_empty(), "{list}");
+    call(
+        &addr,
+        "acme.v1.WidgetService/CreateWidget",
+        widget("w1", "gold", "red", 3),
+    )
+    .await;
+    // A status update is held to the status' constraints.
+    let (ok, _, err) = grpcurl(
+        &addr,
+        &["acme.v1.WidgetService/UpdateWidgetStatus"],
+        Some(&json!({"widget": {"metadata": {"name": "w1", "namespace": "default"}, "status": {"phase": "ready"}}})),
+    )
+    .await;
+    assert!(
+        !ok && err.contains("status.phase") && err.contains("string.pattern"),
+        "{err}"
+    );
+    // A definition whose rules the server cannot bound (CEL) is refused.
+    let cel = ruled.replace("widgets", "gadgets").replace(
+        "[(buf.validate.field).int32 = {gte: 1, lte: 10}]",
+        "[(buf.validate.field).cel = {id: \"even\", expression: \"this % 2 == 0\"}]",
+    );
+    let mut d = definition(&cel);
+    d["resourceDefinition"]["metadata"]["name"] = json!("gadgets.acme.example.com");
+    d["resourceDefinition"]["spec"]["kinds"][0]["plural"] = json!("gadgets");
+    let (ok, _, err) = grpcurl(
+        &addr,
+        &["skiff.apiextensions.v1.ResourceDefinitionService/CreateResourceDefinition"],
+        Some(&d),
+    )
+    .await;
+    assert!(!ok && err.contains("CEL rules are not supported"), "{err}");
+}

@@ -118,17 +118,17 @@ async fn serve(
     let s = &kind.schema;
     let server = &*kind.server;
     let result: Result<Bytes, Status> = if method == format!("Create{}", s.kind) {
-        match object_of(&input) {
+        match object_of(&input, s, false) {
             Ok(obj) => server.create(request(obj)).await.map(|o| in_field_one(&o)),
             Err(e) => Err(e),
         }
     } else if method == format!("Update{}", s.kind) {
-        match object_of(&input) {
+        match object_of(&input, s, false) {
             Ok(obj) => server.update(request(obj)).await.map(|o| in_field_one(&o)),
             Err(e) => Err(e),
         }
     } else if method == format!("Update{}Status", s.kind) {
-        match object_of(&input) {
+        match object_of(&input, s, true) {
             Ok(obj) => server
                 .update_status(request(obj))
                 .await
@@ -215,9 +215,14 @@ fn request_of<T>(parts: &http::request::Parts, message: T) -> Request<T> {
     )
 }
 
-/// The object a Create/Update request carries (field 1), re-encoded in
-/// field order with unknown fields dropped.
-fn object_of(input: &DynamicMessage) -> Result<DynamicObject, Status> {
+/// The object a Create/Update request carries (field 1), its constraints
+/// checked (only its status' for a status update), re-encoded in field
+/// order with unknown fields dropped.
+fn object_of(
+    input: &DynamicMessage,
+    schema: &super::schema::KindSchema,
+    status_only: bool,
+) -> Result<DynamicObject, Status> {
     let field = input
         .descriptor()
         .get_field(1)
@@ -229,6 +234,26 @@ fn object_of(input: &DynamicMessage) -> Result<DynamicObject, Status> {
         return Err(Status::internal("field 1 of the request is not a message"));
     };
     drop_unknown(&mut object);
+    let violations = if status_only {
+        super::validate::validate_status(&object)
+    } else {
+        super::validate::validate(&object)
+    };
+    if !violations.is_empty() {
+        let name = match object.get_field_by_name("metadata").as_deref() {
+            Some(Value::Message(meta)) => meta
+                .get_field_by_name("name")
+                .and_then(|n| n.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        return Err(crate::error::ApiError::Invalid {
+            kind: schema.kind.clone(),
+            name,
+            violations,
+        }
+        .into());
+    }
     DynamicObject::decode(Bytes::from(object.encode_to_vec()))
         .map_err(|e| Status::invalid_argument(format!("{}: {e}", field.name())))
 }

@@ -3,7 +3,8 @@
 //! break stored objects ([`compat`]), and serves each kind like one of its
 //! own — a store with its own watch cache, the generic service with RBAC,
 //! quota and audit, selectors, the gRPC methods of a synthesized service
-//! ([`grpc`]) and live reflection ([`reflection`]) — with no code per kind:
+//! ([`grpc`]) and live reflection ([`reflection`]), with the constraints
+//! written in the schema enforced ([`validate`]) — with no code per kind:
 //! every such kind is [`DynamicObject`]s behind a [`ServedKind`] built
 //! from its definition.
 //!
@@ -16,6 +17,7 @@ pub mod compat;
 pub mod grpc;
 pub mod reflection;
 pub mod schema;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

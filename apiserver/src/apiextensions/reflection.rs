@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use prost_reflect::{DescriptorPool, FileDescriptor};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -83,11 +82,11 @@ impl LiveReflection {
         match q {
             Question::FileByName(name) => self
                 .file_by_name(&name)
-                .map(|f| Answer::Files(vec![f.file_descriptor_proto().encode_to_vec()]))
+                .map(|f| Answer::Files(vec![f.encode_to_vec()]))
                 .ok_or_else(|| Status::not_found(format!("file {name:?} not found"))),
             Question::Symbol(symbol) => self
                 .file_of_symbol(&symbol)
-                .map(|f| Answer::Files(vec![f.file_descriptor_proto().encode_to_vec()]))
+                .map(|f| Answer::Files(vec![f.encode_to_vec()]))
                 .ok_or_else(|| Status::not_found(format!("symbol {symbol:?} not found"))),
             Question::Extension => Err(Status::not_found("extensions are not supported")),
             // grpcurl asks this of every message and expects an answer.

@@ -171,6 +171,9 @@ pub fn compile(
             v.push(FieldViolation::new(format!("{at}.message"), why));
             continue;
         }
+        for problem in super::validate::check_rules(&message) {
+            v.push(FieldViolation::new(format!("{at}.message"), problem));
+        }
         if let Err(e) = check_name(NameRule::Label, &k.plural) {
             v.push(FieldViolation::new(format!("{at}.plural"), e));
         } else if k.plural.chars().any(|c| c.is_ascii_uppercase()) {
@@ -661,6 +664,7 @@ fn run_compiler(
         chain.add(DescriptorSetFileResolver::new(set.clone()));
     }
     chain.add(api_files());
+    chain.add(validate_files());
     chain.add(GoogleFileResolver::new());
     let mut compiler = protox::Compiler::with_file_resolver(chain);
     compiler.include_imports(true).include_source_info(false);
@@ -675,6 +679,13 @@ fn api_files() -> DescriptorSetFileResolver {
     let set = prost_types::FileDescriptorSet::decode(skiff::descriptor::FILE_DESCRIPTOR_SET)
         .unwrap_or_default();
     DescriptorSetFileResolver::new(set)
+}
+
+/// `buf/validate/validate.proto`, for constraints written as options.
+fn validate_files() -> DescriptorSetFileResolver {
+    let file = prost_types::FileDescriptorProto::decode(super::validate::VALIDATE_PROTO)
+        .unwrap_or_default();
+    DescriptorSetFileResolver::new(prost_types::FileDescriptorSet { file: vec![file] })
 }
 
 /// A compiler error with its place in the file, when it has one.

@@ -425,11 +425,13 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
                 rule(&[""], &["endpoints"], &["create", "update"]),
             ],
         ),
+        // Every group, those of kinds defined at run time too: the garbage
+        // collector reads and deletes dependents of any kind.
         role(
             "system:kube-controller-manager",
             vec![
-                rule(ALL_GROUPS, &["*"], WRITE),
-                rule(ALL_GROUPS, &["*/status", "*/scale"], &["get", "update"]),
+                rule(&["*"], &["*"], WRITE),
+                rule(&["*"], &["*/status", "*/scale"], &["get", "update"]),
             ],
         ),
         // Narrowed further per node: only its own Node, Lease and pods.
