@@ -100,6 +100,28 @@ pub fn validate_dns1123_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The plural as written in method names: the kind's own spelling where
+/// the plural starts with it ("Widget" + "widgets" → "Widgets",
+/// "Policy" + "policies" → "Policies").
+pub fn plural_camel(kind: &str, plural: &str) -> String {
+    let common = kind
+        .chars()
+        .zip(plural.chars())
+        .take_while(|(a, b)| a.eq_ignore_ascii_case(b))
+        .count();
+    let mut out: String = kind.chars().take(common).collect();
+    let rest: String = plural.chars().skip(common).collect();
+    if out.is_empty() {
+        let mut c = rest.chars();
+        return c
+            .next()
+            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+            .unwrap_or_default();
+    }
+    out.push_str(&rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

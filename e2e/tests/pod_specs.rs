@@ -331,7 +331,23 @@ async fn docker_pre_stop_runs_before_sigterm() {
         .unwrap();
     cluster.pod_gone("stopper", Duration::from_secs(30)).await;
     let lines = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(lines, "started\npreStop\npreStop-done\nSIGTERM\n");
+    if lines != "started\npreStop\npreStop-done\nSIGTERM\n" {
+        // What the kubelet said of the pod, to tell why.
+        let events = cluster
+            .client
+            .events("default")
+            .list(&Default::default())
+            .await;
+        let events: Vec<_> = events
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .map(|e| format!("{} {}: {}", e.r#type, e.reason, e.message))
+                    .collect()
+            })
+            .unwrap_or_default();
+        panic!("the container wrote {lines:?}; the pod's events: {events:#?}");
+    }
 }
 
 /// The process runtime (as root): what it can enforce it does, what it

@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+pub mod defined;
 pub mod dynamic;
 mod error;
 mod failover;

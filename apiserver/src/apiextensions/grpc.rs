@@ -78,7 +78,11 @@ where
             parts.next().unwrap_or_default(),
             parts.next().unwrap_or_default(),
         );
-        if let Some(kind) = self.kinds.by_service(service) {
+        // The API's own services (package skiff.*, which a definition may
+        // not use) go straight on, with no lookup.
+        if !service.starts_with("skiff.")
+            && let Some(kind) = self.kinds.by_service(service)
+        {
             let method = method.to_owned();
             return Box::pin(async move { Ok(serve(kind, &method, req).await) });
         }

@@ -211,7 +211,13 @@ pub fn compile(
         }
         let package = message.package_name().to_owned();
         let version = package.rsplit('.').next().unwrap_or_default().to_owned();
-        if package.is_empty() || package.starts_with("skiff.") || package.starts_with("google.") {
+        let reserved = |root: &str| {
+            package == root
+                || package
+                    .strip_prefix(root)
+                    .is_some_and(|p| p.starts_with('.'))
+        };
+        if package.is_empty() || reserved("skiff") || reserved("google") {
             v.push(FieldViolation::new(
                 format!("{at}.message"),
                 "the message needs a package of its own (not skiff.* or google.*), e.g. acme.v1",
@@ -443,27 +449,7 @@ pub fn scalar_path(message: &MessageDescriptor, path: &str) -> Result<FieldDescr
     Err("an empty path".to_owned())
 }
 
-/// The plural as written in method names: the kind's own spelling where
-/// the plural starts with it ("Widget" + "widgets" → "Widgets",
-/// "Policy" + "policies" → "Policies").
-pub fn plural_camel(kind: &str, plural: &str) -> String {
-    let common = kind
-        .chars()
-        .zip(plural.chars())
-        .take_while(|(a, b)| a.eq_ignore_ascii_case(b))
-        .count();
-    let mut out: String = kind.chars().take(common).collect();
-    let rest: String = plural.chars().skip(common).collect();
-    if out.is_empty() {
-        let mut c = rest.chars();
-        return c
-            .next()
-            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-            .unwrap_or_default();
-    }
-    out.push_str(&rest);
-    out
-}
+pub use skiff::names::plural_camel;
 
 /// `CamelCase` → `camel_case`.
 pub fn snake(name: &str) -> String {

@@ -369,6 +369,11 @@ impl<K: Strategy> ResourceServer<K> {
             m.generation = 1;
         }
         obj.prepare_for_create();
+        if self.kind.rules.is_some() {
+            // As Kubernetes does for custom resources: a create cannot set
+            // the status of a kind defined at run time.
+            self.kind.clear_status(&mut obj);
+        }
         if generate {
             let prefix = obj.meta().generate_name.clone();
             if let Err(e) = check_name(K::NAME_RULE, &format!("{prefix}x")) {

@@ -272,16 +272,24 @@ impl Collector {
     }
 
     async fn owner_exists(&self, n: &Node, o: &OwnerReference) -> Result<bool, Error> {
-        let Some(info) = KindInfo::by_api_version(&o.api_version, &o.kind) else {
-            // An owner of a kind this server does not serve: leave the dependent alone.
-            return Ok(true);
+        let kind = match DynamicKind::by_api_version(&o.api_version, &o.kind) {
+            Some(kind) => kind,
+            None => {
+                // Perhaps a kind defined at run time since last asked.
+                self.dynamic.learn_defined_kinds().await?;
+                match DynamicKind::by_api_version(&o.api_version, &o.kind) {
+                    Some(kind) => kind,
+                    // An owner of a kind this server does not serve: leave the dependent alone.
+                    None => return Ok(true),
+                }
+            }
         };
-        let ns = if info.namespaced {
+        let ns = if kind.info.namespaced {
             n.namespace.as_str()
         } else {
             ""
         };
-        match self.dynamic.get(&DynamicKind::of(info), ns, &o.name).await {
+        match self.dynamic.get(&kind, ns, &o.name).await {
             Ok(obj) => {
                 let v = skiff::manifest::message_value(&obj);
                 Ok(v.pointer("/metadata/uid").and_then(Value::as_str) == Some(o.uid.as_str()))

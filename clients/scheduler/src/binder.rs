@@ -112,6 +112,7 @@ async fn send_batches(
             }
         }
         let (client, outcome) = (client.clone(), outcome.clone());
+        let in_flight = InFlight::new(&outcome.stats, pods.len());
         tokio::spawn(async move {
             if pods.len() == 1 {
                 let a = pods.pop().expect("one pod");
@@ -124,7 +125,26 @@ async fn send_batches(
                 bind_all(&client, &outcome, pods).await;
             }
             drop(permit);
+            drop(in_flight);
         });
+    }
+}
+
+/// Counts pods in `SchedulerStats::binding` while their call is in flight
+/// (also when the call's task is dropped unfinished).
+struct InFlight(Arc<SchedulerStats>, u64);
+
+impl InFlight {
+    fn new(stats: &Arc<SchedulerStats>, pods: usize) -> Self {
+        let pods = pods as u64;
+        stats.binding.fetch_add(pods, Ordering::Relaxed);
+        Self(stats.clone(), pods)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.binding.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 

@@ -152,6 +152,8 @@ pub struct SchedulerStats {
     pub bind_errors: AtomicU64,
     /// Preemptions started.
     pub preemptions: AtomicU64,
+    /// Pods whose binding call is in flight (sent, not yet answered).
+    pub binding: AtomicU64,
 }
 
 /// Events are sent by a background task; when it falls behind they are

@@ -111,6 +111,14 @@ fn spec_hash(c: &Container) -> u64 {
 
 /// Records an event about `pod` without waiting for it.
 fn emit(shared: &Shared, pod: &Pod, kind: &'static str, reason: &'static str, message: String) {
+    if kind == WARNING {
+        tracing::warn!(
+            pod = pod.name(),
+            namespace = pod.namespace(),
+            reason,
+            "{message}"
+        );
+    }
     let (recorder, pod) = (shared.recorder.clone(), pod.clone());
     tokio::spawn(async move { recorder.record(&pod, kind, reason, &message).await });
 }
