@@ -566,6 +566,7 @@ import "skiff/meta/v1/meta.proto";
 import "buf/validate/validate.proto";
 message Widget { skiff.meta.v1.ObjectMeta metadata = 1; WidgetSpec spec = 2 [(buf.validate.field).required = true]; WidgetStatus status = 3; }
 message WidgetSpec {
+  option (buf.validate.message).cel = {id: "blue_is_small", message: "a blue widget has size 3 at most", expression: "this.color != 'blue' || this.size <= 3"};
   int32 size = 1 [(buf.validate.field).int32 = {gte: 1, lte: 10}];
   string color = 2 [(buf.validate.field).string = {in: ["red", "blue"]}];
 }
@@ -623,19 +624,48 @@ message WidgetStatus { string phase = 1 [(buf.validate.field).string = {pattern:
         !ok && err.contains("status.phase") && err.contains("string.pattern"),
         "{err}"
     );
-    // A definition whose rules the server cannot bound (CEL) is refused.
-    let cel = ruled.replace("widgets", "gadgets").replace(
-        "[(buf.validate.field).int32 = {gte: 1, lte: 10}]",
-        "[(buf.validate.field).cel = {id: \"even\", expression: \"this % 2 == 0\"}]",
+    // A CEL rule (on the message) is enforced once the others pass.
+    let (ok, _, err) = grpcurl(
+        &addr,
+        &["acme.v1.WidgetService/CreateWidget"],
+        Some(&widget("w3", "gold", "blue", 5)),
+    )
+    .await;
+    assert!(
+        !ok && err.contains("InvalidArgument")
+            && err.contains("\"field\":\"spec\"")
+            && err.contains("a blue widget has size 3 at most (blue_is_small)"),
+        "{err}"
     );
-    let mut d = definition(&cel);
+    call(
+        &addr,
+        "acme.v1.WidgetService/CreateWidget",
+        widget("w3", "gold", "blue", 2),
+    )
+    .await;
+    // A definition whose CEL cost has no bound is refused: a walk within a
+    // walk of a list with no max_items.
+    let unbounded = ruled
+        .replace("widgets", "gadgets")
+        .replace("message Widget ", "message Gadget ")
+        .replace("acme.v1.Widget", "acme.v1.Gadget")
+        .replace(
+            "string color = 2 [(buf.validate.field).string = {in: [\"red\", \"blue\"]}];",
+            "string color = 2;\n  repeated string tags = 3 [(buf.validate.field).cel = {id: \"pairs\", expression: \"this.all(a, this.exists(b, a == b))\"}];",
+        );
+    let mut d = definition(&unbounded);
     d["resourceDefinition"]["metadata"]["name"] = json!("gadgets.acme.example.com");
     d["resourceDefinition"]["spec"]["kinds"][0]["plural"] = json!("gadgets");
+    d["resourceDefinition"]["spec"]["kinds"][0]["message"] = json!("acme.v1.Gadget");
+    d["resourceDefinition"]["spec"]["protoFiles"] = json!({"acme/v1/gadget.proto": unbounded});
     let (ok, _, err) = grpcurl(
         &addr,
         &["skiff.apiextensions.v1.ResourceDefinitionService/CreateResourceDefinition"],
         Some(&d),
     )
     .await;
-    assert!(!ok && err.contains("CEL rules are not supported"), "{err}");
+    assert!(
+        !ok && err.contains("\"pairs\"") && err.contains("exceeds the limit"),
+        "{err}"
+    );
 }

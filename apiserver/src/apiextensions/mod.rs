@@ -13,6 +13,7 @@
 //! and when a definition is deleted it stops serving them, deletes their
 //! objects, then lets the definition go (its finalizer).
 
+pub mod cel;
 pub mod compat;
 pub mod grpc;
 pub mod reflection;

@@ -9,9 +9,9 @@
 //! `prefix`, `suffix`, `contains`, `not_contains`, `in`, `not_in`; bytes'
 //! `min_len`, `max_len`; enums' `const`, `defined_only`, `in`, `not_in`;
 //! repeated fields' `min_items`, `max_items`, `unique` and `items`; maps'
-//! `min_pairs`, `max_pairs`; bools' `const`. CEL rules are refused at
-//! registration: no evaluator whose cost can be bounded before a request is
-//! built in, and an unbounded one is not run.
+//! `min_pairs`, `max_pairs`; bools' `const`; and CEL rules on fields and
+//! messages (see [`super::cel`]: their cost is bounded at registration,
+//! and they run on objects that pass the other rules).
 //!
 //! The descriptor of `buf/validate/validate.proto` is Buf's (Apache-2.0),
 //! as published in the `protovalidate` package.
@@ -21,6 +21,7 @@ use prost_reflect::{
     ReflectMessage, Value,
 };
 
+use super::cel;
 use crate::error::FieldViolation;
 
 /// `buf/validate/validate.proto` as an encoded `FileDescriptorProto`.
@@ -82,7 +83,7 @@ fn extension(pool: &DescriptorPool, name: &str) -> Option<ExtensionDescriptor> {
 }
 
 /// The rules set on `field`, if any.
-fn rules_of(field: &FieldDescriptor) -> Option<DynamicMessage> {
+pub(super) fn rules_of(field: &FieldDescriptor) -> Option<DynamicMessage> {
     let ext = extension(field.parent_pool(), "buf.validate.field")?;
     let options = field.options();
     if !options.has_extension(&ext) {
@@ -119,11 +120,26 @@ fn check_message(
     seen.push(message.full_name().to_owned());
     if let Some(ext) = extension(message.parent_pool(), "buf.validate.message") {
         let options = message.options();
-        if options.has_extension(&ext) {
-            out.push(format!(
-                "{}: message rules (CEL) are not supported; use field rules",
+        if options.has_extension(&ext)
+            && let Some(rules) = options.get_extension(&ext).as_message()
+        {
+            let at = if path.is_empty() {
                 message.full_name()
-            ));
+            } else {
+                path
+            };
+            for (name, _) in set_fields(rules) {
+                if name != "cel" {
+                    out.push(format!(
+                        "{at}: message rule {name} is not supported by this server"
+                    ));
+                }
+            }
+            for rule in cel::rules_in(rules) {
+                if let Err(e) = cel::check(&rule, cel::Ty::Message(message.clone())) {
+                    out.push(format!("{at}: {e}"));
+                }
+            }
         }
     }
     for field in message.fields() {
@@ -145,12 +161,14 @@ fn check_field_rules(
     at: &str,
     out: &mut Vec<String>,
 ) {
+    for rule in cel::rules_in(rules) {
+        if let Err(e) = cel::check(&rule, cel::ty_of_field(field)) {
+            out.push(format!("{at}: {e}"));
+        }
+    }
     for (name, value) in set_fields(rules) {
         match name.as_str() {
-            "required" | "ignore" => {}
-            "cel" | "cel_expression" => out.push(format!(
-                "{at}: CEL rules are not supported (no evaluator with a cost bounded at registration is built in); use field rules"
-            )),
+            "required" | "ignore" | "cel" | "cel_expression" => {}
             group => {
                 let expected = if field.is_map() {
                     "map"
@@ -163,18 +181,24 @@ fn check_field_rules(
                     out.push(format!("{at}: {group} rules on a {expected} field"));
                     continue;
                 }
-                let Some(group_rules) = value.as_message() else { continue };
+                let Some(group_rules) = value.as_message() else {
+                    continue;
+                };
                 for (rule, v) in set_fields(group_rules) {
                     if !supported(group, &rule) {
-                        out.push(format!("{at}: {group}.{rule} is not supported by this server"));
+                        out.push(format!(
+                            "{at}: {group}.{rule} is not supported by this server"
+                        ));
                     }
-                    if group == "string" && rule == "pattern"
+                    if group == "string"
+                        && rule == "pattern"
                         && let Some(p) = v.as_str()
                         && let Err(e) = regex::Regex::new(p)
                     {
                         out.push(format!("{at}: string.pattern does not compile: {e}"));
                     }
-                    if group == "repeated" && rule == "items"
+                    if group == "repeated"
+                        && rule == "items"
                         && let Some(item_rules) = v.as_message()
                     {
                         // Each item's rules are those of a singular field.
@@ -225,7 +249,76 @@ fn join(path: &str, name: &str) -> String {
 pub fn validate(object: &DynamicMessage) -> Vec<FieldViolation> {
     let mut out = Vec::new();
     validate_message(object, "", &mut out);
+    // CEL rules assume the bounds the other rules set.
+    if out.is_empty() {
+        cel_message(object, "", &mut out);
+    }
     out
+}
+
+/// The violations of CEL rules on `m`, its fields and the messages it holds.
+fn cel_message(m: &DynamicMessage, path: &str, out: &mut Vec<FieldViolation>) {
+    let desc = m.descriptor();
+    if let Some(ext) = extension(desc.parent_pool(), "buf.validate.message")
+        && desc.options().has_extension(&ext)
+        && let Some(rules) = desc.options().get_extension(&ext).as_message()
+    {
+        let rules = cel::rules_in(rules);
+        if !rules.is_empty() {
+            let this = cel::message_to_cel(m);
+            for rule in rules {
+                if let Some(message) = cel::evaluate(&rule, &this) {
+                    out.push(FieldViolation::new(
+                        path,
+                        format!("{message} ({})", rule.id),
+                    ));
+                }
+            }
+        }
+    }
+    for field in desc.fields() {
+        let at = join(path, field.json_name());
+        let present = m.has_field(&field);
+        let singular_message =
+            matches!(field.kind(), Kind::Message(_)) && !field.is_list() && !field.is_map();
+        if let Some(rules) = rules_of(&field)
+            && (present || !singular_message)
+        {
+            let rules = cel::rules_in(&rules);
+            if !rules.is_empty() {
+                let this = cel::to_cel(&m.get_field(&field));
+                for rule in rules {
+                    if let Some(message) = cel::evaluate(&rule, &this) {
+                        out.push(FieldViolation::new(
+                            at.clone(),
+                            format!("{message} ({})", rule.id),
+                        ));
+                    }
+                }
+            }
+        }
+        if !present {
+            continue;
+        }
+        match &*m.get_field(&field) {
+            Value::Message(inner) => cel_message(inner, &at, out),
+            Value::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Message(inner) = item {
+                        cel_message(inner, &format!("{at}[{i}]"), out);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    if let Value::Message(inner) = v {
+                        cel_message(inner, &format!("{at}[{k:?}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The violations of the rules of `object`'s `status` (what a status
@@ -237,6 +330,9 @@ pub fn validate_status(object: &DynamicMessage) -> Vec<FieldViolation> {
             object.get_field_by_name("status").map(|v| v.into_owned())
     {
         validate_message(&status, "status", &mut out);
+        if out.is_empty() {
+            cel_message(&status, "status", &mut out);
+        }
     }
     out
 }
@@ -650,6 +746,60 @@ enum Mode { MODE_UNSPECIFIED = 0; FAST = 1; SLOW = 2; }
     }
 
     #[test]
+    fn cel_rules_on_fields_and_messages_are_enforced_after_the_others() {
+        let source = RULED
+            .replace(
+                "[(buf.validate.field).int32 = {gte: 1, lte: 10}]",
+                "[(buf.validate.field).int32 = {gte: 1, lte: 10}, (buf.validate.field).cel = {id: \"even\", message: \"size must be even\", expression: \"this % 2 == 0\"}]",
+            )
+            .replace(
+                "message WidgetSpec {",
+                "message WidgetSpec {\n  option (buf.validate.message).cel = {id: \"tags_fit\", expression: \"size(this.tags) <= this.size ? '' : 'more tags than size'\"};",
+            );
+        let c = compile("widgets.acme.example.com", &spec(&source)).unwrap();
+        let check = |json| {
+            let m = DynamicMessage::deserialize(c.kinds[0].message.clone(), json).unwrap();
+            validate(&m)
+                .into_iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+        };
+        assert!(check(serde_json::json!({"spec": {"size": 2, "tags": ["a"], "color": "red", "code": "abc"}})).is_empty());
+        assert_eq!(
+            check(serde_json::json!({"spec": {"size": 3, "color": "red", "code": "abc"}})),
+            ["spec.size: size must be even (even)"]
+        );
+        assert_eq!(
+            check(
+                serde_json::json!({"spec": {"size": 2, "tags": ["a", "b"], "color": "red", "code": "x"}})
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check(
+                serde_json::json!({"spec": {"size": 4, "tags": ["a", "b", "c"], "color": "red", "code": "abc"}})
+            ),
+            // max_items fails first: CEL runs only on objects that pass the rest.
+            ["spec.tags: value must contain no more than 2 item(s) (repeated.max_items)"]
+        );
+        let c2 = compile(
+            "widgets.acme.example.com",
+            &spec(&source.replace("max_items: 2", "max_items: 5")),
+        )
+        .unwrap();
+        let m = DynamicMessage::deserialize(
+            c2.kinds[0].message.clone(),
+            serde_json::json!({"spec": {"size": 2, "tags": ["a", "b", "c"], "color": "red", "code": "abc"}}),
+        )
+        .unwrap();
+        let v: Vec<_> = validate(&m)
+            .into_iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect();
+        assert_eq!(v, ["spec: more tags than size (tags_fit)"]);
+    }
+
+    #[test]
     fn rules_that_do_not_fit_or_are_not_enforced_are_refused_at_registration() {
         let wrong = RULED.replace(
             "(buf.validate.field).int32 = {gte: 1, lte: 10}",
@@ -660,13 +810,15 @@ enum Mode { MODE_UNSPECIFIED = 0; FAST = 1; SLOW = 2; }
             v[0].description.contains("string rules on a int32 field"),
             "{v:?}"
         );
-        let cel = RULED.replace(
-            "[(buf.validate.field).int32 = {gte: 1, lte: 10}]",
-            "[(buf.validate.field).cel = {id: \"even\", expression: \"this % 2 == 0\"}]",
+        // A walk of a list with no bound of its own has no bounded cost.
+        let unbounded = RULED.replace(
+            "[(buf.validate.field).repeated = {max_items: 2, unique: true}]",
+            "[(buf.validate.field).cel = {id: \"short\", expression: \"this.all(t, this.exists(u, t == u))\"}]",
         );
-        let v = compile("widgets.acme.example.com", &spec(&cel)).unwrap_err();
+        let v = compile("widgets.acme.example.com", &spec(&unbounded)).unwrap_err();
         assert!(
-            v[0].description.contains("CEL rules are not supported"),
+            v[0].description.contains("\"short\"")
+                && v[0].description.contains("exceeds the limit"),
             "{v:?}"
         );
         let bad_pattern = RULED.replace("^[a-z]+$", "([a-z");
