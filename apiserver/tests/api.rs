@@ -903,6 +903,25 @@ async fn deleting_a_bound_pod_is_graceful(s: &TestServer) {
             .await
             .is_ok()
     );
+    // Its kubelet reporting status meanwhile (and any other update) does
+    // not end the graceful period.
+    let mut reported = Pod::get_in(t.clone(), get("default", "running"))
+        .await
+        .unwrap();
+    reported.status.get_or_insert_with(Default::default).phase = "Running".into();
+    Pod::update_status_in(t.clone(), reported).await.unwrap();
+    let mut labelled = Pod::get_in(t.clone(), get("default", "running"))
+        .await
+        .unwrap();
+    labelled
+        .meta_mut()
+        .labels
+        .insert("seen".into(), "yes".into());
+    Pod::update_in(t.clone(), labelled).await.unwrap();
+    let still = Pod::get_in(t.clone(), get("default", "running"))
+        .await
+        .expect("a terminating pod stays through updates");
+    assert_eq!(still.meta().deletion_grace_period_seconds, Some(20));
     // The kubelet's final delete, with grace 0, removes it.
     Pod::delete_in(
         t.clone(),
@@ -915,6 +934,38 @@ async fn deleting_a_bound_pod_is_graceful(s: &TestServer) {
     .unwrap();
     assert_eq!(
         Pod::get_in(t.clone(), get("default", "running"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // With a finalizer: the final delete ends the graceful period, and the
+    // finalizer's removal then removes the pod.
+    let mut held = pod("default", "held");
+    held.meta_mut().finalizers = vec!["example.com/hold".into()];
+    held.spec.as_mut().unwrap().node_name = "n1".into();
+    Pod::create_in(t.clone(), held).await.unwrap();
+    let marked = Pod::delete_in(t.clone(), del("default", "held"))
+        .await
+        .unwrap();
+    assert!(marked.meta().deletion_grace_period_seconds.unwrap_or(0) > 0);
+    let after_final = Pod::delete_in(
+        t.clone(),
+        DeleteParams {
+            grace_period_seconds: Some(0),
+            ..del("default", "held")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(after_final.meta().deletion_grace_period_seconds, Some(0));
+    let mut released = Pod::get_in(t.clone(), get("default", "held"))
+        .await
+        .expect("the finalizer holds it");
+    released.meta_mut().finalizers.clear();
+    Pod::update_in(t.clone(), released).await.unwrap();
+    assert_eq!(
+        Pod::get_in(t.clone(), get("default", "held"))
             .await
             .unwrap_err()
             .code(),

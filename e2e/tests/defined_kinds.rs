@@ -180,7 +180,7 @@ async fn a_defined_kind_applies_from_yaml_prints_its_columns_and_serves_a_genera
 /// `Api<Widget>`: a Widget gets a Deployment it owns with `spec.size`
 /// replicas, follows resizes, shows `Ready` once the pods run, and its
 /// Deployment goes with it (the garbage collector follows the owner
-/// reference to a defined kind). The typed API itself: get, list by the
+/// reference to a defined kind, also in the foreground). The typed API itself: get, list by the
 /// declared field, a stale update refused, status only through its
 /// subresource, and a watcher of the kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,5 +312,36 @@ async fn the_sdk_controller_reconciles_widgets_into_deployments_they_own() {
     )
     .await;
     assert!(deployments.get_opt("widget-small").await.unwrap().is_some());
+    // In the foreground: the Widget stays (terminating) until what it owns is gone.
+    widgets
+        .delete(
+            "small",
+            &DeleteParams {
+                propagation_policy: "Foreground".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    eventually(
+        "small and widget-small to be gone",
+        Duration::from_secs(60),
+        async || {
+            let widget = widgets.get_opt("small").await.ok()?;
+            let deployment = deployments.get_opt("widget-small").await.ok()?;
+            if let Some(w) = &widget {
+                assert!(
+                    w.meta().deletion_timestamp.is_some(),
+                    "the Widget is terminating meanwhile"
+                );
+            }
+            assert!(
+                deployment.is_none() || widget.is_some(),
+                "the Widget went before what it owns"
+            );
+            (widget.is_none() && deployment.is_none()).then_some(())
+        },
+    )
+    .await;
     controller.abort();
 }

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use skiff::Resource;
 use skiff::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container,
     DownwardApiProjection, DownwardApiVolumeFile, EmptyDirVolumeSource, EnvFromSource, EnvVar,
@@ -326,10 +327,14 @@ async fn docker_pre_stop_runs_before_sigterm() {
         },
     )
     .await;
-    pods.delete("stopper", &DeleteParams::default())
+    let deleted = pods
+        .delete("stopper", &DeleteParams::default())
         .await
         .unwrap();
     cluster.pod_gone("stopper", Duration::from_secs(30)).await;
+    let gone_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let lines = std::fs::read_to_string(&log).unwrap();
     if lines != "started\npreStop\npreStop-done\nSIGTERM\n" {
         // What the kubelet said of the pod, to tell why.
@@ -346,7 +351,13 @@ async fn docker_pre_stop_runs_before_sigterm() {
                     .collect()
             })
             .unwrap_or_default();
-        panic!("the container wrote {lines:?}; the pod's events: {events:#?}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let later = std::fs::read_to_string(&log).unwrap();
+        panic!(
+            "the container wrote {lines:?} (pod gone at {gone_at:?}; 3 s later: {later:?}); the pod's events: {events:#?}; as deleted: {:?} {:?}",
+            deleted.meta().deletion_timestamp,
+            deleted.status
+        );
     }
 }
 

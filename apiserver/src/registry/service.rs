@@ -573,7 +573,14 @@ impl<K: Strategy> ResourceServer<K> {
         }
         self.check_size(&new)?;
         let old_rv = old.resource_version() as i64;
-        if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers() {
+        // An object in its graceful period (a terminating pod) stays until
+        // its owner finishes the deletion, whatever updates meanwhile (the
+        // kubelet's status reports, say), as Kubernetes' ShouldDeleteDuringUpdate.
+        let graceful = new
+            .meta()
+            .deletion_grace_period_seconds
+            .is_some_and(|g| g > 0);
+        if new.meta().deletion_timestamp.is_some() && !new.has_pending_finalizers() && !graceful {
             // The last finalizer is gone: the object goes.
             return written(self.remove(ns, name, Some(old_rv)).await);
         }
@@ -725,6 +732,22 @@ impl<K: Strategy> ResourceServer<K> {
         let pending = old.has_pending_finalizers();
         if old.meta().deletion_timestamp.is_some() {
             // Already being deleted: finish it if nothing remains to wait for.
+            let in_grace = old
+                .meta()
+                .deletion_grace_period_seconds
+                .is_some_and(|g| g > 0);
+            if pending && grace.is_none() && in_grace {
+                // Its graceful period is over (a delete without one, as the
+                // kubelet sends when the pod has stopped); the object goes
+                // when its last finalizer does.
+                let mut new = old.clone();
+                {
+                    let m = new.meta_mut();
+                    m.deletion_timestamp = Some(timestamp_after(Duration::ZERO));
+                    m.deletion_grace_period_seconds = Some(0);
+                }
+                return written(self.store.update(new, old_rv).await);
+            }
             if pending || grace.is_some() {
                 return Ok(Attempt::Unchanged(old));
             }

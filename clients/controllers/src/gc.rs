@@ -4,7 +4,9 @@
 //! `foregroundDeletion`) waits until its dependents are gone; one deleted
 //! with `Orphan` (finalizer `orphan`) has its dependents released first.
 //! Before deleting anything because an owner seems gone, the collector asks
-//! the API server, so a graph that lags never deletes wrongly.
+//! the API server, so a graph that lags never deletes wrongly. Objects of
+//! kinds defined at run time (ResourceDefinitions) join the graph from a
+//! listing every sweep, so they own and are owned like the API's own kinds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,6 +22,10 @@ use skiff::{KINDS, KindInfo, KindVisitor, Resource, visit_kinds};
 use tokio::sync::mpsc;
 
 use crate::Context;
+
+/// How often every object is checked again (and objects of defined kinds
+/// listed).
+const SWEEP: Duration = Duration::from_secs(10);
 
 /// Finalizer of an owner deleted in the foreground.
 pub const FOREGROUND: &str = "foregroundDeletion";
@@ -41,6 +47,77 @@ enum GraphEvent {
     Upsert(Node),
     Remove(String),
     Synced,
+}
+
+/// The graph node of an object of a kind defined at run time.
+fn dynamic_node(kind: &DynamicKind, obj: &prost_reflect::DynamicMessage) -> Option<Node> {
+    let meta = obj.get_field_by_number(1)?;
+    let m = meta
+        .as_message()?
+        .transcode_to::<skiff::api::meta::v1::ObjectMeta>()
+        .ok()?;
+    Some(Node {
+        uid: m.uid,
+        kind: kind.info,
+        namespace: m.namespace,
+        name: m.name,
+        owners: m.owner_references,
+        deleting: m.deletion_timestamp.is_some(),
+        finalizers: m.finalizers,
+    })
+}
+
+/// Feeds the graph with the objects of kinds defined at run time: there is
+/// no informer for them, so they are listed every `every` (objects gone
+/// since the last complete listing are removed).
+async fn feed_defined(
+    dynamic: DynamicClient,
+    tx: mpsc::UnboundedSender<GraphEvent>,
+    every: Duration,
+) {
+    let mut listed: HashSet<String> = HashSet::new();
+    loop {
+        if dynamic.learn_defined_kinds().await.is_ok() {
+            let mut now = HashSet::new();
+            let mut complete = true;
+            for kind in skiff::client::dynamic::defined_kinds() {
+                let params = skiff::params::ListParams {
+                    resource_version: "0".into(),
+                    ..Default::default()
+                };
+                match dynamic.list_all(&kind, &params).await {
+                    Ok((items, _)) => {
+                        for n in items.iter().filter_map(|o| dynamic_node(&kind, o)) {
+                            now.insert(n.uid.clone());
+                            let _ = tx.send(GraphEvent::Upsert(n));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(kind = kind.info.kind, error = %e, "cannot list a defined kind");
+                        complete = false;
+                    }
+                }
+            }
+            if complete {
+                for uid in listed.difference(&now) {
+                    let _ = tx.send(GraphEvent::Remove(uid.clone()));
+                }
+                listed = now;
+            } else {
+                listed.extend(now);
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The descriptors of `info`'s kind: the API's own, or one defined at run
+/// time and still served.
+fn dynamic_kind(info: &'static KindInfo) -> Option<DynamicKind> {
+    if KindInfo::by_api_version(info.api_version, info.kind).is_some() {
+        return Some(DynamicKind::of(info));
+    }
+    DynamicKind::by_api_version(info.api_version, info.kind)
 }
 
 fn node_of<K: Resource>(o: &K) -> Node {
@@ -158,12 +235,17 @@ pub async fn run(ctx: Context, shutdown: impl std::future::Future<Output = ()>) 
         tasks: Vec::new(),
     };
     visit_kinds(&mut feeder);
+    feeder.tasks.push(tokio::spawn(feed_defined(
+        DynamicClient::new(ctx.client.transport()),
+        feeder.tx.clone(),
+        SWEEP,
+    )));
     let mut gc = Collector {
         dynamic: DynamicClient::new(ctx.client.transport()),
         graph: Graph::default(),
     };
     let mut synced = 0;
-    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    let mut sweep = tokio::time::interval(SWEEP);
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
@@ -310,7 +392,10 @@ impl Collector {
             }),
             grace_period_seconds: None,
         };
-        match self.dynamic.delete(&DynamicKind::of(n.kind), &params).await {
+        let Some(kind) = dynamic_kind(n.kind) else {
+            return Ok(());
+        };
+        match self.dynamic.delete(&kind, &params).await {
             Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -330,7 +415,9 @@ impl Collector {
 
     /// Reads an object, changes its JSON, writes it back (retrying conflicts).
     async fn edit(&self, n: &Node, change: impl Fn(&mut Value)) -> Result<(), Error> {
-        let kind = DynamicKind::of(n.kind);
+        let Some(kind) = dynamic_kind(n.kind) else {
+            return Ok(());
+        };
         for _ in 0..5 {
             let obj = match self.dynamic.get(&kind, &n.namespace, &n.name).await {
                 Ok(o) => o,

@@ -279,7 +279,10 @@ impl Worker {
                     .delete(pod.name(), &params)
                     .await
                 {
-                    Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => return,
+                    Ok(_) | Err(Error::NotFound(_) | Error::Conflict(_)) => {
+                        tracing::debug!(pod = pod.name(), "removed the pod object");
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(pod = pod.name(), error = %e, "could not remove the pod object; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -479,6 +482,7 @@ impl Worker {
                     started_at,
                     finished_at,
                 }) => {
+                    tracing::info!(pod = pod.name(), container = %c.name, exit_code, reason = %reason, "the container ended");
                     let message = self
                         .termination_message(pod, c, &id, attempt, exit_code)
                         .await;
@@ -549,7 +553,8 @@ impl Worker {
                     });
                     return;
                 }
-                Err(_) => {
+                Err(e) => {
+                    tracing::warn!(pod = pod.name(), container = %c.name, id = %id, error = %e, "cannot read the container's state; it is started again");
                     slot.current = None;
                 }
             }
@@ -841,7 +846,9 @@ impl Worker {
             .checked_sub(started.elapsed())
             .unwrap_or_default()
             .max(Duration::from_secs(2).min(grace));
-        let _ = self.runtime().stop_container(id, left).await;
+        let hook_took = started.elapsed();
+        let stopped = self.runtime().stop_container(id, left).await;
+        tracing::debug!(pod = pod.name(), container = %c.name, hook_took = ?hook_took, stop = ?stopped, took = ?started.elapsed(), "stopped the container");
     }
 
     /// The termination message of container `c`'s instance `id`: its
@@ -1044,6 +1051,18 @@ impl Worker {
         }
         // Every container at once, each after its preStop hook.
         let spec = pod.and_then(|p| p.spec.clone()).unwrap_or_default();
+        tracing::info!(pod_uid = %self.uid, running = ?running, grace = ?grace, "stopping the pod's containers");
+        if let Some(pod) = pod {
+            for (name, _) in &running {
+                emit(
+                    &self.shared,
+                    pod,
+                    NORMAL,
+                    "Killing",
+                    format!("Stopping container {name}"),
+                );
+            }
+        }
         let this = &*self;
         futures::future::join_all(running.iter().map(|(name, id)| {
             let runtime = runtime.clone();
