@@ -156,6 +156,26 @@ async fn a_defined_kind_applies_from_yaml_prints_its_columns_and_serves_a_genera
     );
     assert!(out.contains("created from-python"), "{out}");
     assert!(out.contains("listed from-python\n"), "{out}");
+    assert!(out.contains("got from-python 2\n"), "{out}");
+    assert!(out.contains("updated from-python 4\n"), "{out}");
+    assert!(
+        out.contains("stale update refused StatusCode.ABORTED"),
+        "{out}"
+    );
+    assert!(out.contains("status Ready\n"), "{out}");
+    assert!(out.contains("deleted py-temp\n"), "{out}");
+    // Watched from the first create: exactly what came after, in order.
+    let since: Vec<&str> = out.lines().filter(|l| l.starts_with("since ")).collect();
+    assert_eq!(
+        since,
+        [
+            "since EVENT_TYPE_MODIFIED from-python 4",
+            "since EVENT_TYPE_MODIFIED from-python 4",
+            "since EVENT_TYPE_ADDED py-temp 1",
+            "since EVENT_TYPE_DELETED py-temp 1",
+        ],
+        "{out}"
+    );
     assert!(out.contains("event EVENT_TYPE_ADDED w1 blue"), "{out}");
     assert!(
         out.contains("event EVENT_TYPE_ADDED from-python red"),
