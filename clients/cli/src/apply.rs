@@ -468,12 +468,14 @@ async fn apply_one(client: &DynamicClient, m: &Manifest) -> anyhow::Result<&'sta
 /// Runs `skiff apply`.
 pub async fn apply(args: ApplyArgs, server: Option<&str>) -> anyhow::Result<()> {
     let client = ctx::dynamic(server).await?;
+    let mut applied_first = Vec::new();
     let manifests = match load(&args.files, &args.namespace) {
         Ok(m) => m,
         Err(e) => {
             // Objects of kinds that resource definitions in these files
-            // define: the definitions first, then everything.
-            if !apply_definitions_first(&client, &args.files).await? {
+            // define: the definitions first, then everything else.
+            applied_first = apply_definitions_first(&client, &args.files).await?;
+            if applied_first.is_empty() {
                 return Err(e);
             }
             load(&args.files, &args.namespace)?
@@ -482,6 +484,9 @@ pub async fn apply(args: ApplyArgs, server: Option<&str>) -> anyhow::Result<()> 
     let mut failed = 0;
     for m in &manifests {
         let (name, _) = name_and_namespace(m);
+        if m.kind.info.kind == "ResourceDefinition" && applied_first.contains(&name) {
+            continue;
+        }
         match apply_one(&client, m).await {
             Ok(what) => println!("{} {what}", ctx::display_name(m.kind.info, &name)),
             Err(e) => {
@@ -497,14 +502,17 @@ pub async fn apply(args: ApplyArgs, server: Option<&str>) -> anyhow::Result<()> 
 }
 
 /// Applies the resource definitions among `files`, waits until they are
-/// established and learns their kinds; false if there are none.
-async fn apply_definitions_first(client: &DynamicClient, files: &[String]) -> anyhow::Result<bool> {
+/// established and learns their kinds; returns their names (none: none there).
+async fn apply_definitions_first(
+    client: &DynamicClient,
+    files: &[String],
+) -> anyhow::Result<Vec<String>> {
     let mut definitions = Vec::new();
     for (source, text) in read_sources(files)? {
         definitions.extend(manifest::parse_kind(&text, &source, "ResourceDefinition"));
     }
     if definitions.is_empty() {
-        return Ok(false);
+        return Ok(Vec::new());
     }
     let kind = ctx::kind("resourcedefinitions")?;
     let mut names = Vec::new();
@@ -519,9 +527,9 @@ async fn apply_definitions_first(client: &DynamicClient, files: &[String]) -> an
         names.push(name);
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    for name in names {
+    for name in &names {
         loop {
-            let def = client.get(&kind, "", &name).await?;
+            let def = client.get(&kind, "", name).await?;
             let v = manifest::message_value(&def);
             let established = v
                 .pointer("/status/conditions")
@@ -546,7 +554,7 @@ async fn apply_definitions_first(client: &DynamicClient, files: &[String]) -> an
         }
     }
     client.learn_defined_kinds().await?;
-    Ok(true)
+    Ok(names)
 }
 
 /// Runs `skiff create`.
