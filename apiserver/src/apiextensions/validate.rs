@@ -237,6 +237,29 @@ fn check_item_rules(
     }
 }
 
+/// Calls `visit` with each message a field's `value` holds (itself, each
+/// item, each map value) and its path.
+fn for_each_message(value: &Value, at: &str, mut visit: impl FnMut(&DynamicMessage, &str)) {
+    match value {
+        Value::Message(inner) => visit(inner, at),
+        Value::List(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Value::Message(inner) = item {
+                    visit(inner, &format!("{at}[{i}]"));
+                }
+            }
+        }
+        Value::Map(entries) => {
+            for (k, v) in entries {
+                if let Value::Message(inner) = v {
+                    visit(inner, &format!("{at}[{k:?}]"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn join(path: &str, name: &str) -> String {
     if path.is_empty() {
         name.to_owned()
@@ -300,24 +323,9 @@ fn cel_message(m: &DynamicMessage, path: &str, out: &mut Vec<FieldViolation>) {
         if !present {
             continue;
         }
-        match &*m.get_field(&field) {
-            Value::Message(inner) => cel_message(inner, &at, out),
-            Value::List(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Value::Message(inner) = item {
-                        cel_message(inner, &format!("{at}[{i}]"), out);
-                    }
-                }
-            }
-            Value::Map(entries) => {
-                for (k, v) in entries {
-                    if let Value::Message(inner) = v {
-                        cel_message(inner, &format!("{at}[{k:?}]"), out);
-                    }
-                }
-            }
-            _ => {}
-        }
+        for_each_message(&m.get_field(&field), &at, |inner, at| {
+            cel_message(inner, at, out)
+        });
     }
 }
 
@@ -368,24 +376,9 @@ fn validate_message(m: &DynamicMessage, path: &str, out: &mut Vec<FieldViolation
         if !present {
             continue;
         }
-        match &*m.get_field(&field) {
-            Value::Message(inner) => validate_message(inner, &at, out),
-            Value::List(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Value::Message(inner) = item {
-                        validate_message(inner, &format!("{at}[{i}]"), out);
-                    }
-                }
-            }
-            Value::Map(entries) => {
-                for (k, v) in entries {
-                    if let Value::Message(inner) = v {
-                        validate_message(inner, &format!("{at}[{k:?}]"), out);
-                    }
-                }
-            }
-            _ => {}
-        }
+        for_each_message(&m.get_field(&field), &at, |inner, at| {
+            validate_message(inner, at, out)
+        });
     }
 }
 
