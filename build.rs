@@ -645,18 +645,10 @@ where
         let obj = self.0.delete(request).await?;
         Ok(Response::new({m}::Delete{kind}Response {{ {obj}: Some(obj) }}))
     }}
-    type Watch{pc}Stream = crate::server::WatchStream<{ty}>;
+    type Watch{pc}Stream = crate::server::TonicWatchStream<{ty}>;
     async fn watch_{plural_snake}(&self, request: Request<{m}::Watch{pc}Request>) -> Result<Response<Self::Watch{pc}Stream>, Status> {{
-        let request = crate::server::map_request(request, |m| Ok(WatchParams {{
-            namespace: {ns},
-            label_selector: m.label_selector,
-            field_selector: m.field_selector,
-            resource_version: m.resource_version,
-            allow_bookmarks: m.allow_bookmarks,
-            send_initial_events: m.send_initial_events,
-            timeout_seconds: m.timeout_seconds,
-        }}))?;
-        Ok(Response::new(self.0.watch(request).await?))
+        let request = crate::server::map_request(request, |m| Ok({plural_snake}_watch_params(m)))?;
+        Ok(Response::new(crate::server::tonic_watch_stream(self.0.watch(request).await?)))
     }}"#,
         plural_snake = snake(pc),
     )
@@ -697,7 +689,20 @@ where
     let plural_snake = snake(pc);
     writeln!(
         w,
-        r#"impl<S> crate::server::ServeWith<S> for {ty}
+        r#"/// The parameters of a `Watch{pc}` request.
+fn {plural_snake}_watch_params(m: {m}::Watch{pc}Request) -> WatchParams {{
+    WatchParams {{
+        namespace: {ns},
+        label_selector: m.label_selector,
+        field_selector: m.field_selector,
+        resource_version: m.resource_version,
+        allow_bookmarks: m.allow_bookmarks,
+        send_initial_events: m.send_initial_events,
+        timeout_seconds: m.timeout_seconds,
+    }}
+}}
+
+impl<S> crate::server::ServeWith<S> for {ty}
 where
     {bound},
 {{
@@ -709,11 +714,10 @@ where
         let call: crate::server::WatchCall<{ty}> = Arc::new(move |parts, message| {{
             let kind_server = kind_server.clone();
             Box::pin(async move {{
-                use {m}::{svc_snake}_server::{svc} as _;
                 let m = <{m}::Watch{pc}Request as ::prost::Message>::decode(message)
                     .map_err(|e| Status::invalid_argument(format!("the request does not decode: {{e}}")))?;
                 let request = Request::from_http(::http::Request::from_parts(parts, m));
-                Ok(kind_server.watch_{plural_snake}(request).await?.into_inner())
+                kind_server.0.watch(request.map({plural_snake}_watch_params)).await
             }})
         }});
         routes.add_service(crate::server::FramedWatch::new(server, "Watch{pc}", call, limits.max_decoding));

@@ -10,10 +10,19 @@ use tonic::{Request, Status};
 
 use crate::params::{DeleteParams, GetParams, ListParams, WatchParams};
 use crate::resource::Resource;
-use crate::wire::{ListResponse, WatchEvent};
+use crate::wire::{ListResponse, OutgoingEvent, WatchEvent};
 
 /// Stream of watch events a server returns.
-pub type WatchStream<K> = Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, Status>> + Send>>;
+pub type WatchStream<K> = Pin<Box<dyn Stream<Item = Result<OutgoingEvent<K>, Status>> + Send>>;
+
+/// The same events as tonic's generated service encodes them.
+pub type TonicWatchStream<K> = Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, Status>> + Send>>;
+
+/// `stream` as tonic's generated service takes it.
+pub fn tonic_watch_stream<K: Send + 'static>(stream: WatchStream<K>) -> TonicWatchStream<K> {
+    use futures::StreamExt;
+    Box::pin(stream.map(|r| r.map(OutgoingEvent::into_event)))
+}
 
 /// The operations every kind's service offers, written once for all kinds.
 #[tonic::async_trait]
@@ -92,7 +101,7 @@ pub type WatchCall<K> = Arc<
 
 /// A kind's generated gRPC service with its `Watch<Kind>s` method served
 /// directly: events whose gRPC frame was encoded once for every watcher
-/// ([`WatchEvent::pre_framed`]) are written to the HTTP/2 stream as they
+/// ([`OutgoingEvent::Framed`]) are written to the HTTP/2 stream as they
 /// are, with no per-stream encode buffer or copy. On the wire it is the same
 /// server-streaming call; every other method goes to the generated service.
 pub struct FramedWatch<S, K> {
@@ -193,7 +202,7 @@ pub fn streaming_response<K: prost::Message + Default + Send + 'static>(
 
 /// The response of a unary call that answers `message` (encoded).
 pub fn unary_response(message: &[u8]) -> HttpResponse {
-    let event = WatchEvent::<crate::dynamic_object::DynamicObject>::pre_framed(
+    let event = OutgoingEvent::<crate::dynamic_object::DynamicObject>::Framed(
         crate::wire::grpc_frame(message),
     );
     streaming_response(Box::pin(futures::stream::once(async move { Ok(event) })))
@@ -242,11 +251,8 @@ struct FramedBody<K> {
 }
 
 impl<K: prost::Message + Default> FramedBody<K> {
-    fn frame_of(event: &WatchEvent<K>) -> Bytes {
-        match event.grpc_frame() {
-            Some(f) => f.clone(),
-            None => crate::wire::grpc_frame(&prost::Message::encode_to_vec(event)),
-        }
+    fn frame_of(event: &OutgoingEvent<K>) -> Bytes {
+        event.grpc_frame()
     }
 
     fn trailers(status: &Status) -> http_body::Frame<Bytes> {

@@ -144,6 +144,61 @@ impl<K> WatchEvent<K> {
     }
 }
 
+/// A watch event on its way out of a server: small enough to pass through
+/// stream adapters by value (a decoded object is kilobytes, and every
+/// adapter of a watch stream moves each item it yields).
+#[derive(Clone)]
+pub enum OutgoingEvent<K> {
+    /// A whole gRPC message (5-byte prefix, then the event), encoded once
+    /// and shared by every watcher that receives it.
+    Framed(Bytes),
+    /// An event still to be encoded.
+    Event(Box<WatchEvent<K>>),
+}
+
+impl<K> From<WatchEvent<K>> for OutgoingEvent<K> {
+    fn from(event: WatchEvent<K>) -> Self {
+        match event.grpc_frame() {
+            Some(frame) => OutgoingEvent::Framed(frame.clone()),
+            None => OutgoingEvent::Event(Box::new(event)),
+        }
+    }
+}
+
+impl<K> OutgoingEvent<K> {
+    /// The event as a [`WatchEvent`] (the frame shared, not copied).
+    pub fn into_event(self) -> WatchEvent<K> {
+        match self {
+            OutgoingEvent::Framed(frame) => WatchEvent::pre_framed(frame),
+            OutgoingEvent::Event(event) => *event,
+        }
+    }
+
+    /// The event's gRPC message, prefix included (encoded here when it was
+    /// not already).
+    pub fn grpc_frame(&self) -> Bytes
+    where
+        K: Message + Default,
+    {
+        match self {
+            OutgoingEvent::Framed(frame) => frame.clone(),
+            OutgoingEvent::Event(event) => match event.grpc_frame() {
+                Some(frame) => frame.clone(),
+                None => grpc_frame(&event.encode_to_vec()),
+            },
+        }
+    }
+
+    /// The event's type number and its object's encoding; see
+    /// [`WatchEvent::into_type_and_object`].
+    pub fn into_type_and_object(self) -> Result<(i32, Bytes), DecodeError>
+    where
+        K: Message,
+    {
+        self.into_event().into_type_and_object()
+    }
+}
+
 /// `google.protobuf.Any`: a message packed with its type's name. The value
 /// is `Bytes` and the type URL may be static, so one encoding of an object
 /// is shared by every response that carries it, with nothing allocated.

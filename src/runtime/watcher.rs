@@ -439,7 +439,7 @@ mod tests {
                     Ok(WatchEvent::new(EventType::Bookmark, end)),
                 ]
             };
-            let stream = futures::stream::iter(events);
+            let stream = futures::stream::iter(events).map(|r| r.map(Into::into));
             Ok(if n == 1 {
                 Box::pin(stream)
             } else {

@@ -28,7 +28,7 @@ use futures::StreamExt;
 use skiff::Resource;
 use skiff::api::meta::v1::ListMeta;
 use skiff::metrics::CounterVec;
-use skiff::wire::{ListResponse, WatchEvent};
+use skiff::wire::{ListResponse, OutgoingEvent};
 use tokio::sync::{Notify, watch};
 
 use self::cache_watcher::{CacheWatcher, CloseReason, OnDrop, WatcherStream};
@@ -464,7 +464,7 @@ impl<K: Strategy> Cacher<K> {
             }
         });
         let stream = WatcherStream::new(initial, watcher, self.shared.log.clone(), cursor, guard)
-            .map(|r| r.map(WatchEvent::pre_framed));
+            .map(|r| r.map(OutgoingEvent::Framed));
         Ok(Some(Box::pin(stream)))
     }
 }

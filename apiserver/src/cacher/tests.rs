@@ -95,7 +95,10 @@ async fn names(stream: &mut EventStream<Pod>, want: usize, within: Duration) -> 
         let Ok(Some(item)) = tokio::time::timeout_at(deadline, stream.next()).await else {
             break;
         };
-        let ev = WatchEvent::<Pod>::decode(item.unwrap().encode_to_vec().as_slice()).unwrap();
+        let ev = skiff::wire::WatchEvent::<Pod>::decode(
+            item.unwrap().into_event().encode_to_vec().as_slice(),
+        )
+        .unwrap();
         if matches!(ev.event_type(), EventType::Added | EventType::Modified) {
             seen.insert(ev.object.unwrap().meta().name.clone());
         }

@@ -20,7 +20,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use skiff::api::meta::v1::{EventType, ListMeta};
-use skiff::wire::{ListResponse, WatchEvent};
+use skiff::wire::{ListResponse, OutgoingEvent, WatchEvent};
 use skiff::{Resource, resource::object_key};
 
 use crate::error::ApiError;
@@ -142,7 +142,7 @@ impl ContinueToken {
 
 /// Stream of watch events as they go on the wire.
 pub type EventStream<K> =
-    std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, ApiError>> + Send>>;
+    std::pin::Pin<Box<dyn Stream<Item = Result<OutgoingEvent<K>, ApiError>> + Send>>;
 
 /// Typed storage of one kind.
 #[async_trait::async_trait]
@@ -574,16 +574,16 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
             .await
             .map_err(|e| self.err("", e))?;
         let predicate = options.predicate.clone();
-        let mut head: Vec<Result<WatchEvent<K>, ApiError>> = initial
+        let mut head: Vec<Result<OutgoingEvent<K>, ApiError>> = initial
             .into_iter()
-            .map(|o| Ok(WatchEvent::new(EventType::Added, o)))
+            .map(|o| Ok(WatchEvent::new(EventType::Added, o).into()))
             .collect();
         if options.initial_events_end_bookmark && !matches!(options.start, WatchStart::After(_)) {
-            head.push(Ok(bookmark::<K>(from, true)));
+            head.push(Ok(bookmark::<K>(from, true).into()));
         }
         let kind = self.kind.info.kind;
         let live = changes.flat_map(move |batch| {
-            let events: Vec<Result<WatchEvent<K>, ApiError>> = match batch {
+            let events: Vec<Result<OutgoingEvent<K>, ApiError>> = match batch {
                 Err(e) => vec![Err(ApiError::from_storage(kind, "", e))],
                 Ok(changes) => changes
                     .iter()
@@ -592,7 +592,7 @@ impl<K: Resource> ObjectStore<K> for StorageStore<K> {
                             |(t, o)| {
                                 let mut o = o.clone();
                                 o.meta_mut().resource_version = c.revision.to_string();
-                                Ok(WatchEvent::new(t, o))
+                                Ok(WatchEvent::new(t, o).into())
                             },
                         )
                     })

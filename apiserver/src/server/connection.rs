@@ -1,9 +1,15 @@
-//! The server's end of one client connection: a TCP stream that tells
-//! HTTP/2 it takes no vectored writes. h2 then copies small DATA frames
-//! (up to 1 KiB) into its 16 KiB write buffer and writes many at once,
-//! instead of one `writev` per frame: an event fanned out to a thousand
-//! watches on a few connections costs a few writes, not a thousand. It
-//! must not touch what flows through it.
+//! The server's end of one client connection: a TCP stream whose writes
+//! are gathered and sent once the tasks that were ready have had their
+//! turn. An event fanned out to a thousand watches wakes a thousand
+//! stream tasks; each hands HTTP/2 a frame and wakes the connection's
+//! task, which would write after the first few of them. Here a flush
+//! waits one turn of the scheduler (the task re-queues itself behind the
+//! stream tasks already woken), then writes everything they added in one
+//! system call — on loopback each `sendto` also runs the receiver's TCP
+//! input and the firewall hooks, so their number is most of the cost.
+//! Writes are bounded: past [`MAX_BUFFERED`] the socket must take bytes
+//! before more are accepted, so a slow client still pushes back on HTTP/2.
+//! It must not touch what flows through it.
 
 use std::io;
 use std::pin::Pin;
@@ -13,14 +19,64 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// An accepted TCP connection whose writes HTTP/2 buffers.
-pub struct Connection(pub TcpStream);
+/// Bytes held before the socket must take some.
+const MAX_BUFFERED: usize = 256 * 1024;
+
+/// Capacity kept after a burst (larger buffers are given back).
+const KEPT_CAPACITY: usize = 64 * 1024;
+
+/// A flush of fewer bytes than this waits its turn; a larger one (a big
+/// response) goes at once, a gathered write gaining nothing more.
+const GATHER_BELOW: usize = 64 * 1024;
+
+/// An accepted TCP connection whose writes are gathered.
+pub struct Connection {
+    stream: TcpStream,
+    /// Accepted bytes not yet given to the socket.
+    out: Vec<u8>,
+    /// How much of `out` the socket has taken.
+    sent: usize,
+    /// A flush has already waited its turn.
+    waited: bool,
+}
+
+impl Connection {
+    /// Wraps an accepted stream.
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            out: Vec::new(),
+            sent: 0,
+            waited: false,
+        }
+    }
+
+    /// Gives the socket what it takes of `out`; ready when all is sent.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out.clear();
+        self.sent = 0;
+        if self.out.capacity() > KEPT_CAPACITY {
+            self.out.shrink_to(KEPT_CAPACITY);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
 
 impl Connected for Connection {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.stream.connect_info()
     }
 }
 
@@ -30,7 +86,7 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -40,18 +96,112 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.out.len() - this.sent >= MAX_BUFFERED {
+            // Full: the socket must take some first (back-pressure).
+            match this.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if this.out.len() - this.sent >= MAX_BUFFERED => {
+                    return Poll::Pending;
+                }
+                Poll::Pending => {}
+            }
+        }
+        this.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        let this = &mut *self;
+        if this.sent == this.out.len() {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.waited && this.out.len() - this.sent < GATHER_BELOW {
+            // Let the tasks already woken add their frames first.
+            this.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let drained = this.poll_drain(cx);
+        if drained.is_ready() {
+            this.waited = false;
+        }
+        drained
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        let this = &mut *self;
+        futures::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
+        // h2 then copies small frames into its own buffer and writes it
+        // whole; the bytes are gathered here either way.
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (Connection, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Connection::new(accepted.unwrap().0), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn writes_reach_the_peer_in_order_once_flushed() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"hello ").await.unwrap();
+        server.write_all(b"world").await.unwrap();
+        server.flush().await.unwrap();
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_pushes_back_within_the_bound() {
+        let (mut server, mut client) = pair().await;
+        let chunk = vec![7u8; 64 * 1024];
+        let mut accepted = 0usize;
+        // Write until a write would wait: the peer reads nothing, so the
+        // socket's buffers and then ours fill.
+        loop {
+            let write = server.write(&chunk);
+            match tokio::time::timeout(std::time::Duration::from_millis(200), write).await {
+                Ok(n) => accepted += n.unwrap(),
+                Err(_) => break,
+            }
+            assert!(accepted < 1 << 30, "writes never pushed back");
+        }
+        assert!(server.out.len() - server.sent <= MAX_BUFFERED + chunk.len());
+        // Everything accepted arrives once the peer reads.
+        let reader = tokio::spawn(async move {
+            let mut n = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            while n < accepted {
+                n += client.read(&mut buf).await.unwrap();
+            }
+            n
+        });
+        server.flush().await.unwrap();
+        assert_eq!(reader.await.unwrap(), accepted);
+    }
+
+    #[tokio::test]
+    async fn shutdown_sends_what_was_written_first() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"last words").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
     }
 }

@@ -560,7 +560,7 @@ impl ApiServer {
                     tonic::transport::server::TcpIncoming::from(listener)
                         .with_nodelay(Some(true))
                         .with_keepalive(Some(Duration::from_secs(60))),
-                    |accepted| accepted.map(crate::server::connection::Connection),
+                    |accepted| accepted.map(crate::server::connection::Connection::new),
                 ),
                 shutdown,
             )

@@ -7,6 +7,7 @@ mod list;
 mod lite;
 mod proxy;
 mod report;
+mod scan;
 mod scheduler;
 mod server;
 mod watch;

@@ -111,10 +111,12 @@ async fn etcd_watchers(
     watchers: usize,
     connections: usize,
 ) -> anyhow::Result<Vec<Revisions>> {
-    let mut clients = Vec::new();
+    let mut channels = Vec::new();
     for _ in 0..connections {
-        clients.push(
-            etcd_client::Client::connect([format!("http://{hostport}")], None)
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{hostport}"))
+                .context("etcd's address")?
+                .connect()
                 .await
                 .with_context(|| format!("connecting to etcd at {hostport}"))?,
         );
@@ -122,26 +124,23 @@ async fn etcd_watchers(
     let bar = crate::progress(watchers as u64, "starting watchers");
     let mut out: Vec<Revisions> = Vec::new();
     for i in 0..watchers {
-        let mut w = clients[i % connections].watch_client();
-        let stream = w
-            .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
+        let stream = crate::lite::etcd_watch_prefix(channels[i % connections].clone(), prefix)
             .await
             .context("opening an etcd watch")?;
-        let revisions = futures::stream::unfold(stream, |mut s| async move {
-            match s.message().await {
-                Ok(Some(resp)) => {
-                    let revs: Vec<Result<(u64, bool), String>> = resp
-                        .events()
-                        .iter()
-                        .filter_map(|e| e.kv().map(|kv| Ok((kv.mod_revision() as u64, true))))
-                        .collect();
-                    Some((futures::stream::iter(revs), s))
+        let revisions = stream.flat_map(|r| {
+            let revs: Vec<Result<(u64, bool), String>> = match r {
+                Ok(r) => {
+                    let mut revs: Vec<_> =
+                        r.revisions.into_iter().map(|rev| Ok((rev, true))).collect();
+                    if let Some(why) = r.canceled {
+                        revs.push(Err(format!("etcd canceled the watch: {why}")));
+                    }
+                    revs
                 }
-                Ok(None) => None,
-                Err(e) => Some((futures::stream::iter(vec![Err(e.to_string())]), s)),
-            }
-        })
-        .flatten();
+                Err(e) => vec![Err(e.to_string())],
+            };
+            futures::stream::iter(revs)
+        });
         out.push(Box::pin(revisions));
         bar.inc(1);
     }
@@ -404,7 +403,9 @@ async fn skiff_watchers(
         ..Default::default()
     };
     let streams: Vec<_> = futures::stream::iter(0..args.watchers)
-        .map(|i| crate::lite::watch_pods(transports[i % connections].clone(), params.clone()))
+        .map(|i| {
+            crate::lite::watch_pod_revisions(transports[i % connections].clone(), params.clone())
+        })
         .buffer_unordered(64)
         .inspect(|_| bar.inc(1))
         .collect()
@@ -414,7 +415,7 @@ async fn skiff_watchers(
     for s in streams {
         let s = s.context("opening a watch")?;
         out.push(Box::pin(s.map(|e| {
-            e.map(|e| (e.resource_version(), true))
+            e.map(|(_, rv)| (rv, true))
                 .map_err(|e| e.message().to_owned())
         })));
     }
@@ -440,7 +441,7 @@ async fn multiplexed_revisions(
             .await
             .context("the multiplexed watch ended while opening")??;
         if r.canceled {
-            let why = r.error.map(|e| e.message).unwrap_or_default();
+            let why = r.error.unwrap_or_default();
             anyhow::bail!("watch {} was refused: {why}", r.watch_id);
         }
         if r.created {
@@ -452,9 +453,9 @@ async fn multiplexed_revisions(
             Ok(r) if r.canceled => Some(Err(format!(
                 "watch {} ended: {}",
                 r.watch_id,
-                r.error.map(|e| e.message).unwrap_or_default()
+                r.error.unwrap_or_default()
             ))),
-            Ok(r) if r.object.is_some() => Some(Ok((r.resource_version(), r.watch_id <= sampled))),
+            Ok(r) if r.has_object => Some(Ok((r.resource_version(), r.watch_id <= sampled))),
             Ok(_) => None,
             Err(e) => Some(Err(e.message().to_owned())),
         }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fan-out to WATCHERS (default 1,000) watchers with 32 writers, on raw etcd
+# (one member) and on each API server binary named in BINS, alternating,
+# ROUNDS times (default 3): an A/B of server builds in one run on a noisy
+# machine. etcd and the API server are pinned to core 0, the load generator
+# to core 1. Prints one JSON line per measurement ("row": raw or the
+# binary's file name); progress goes to stderr.
+# Needs `etcd`, `taskset` and release builds:
+#   BINS="/path/to/skiff-before /path/to/skiff-after" scripts/bench-fanout-ab.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+L=${L:-target/release/skiff-loadtest}
+D=${DURATION:-8s}
+W=${WATCHERS:-1000}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+: "${BINS:?name the skiff binaries to compare in BINS}"
+# shellcheck source=scripts/bench-etcd.sh
+source scripts/bench-etcd.sh
+row() { # LABEL ARGS…
+  local label=$1; shift
+  echo "== [$label] $*" >&2
+  taskset -c "$LOAD_CPU" "$L" watch --watchers "$W" --connections 32 --writers 32 \
+    --duration "$D" --server-cpus "$SERVER_CPU" --json "$@" | sed "s|^{|{\"row\":\"$label\",|"
+}
+for _ in $(seq "${ROUNDS:-3}"); do
+  row raw --target "etcd://127.0.0.1:$c1" --target-pid "$single_pid"
+  for b in $BINS; do
+    SKIFF_BIN=$b row "$(basename "$b")"
+  done
+done
