@@ -53,8 +53,8 @@ impl Connection {
 
     /// Gives the socket what it takes of `out`; ready when all is sent.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.out.len() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]) {
+        while let Some(rest) = self.out.get(self.sent..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut self.stream).poll_write(cx, rest) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
