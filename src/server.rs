@@ -251,10 +251,6 @@ struct FramedBody<K> {
 }
 
 impl<K: prost::Message + Default> FramedBody<K> {
-    fn frame_of(event: &OutgoingEvent<K>) -> Bytes {
-        event.grpc_frame()
-    }
-
     fn trailers(status: &Status) -> http_body::Frame<Bytes> {
         let mut map = http::HeaderMap::new();
         if status.add_header(&mut map).is_err() {
@@ -279,7 +275,7 @@ impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBod
         }
         let first = match self.stream.poll_next_unpin(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(event))) => Self::frame_of(&event),
+            Poll::Ready(Some(Ok(event))) => event.grpc_frame(),
             Poll::Ready(Some(Err(status))) => {
                 self.done = true;
                 return Poll::Ready(Some(Ok(Self::trailers(&status))));
@@ -299,9 +295,12 @@ impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBod
             }
             match self.stream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(event))) => {
-                    let next = Self::frame_of(&event);
+                    let next = event.grpc_frame();
+                    // Sized for what is here, grown as more comes: a
+                    // full batch's capacity for every stream that found
+                    // two events ready was megabytes at a thousand streams.
                     let b = batch.get_or_insert_with(|| {
-                        let mut b = bytes::BytesMut::with_capacity(BATCH_BYTES);
+                        let mut b = bytes::BytesMut::with_capacity(2 * (first.len() + next.len()));
                         b.extend_from_slice(&first);
                         b
                     });
