@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fan-out to WATCHERS (default 1,000) watchers with 32 writers, on raw etcd
-# (one member) and on each API server binary named in BINS, alternating,
+# and on each API server binary named in BINS (on STORAGE: embedded, on1
+# or on3 etcd members; raw etcd with as many members), alternating,
 # ROUNDS times (default 3): an A/B of server builds in one run on a noisy
 # machine. etcd and the API server are pinned to core 0, the load generator
 # to core 1. Prints one JSON line per measurement ("row": raw or the
@@ -23,9 +24,17 @@ row() { # LABEL ARGS…
   taskset -c "$LOAD_CPU" "$L" watch --watchers "$W" --connections 32 --writers 32 \
     --duration "$D" --server-cpus "$SERVER_CPU" --json "$@" | sed "s|^{|{\"row\":\"$label\",|"
 }
+# STORAGE: embedded (default), on1 or on3 (the servers on one or three etcd
+# members; raw etcd then has as many members).
+case ${STORAGE:-embedded} in
+  embedded) raw=(--target "etcd://127.0.0.1:$c1" --target-pid "$single_pid"); storage=() ;;
+  on1) raw=(--target "etcd://127.0.0.1:$c1" --target-pid "$single_pid"); storage=(--storage etcd --etcd-endpoints "$E1") ;;
+  on3) raw=(--target "etcd://${endpoints3[0]#http://}" --target-pid "$m0_pid"); storage=(--storage etcd --etcd-endpoints "$E3") ;;
+  *) echo "STORAGE is embedded, on1 or on3" >&2; exit 2 ;;
+esac
 for _ in $(seq "${ROUNDS:-3}"); do
-  row raw --target "etcd://127.0.0.1:$c1" --target-pid "$single_pid"
+  row raw "${raw[@]}"
   for b in $BINS; do
-    SKIFF_BIN=$b row "$(basename "$b")"
+    SKIFF_BIN=$b row "$(basename "$b")" "${storage[@]}"
   done
 done

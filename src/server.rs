@@ -296,14 +296,18 @@ impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBod
             match self.stream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(event))) => {
                     let next = event.grpc_frame();
-                    // Sized for what is here, grown as more comes: a
-                    // full batch's capacity for every stream that found
-                    // two events ready was megabytes at a thousand streams.
+                    // Sized for a few events, then once for a whole batch
+                    // (not grown by doubling: each growth copies): a full
+                    // batch's capacity for every stream that found two
+                    // events ready was megabytes at a thousand streams.
                     let b = batch.get_or_insert_with(|| {
-                        let mut b = bytes::BytesMut::with_capacity(2 * (first.len() + next.len()));
+                        let mut b = bytes::BytesMut::with_capacity(4 * (first.len() + next.len()));
                         b.extend_from_slice(&first);
                         b
                     });
+                    if b.capacity() - b.len() < next.len() {
+                        b.reserve(BATCH_BYTES.saturating_sub(b.len()) + next.len());
+                    }
                     b.extend_from_slice(&next);
                 }
                 // An error or the end is seen again on the next poll.
