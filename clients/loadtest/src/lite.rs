@@ -112,10 +112,7 @@ pub async fn watch_pods(
     transport: Transport,
     params: WatchParams,
 ) -> Result<impl Stream<Item = Result<LiteEvent, tonic::Status>>, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(transport).max_decoding_message_size(usize::MAX);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    let mut grpc = ready_client(transport).await?;
     let request = LiteWatchRequest::from(params);
     let codec = tonic_prost::ProstCodec::<LiteWatchRequest, LiteEvent>::default();
     let path = PathAndQuery::from_static("/skiff.core.v1.PodService/WatchPods");
@@ -148,10 +145,7 @@ pub async fn watch_pod_revisions(
     transport: Transport,
     params: WatchParams,
 ) -> Result<impl Stream<Item = Result<(i32, u64), tonic::Status>>, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(transport).max_decoding_message_size(usize::MAX);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    let mut grpc = ready_client(transport).await?;
     let codec = crate::scan::ScanCodec::<LiteWatchRequest, (i32, u64)>::new(scan_event);
     let path = PathAndQuery::from_static("/skiff.core.v1.PodService/WatchPods");
     let response = grpc
@@ -230,10 +224,7 @@ pub async fn etcd_watch_prefix(
     prefix: &str,
 ) -> Result<impl Stream<Item = Result<EtcdWatchScan, tonic::Status>> + use<>, tonic::Status> {
     use futures::StreamExt;
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    let mut grpc = ready_client(channel).await?;
     let mut range_end = prefix.as_bytes().to_vec();
     // The end of a prefix: its last byte plus one (the prefix ends in '/').
     if let Some(last) = range_end.last_mut() {
@@ -308,10 +299,7 @@ pub async fn list_pods(
     transport: Transport,
     request: LiteListRequest,
 ) -> Result<LiteList, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(transport).max_decoding_message_size(usize::MAX);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    let mut grpc = ready_client(transport).await?;
     let codec = tonic_prost::ProstCodec::<LiteListRequest, LiteList>::default();
     let path = PathAndQuery::from_static("/skiff.core.v1.PodService/ListPods");
     Ok(grpc
@@ -386,10 +374,7 @@ pub async fn watch_multiplexed(
     use futures::StreamExt;
     use skiff::api::meta::v1::WatchRequest;
     use skiff::api::meta::v1::watch_request::Request as Op;
-    let mut grpc = tonic::client::Grpc::new(transport).max_decoding_message_size(usize::MAX);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    let mut grpc = ready_client(transport).await?;
     // The creates, then nothing: the stream stays open.
     let requests = futures::stream::iter(creates.into_iter().map(|c| WatchRequest {
         request: Some(Op::Create(c)),
@@ -401,4 +386,18 @@ pub async fn watch_multiplexed(
         .streaming(tonic::Request::new(requests), path, codec)
         .await?;
     Ok(response.into_inner())
+}
+
+/// A gRPC client over `service` with no decoding limit, once the
+/// connection is ready.
+async fn ready_client<T>(service: T) -> Result<tonic::client::Grpc<T>, tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut grpc = tonic::client::Grpc::new(service).max_decoding_message_size(usize::MAX);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {}", e.into())))?;
+    Ok(grpc)
 }
