@@ -528,6 +528,15 @@ async fn of_two_scheduler_replicas_only_the_leader_binds() {
         (bound == 30).then_some(())
     })
     .await;
+    // A replica counts a bind once its call returns, after the API shows it.
+    eventually("the replicas to count 30 binds", WAIT, async || {
+        let counted: u64 = replicas
+            .iter()
+            .map(|(s, _)| s.bound.load(Ordering::Relaxed))
+            .sum();
+        (counted >= 30).then_some(())
+    })
+    .await;
     let bound: Vec<u64> = replicas
         .iter()
         .map(|(s, _)| s.bound.load(Ordering::Relaxed))
