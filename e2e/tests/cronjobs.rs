@@ -184,19 +184,28 @@ async fn under_forbid_one_job_per_tick_and_none_while_the_last_still_runs() {
         format!("ticker-{}", tick + 2),
         "the latest missed tick"
     );
-    let live = cluster
-        .client
-        .api::<CronJob>("default")
-        .get("ticker")
-        .await
-        .unwrap();
-    let status = live.status.unwrap();
-    assert!(status.last_successful_time.is_some());
-    assert!(event_count(&cluster, &cj, "SawCompletedJob").await >= 1);
-    assert!(
-        event_count(&cluster, &cj, "SuccessfulDelete").await >= 1,
-        "history limit"
-    );
+    // The controller records its events and status after its calls return,
+    // so they may land a moment after the jobs show the outcome.
+    skiff::testing::eventually(
+        "the status and events of the finished run",
+        WAIT,
+        async || {
+            let live = cluster
+                .client
+                .api::<CronJob>("default")
+                .get("ticker")
+                .await
+                .unwrap();
+            let succeeded = live
+                .status
+                .is_some_and(|s| s.last_successful_time.is_some());
+            (succeeded
+                && event_count(&cluster, &cj, "SawCompletedJob").await >= 1
+                && event_count(&cluster, &cj, "SuccessfulDelete").await >= 1)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
