@@ -12,7 +12,7 @@ use skiff::client::{Credentials, ResourceClient, connect};
 
 use crate::lite::{LiteListRequest, list_pods};
 use crate::report::{Latency, Report};
-use crate::server::{Sampler, ServerArgs, ServerUnderTest};
+use crate::server::{Sampler, ServerArgs, ServerUnderTest, rss_bytes};
 use crate::watch::{NAMESPACE, pod};
 
 /// Flags of `skiff-loadtest list`.
@@ -52,6 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let t = connect(&server.addr, Credentials::none()).await?;
+    let rss_empty = server.pid().and_then(rss_bytes);
     let bar = crate::progress(args.objects as u64, "creating pods");
     let fill_started = Instant::now();
     let failures = futures::stream::iter(0..args.objects)
@@ -74,6 +75,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     anyhow::ensure!(failures == 0, "{failures} creations failed");
     let fill_secs = fill_started.elapsed().as_secs_f64();
+    // What the cache holds for the objects, before any list allocates.
+    let rss_filled = server.pid().and_then(rss_bytes);
 
     let sampler = Sampler::start(server.pid());
     let mut r = Report::default();
@@ -83,6 +86,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     r.set("objects", args.objects);
     r.set("object_size", args.object_size);
     r.set("fill_creates_per_sec", args.objects as f64 / fill_secs);
+    if let (Some(empty), Some(filled)) = (rss_empty, rss_filled) {
+        r.set("server_rss_empty_bytes", empty);
+        r.set("server_rss_filled_bytes", filled);
+        r.set(
+            "server_rss_per_object_bytes",
+            filled.saturating_sub(empty) as f64 / args.objects.max(1) as f64,
+        );
+    }
     let modes: [(&str, &str, i32); 3] = [
         ("list_rv0", "0", 0),
         ("list_consistent", "", 0),
