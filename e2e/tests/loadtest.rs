@@ -136,6 +136,10 @@ async fn list_summary_parses() {
         assert_latency(&v, &format!("{mode}_latency"));
         assert!(number(&v, &format!("/{mode}_items_per_sec")) > 0.0);
     }
+    // The server's memory before and after the fill, and per object.
+    assert!(number(&v, "/server_rss_empty_bytes") > 0.0);
+    assert!(number(&v, "/server_rss_filled_bytes") > 0.0);
+    assert!(number(&v, "/server_rss_per_object_bytes") >= 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
