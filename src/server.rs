@@ -242,7 +242,7 @@ pub async fn read_unary_message(body: tonic::body::Body, max: usize) -> Result<B
 
 /// Events that came ready together are written as one HTTP/2 data frame, up
 /// to this many bytes (as tonic's encoder yields).
-const BATCH_BYTES: usize = 32 * 1024;
+pub const BATCH_BYTES: usize = 32 * 1024;
 
 /// The response body of a watch: each event's frame, then the status.
 struct FramedBody<K> {
@@ -250,13 +250,69 @@ struct FramedBody<K> {
     done: bool,
 }
 
-impl<K: prost::Message + Default> FramedBody<K> {
-    fn trailers(status: &Status) -> http_body::Frame<Bytes> {
-        let mut map = http::HeaderMap::new();
-        if status.add_header(&mut map).is_err() {
-            map.insert("grpc-status", http::HeaderValue::from_static("13"));
+/// The trailers a gRPC response ends with: `status`'s code, message and details.
+fn trailers(status: &Status) -> http_body::Frame<Bytes> {
+    let mut map = http::HeaderMap::new();
+    if status.add_header(&mut map).is_err() {
+        map.insert("grpc-status", http::HeaderValue::from_static("13"));
+    }
+    http_body::Frame::trailers(map)
+}
+
+/// Already framed gRPC messages (each item one or more whole frames, as
+/// written by the server), ending with the status of the call.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+/// The response of a streaming call whose messages `frames` writes
+/// itself: each item goes out as one HTTP/2 data frame, then the status.
+pub fn frames_response(frames: FrameStream) -> HttpResponse {
+    let mut response = http::Response::new(tonic::body::Body::new(FramesBody {
+        frames,
+        done: false,
+    }));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// The body of [`frames_response`].
+struct FramesBody {
+    frames: FrameStream,
+    done: bool,
+}
+
+impl http_body::Body for FramesBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        use futures::StreamExt;
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
         }
-        http_body::Frame::trailers(map)
+        Poll::Ready(Some(Ok(
+            match futures::ready!(self.frames.poll_next_unpin(cx)) {
+                Some(Ok(data)) => http_body::Frame::data(data),
+                Some(Err(status)) => {
+                    self.done = true;
+                    trailers(&status)
+                }
+                None => {
+                    self.done = true;
+                    trailers(&Status::ok(""))
+                }
+            },
+        )))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
@@ -278,11 +334,11 @@ impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBod
             Poll::Ready(Some(Ok(event))) => event.grpc_frame(),
             Poll::Ready(Some(Err(status))) => {
                 self.done = true;
-                return Poll::Ready(Some(Ok(Self::trailers(&status))));
+                return Poll::Ready(Some(Ok(trailers(&status))));
             }
             Poll::Ready(None) => {
                 self.done = true;
-                return Poll::Ready(Some(Ok(Self::trailers(&Status::ok("")))));
+                return Poll::Ready(Some(Ok(trailers(&Status::ok("")))));
             }
         };
         // Alone, the shared frame goes as it is; with more ready behind it,

@@ -4,8 +4,9 @@
 //! checked and served from the kind's watch cache by its
 //! [`ResourceServer`](super::ResourceServer), and counted against the
 //! caller's watch limit — and every response carries the client's watch id.
-//! An event's object goes out as the cache's one encoding of it, packed into
-//! an `Any` without a copy.
+//! Responses are written as gRPC frames by the session itself: an event's
+//! object is the cache's one encoding of it, copied once, into the batch
+//! of frames that goes out.
 //!
 //! Owns the stream's bookkeeping (ids, opening, cancelling, ending); must not
 //! know any kind.
@@ -16,17 +17,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::task::{ArcWake, AtomicWaker};
 use futures::{FutureExt, Stream, StreamExt};
+use prost::Message;
 use skiff::api::meta::v1::watch_request::Request as Op;
-use skiff::api::meta::v1::watch_service_server::{WatchService, WatchServiceServer};
 use skiff::api::meta::v1::{WatchCreateRequest, WatchRequest, WatchResponse};
 use skiff::resource::KindInfo;
-use skiff::wire::Any;
-use tonic::{Request, Response, Status, Streaming};
+use skiff::server::BATCH_BYTES;
+use skiff::wire::GRPC_PREFIX;
+use tonic::{Status, Streaming};
 
 use crate::error::ApiError;
 use crate::filters::{WatchSlot, another_watch};
@@ -104,47 +106,89 @@ impl WatchableKinds {
         self,
         shutdown: tokio::sync::watch::Receiver<bool>,
         max_decoding: usize,
-    ) -> WatchServiceServer<MultiplexedWatch> {
-        WatchServiceServer::new(MultiplexedWatch {
+    ) -> MultiplexedWatch {
+        MultiplexedWatch {
             kinds: Arc::new(self),
             shutdown,
-        })
-        .max_decoding_message_size(max_decoding)
-        .max_encoding_message_size(usize::MAX)
+            max_decoding,
+        }
     }
 }
 
-/// The `WatchService` implementation.
+/// The `skiff.meta.v1.WatchService` gRPC service. Its responses are
+/// written as gRPC frames by the session itself (the event's shared
+/// object bytes copied once, into the batch that goes out), not through
+/// tonic's encoder; its requests are decoded by tonic.
+#[derive(Clone)]
 pub struct MultiplexedWatch {
     kinds: Arc<WatchableKinds>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    max_decoding: usize,
 }
 
-#[tonic::async_trait]
-impl WatchService for MultiplexedWatch {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+impl tonic::server::NamedService for MultiplexedWatch {
+    const NAME: &'static str = "skiff.meta.v1.WatchService";
+}
 
-    async fn watch(
-        &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let (_, extensions, requests) = request.into_parts();
+/// The one method of the service.
+const WATCH_PATH: &str = "/skiff.meta.v1.WatchService/Watch";
+
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for MultiplexedWatch {
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<HttpResponse, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        std::future::ready(Ok(self.respond(request)))
+    }
+}
+
+impl MultiplexedWatch {
+    fn respond(&self, request: http::Request<tonic::body::Body>) -> HttpResponse {
+        if request.uri().path() != WATCH_PATH {
+            return Status::unimplemented(format!(
+                "{} is not a method of skiff.meta.v1.WatchService (it has Watch)",
+                request.uri().path()
+            ))
+            .into_http();
+        }
+        if let Some(encoding) = request.headers().get("grpc-encoding")
+            && encoding != "identity"
+        {
+            return Status::unimplemented(format!(
+                "requests compressed with {encoding:?} are not supported; send them uncompressed"
+            ))
+            .into_http();
+        }
+        let (parts, body) = request.into_parts();
+        let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+            WatchResponse,
+            WatchRequest,
+        >::default());
+        let requests = Streaming::new_request(decoder, body, None, Some(self.max_decoding));
         let mut shutdown = self.shutdown.clone();
-        Ok(Response::new(Box::pin(Session {
+        skiff::server::frames_response(Box::pin(Session {
             kinds: self.kinds.clone(),
-            extensions: Arc::new(extensions),
+            extensions: Arc::new(parts.extensions),
             requests: Some(requests),
             opening: FuturesUnordered::new(),
             opening_ids: HashSet::new(),
             canceled_while_opening: HashSet::new(),
             watches: HashMap::new(),
             ready: Arc::new(ReadyQueue::default()),
+            taken: VecDeque::new(),
             outbox: VecDeque::new(),
             shutdown: async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             }
             .boxed(),
-        })))
+        }))
     }
 }
 
@@ -173,6 +217,8 @@ struct Session {
     /// once, and an idle watch costs its entry and its waker.
     watches: HashMap<i64, Watch>,
     ready: Arc<ReadyQueue>,
+    /// Ids taken from `ready` in one go, polled in turn.
+    taken: VecDeque<i64>,
     /// Notices (created, canceled, refused) waiting to go out.
     outbox: VecDeque<WatchResponse>,
     shutdown: BoxFuture<'static, ()>,
@@ -270,13 +316,9 @@ impl Session {
                 self.watches.insert(
                     id,
                     Watch {
-                        tagged: Tagged {
-                            id,
-                            kind,
-                            events,
-                            _slot: slot,
-                            done: false,
-                        },
+                        kind,
+                        events,
+                        _slot: slot,
                         waker,
                         flag,
                     },
@@ -286,14 +328,108 @@ impl Session {
             Err(e) => self.outbox.push_back(notice(id, false, Some(e.into()))),
         }
     }
+
+    /// Writes what the ready watches have into `out`, up to a batch; a
+    /// watch with more than its turn's share goes to the back of the line.
+    fn deliver(&mut self, out: &mut BytesMut) {
+        while out.len() < BATCH_BYTES {
+            let Some(id) = self.taken.pop_front().or_else(|| {
+                self.ready.take_all(&mut self.taken);
+                self.taken.pop_front()
+            }) else {
+                return;
+            };
+            let Some(watch) = self.watches.get_mut(&id) else {
+                // Cancelled since it was woken.
+                continue;
+            };
+            // A wake-up from here on queues it again.
+            watch.flag.queued.store(false, Ordering::Release);
+            let mut watch_cx = Context::from_waker(&watch.waker);
+            let mut turn = 0;
+            let ended = loop {
+                if turn == EVENTS_PER_TURN || out.len() >= BATCH_BYTES {
+                    watch.waker.wake_by_ref();
+                    break None;
+                }
+                match watch.events.poll_next_unpin(&mut watch_cx) {
+                    Poll::Ready(Some(Ok((event_type, object)))) => {
+                        write_event(out, id, event_type, watch.kind.type_url, &object);
+                        turn += 1;
+                    }
+                    Poll::Ready(Some(Err(e))) => break Some(Some(e.into())),
+                    // Ended by the server.
+                    Poll::Ready(None) => break Some(None),
+                    Poll::Pending => break None,
+                }
+            };
+            if let Some(error) = ended {
+                self.watches.remove(&id);
+                write_message(out, &notice(id, false, error));
+            }
+        }
+    }
 }
+
+/// How many events one watch writes before the others' turn.
+const EVENTS_PER_TURN: usize = 16;
 
 fn invalid(field: &str, description: &str) -> Status {
     ApiError::invalid("WatchRequest", "", field, description).into()
 }
 
+/// Appends `message` as a gRPC frame.
+fn write_message(out: &mut BytesMut, message: &WatchResponse) {
+    let len = message.encoded_len();
+    out.reserve(GRPC_PREFIX + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    // BytesMut grows as needed: writing to it cannot fail.
+    message.encode_raw(out);
+}
+
+/// Appends the gRPC frame of the `WatchResponse` of watch `id` carrying an
+/// event: its type, and the object's encoding packed in an `Any` of
+/// `type_url` — written field by field, so the object is copied once.
+fn write_event(out: &mut BytesMut, id: i64, event_type: i32, type_url: &str, object: &[u8]) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let mut any_len = key_len(1) + encoded_len_varint(type_url.len() as u64) + type_url.len();
+    if !object.is_empty() {
+        any_len += key_len(2) + encoded_len_varint(object.len() as u64) + object.len();
+    }
+    let mut len = key_len(3) + encoded_len_varint(any_len as u64) + any_len;
+    if id != 0 {
+        len += key_len(1) + encoded_len_varint(id as u64);
+    }
+    if event_type != 0 {
+        len += key_len(2) + encoded_len_varint(i64::from(event_type) as u64);
+    }
+    out.reserve(GRPC_PREFIX + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    if id != 0 {
+        encode_key(1, WireType::Varint, out);
+        encode_varint(id as u64, out);
+    }
+    if event_type != 0 {
+        encode_key(2, WireType::Varint, out);
+        encode_varint(i64::from(event_type) as u64, out);
+    }
+    encode_key(3, WireType::LengthDelimited, out);
+    encode_varint(any_len as u64, out);
+    encode_key(1, WireType::LengthDelimited, out);
+    encode_varint(type_url.len() as u64, out);
+    out.put_slice(type_url.as_bytes());
+    if !object.is_empty() {
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(object.len() as u64, out);
+        out.put_slice(object);
+    }
+}
+
 impl Stream for Session {
-    type Item = Result<WatchResponse, Status>;
+    /// One or more whole gRPC frames.
+    type Item = Result<Bytes, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -314,33 +450,14 @@ impl Stream for Session {
         while let Poll::Ready(Some((id, kind, opened))) = this.opening.poll_next_unpin(cx) {
             this.opened(id, kind, opened);
         }
-        if let Some(notice) = this.outbox.pop_front() {
-            return Poll::Ready(Some(Ok(notice)));
+        let mut out = BytesMut::new();
+        while let Some(notice) = this.outbox.pop_front() {
+            write_message(&mut out, &notice);
         }
         this.ready.session.register(cx.waker());
-        while let Some(id) = this.ready.pop() {
-            let Some(watch) = this.watches.get_mut(&id) else {
-                // Cancelled since it was woken.
-                continue;
-            };
-            // A wake-up during the poll queues it again.
-            watch.flag.queued.store(false, Ordering::Release);
-            let mut watch_cx = Context::from_waker(&watch.waker);
-            match watch.tagged.poll_next_unpin(&mut watch_cx) {
-                Poll::Ready(Some(response)) => {
-                    if response.canceled {
-                        this.watches.remove(&id);
-                    } else {
-                        // It may have more: after the others (fairness).
-                        watch.waker.wake_by_ref();
-                    }
-                    return Poll::Ready(Some(Ok(response)));
-                }
-                Poll::Ready(None) => {
-                    this.watches.remove(&id);
-                }
-                Poll::Pending => {}
-            }
+        this.deliver(&mut out);
+        if !out.is_empty() {
+            return Poll::Ready(Some(Ok(out.freeze())));
         }
         if this.requests.is_none() && this.watches.is_empty() && this.opening_ids.is_empty() {
             Poll::Ready(None)
@@ -350,9 +467,11 @@ impl Stream for Session {
     }
 }
 
-/// An open watch: its responses, and the waker that queues it to be polled.
+/// An open watch: its events, and the waker that queues it to be polled.
 struct Watch {
-    tagged: Tagged,
+    kind: Arc<Kind>,
+    events: KindEvents,
+    _slot: Option<WatchSlot>,
     waker: std::task::Waker,
     flag: Arc<WatchWaker>,
 }
@@ -365,11 +484,14 @@ struct ReadyQueue {
 }
 
 impl ReadyQueue {
-    fn pop(&self) -> Option<i64> {
-        self.ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+    /// Moves every queued id to the back of `into`.
+    fn take_all(&self, into: &mut VecDeque<i64>) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if into.is_empty() {
+            std::mem::swap(&mut *ids, into);
+        } else {
+            into.extend(ids.drain(..));
+        }
     }
 }
 
@@ -395,45 +517,57 @@ impl ArcWake for WatchWaker {
     }
 }
 
-/// One open watch's events as responses tagged with its id, then the
-/// notice that it ended.
-struct Tagged {
-    id: i64,
-    kind: Arc<Kind>,
-    events: KindEvents,
-    _slot: Option<WatchSlot>,
-    done: bool,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::wire::Any;
 
-impl Stream for Tagged {
-    type Item = WatchResponse;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchResponse>> {
-        if self.done {
-            return Poll::Ready(None);
+    #[test]
+    fn an_event_written_field_by_field_decodes_as_the_watch_response_prost_would_write() {
+        let url = "type.googleapis.com/skiff.core.v1.Pod";
+        for (id, event_type, object) in [
+            (1_i64, 1_i32, vec![0x0a_u8, 3, b'a', b'b', b'c']),
+            (i64::MAX, 3, vec![7; 300]),
+            (200, 2, vec![]),
+            (5, 4, vec![1; 70_000]),
+        ] {
+            let mut out = BytesMut::new();
+            write_event(&mut out, id, event_type, url, &object);
+            let expected = WatchResponse {
+                watch_id: id,
+                r#type: event_type,
+                object: Some(Any {
+                    type_url: std::borrow::Cow::Borrowed(url),
+                    value: Bytes::from(object.clone()),
+                }),
+                ..Default::default()
+            };
+            assert_eq!(out[0], 0, "uncompressed");
+            let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+            assert_eq!(len, out.len() - GRPC_PREFIX, "the prefix gives the length");
+            assert_eq!(&out[GRPC_PREFIX..], &expected.encode_to_vec()[..]);
+            let decoded = WatchResponse::decode(&out[GRPC_PREFIX..]).unwrap();
+            assert_eq!(decoded, expected);
         }
-        let id = self.id;
-        Poll::Ready(Some(
-            match futures::ready!(self.events.poll_next_unpin(cx)) {
-                Some(Ok((event_type, object))) => WatchResponse {
-                    watch_id: id,
-                    r#type: event_type,
-                    object: Some(Any {
-                        type_url: std::borrow::Cow::Borrowed(self.kind.type_url),
-                        value: object,
-                    }),
-                    ..Default::default()
-                },
-                Some(Err(e)) => {
-                    self.done = true;
-                    notice(id, false, Some(e.into()))
-                }
-                // Ended by the server.
-                None => {
-                    self.done = true;
-                    notice(id, false, None)
-                }
-            },
-        ))
+    }
+
+    #[test]
+    fn frames_written_back_to_back_each_carry_their_own_length() {
+        let mut out = BytesMut::new();
+        write_message(&mut out, &notice(3, true, None));
+        write_event(&mut out, 3, 1, "u", b"x");
+        write_message(&mut out, &notice(3, false, None));
+        let mut rest = &out[..];
+        let mut decoded = Vec::new();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            decoded.push(WatchResponse::decode(&rest[GRPC_PREFIX..GRPC_PREFIX + len]).unwrap());
+            rest = &rest[GRPC_PREFIX + len..];
+        }
+        assert_eq!(decoded.len(), 3);
+        assert!(decoded[0].created && decoded[0].watch_id == 3);
+        assert_eq!(decoded[1].r#type, 1);
+        assert_eq!(decoded[1].object.as_ref().unwrap().value.as_ref(), b"x");
+        assert!(decoded[2].canceled);
     }
 }
