@@ -5,7 +5,9 @@
 # ROUNDS times (default 3): an A/B of server builds in one run on a noisy
 # machine. etcd and the API server are pinned to core 0, the load generator
 # to core 1. Prints one JSON line per measurement ("row": raw or the
-# binary's file name); progress goes to stderr.
+# binary's file name, with ":multiplexed" for those watches); progress goes
+# to stderr. MODES="plain multiplexed" measures each binary both ways
+# (default plain: a stream per watch).
 # Needs `etcd`, `taskset` and release builds:
 #   BINS="/path/to/skiff-before /path/to/skiff-after" scripts/bench-fanout-ab.sh
 set -euo pipefail
@@ -35,6 +37,12 @@ esac
 for _ in $(seq "${ROUNDS:-3}"); do
   row raw "${raw[@]}"
   for b in $BINS; do
-    SKIFF_BIN=$b row "$(basename "$b")" "${storage[@]}"
+    for mode in ${MODES:-plain}; do
+      case $mode in
+        plain) SKIFF_BIN=$b row "$(basename "$b")" "${storage[@]}" ;;
+        multiplexed) SKIFF_BIN=$b row "$(basename "$b"):multiplexed" "${storage[@]}" --multiplexed ;;
+        *) echo "MODES are plain and multiplexed" >&2; exit 2 ;;
+      esac
+    done
   done
 done

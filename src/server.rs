@@ -331,7 +331,7 @@ impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBod
         }
         let first = match self.stream.poll_next_unpin(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(event))) => event.grpc_frame(),
+            Poll::Ready(Some(Ok(event))) => event.into_grpc_frame(),
             Poll::Ready(Some(Err(status))) => {
                 self.done = true;
                 return Poll::Ready(Some(Ok(trailers(&status))));
@@ -351,7 +351,7 @@ impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBod
             }
             match self.stream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(event))) => {
-                    let next = event.grpc_frame();
+                    let next = event.into_grpc_frame();
                     // Sized for a few events, then once for a whole batch
                     // (not grown by doubling: each growth copies): a full
                     // batch's capacity for every stream that found two

@@ -118,8 +118,20 @@ impl<K> WatchEvent<K> {
 /// An encoded watch event's type number and its object's encoding, a
 /// slice of `message` (no copy).
 fn split_watch_event(message: Bytes) -> Result<(i32, Bytes), DecodeError> {
-    let (mut event_type, mut object) = (0, Bytes::new());
-    let mut rest = &message[..];
+    let (event_type, object) = watch_event_parts(&message)?;
+    let object = if object.is_empty() {
+        Bytes::new()
+    } else {
+        message.slice_ref(object)
+    };
+    Ok((event_type, object))
+}
+
+/// An encoded watch event's (`WatchEvent` message, no gRPC prefix) type
+/// number and its object's encoding, where they lie in `message`.
+pub fn watch_event_parts(message: &[u8]) -> Result<(i32, &[u8]), DecodeError> {
+    let (mut event_type, mut object): (i32, &[u8]) = (0, &[]);
+    let mut rest = message;
     while !rest.is_empty() {
         let (tag, wire_type) = prost::encoding::decode_key(&mut rest)?;
         match (tag, wire_type) {
@@ -131,8 +143,7 @@ fn split_watch_event(message: Bytes) -> Result<(i32, Bytes), DecodeError> {
                 // Checks the length against what is there.
                 prost::encoding::skip_field(wire_type, tag, &mut rest, DecodeContext::default())?;
                 let len = prost::encoding::decode_varint(&mut field)? as usize;
-                let start = message.len() - field.len();
-                object = message.slice(start..start + len);
+                object = &field[..len];
             }
             _ => prost::encoding::skip_field(wire_type, tag, &mut rest, DecodeContext::default())?,
         }
@@ -181,6 +192,24 @@ impl<K> OutgoingEvent<K> {
             OutgoingEvent::Event(event) => match event.grpc_frame() {
                 Some(frame) => frame.clone(),
                 None => grpc_frame(&event.encode_to_vec()),
+            },
+        }
+    }
+
+    /// [`grpc_frame`](Self::grpc_frame), taking the shared frame rather
+    /// than cloning it.
+    pub fn into_grpc_frame(self) -> Bytes
+    where
+        K: Message + Default,
+    {
+        match self {
+            OutgoingEvent::Framed(frame) => frame,
+            OutgoingEvent::Event(event) => match (event.framed, event.encoded) {
+                (true, Some(frame)) => frame,
+                (_, encoded) => {
+                    let event = WatchEvent { encoded, ..*event };
+                    grpc_frame(&event.encode_to_vec())
+                }
             },
         }
     }
@@ -702,6 +731,26 @@ mod tests {
             plain.into_type_and_object().unwrap(),
             (EventType::Added as i32, Bytes::from(p.encode_to_vec()))
         );
+    }
+
+    #[test]
+    fn an_outgoing_event_gives_up_its_shared_frame_or_frames_its_decoded_event() {
+        let p = pod("a");
+        let frame = frame_watch_event(EventType::Modified, &p.encode_to_vec());
+        let taken = OutgoingEvent::<Pod>::Framed(frame.clone()).into_grpc_frame();
+        assert_eq!(taken.as_ptr(), frame.as_ptr(), "the same memory");
+        let decoded: OutgoingEvent<Pod> = WatchEvent::new(EventType::Modified, p.clone()).into();
+        assert_eq!(decoded.clone().into_grpc_frame(), decoded.grpc_frame());
+        assert_eq!(decoded.into_grpc_frame(), frame);
+        let (t, object) = watch_event_parts(&frame[GRPC_PREFIX..]).unwrap();
+        assert_eq!(
+            (t, object),
+            (EventType::Modified as i32, &p.encode_to_vec()[..])
+        );
+        // A length beyond the message is an error, not a panic.
+        let mut cut = frame[GRPC_PREFIX..].to_vec();
+        cut.truncate(cut.len() - 1);
+        assert!(watch_event_parts(&cut).is_err());
     }
 
     #[test]

@@ -33,8 +33,9 @@ use tonic::{Status, Streaming};
 use crate::error::ApiError;
 use crate::filters::{WatchSlot, another_watch};
 
-/// One watch's events: each event's type and its object's encoding.
-pub(crate) type KindEvents = Pin<Box<dyn Stream<Item = Result<(i32, Bytes), ApiError>> + Send>>;
+/// One watch's events, each as the gRPC frame of its `WatchEvent` (shared
+/// by every watcher that receives it).
+pub(crate) type KindEvents = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
 
 /// What the multiplexed watch needs of a kind's service.
 #[tonic::async_trait]
@@ -353,9 +354,22 @@ impl Session {
                     break None;
                 }
                 match watch.events.poll_next_unpin(&mut watch_cx) {
-                    Poll::Ready(Some(Ok((event_type, object)))) => {
-                        write_event(out, id, event_type, watch.kind.type_url, &object);
-                        turn += 1;
+                    Poll::Ready(Some(Ok(frame))) => {
+                        match event_parts(&frame) {
+                            Ok((event_type, object)) => {
+                                if out.capacity() == 0 {
+                                    // Once per batch: growing by doubling copies.
+                                    out.reserve(BATCH_BYTES + frame.len() + EVENT_OVERHEAD);
+                                }
+                                write_event(out, id, event_type, watch.kind.type_url, object);
+                                turn += 1;
+                            }
+                            Err(e) => {
+                                let kind = watch.kind.info.kind;
+                                let e = ApiError::Internal(format!("a cached {kind} event: {e}"));
+                                break Some(Some(e.into()));
+                            }
+                        }
                     }
                     Poll::Ready(Some(Err(e))) => break Some(Some(e.into())),
                     // Ended by the server.
@@ -371,8 +385,18 @@ impl Session {
     }
 }
 
+/// A framed watch event's type number and its object's encoding.
+fn event_parts(frame: &[u8]) -> Result<(i32, &[u8]), String> {
+    let message = frame.get(GRPC_PREFIX..).ok_or("no gRPC prefix")?;
+    skiff::wire::watch_event_parts(message).map_err(|e| e.to_string())
+}
+
 /// How many events one watch writes before the others' turn.
 const EVENTS_PER_TURN: usize = 16;
+
+/// What a response adds to its event's frame, at most: the watch id, the
+/// `Any` and its type URL.
+const EVENT_OVERHEAD: usize = 256;
 
 fn invalid(field: &str, description: &str) -> Status {
     ApiError::invalid("WatchRequest", "", field, description).into()

@@ -887,13 +887,8 @@ impl<K: Strategy> WatchableKind for ResourceServer<K> {
                 timeout_seconds: 0,
             })
             .await?;
-        let kind = self.kind();
-        Ok(Box::pin(events.map(move |r| {
-            r.and_then(|event| {
-                event
-                    .into_type_and_object()
-                    .map_err(|e| ApiError::Internal(format!("a cached {kind} event: {e}")))
-            })
+        Ok(Box::pin(events.map(|r| {
+            r.map(skiff::wire::OutgoingEvent::into_grpc_frame)
         })))
     }
 }
