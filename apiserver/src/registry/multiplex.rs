@@ -168,7 +168,9 @@ impl MultiplexedWatch {
             .into_http();
         }
         let (parts, body) = request.into_parts();
-        let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+        // The codec of every Skiff service: bytes that are not a request
+        // are the sender's fault (INVALID_ARGUMENT).
+        let decoder = tonic::codec::Codec::decoder(&mut skiff::wire::Codec::<
             WatchResponse,
             WatchRequest,
         >::default());
