@@ -115,11 +115,9 @@ impl AsyncWrite for Connection {
         if buf.len() >= WRITE_THROUGH_FROM {
             // Sent with what is gathered before it, not copied (a batch of
             // multiplexed events is tens of kilobytes).
-            let pending = this.out.len() - this.sent;
-            let both = [
-                io::IoSlice::new(&this.out[this.sent..]),
-                io::IoSlice::new(buf),
-            ];
+            let gathered = this.out.get(this.sent..).unwrap_or_default();
+            let pending = gathered.len();
+            let both = [io::IoSlice::new(gathered), io::IoSlice::new(buf)];
             match Pin::new(&mut this.stream).poll_write_vectored(cx, &both) {
                 Poll::Ready(Ok(n)) if n > pending => {
                     this.out.clear();
