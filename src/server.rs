@@ -189,23 +189,13 @@ where
 pub fn streaming_response<K: prost::Message + Default + Send + 'static>(
     stream: WatchStream<K>,
 ) -> HttpResponse {
-    let mut response = http::Response::new(tonic::body::Body::new(FramedBody {
-        stream,
-        done: false,
-    }));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    response
+    frames_response(Box::pin(Batches { stream, end: None }))
 }
 
 /// The response of a unary call that answers `message` (encoded).
 pub fn unary_response(message: &[u8]) -> HttpResponse {
-    let event = OutgoingEvent::<crate::dynamic_object::DynamicObject>::Framed(
-        crate::wire::grpc_frame(message),
-    );
-    streaming_response(Box::pin(futures::stream::once(async move { Ok(event) })))
+    let frame = crate::wire::grpc_frame(message);
+    frames_response(Box::pin(futures::stream::once(async move { Ok(frame) })))
 }
 
 /// The one message of a unary request body (gRPC framing, uncompressed),
@@ -244,10 +234,12 @@ pub async fn read_unary_message(body: tonic::body::Body, max: usize) -> Result<B
 /// to this many bytes (as tonic's encoder yields).
 pub const BATCH_BYTES: usize = 32 * 1024;
 
-/// The response body of a watch: each event's frame, then the status.
-struct FramedBody<K> {
+/// A watch's events as batches of frames: what came ready together,
+/// up to [`BATCH_BYTES`], then the status the watch ended with.
+struct Batches<K> {
     stream: WatchStream<K>,
-    done: bool,
+    /// The error or end seen while batching, said after the batch.
+    end: Option<Option<Status>>,
 }
 
 /// The trailers a gRPC response ends with: `status`'s code, message and details.
@@ -316,30 +308,23 @@ impl http_body::Body for FramesBody {
     }
 }
 
-impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBody<K> {
-    type Data = Bytes;
-    type Error = Status;
+impl<K: prost::Message + Default + Send + 'static> Stream for Batches<K> {
+    type Item = Result<Bytes, Status>;
 
-    fn poll_frame(
+    fn poll_next(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+    ) -> std::task::Poll<Option<Self::Item>> {
         use futures::StreamExt;
         use std::task::Poll;
-        if self.done {
-            return Poll::Ready(None);
+        if let Some(end) = self.end.take() {
+            // Ended for good: the body asks no more after an error or the end.
+            return Poll::Ready(end.map(Err));
         }
-        let first = match self.stream.poll_next_unpin(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(event))) => event.into_grpc_frame(),
-            Poll::Ready(Some(Err(status))) => {
-                self.done = true;
-                return Poll::Ready(Some(Ok(trailers(&status))));
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                return Poll::Ready(Some(Ok(trailers(&Status::ok("")))));
-            }
+        let first = match futures::ready!(self.stream.poll_next_unpin(cx)) {
+            Some(Ok(event)) => event.into_grpc_frame(),
+            Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+            None => return Poll::Ready(None),
         };
         // Alone, the shared frame goes as it is; with more ready behind it,
         // they are copied into one frame (fewer, larger HTTP/2 writes).
@@ -366,25 +351,20 @@ impl<K: prost::Message + Default + Send + 'static> http_body::Body for FramedBod
                     }
                     b.extend_from_slice(&next);
                 }
-                // An error or the end is seen again on the next poll.
                 Poll::Ready(Some(Err(status))) => {
-                    self.stream = Box::pin(futures::stream::once(async move { Err(status) }));
+                    self.end = Some(Some(status));
                     break;
                 }
                 Poll::Ready(None) => {
-                    self.stream = Box::pin(futures::stream::empty());
+                    self.end = Some(None);
                     break;
                 }
                 Poll::Pending => break,
             }
         }
-        Poll::Ready(Some(Ok(http_body::Frame::data(match batch {
+        Poll::Ready(Some(Ok(match batch {
             Some(b) => b.freeze(),
             None => first,
-        }))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
+        })))
     }
 }

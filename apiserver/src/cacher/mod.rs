@@ -40,8 +40,8 @@ use crate::error::ApiError;
 use crate::object_store::keys;
 use crate::object_store::kind::ServedKind;
 use crate::object_store::{
-    ContinueToken, EventStream, ListOptions, ObjectStore, ReadVersion, StorageStore, WatchOptions,
-    WatchStart, decode_object,
+    ContinueToken, EventStream, FrameStream, ListOptions, ObjectStore, ReadVersion, StorageStore,
+    WatchOptions, WatchStart, decode_object,
 };
 use crate::registry::strategy::Strategy;
 use crate::storage::{Event, EventKind, RangeRequest, Revision, Storage, StorageError};
@@ -384,7 +384,7 @@ impl<K: Strategy> Cacher<K> {
 
     /// Registers a watcher on a ready cache; `None` if a re-list began since
     /// the caller's checks (it must wait for the new state).
-    fn register(&self, options: &WatchOptions) -> Result<Option<EventStream<K>>, ApiError> {
+    fn register(&self, options: &WatchOptions) -> Result<Option<WatcherStream<K>>, ApiError> {
         let prefix = keys::prefix(&*self.shared.kind, options.predicate.namespace.as_deref());
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         // The initial events and the registration are taken under the cache
@@ -463,9 +463,13 @@ impl<K: Strategy> Cacher<K> {
                     .remove(id);
             }
         });
-        let stream = WatcherStream::new(initial, watcher, self.shared.log.clone(), cursor, guard)
-            .map(|r| r.map(OutgoingEvent::Framed));
-        Ok(Some(Box::pin(stream)))
+        Ok(Some(WatcherStream::new(
+            initial,
+            watcher,
+            self.shared.log.clone(),
+            cursor,
+            guard,
+        )))
     }
 }
 
@@ -688,6 +692,18 @@ impl<K: Strategy> ObjectStore<K> for Cacher<K> {
     }
 
     async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError> {
+        let stream = self.watcher_stream(options).await?;
+        Ok(Box::pin(stream.map(|r| r.map(OutgoingEvent::Framed))))
+    }
+
+    async fn watch_frames(&self, options: WatchOptions) -> Result<FrameStream, ApiError> {
+        Ok(Box::pin(self.watcher_stream(options).await?))
+    }
+}
+
+impl<K: Strategy> Cacher<K> {
+    /// A watcher of the cache, once it is ready and fresh enough for `options`.
+    async fn watcher_stream(&self, options: WatchOptions) -> Result<WatcherStream<K>, ApiError> {
         let deadline = tokio::time::Instant::now() + self.config.wait_timeout;
         let target = match options.start {
             WatchStart::CurrentState => Some(self.storage_revision().await?),

@@ -313,3 +313,51 @@ async fn reads_through_read_your_writes_see_a_delete_the_cache_has_not_seen() {
     assert!(seen.is_none(), "this server's delete is seen");
     f.faulty.hold_watches(false);
 }
+
+/// The first `n` frames of `stream`, each split into its type and object.
+async fn framed_events(stream: &mut FrameStream, n: usize) -> Vec<(i32, Pod)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .unwrap();
+        let (t, object) =
+            skiff::wire::watch_event_parts(&frame[skiff::wire::GRPC_PREFIX..]).unwrap();
+        out.push((t, Pod::decode(object).unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framed_watches_from_the_cache_and_from_storage_carry_the_same_events() {
+    let f = fixture(true).await;
+    f.pods.create(pod("a")).await.unwrap();
+    let store = StorageStore::<Pod>::new(f.embedded.clone());
+    let mut cached = f
+        .pods
+        .watch_frames(everything(WatchStart::CurrentState))
+        .await
+        .unwrap();
+    let mut stored = store
+        .watch_frames(everything(WatchStart::CurrentState))
+        .await
+        .unwrap();
+    f.pods.create(pod("b")).await.unwrap();
+    f.pods.delete("default", "a", None).await.unwrap();
+    let from_cache = framed_events(&mut cached, 3).await;
+    let from_storage = framed_events(&mut stored, 3).await;
+    let summary = |events: &[(i32, Pod)]| -> Vec<(i32, String, String)> {
+        events
+            .iter()
+            .map(|(t, p)| (*t, p.meta().name.clone(), p.meta().resource_version.clone()))
+            .collect()
+    };
+    assert_eq!(summary(&from_cache), summary(&from_storage));
+    let types: Vec<i32> = from_cache.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        types,
+        [EventType::Added, EventType::Added, EventType::Deleted].map(|t| t as i32)
+    );
+}

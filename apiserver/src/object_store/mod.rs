@@ -144,6 +144,10 @@ impl ContinueToken {
 pub type EventStream<K> =
     std::pin::Pin<Box<dyn Stream<Item = Result<OutgoingEvent<K>, ApiError>> + Send>>;
 
+/// Stream of watch events as the gRPC frames of their `WatchEvent`s (what
+/// a watch response writes).
+pub type FrameStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
+
 /// Typed storage of one kind.
 #[async_trait::async_trait]
 pub trait ObjectStore<K: Resource>: Send + Sync + 'static {
@@ -170,6 +174,15 @@ pub trait ObjectStore<K: Resource>: Send + Sync + 'static {
     ) -> Result<K, ApiError>;
     /// Streams changes.
     async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError>;
+    /// Streams changes as their frames: [`watch`](Self::watch)'s events,
+    /// framed (a store that holds them framed hands them over as they are).
+    async fn watch_frames(&self, options: WatchOptions) -> Result<FrameStream, ApiError> {
+        use futures::StreamExt;
+        let events = self.watch(options).await?;
+        Ok(Box::pin(
+            events.map(|r| r.map(OutgoingEvent::into_grpc_frame)),
+        ))
+    }
 }
 
 /// Decodes a stored value and sets its resource version.
@@ -675,6 +688,10 @@ impl<K: Resource> ObjectStore<K> for ReadYourWrites<K> {
 
     async fn watch(&self, options: WatchOptions) -> Result<EventStream<K>, ApiError> {
         self.inner.watch(options).await
+    }
+
+    async fn watch_frames(&self, options: WatchOptions) -> Result<FrameStream, ApiError> {
+        self.inner.watch_frames(options).await
     }
 }
 

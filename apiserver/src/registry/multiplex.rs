@@ -35,7 +35,7 @@ use crate::filters::{WatchSlot, another_watch};
 
 /// One watch's events, each as the gRPC frame of its `WatchEvent` (shared
 /// by every watcher that receives it).
-pub(crate) type KindEvents = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
+pub(crate) type KindEvents = crate::object_store::FrameStream;
 
 /// What the multiplexed watch needs of a kind's service.
 #[tonic::async_trait]

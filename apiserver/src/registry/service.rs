@@ -829,6 +829,11 @@ impl<K: Strategy> ResourceServer<K> {
     /// A watch's events from the store, its parameters checked; the caller
     /// ends it (timeout, shutdown).
     async fn open_watch(&self, p: WatchParams) -> Result<EventStream<K>, ApiError> {
+        self.store.watch(self.watch_options(p)?).await
+    }
+
+    /// What a watch asks of the store, its parameters checked.
+    fn watch_options(&self, p: WatchParams) -> Result<WatchOptions, ApiError> {
         let predicate = Predicate::parse_for(
             &self.kind,
             &p.namespace,
@@ -850,14 +855,12 @@ impl<K: Strategy> ResourceServer<K> {
             ReadVersion::Latest => WatchStart::CurrentState,
             ReadVersion::AtLeast(n) | ReadVersion::Exact(n) => WatchStart::After(n),
         };
-        self.store
-            .watch(WatchOptions {
-                predicate,
-                start,
-                initial_events_end_bookmark: p.send_initial_events,
-                allow_bookmarks: p.allow_bookmarks,
-            })
-            .await
+        Ok(WatchOptions {
+            predicate,
+            start,
+            initial_events_end_bookmark: p.send_initial_events,
+            allow_bookmarks: p.allow_bookmarks,
+        })
     }
 }
 
@@ -876,20 +879,16 @@ impl<K: Strategy> WatchableKind for ResourceServer<K> {
         );
         self.authorize_collection(extensions, "watch", selectors)
             .await?;
-        let events = self
-            .open_watch(WatchParams {
-                namespace: create.namespace.clone(),
-                label_selector: create.label_selector.clone(),
-                field_selector: create.field_selector.clone(),
-                resource_version: create.resource_version.clone(),
-                allow_bookmarks: create.allow_bookmarks,
-                send_initial_events: create.send_initial_events,
-                timeout_seconds: 0,
-            })
-            .await?;
-        Ok(Box::pin(events.map(|r| {
-            r.map(skiff::wire::OutgoingEvent::into_grpc_frame)
-        })))
+        let options = self.watch_options(WatchParams {
+            namespace: create.namespace.clone(),
+            label_selector: create.label_selector.clone(),
+            field_selector: create.field_selector.clone(),
+            resource_version: create.resource_version.clone(),
+            allow_bookmarks: create.allow_bookmarks,
+            send_initial_events: create.send_initial_events,
+            timeout_seconds: 0,
+        })?;
+        self.store.watch_frames(options).await
     }
 }
 
