@@ -5,8 +5,9 @@
 //! task, which would write after the first few of them. Here a flush
 //! waits a turn of the scheduler (the task re-queues itself behind the
 //! stream tasks already woken), and another while those turns keep adding
-//! (a few at most), then writes everything they added in one system call — on loopback each `sendto` also runs the receiver's TCP
-//! input and the firewall hooks, so their number is most of the cost.
+//! (a few at most), then writes everything they added in one system
+//! call — on loopback each `sendto` also runs the receiver's TCP input
+//! and the firewall hooks, so their number is most of the cost.
 //! Writes are bounded: past [`MAX_BUFFERED`] the socket must take bytes
 //! before more are accepted, so a slow client still pushes back on HTTP/2.
 //! It must not touch what flows through it.
